@@ -1,0 +1,1 @@
+"""The TensorFlow backend of layernorm (a plugin, found through the ``layernorm.backends`` entry point)."""

@@ -1,0 +1,18 @@
+"""Declares the TensorFlow backend to layernorm's registry, without importing tensorflow."""
+
+from layernorm_core import BackendDeclaration, hookimpl
+
+
+@hookimpl
+def layernorm_backends() -> list[BackendDeclaration]:
+    """The TensorFlow backend: owns tf.Tensor and tf.Variable, eager and inside tf.function."""
+    return [
+        BackendDeclaration(
+            name="tensorflow",
+            implementation="layernorm_tensorflow.backend",
+            array_modules=("tensorflow",),
+            requires=("tensorflow",),
+            extra="tensorflow",
+            description="TensorFlow (eager, tf.function, XLA): tf.custom_gradient with the analytic backward",
+        )
+    ]

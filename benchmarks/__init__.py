@@ -1,0 +1,1 @@
+"""Cross-framework benchmarks of layernorm (``python -m benchmarks``)."""

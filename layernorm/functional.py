@@ -1,0 +1,147 @@
+"""The four operations of the public API: checked in the core, run on the engine in force."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layernorm_core.dispatch import run
+from layernorm_core.spec import Axis, check_backward, check_forward
+
+
+def layer_norm(
+    x: Any,
+    weight: Any = None,
+    bias: Any = None,
+    *,
+    axis: Axis = -1,
+    eps: float = 1e-5,
+    return_stats: bool = False,
+    backend: str | None = None,
+) -> Any:
+    """Layer normalization: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` over ``axis``.
+
+    Args:
+        x: an array of any framework with a registered backend (NumPy, torch, JAX, TensorFlow), of dtype
+            float16, bfloat16, float32 or float64, with at least one dimension.
+        weight, bias: optional arrays of x's framework and device, with x's sizes along ``axis`` in increasing
+            axis order (``x.shape[-1:]`` for the default ``axis=-1``); dtype x's or the compute dtype.
+        axis: an int or a tuple of ints: the normalized axes, anywhere in x (trailing, channels-first,
+            non-adjacent). The variance is the biased one (divides by N).
+        eps: added to the variance; finite and >= 0. torch's default is 1e-5, Keras's 1e-3, Flax's 1e-6.
+        return_stats: also return ``mean`` and ``rstd = 1 / sqrt(var + eps)``, shaped like x with the normalized
+            axes kept as size 1, in the compute dtype (float32 for half x, else x's dtype).
+        backend: run on this engine instead of the one in force (see `layernorm.use`).
+
+    Returns:
+        y with x's shape, dtype, array type and device; or ``(y, mean, rstd)``.
+
+    Raises:
+        ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.
+        DTypeError: x not floating (int, bool, complex), weight/bias of another dtype or framework.
+        ArgumentError: eps negative, NaN or infinite; axis not an int or tuple of ints.
+        BackendError: unknown or not-installed engine, or a tracked array asked to cross frameworks.
+        DeviceError: weight or bias on another device than x.
+
+    Example:
+        >>> import numpy as np, layernorm
+        >>> y = layernorm.layer_norm(np.array([[1.0, 2.0, 3.0]]), eps=0.0)
+        >>> np.round(y, 4)
+        array([[-1.2247,  0.    ,  1.2247]])
+    """
+    spec = check_forward("layer_norm", x, weight, bias, axis, eps)
+    return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats))
+
+
+def rms_norm(
+    x: Any,
+    weight: Any = None,
+    *,
+    axis: Axis = -1,
+    eps: float = 1e-5,
+    return_stats: bool = False,
+    backend: str | None = None,
+) -> Any:
+    """RMS normalization: ``y = x / sqrt(mean(x**2) + eps) * weight`` over ``axis`` (Zhang & Sennrich 2019).
+
+    Arguments, dtypes and errors as `layer_norm` (there is no bias). With ``return_stats`` returns ``(y, rstd)``,
+    ``rstd = 1 / sqrt(mean(x**2) + eps)`` shaped like x with the normalized axes kept as size 1.
+
+    Example:
+        >>> import numpy as np, layernorm
+        >>> np.round(layernorm.rms_norm(np.array([[3.0, 4.0]]), eps=0.0), 4)
+        array([[0.8485, 1.1314]])
+    """
+    spec = check_forward("rms_norm", x, weight, None, axis, eps)
+    return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats))
+
+
+def layer_norm_backward(
+    dy: Any,
+    x: Any,
+    weight: Any = None,
+    *,
+    axis: Axis = -1,
+    eps: float = 1e-5,
+    mean: Any = None,
+    rstd: Any = None,
+    backend: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of `layer_norm` given the output gradient ``dy``: ``(dx, dweight, dbias)``.
+
+    For frameworks without autodiff (NumPy), or to drive a hand-written backward pass. ``dy`` has x's shape and
+    dtype. ``mean`` and ``rstd`` from ``layer_norm(..., return_stats=True)`` save recomputing them (pass both or
+    neither). dx has x's dtype; dweight and dbias have the normalized shape and x's dtype, and are returned even
+    when weight is None (computed as for a weight of ones and a bias), as torch's native backward does.
+
+    With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
+    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)``,
+    the sums over the non-normalized axes.
+
+    Raises: as `layer_norm`, plus ShapeError / DTypeError when dy, mean or rstd do not match x, and
+    ArgumentError when only one of mean and rstd is given.
+
+    Example:
+        >>> import numpy as np, layernorm
+        >>> x = np.array([[1.0, 2.0, 4.0]]); dy = np.ones_like(x)
+        >>> dx, dw, db = layernorm.layer_norm_backward(dy, x)
+        >>> np.allclose(dx, 0.0), db.tolist()
+        (True, [1.0, 1.0, 1.0])
+    """
+    spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd)
+    return run(  # type: ignore[no-any-return]
+        x,
+        (dy, weight, mean, rstd),
+        backend,
+        lambda e, x_, p: e.layer_norm_backward(p[0], x_, p[1], spec, p[2], p[3]),
+    )
+
+
+def rms_norm_backward(
+    dy: Any,
+    x: Any,
+    weight: Any = None,
+    *,
+    axis: Axis = -1,
+    eps: float = 1e-5,
+    rstd: Any = None,
+    backend: str | None = None,
+) -> tuple[Any, Any]:
+    """Gradients of `rms_norm` given ``dy``: ``(dx, dweight)``.
+
+    ``dx = rstd * (g - xhat * mean(g * xhat))`` with ``xhat = x * rstd`` and ``g = dy * weight``;
+    ``dweight = sum(dy * xhat)`` over the non-normalized axes (returned even when weight is None).
+    Arguments and errors as `layer_norm_backward`.
+
+    Example:
+        >>> import numpy as np, layernorm
+        >>> dx, dw = layernorm.rms_norm_backward(np.ones((1, 2)), np.array([[3.0, 4.0]]), eps=0.0)
+        >>> np.round(dx, 4)
+        array([[ 0.0453, -0.0339]])
+    """
+    spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd)
+    return run(  # type: ignore[no-any-return]
+        x,
+        (dy, weight, rstd),
+        backend,
+        lambda e, x_, p: e.rms_norm_backward(p[0], x_, p[1], spec, p[2]),
+    )

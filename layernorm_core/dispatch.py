@@ -1,0 +1,116 @@
+"""Engine resolution: ``backend=`` argument > ``using(...)`` > ``use(...)`` > LAYERNORM_BACKEND > auto by array type.
+
+Also the one place where arrays cross frameworks, when the engine in force is not the framework that owns x.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import ModuleType
+from typing import Any
+
+from layernorm_core.errors import BackendError, DeviceError, DTypeError
+from layernorm_core.registry import registry
+
+AUTO = "auto"
+ENV_VARIABLE = "LAYERNORM_BACKEND"
+
+_scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
+_process_default: str | None = None
+_process_default_from_env: str | None = os.environ.get(ENV_VARIABLE) or None
+
+
+def use(name: str) -> None:
+    """Set the process-wide engine; ``"auto"`` restores dispatch by array type (and LAYERNORM_BACKEND)."""
+    global _process_default
+    _process_default = _checked_name(name)
+
+
+@contextmanager
+def using(name: str) -> Iterator[str]:
+    """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar)."""
+    token = _scoped.set(_checked_name(name) or AUTO)
+    try:
+        yield name
+    finally:
+        _scoped.reset(token)
+
+
+def current_backend() -> str:
+    """The engine name in force here (scoped, process default, environment), or ``"auto"``."""
+    return _scoped.get() or _process_default or _process_default_from_env or AUTO
+
+
+def _checked_name(name: str) -> str | None:
+    if not isinstance(name, str):
+        raise BackendError(f"a backend name must be a string; got {type(name).__name__}")
+    if name == AUTO:
+        return None
+    registry.get(name)  # unknown or not installed: raise now, not at the first call
+    return name
+
+
+def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
+    """Return (engine module, owner name of x's type or None, engine name) for a call on x."""
+    owner = registry.owner_of(x)
+    name = backend or _scoped.get() or _process_default or _process_default_from_env or AUTO
+    if name == AUTO:
+        if owner is None:
+            raise BackendError(
+                f"no backend owns arrays of type {type(x).__module__}.{type(x).__qualname__}; "
+                f"pass backend= or call layernorm.use(...); registered: {', '.join(registry.names())}"
+            )
+        name = owner
+    return registry.get(name), owner, name
+
+
+def run(
+    x: Any,
+    params: Sequence[Any],
+    backend: str | None,
+    call: Callable[[ModuleType, Any, Sequence[Any]], Any],
+) -> Any:
+    """Run ``call(engine, x, params)`` on the engine in force, crossing frameworks at the boundary if needed.
+
+    ``params`` are the other arrays of the call (weight, bias, dy, stats; None where absent). They must belong to
+    x's framework and live on x's device. Outputs return in x's framework.
+    """
+    engine, owner, name = resolve(x, backend)
+    if owner is not None:
+        source = registry.get(owner)
+        _check_companions(source, owner, x, params)
+    if owner == name:
+        return call(engine, x, params)
+    if owner is None:
+        return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+    for array in (x, *params):
+        if array is not None and source.is_tracked(array):
+            raise BackendError(
+                f"x is a {owner} array that takes part in {owner}'s autodiff or tracing; the {name!r} backend "
+                f"cannot see that graph. Use backend={owner!r}, or detach the array first."
+            )
+    outputs = call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+    if isinstance(outputs, tuple):
+        return tuple(None if out is None else source.from_foreign(out) for out in outputs)
+    return source.from_foreign(outputs)
+
+
+def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:
+    x_device: str | None = None
+    for array in params:
+        if array is None:
+            continue
+        other = registry.owner_of(array)
+        if other != owner:
+            raise DTypeError(
+                f"x is a {owner} array but another argument is a {type(array).__module__}."
+                f"{type(array).__qualname__}; pass arrays of one framework"
+            )
+        if x_device is None:
+            x_device = source.device_of(x)
+        device = source.device_of(array)
+        if device != x_device:
+            raise DeviceError(f"x is on {x_device} but another argument is on {device}; move them to one device")

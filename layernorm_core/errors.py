@@ -1,0 +1,27 @@
+"""The typed errors every backend raises, checked once in the core before any backend runs."""
+
+from __future__ import annotations
+
+
+class LayerNormError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ShapeError(LayerNormError, ValueError):
+    """An array has the wrong shape, or ``axis`` names axes that do not fit ``x``."""
+
+
+class ArgumentError(LayerNormError, ValueError):
+    """A scalar argument is out of its domain (``eps`` negative or not finite, stats half given)."""
+
+
+class DTypeError(LayerNormError, TypeError):
+    """An array has a dtype (or array type) the operation does not accept."""
+
+
+class BackendError(LayerNormError, RuntimeError):
+    """A backend is unknown, not installed, failed to load, or cannot take this array."""
+
+
+class DeviceError(LayerNormError, RuntimeError):
+    """Arrays of one call live on different devices, or a device is not available."""

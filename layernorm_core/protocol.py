@@ -1,0 +1,94 @@
+"""What a backend plugin declares (without importing its framework) and what its loaded module provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from layernorm_core.spec import NormSpec
+
+
+@dataclass(frozen=True)
+class BackendDeclaration:
+    """A backend as a plugin declares it: cheap to build, imports no framework.
+
+    ``array_modules`` are the top-level module names whose array types this backend owns (``type(x).__module__``
+    starts with one of them, as in einops); auto dispatch sends such arrays to it. ``requires`` are the modules
+    that must be importable for the backend to be available, and ``extra`` the pip extra that installs them.
+    ``implementation`` is the module (imported on first use) that implements `BackendModule`.
+    """
+
+    name: str
+    implementation: str
+    array_modules: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a loaded backend reports about itself."""
+
+    version: str
+    devices: tuple[str, ...]
+    """Device kinds it can run on here: "cpu", "cuda", "gpu", "tpu"."""
+    dtypes: tuple[str, ...]
+    """dtype names it computes in, among float16, bfloat16, float32, float64."""
+    deterministic_devices: tuple[str, ...] = ()
+    """Devices where two runs on the same input are promised to be bitwise identical."""
+    autodiff: bool = False
+    """True when the framework's own autodiff differentiates through layer_norm and rms_norm."""
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class BackendModule(Protocol):
+    """The functions a backend's implementation module defines, under these names (as Keras backends do).
+
+    Every function receives arrays of the backend's own framework, already checked by the core: ``spec`` is the
+    validated `NormSpec`. Outputs have x's dtype; statistics have ``spec.compute_dtype`` and ``spec.stats_shape``.
+    """
+
+    def info(self) -> BackendInfo:
+        """Version, devices, dtypes and promises of this backend on this machine."""
+
+    def device_of(self, x: Any) -> str:
+        """The device kind x lives on ("cpu", "cuda", ...)."""
+
+    def is_tracked(self, x: Any) -> bool:
+        """True when x takes part in its framework's autodiff or tracing, so it cannot cross frameworks."""
+
+    def to_numpy(self, x: Any) -> Any:
+        """A host NumPy copy of x with its dtype (bfloat16 as ml_dtypes.bfloat16)."""
+
+    def from_numpy(self, array: Any, device: str = "cpu") -> Any:
+        """A new array of this framework on ``device`` holding a NumPy array's values and dtype."""
+
+    def from_foreign(self, x: Any) -> Any:
+        """x, an array of another framework, as this framework's array (DLPack, else the array protocol)."""
+
+    def layer_norm(self, x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        """y, or (y, mean, rstd) when ``return_stats``."""
+
+    def rms_norm(self, x: Any, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
+        """y, or (y, rstd) when ``return_stats``."""
+
+    def layer_norm_backward(self, dy: Any, x: Any, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
+        """(dx, dweight, dbias); mean and rstd are recomputed when None; dweight/dbias have normalized_shape."""
+
+    def rms_norm_backward(self, dy: Any, x: Any, weight: Any, spec: NormSpec, rstd: Any) -> Any:
+        """(dx, dweight); rstd is recomputed when None."""
+
+
+REQUIRED_FUNCTIONS = (
+    "info",
+    "device_of",
+    "is_tracked",
+    "to_numpy",
+    "from_numpy",
+    "from_foreign",
+    "layer_norm",
+    "rms_norm",
+    "layer_norm_backward",
+    "rms_norm_backward",
+)

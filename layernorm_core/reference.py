@@ -1,0 +1,90 @@
+"""The float64 reference: forward and backward of layer_norm and rms_norm, written for clarity, not speed.
+
+Every backend is checked against these functions. Inputs are NumPy arrays of any float dtype (bfloat16 as
+ml_dtypes.bfloat16); they are converted to float64 first, so the reference sees exactly the values the backend
+saw. Outputs are float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from layernorm_core.spec import NormSpec
+
+F64 = npt.NDArray[np.float64]
+
+
+def _f64(array: npt.ArrayLike | None) -> F64 | None:
+    return None if array is None else np.asarray(array).astype(np.float64)
+
+
+def _param(array: npt.ArrayLike | None, spec: NormSpec) -> F64 | None:
+    value = _f64(array)
+    return None if value is None else value.reshape(spec.param_shape)
+
+
+def layer_norm(
+    x: npt.ArrayLike, weight: npt.ArrayLike | None, bias: npt.ArrayLike | None, spec: NormSpec
+) -> tuple[F64, F64, F64]:
+    """Return (y, mean, rstd) in float64; mean and rstd have ``spec.stats_shape``."""
+    x64 = _f64(x)
+    assert x64 is not None
+    mean = x64.mean(axis=spec.axes, keepdims=True)
+    centered = x64 - mean
+    var = (centered * centered).mean(axis=spec.axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + spec.eps)
+    y = centered * rstd
+    w, b = _param(weight, spec), _param(bias, spec)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y, mean, rstd
+
+
+def rms_norm(x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec) -> tuple[F64, F64]:
+    """Return (y, rstd) in float64, with y = x / sqrt(mean(x^2) + eps) * weight."""
+    x64 = _f64(x)
+    assert x64 is not None
+    rstd = 1.0 / np.sqrt((x64 * x64).mean(axis=spec.axes, keepdims=True) + spec.eps)
+    y = x64 * rstd
+    w = _param(weight, spec)
+    return (y if w is None else y * w), rstd
+
+
+def layer_norm_backward(
+    dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
+) -> tuple[F64, F64, F64]:
+    """Return (dx, dweight, dbias) in float64; dweight and dbias have ``spec.normalized_shape``.
+
+    With xhat = (x - mean) * rstd and g = dy * weight:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), dweight = sum(dy * xhat), dbias = sum(dy), the sums over
+    the batch axes. A missing weight counts as ones (dweight is still returned).
+    """
+    dy64 = _f64(dy)
+    assert dy64 is not None
+    y, mean, rstd = layer_norm(x, None, None, spec)
+    xhat = y
+    w = _param(weight, spec)
+    g = dy64 if w is None else dy64 * w
+    g_mean = g.mean(axis=spec.axes, keepdims=True)
+    gx_mean = (g * xhat).mean(axis=spec.axes, keepdims=True)
+    dx = rstd * (g - g_mean - xhat * gx_mean)
+    dweight = (dy64 * xhat).sum(axis=spec.batch_axes).reshape(spec.normalized_shape)
+    dbias = dy64.sum(axis=spec.batch_axes).reshape(spec.normalized_shape)
+    return dx, dweight, dbias
+
+
+def rms_norm_backward(
+    dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
+) -> tuple[F64, F64]:
+    """Return (dx, dweight) in float64: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd, g = dy * weight."""
+    dy64 = _f64(dy)
+    assert dy64 is not None
+    xhat, rstd = rms_norm(x, None, spec)
+    w = _param(weight, spec)
+    g = dy64 if w is None else dy64 * w
+    dx = rstd * (g - xhat * (g * xhat).mean(axis=spec.axes, keepdims=True))
+    dweight = (dy64 * xhat).sum(axis=spec.batch_axes).reshape(spec.normalized_shape)
+    return dx, dweight

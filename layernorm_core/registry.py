@@ -1,0 +1,218 @@
+"""The backend registry: finds plugins through entry points (pluggy), loads backends lazily, caches lookups.
+
+pluggy is used once, to collect declarations; per call, finding a backend is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import threading
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from layernorm_core import hookspecs
+from layernorm_core.errors import BackendError
+from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or declared something unusable; every other backend keeps working."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One row of `layernorm.backends()`: a registered backend, whether it can run here, and why not."""
+
+    name: str
+    available: bool
+    version: str | None
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    reason: str | None
+    plugin: str
+
+
+class Registry:
+    """Every declared backend by name, and the loaded implementation modules."""
+
+    def __init__(self, *, entry_point_group: str = hookspecs.ENTRY_POINT_GROUP) -> None:
+        self._group = entry_point_group
+        self._lock = threading.RLock()
+        self._manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._manager.add_hookspecs(hookspecs)
+        self._discovered = False
+        self._declarations: dict[str, BackendDeclaration] = {}
+        self._plugin_of: dict[str, str] = {}
+        self._loaded: dict[str, ModuleType] = {}
+        self._owner_by_module: dict[str, str] = {}
+        self._owner_by_type: dict[type, str | None] = {}
+
+    # -- discovery -------------------------------------------------------------------------------------------
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> str:
+        """Register a plugin object or module at run time, exactly as an entry point would be; return its name."""
+        with self._lock:
+            self._discover()
+            plugin_name = self._manager.register(plugin, name=name)
+            if plugin_name is None:
+                raise BackendError(f"plugin {name!r} is already registered")
+            self._collect(plugin_name, plugin)
+            return plugin_name
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin registered under ``name`` and the backends it declared."""
+        with self._lock:
+            self._manager.unregister(name=name)
+            for backend in [b for b, p in self._plugin_of.items() if p == name]:
+                del self._declarations[backend], self._plugin_of[backend]
+                self._loaded.pop(backend, None)
+            self._rebuild_owners()
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for entry_point in importlib.metadata.entry_points(group=self._group):
+            if self._manager.get_plugin(entry_point.name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+                self._manager.register(plugin, name=entry_point.name)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+                _warn(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}")
+                continue
+            self._collect(entry_point.name, plugin)
+
+    def _collect(self, plugin_name: str, plugin: Any) -> None:
+        try:
+            declared = [
+                declaration
+                for impl in self._manager.hook.layernorm_backends.get_hookimpls()
+                if impl.plugin is plugin
+                for declaration in impl.function()
+            ]
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            _warn(f"plugin {plugin_name!r} failed to declare its backends: {exc!r}")
+            self._manager.unregister(plugin)
+            return
+        for declaration in declared:
+            if not isinstance(declaration, BackendDeclaration):
+                _warn(f"plugin {plugin_name!r} declared {declaration!r}, which is not a BackendDeclaration")
+                continue
+            if declaration.name in self._declarations:
+                _warn(
+                    f"plugin {plugin_name!r} declares backend {declaration.name!r}, already declared by plugin "
+                    f"{self._plugin_of[declaration.name]!r}; the first one is kept"
+                )
+                continue
+            self._declarations[declaration.name] = declaration
+            self._plugin_of[declaration.name] = plugin_name
+        self._rebuild_owners()
+
+    def _rebuild_owners(self) -> None:
+        self._owner_by_module = {}
+        for declaration in self._declarations.values():
+            for module in declaration.array_modules:
+                self._owner_by_module.setdefault(module, declaration.name)
+        self._owner_by_type = {}
+
+    # -- lookups -----------------------------------------------------------------------------------------------
+
+    def names(self) -> tuple[str, ...]:
+        """Names of every declared backend, available or not, in registration order."""
+        with self._lock:
+            self._discover()
+            return tuple(self._declarations)
+
+    def declaration(self, name: str) -> BackendDeclaration:
+        """The declaration of backend ``name``; BackendError if no plugin declares it."""
+        self._discover()
+        try:
+            return self._declarations[name]
+        except KeyError:
+            known = ", ".join(self._declarations) or "none"
+            raise BackendError(f"unknown backend {name!r}; registered backends: {known}") from None
+
+    def unavailable_reason(self, name: str) -> str | None:
+        """Why backend ``name`` cannot run here (a missing module, with its pip extra), or None."""
+        declaration = self.declaration(name)
+        for module in declaration.requires:
+            if importlib.util.find_spec(module) is None:
+                install = f"pip install 'layernorm[{declaration.extra}]'" if declaration.extra else f"install {module}"
+                return f"{module} is not installed: {install}"
+        return None
+
+    def get(self, name: str) -> ModuleType:
+        """The loaded implementation of backend ``name``, importing it on first use."""
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            declaration = self.declaration(name)
+            reason = self.unavailable_reason(name)
+            if reason is not None:
+                raise BackendError(f"backend {name!r} is not available: {reason}")
+            try:
+                module = importlib.import_module(declaration.implementation)
+            except Exception as exc:
+                raise BackendError(f"backend {name!r} failed to load {declaration.implementation}: {exc!r}") from exc
+            missing = [f for f in REQUIRED_FUNCTIONS if not callable(getattr(module, f, None))]
+            if missing:
+                raise BackendError(f"backend {name!r} ({declaration.implementation}) lacks {', '.join(missing)}")
+            self._loaded[name] = module
+            return module
+
+    def owner_of(self, x: Any) -> str | None:
+        """The backend that owns x's array type (by ``type(x).__module__``), without importing anything."""
+        cls = type(x)
+        try:
+            return self._owner_by_type[cls]
+        except KeyError:
+            pass
+        with self._lock:
+            self._discover()
+            root = cls.__module__.partition(".")[0]
+            owner = self._owner_by_module.get(root)
+            self._owner_by_type[cls] = owner
+            return owner
+
+    def status(self) -> list[BackendStatus]:
+        """One `BackendStatus` per declared backend; loads each available backend to ask its devices."""
+        rows = []
+        for name in self.names():
+            plugin = self._plugin_of[name]
+            reason = self.unavailable_reason(name)
+            info: BackendInfo | None = None
+            if reason is None:
+                try:
+                    info = self.get(name).info()
+                except Exception as exc:  # noqa: BLE001 - reported in the table, not raised
+                    reason = str(exc)
+            rows.append(
+                BackendStatus(
+                    name=name,
+                    available=info is not None,
+                    version=None if info is None else info.version,
+                    devices=() if info is None else info.devices,
+                    dtypes=() if info is None else info.dtypes,
+                    reason=reason,
+                    plugin=plugin,
+                )
+            )
+        return rows
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"layernorm: {message}", PluginWarning, stacklevel=3)
+
+
+registry = Registry()
+"""The process-wide registry the public API uses."""

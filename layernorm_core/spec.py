@@ -1,0 +1,222 @@
+"""Argument checks and the validated description (`NormSpec`) every backend receives.
+
+Every check lives here, so every backend raises the same error class with the same message, before it runs.
+Checks are cached on the call's static signature (shapes, dtypes, axis, eps), so a repeated call costs one
+dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name
+from layernorm_core.errors import ArgumentError, DTypeError, ShapeError
+
+Kind = Literal["layer_norm", "rms_norm"]
+Axis = int | tuple[int, ...]
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NormSpec:
+    """A validated normalization: what to reduce, in which dtypes. Shapes may hold None for unknown sizes."""
+
+    kind: Kind
+    shape: Shape
+    axes: tuple[int, ...]
+    """Normalized axes: non-negative, increasing."""
+    dtype: str
+    """x's dtype name; the output has it."""
+    compute_dtype: str
+    """Statistics dtype: float32 for half x, else x's dtype."""
+    eps: float
+    normalized_shape: Shape
+    """Shape of weight and bias: x's sizes along ``axes``."""
+    stats_shape: Shape
+    """Shape of mean and rstd: x's shape with the normalized axes set to 1."""
+    param_shape: Shape
+    """weight reshaped to broadcast against x: 1 except along ``axes``."""
+    batch_axes: tuple[int, ...]
+    """The axes that are not normalized, increasing."""
+    is_trailing: bool
+    """True when ``axes`` are the last ``len(axes)`` axes of x."""
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of x."""
+        return len(self.shape)
+
+    @property
+    def perm(self) -> tuple[int, ...]:
+        """Permutation that moves the normalized axes to the end (batch axes first, order kept)."""
+        return self.batch_axes + self.axes
+
+    @property
+    def inverse_perm(self) -> tuple[int, ...]:
+        """Permutation that undoes ``perm``."""
+        inverse = [0] * self.ndim
+        for position, axis in enumerate(self.perm):
+            inverse[axis] = position
+        return tuple(inverse)
+
+
+def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
+    """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input."""
+    return _forward_spec(
+        kind,
+        _shape_of(x, "x"),
+        _dtype_of(x),
+        _hashable_axis(axis),
+        _checked_eps(eps),
+        None if weight is None else _shape_of(weight, "weight"),
+        None if weight is None else _dtype_of(weight),
+        None if bias is None else _shape_of(bias, "bias"),
+        None if bias is None else _dtype_of(bias),
+    )
+
+
+def check_backward(
+    kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any
+) -> NormSpec:
+    """Validate a backward call (dy, and saved mean/rstd when given) and return the forward's `NormSpec`."""
+    spec = check_forward(kind, x, weight, None, axis, eps)
+    if _shape_of(dy, "dy") != spec.shape:
+        raise ShapeError(f"dy must have x's shape {_fmt(spec.shape)}; got {_fmt(_shape_of(dy, 'dy'))}")
+    dy_dtype = dtype_name(_dtype_of(dy))
+    if dy_dtype != spec.dtype:
+        raise DTypeError(f"dy must have x's dtype {spec.dtype}; got {dy_dtype}")
+    if kind == "layer_norm" and (mean is None) != (rstd is None):
+        raise ArgumentError("pass both mean and rstd, or neither")
+    if kind == "rms_norm" and mean is not None:
+        raise ArgumentError("rms_norm_backward takes rstd only, not mean")
+    for stat_name, stat in (("mean", mean), ("rstd", rstd)):
+        if stat is None:
+            continue
+        stat_shape = _shape_of(stat, stat_name)
+        if not _shapes_match(stat_shape, spec.stats_shape):
+            raise ShapeError(f"{stat_name} must have shape {_fmt(spec.stats_shape)}; got {_fmt(stat_shape)}")
+        stat_dtype = dtype_name(_dtype_of(stat))
+        if stat_dtype != spec.compute_dtype:
+            raise DTypeError(f"{stat_name} must have dtype {spec.compute_dtype}; got {stat_dtype}")
+    return spec
+
+
+def normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+    """Return ``axis`` as increasing non-negative ints; ShapeError if empty, out of range or repeated."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not axes:
+        raise ShapeError("axis must name at least one axis; got ()")
+    normalized = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
+        normalized.append(a % ndim)
+    if len(set(normalized)) != len(normalized):
+        raise ShapeError(f"axis {axis} names the same axis more than once")
+    return tuple(sorted(normalized))
+
+
+@lru_cache(maxsize=4096)
+def _forward_spec(
+    kind: Kind,
+    shape: Shape,
+    x_dtype: Any,
+    axis: Axis,
+    eps: float,
+    weight_shape: Shape | None,
+    weight_dtype: Any,
+    bias_shape: Shape | None,
+    bias_dtype: Any,
+) -> NormSpec:
+    x_name = dtype_name(x_dtype)
+    if x_name not in FLOAT_DTYPES:
+        raise DTypeError(f"x must have a floating dtype ({', '.join(FLOAT_DTYPES)}); got {x_name}")
+    stats_dtype = compute_dtype(x_name)
+    axes = normalize_axes(axis, len(shape))
+    normalized_shape = tuple(shape[a] for a in axes)
+    if 0 in normalized_shape:
+        raise ShapeError(f"the normalized size is 0 (x has shape {_fmt(shape)}, axis={axis}): nothing to normalize")
+    for param, param_shape, param_dtype in (("weight", weight_shape, weight_dtype), ("bias", bias_shape, bias_dtype)):
+        if param_shape is None:
+            continue
+        if not _shapes_match(param_shape, normalized_shape):
+            raise ShapeError(
+                f"{param} must have shape {_fmt(normalized_shape)} (x's sizes along axis={axis}); "
+                f"got {_fmt(param_shape)}"
+            )
+        param_name = dtype_name(param_dtype)
+        if param_name not in (x_name, stats_dtype):
+            allowed = x_name if x_name == stats_dtype else f"{x_name} or {stats_dtype}"
+            raise DTypeError(f"{param} must have dtype {allowed} for a {x_name} x; got {param_name}")
+    ndim = len(shape)
+    axes_set = set(axes)
+    return NormSpec(
+        kind=kind,
+        shape=shape,
+        axes=axes,
+        dtype=x_name,
+        compute_dtype=stats_dtype,
+        eps=eps,
+        normalized_shape=normalized_shape,
+        stats_shape=tuple(1 if d in axes_set else size for d, size in enumerate(shape)),
+        param_shape=tuple(size if d in axes_set else 1 for d, size in enumerate(shape)),
+        batch_axes=tuple(d for d in range(ndim) if d not in axes_set),
+        is_trailing=axes == tuple(range(ndim - len(axes), ndim)),
+    )
+
+
+def _shape_of(array: Any, what: str) -> Shape:
+    shape = getattr(array, "shape", None)
+    if shape is None or not hasattr(array, "dtype"):
+        raise DTypeError(f"{what} must be an array with .shape and .dtype; got {type(array).__name__}")
+    if isinstance(shape, tuple):  # numpy, JAX, torch.Size
+        return shape
+    dims = getattr(shape, "dims", shape)  # tf.TensorShape: iterate its dims
+    if dims is None:
+        raise ShapeError(f"{what} must have a known number of dimensions")
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+def _dtype_of(array: Any) -> Any:
+    return array.dtype
+
+
+def _hashable_axis(axis: Any) -> Axis:
+    if isinstance(axis, bool):
+        raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}")
+    if isinstance(axis, int):
+        return axis
+    try:
+        if isinstance(axis, (tuple, list)):
+            return tuple(_axis_int(a) for a in axis)
+        return operator.index(axis)
+    except TypeError:
+        raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}") from None
+
+
+def _axis_int(a: Any) -> int:
+    if isinstance(a, bool):
+        raise TypeError
+    return operator.index(a)
+
+
+def _checked_eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ArgumentError(f"eps must be a real number; got {eps!r}")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ArgumentError(f"eps must be finite and >= 0; got {value!r}")
+    return value
+
+
+def _shapes_match(got: Shape, expected: Shape) -> bool:
+    return len(got) == len(expected) and all(g is None or e is None or g == e for g, e in zip(got, expected))
+
+
+def _fmt(shape: Shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -1,0 +1,91 @@
+"""The tolerance table: how far a backend's result may be from the float64 reference. Documented in docs/spec.md.
+
+An element passes when ``|actual - expected| <= atol * scale + rtol * |expected| + cond * kappa`` where
+``scale`` is the RMS of the expected array (so atol is relative to the data's magnitude) and ``kappa`` is the
+condition number of the element's row, ``|mean| / sqrt(var + eps)`` (0 for rms_norm). A two-pass or Welford
+implementation errs by about ``u * kappa`` (u the unit roundoff of the compute dtype), well inside ``cond``; the
+single-pass E[x^2] - E[x]^2 errs by about ``u * kappa**2`` and fails as soon as kappa is large.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from layernorm_core.spec import NormSpec
+
+Quantity = Literal["output", "stats", "grad"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed error: ``atol`` relative to the RMS of the expected array, ``rtol`` per element, ``cond`` per
+    unit of the row's condition number."""
+
+    rtol: float
+    atol: float
+    cond: float
+
+
+# Half outputs: two units of the output's rounding (float16 2**-11, bfloat16 2**-8); statistics of half inputs
+# are float32. float32: a few dozen ulps, far below an N-1 variance (1/(2N)) or a missing eps at small N.
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+TOLERANCES: dict[tuple[str, Quantity], Tolerance] = {
+    ("float64", "output"): Tolerance(rtol=1e-12, atol=1e-12, cond=64 * _U64),
+    ("float64", "stats"): Tolerance(rtol=1e-12, atol=1e-12, cond=64 * _U64),
+    ("float64", "grad"): Tolerance(rtol=1e-10, atol=1e-11, cond=256 * _U64),
+    ("float32", "output"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
+    ("float32", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
+    ("float32", "grad"): Tolerance(rtol=1e-4, atol=2e-5, cond=256 * _U32),
+    ("float16", "output"): Tolerance(rtol=2 * 2.0**-11, atol=2 * 2.0**-11, cond=64 * _U32),
+    ("float16", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
+    ("float16", "grad"): Tolerance(rtol=4 * 2.0**-11, atol=4 * 2.0**-11, cond=256 * _U32),
+    ("bfloat16", "output"): Tolerance(rtol=2 * 2.0**-8, atol=2 * 2.0**-8, cond=64 * _U32),
+    ("bfloat16", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
+    ("bfloat16", "grad"): Tolerance(rtol=4 * 2.0**-8, atol=4 * 2.0**-8, cond=256 * _U32),
+}
+
+
+def tolerance(dtype: str, quantity: Quantity) -> Tolerance:
+    """The tolerance for a result of ``quantity`` computed from a ``dtype`` input."""
+    return TOLERANCES[(dtype, quantity)]
+
+
+def row_condition(x: npt.ArrayLike, spec: NormSpec) -> npt.NDArray[np.float64]:
+    """Per row (shape ``spec.stats_shape``), ``|mean| / sqrt(var + eps)`` for layer_norm; zeros for rms_norm."""
+    x64 = np.asarray(x).astype(np.float64)
+    if spec.kind == "rms_norm":
+        return np.zeros(spec.stats_shape if None not in spec.stats_shape else (1,))
+    mean = x64.mean(axis=spec.axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=spec.axes, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(np.abs(mean) / np.sqrt(var + spec.eps), nan=0.0, posinf=np.finfo(np.float64).max)
+
+
+def error_ratio(
+    actual: npt.ArrayLike,
+    expected: npt.ArrayLike,
+    tol: Tolerance,
+    condition: npt.ArrayLike | float = 0.0,
+) -> float:
+    """The worst ``|actual - expected| / allowed`` over all elements: <= 1 passes. NaN where the reference is
+    finite (or the reverse) is infinitely wrong; matching NaN or Inf is exact."""
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {e.shape}")
+    if a.size == 0:
+        return 0.0
+    finite = np.isfinite(e)
+    same_special = (~finite) & ((a == e) | (np.isnan(a) & np.isnan(e)))
+    scale = float(np.sqrt(np.mean(np.square(e[finite])))) if finite.any() else 1.0
+    allowed = tol.atol * (scale if scale > 0 else 1.0) + tol.rtol * np.abs(np.where(finite, e, 0.0))
+    allowed = allowed + tol.cond * np.asarray(condition, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - e)
+    ratio = np.where(same_special, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))
+    return float(np.max(ratio))

@@ -92,10 +92,20 @@ def run(
                 f"x is a {owner} array that takes part in {owner}'s autodiff or tracing; the {name!r} backend "
                 f"cannot see that graph. Use backend={owner!r}, or detach the array first."
             )
-    outputs = call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+    device = source.device_of(x)
+    outputs = call(
+        engine, _convert(source, engine, x, device), [None if p is None else _convert(source, engine, p, device) for p in params]
+    )
     if isinstance(outputs, tuple):
-        return tuple(None if out is None else source.from_foreign(out) for out in outputs)
-    return source.from_foreign(outputs)
+        return tuple(None if out is None else _convert(engine, source, out, device) for out in outputs)
+    return _convert(engine, source, outputs, device)
+
+
+def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) -> Any:
+    """Move an array between frameworks: through NumPy on the CPU (keeps bfloat16), DLPack on a device."""
+    if device == "cpu":
+        return target.from_numpy(source.to_numpy(array), "cpu")
+    return target.from_foreign(array)
 
 
 def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:

@@ -1,0 +1,162 @@
+"""The NumPy backend: layer_norm and rms_norm, forward and backward, on the CPU.
+
+Arrays are brought to a (rows, N) layout with the normalized axes last (a view for trailing axes), normalized
+by the blocked kernels in `layernorm_numpy.kernels`, and brought back to x's layout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from layernorm_core.errors import DeviceError
+from layernorm_core.protocol import BackendInfo
+from layernorm_core.spec import NormSpec
+from layernorm_numpy.kernels import backward_rows, forward_rows
+
+Array = npt.NDArray[Any]
+_HAS_BFLOAT16 = importlib.util.find_spec("ml_dtypes") is not None
+
+
+def info() -> BackendInfo:
+    """NumPy's version; cpu only; bfloat16 when ml_dtypes is installed; deterministic."""
+    dtypes = ("float16", "bfloat16", "float32", "float64") if _HAS_BFLOAT16 else ("float16", "float32", "float64")
+    return BackendInfo(
+        version=np.__version__,
+        devices=("cpu",),
+        dtypes=dtypes,
+        deterministic_devices=("cpu",),
+        autodiff=False,
+    )
+
+
+def device_of(x: Any) -> str:
+    """Always "cpu"."""
+    return "cpu"
+
+
+def is_tracked(x: Any) -> bool:
+    """NumPy has no autodiff or tracing."""
+    return False
+
+
+def to_numpy(x: Array) -> Array:
+    """A copy of x."""
+    return np.array(x, copy=True)
+
+
+def from_numpy(array: Array, device: str = "cpu") -> Array:
+    """A copy of ``array``; DeviceError for any device but the CPU."""
+    if device != "cpu":
+        raise DeviceError(f"the numpy backend runs on the cpu only; asked for {device}")
+    return np.array(array, copy=True)
+
+
+def from_foreign(x: Any) -> Array:
+    """A host array of another framework as NumPy (DLPack where the producer supports it, else __array__)."""
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError) as exc:
+            raise DeviceError(f"the numpy backend cannot read this {type(x).__name__}: {exc}") from exc
+    return np.asarray(x)
+
+
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, mean, rstd) when ``return_stats``."""
+    y, mean, rstd = _forward(x, weight, bias, spec, rms=False)
+    return (y, mean, rstd) if return_stats else y
+
+
+def rms_norm(x: Array, weight: Array | None, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, rstd) when ``return_stats``."""
+    y, _, rstd = _forward(x, weight, None, spec, rms=True)
+    return (y, rstd) if return_stats else y
+
+
+def layer_norm_backward(
+    dy: Array, x: Array, weight: Array | None, spec: NormSpec, mean: Array | None, rstd: Array | None
+) -> tuple[Array, Array, Array]:
+    """(dx, dweight, dbias); mean and rstd are recomputed when not given."""
+    if mean is None or rstd is None:
+        _, mean, rstd = _forward(x, None, None, spec, rms=False)
+    dx, dweight, dbias = _backward(dy, x, weight, spec, mean, rstd)
+    return dx, dweight, dbias
+
+
+def rms_norm_backward(
+    dy: Array, x: Array, weight: Array | None, spec: NormSpec, rstd: Array | None
+) -> tuple[Array, Array]:
+    """(dx, dweight); rstd is recomputed when not given."""
+    if rstd is None:
+        _, _, rstd = _forward(x, None, None, spec, rms=True)
+    dx, dweight, _ = _backward(dy, x, weight, spec, None, rstd)
+    return dx, dweight
+
+
+def _forward(
+    x: Array, weight: Array | None, bias: Array | None, spec: NormSpec, rms: bool
+) -> tuple[Array, Array | None, Array]:
+    compute = np.dtype(spec.compute_dtype)
+    x2 = _to_rows(x, spec)
+    rows = x2.shape[0]
+    y2 = np.empty(x2.shape, dtype=x.dtype)
+    mean = None if rms else np.empty((rows, 1), dtype=compute)
+    rstd = np.empty((rows, 1), dtype=compute)
+    forward_rows(x2, _param(weight, compute), _param(bias, compute), spec.eps, compute, rms, y2, mean, rstd)
+    stats_shape = _static(spec.stats_shape)
+    return (
+        _from_rows(y2, spec),
+        None if mean is None else mean.reshape(stats_shape),
+        rstd.reshape(stats_shape),
+    )
+
+
+def _backward(
+    dy: Array, x: Array, weight: Array | None, spec: NormSpec, mean: Array | None, rstd: Array
+) -> tuple[Array, Array, Array]:
+    compute = np.dtype(spec.compute_dtype)
+    x2 = _to_rows(x, spec)
+    dx2 = np.empty(x2.shape, dtype=x.dtype)
+    stats = (x2.shape[0], 1)
+    dweight, dbias = backward_rows(
+        _to_rows(dy, spec),
+        x2,
+        _param(weight, compute),
+        None if mean is None else np.asarray(mean, dtype=compute).reshape(stats),
+        np.asarray(rstd, dtype=compute).reshape(stats),
+        compute,
+        dx2,
+    )
+    normalized = _static(spec.normalized_shape)
+    return (
+        _from_rows(dx2, spec),
+        dweight.astype(x.dtype).reshape(normalized),
+        dbias.astype(x.dtype).reshape(normalized),
+    )
+
+
+def _to_rows(x: Array, spec: NormSpec) -> Array:
+    n = int(np.prod(_static(spec.normalized_shape)))
+    if not spec.is_trailing:
+        x = np.ascontiguousarray(x.transpose(spec.perm))
+    return x.reshape(-1, n) if x.size else x.reshape(x.size // n, n)
+
+
+def _from_rows(y2: Array, spec: NormSpec) -> Array:
+    shape = _static(spec.shape)
+    if spec.is_trailing:
+        return y2.reshape(shape)
+    permuted = tuple(shape[a] for a in spec.perm)
+    return np.ascontiguousarray(y2.reshape(permuted).transpose(spec.inverse_perm))
+
+
+def _param(param: Array | None, compute: np.dtype[Any]) -> Array | None:
+    return None if param is None else np.ascontiguousarray(param, dtype=compute).reshape(-1)
+
+
+def _static(shape: tuple[int | None, ...]) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape if d is not None)

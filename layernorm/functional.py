@@ -47,6 +47,7 @@ def layer_norm(
         >>> y = layernorm.layer_norm(np.array([[1.0, 2.0, 3.0]]), eps=0.0)
         >>> np.round(y, 4)
         array([[-1.2247,  0.    ,  1.2247]])
+
     """
     spec = check_forward("layer_norm", x, weight, bias, axis, eps)
     return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats))
@@ -70,6 +71,7 @@ def rms_norm(
         >>> import numpy as np, layernorm
         >>> np.round(layernorm.rms_norm(np.array([[3.0, 4.0]]), eps=0.0), 4)
         array([[0.8485, 1.1314]])
+
     """
     spec = check_forward("rms_norm", x, weight, None, axis, eps)
     return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats))
@@ -106,9 +108,10 @@ def layer_norm_backward(
         >>> dx, dw, db = layernorm.layer_norm_backward(dy, x)
         >>> np.allclose(dx, 0.0), db.tolist()
         (True, [1.0, 1.0, 1.0])
+
     """
     spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd)
-    return run(  # type: ignore[no-any-return]
+    return run(
         x,
         (dy, weight, mean, rstd),
         backend,
@@ -137,9 +140,10 @@ def rms_norm_backward(
         >>> dx, dw = layernorm.rms_norm_backward(np.ones((1, 2)), np.array([[3.0, 4.0]]), eps=0.0)
         >>> np.round(dx, 4)
         array([[ 0.0453, -0.0339]])
+
     """
     spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd)
-    return run(  # type: ignore[no-any-return]
+    return run(
         x,
         (dy, weight, rstd),
         backend,

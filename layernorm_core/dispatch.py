@@ -19,12 +19,14 @@ AUTO = "auto"
 ENV_VARIABLE = "LAYERNORM_BACKEND"
 
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
-_process_default: str | None = None
-_process_default_from_env: str | None = os.environ.get(ENV_VARIABLE) or None
+_open_scopes = 0
+"""using() blocks open in any thread: the hot path reads the ContextVar only when > 0 (torch.compile cannot)."""
+_process_default: str | None = os.environ.get(ENV_VARIABLE) or None
+"""Set by `use`; starts as LAYERNORM_BACKEND (checked on first use, like a `use` call)."""
 
 
 def use(name: str) -> None:
-    """Set the process-wide engine; ``"auto"`` restores dispatch by array type (and LAYERNORM_BACKEND)."""
+    """Set the process-wide engine, replacing LAYERNORM_BACKEND; ``"auto"`` restores dispatch by array type."""
     global _process_default
     _process_default = _checked_name(name)
 
@@ -32,16 +34,19 @@ def use(name: str) -> None:
 @contextmanager
 def using(name: str) -> Iterator[str]:
     """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar)."""
+    global _open_scopes
     token = _scoped.set(_checked_name(name) or AUTO)
+    _open_scopes += 1
     try:
         yield name
     finally:
+        _open_scopes -= 1
         _scoped.reset(token)
 
 
 def current_backend() -> str:
-    """The engine name in force here (scoped, process default, environment), or ``"auto"``."""
-    return _scoped.get() or _process_default or _process_default_from_env or AUTO
+    """The engine name in force here (scoped, else process default), or ``"auto"``."""
+    return _scoped.get() or _process_default or AUTO
 
 
 def _checked_name(name: str) -> str | None:
@@ -56,7 +61,7 @@ def _checked_name(name: str) -> str | None:
 def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
     """Return (engine module, owner name of x's type or None, engine name) for a call on x."""
     owner = registry.owner_of(x)
-    name = backend or _scoped.get() or _process_default or _process_default_from_env or AUTO
+    name = backend or (_open_scopes and _scoped.get()) or _process_default or AUTO
     if name == AUTO:
         if owner is None:
             raise BackendError(
@@ -94,7 +99,9 @@ def run(
             )
     device = source.device_of(x)
     outputs = call(
-        engine, _convert(source, engine, x, device), [None if p is None else _convert(source, engine, p, device) for p in params]
+        engine,
+        _convert(source, engine, x, device),
+        [None if p is None else _convert(source, engine, p, device) for p in params],
     )
     if isinstance(outputs, tuple):
         return tuple(None if out is None else _convert(engine, source, out, device) for out in outputs)

@@ -64,8 +64,7 @@ def layer_norm_backward(
     """
     dy64 = _f64(dy)
     assert dy64 is not None
-    y, mean, rstd = layer_norm(x, None, None, spec)
-    xhat = y
+    xhat, _, rstd = layer_norm(x, None, None, spec)
     w = _param(weight, spec)
     g = dy64 if w is None else dy64 * w
     g_mean = g.mean(axis=spec.axes, keepdims=True)

@@ -10,9 +10,10 @@ import importlib.metadata
 import importlib.util
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -84,7 +85,7 @@ class Registry:
             try:
                 plugin = entry_point.load()
                 self._manager.register(plugin, name=entry_point.name)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            except Exception as exc:
                 _warn(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}")
                 continue
             self._collect(entry_point.name, plugin)
@@ -95,9 +96,9 @@ class Registry:
                 declaration
                 for impl in self._manager.hook.layernorm_backends.get_hookimpls()
                 if impl.plugin is plugin
-                for declaration in impl.function()
+                for declaration in cast(Iterable[Any], impl.function())
             ]
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+        except Exception as exc:
             _warn(f"plugin {plugin_name!r} failed to declare its backends: {exc!r}")
             self._manager.unregister(plugin)
             return
@@ -194,7 +195,7 @@ class Registry:
             if reason is None:
                 try:
                     info = self.get(name).info()
-                except Exception as exc:  # noqa: BLE001 - reported in the table, not raised
+                except Exception as exc:
                     reason = str(exc)
             rows.append(
                 BackendStatus(

@@ -80,9 +80,7 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
     )
 
 
-def check_backward(
-    kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any
-) -> NormSpec:
+def check_backward(kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any) -> NormSpec:
     """Validate a backward call (dy, and saved mean/rstd when given) and return the forward's `NormSpec`."""
     spec = check_forward(kind, x, weight, None, axis, eps)
     if _shape_of(dy, "dy") != spec.shape:
@@ -179,7 +177,8 @@ def _shape_of(array: Any, what: str) -> Shape:
     dims = getattr(shape, "dims", shape)  # tf.TensorShape: iterate its dims
     if dims is None:
         raise ShapeError(f"{what} must have a known number of dimensions")
-    return tuple(None if d is None else int(d) for d in dims)
+    sizes = (getattr(d, "value", d) for d in dims)  # a tf Dimension holds its size (or None) in .value
+    return tuple(None if d is None else int(d) for d in sizes)
 
 
 def _dtype_of(array: Any) -> Any:
@@ -215,7 +214,9 @@ def _checked_eps(eps: Any) -> float:
 
 
 def _shapes_match(got: Shape, expected: Shape) -> bool:
-    return len(got) == len(expected) and all(g is None or e is None or g == e for g, e in zip(got, expected))
+    return len(got) == len(expected) and all(
+        g is None or e is None or g == e for g, e in zip(got, expected, strict=True)
+    )
 
 
 def _fmt(shape: Shape) -> str:

@@ -22,8 +22,11 @@ Quantity = Literal["output", "stats", "grad"]
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed error: ``atol`` relative to the RMS of the expected array, ``rtol`` per element, ``cond`` per
-    unit of the row's condition number."""
+    """Allowed error of one result.
+
+    ``atol`` is relative to the RMS of the expected array, ``rtol`` per element, ``cond`` per unit of the row's
+    condition number.
+    """
 
     rtol: float
     atol: float
@@ -58,9 +61,9 @@ def tolerance(dtype: str, quantity: Quantity) -> Tolerance:
 def row_condition(x: npt.ArrayLike, spec: NormSpec) -> npt.NDArray[np.float64]:
     """Per row (shape ``spec.stats_shape``), ``|mean| / sqrt(var + eps)`` for layer_norm; zeros for rms_norm."""
     x64 = np.asarray(x).astype(np.float64)
-    if spec.kind == "rms_norm":
-        return np.zeros(spec.stats_shape if None not in spec.stats_shape else (1,))
     mean = x64.mean(axis=spec.axes, keepdims=True)
+    if spec.kind == "rms_norm":
+        return np.zeros_like(mean)
     var = ((x64 - mean) ** 2).mean(axis=spec.axes, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.nan_to_num(np.abs(mean) / np.sqrt(var + spec.eps), nan=0.0, posinf=np.finfo(np.float64).max)
@@ -71,9 +74,17 @@ def error_ratio(
     expected: npt.ArrayLike,
     tol: Tolerance,
     condition: npt.ArrayLike | float = 0.0,
+    *,
+    scale: float | None = None,
 ) -> float:
-    """The worst ``|actual - expected| / allowed`` over all elements: <= 1 passes. NaN where the reference is
-    finite (or the reverse) is infinitely wrong; matching NaN or Inf is exact."""
+    """The worst ``|actual - expected| / allowed`` over all elements: <= 1 passes.
+
+    ``condition`` is `row_condition` (per row, broadcast against ``expected``), or any scalar; for results that
+    do not have rows (dweight, dbias) its maximum applies. ``scale`` is the magnitude atol is relative to: the RMS
+    of ``expected`` by default; for dx pass `gradient_scale`, since dx comes from a cancellation of terms of that
+    size and may be far smaller than them. NaN where the reference is finite (or the reverse) is
+    infinitely wrong; matching NaN or Inf is exact.
+    """
     a = np.asarray(actual).astype(np.float64)
     e = np.asarray(expected).astype(np.float64)
     if a.shape != e.shape:
@@ -82,10 +93,29 @@ def error_ratio(
         return 0.0
     finite = np.isfinite(e)
     same_special = (~finite) & ((a == e) | (np.isnan(a) & np.isnan(e)))
-    scale = float(np.sqrt(np.mean(np.square(e[finite])))) if finite.any() else 1.0
+    if scale is None:
+        scale = float(np.sqrt(np.mean(np.square(e[finite])))) if finite.any() else 1.0
     allowed = tol.atol * (scale if scale > 0 else 1.0) + tol.rtol * np.abs(np.where(finite, e, 0.0))
-    allowed = allowed + tol.cond * np.asarray(condition, dtype=np.float64)
+    kappa = np.asarray(condition, dtype=np.float64)
+    if not _broadcasts_to(kappa.shape, e.shape):
+        kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
+    allowed = allowed + tol.cond * kappa
     with np.errstate(invalid="ignore"):
         diff = np.abs(a - e)
     ratio = np.where(same_special, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))
     return float(np.max(ratio))
+
+
+def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.ArrayLike, spec: NormSpec) -> float:
+    """The magnitude of the terms dx is computed from: RMS of ``dy * weight * rstd`` (float64)."""
+    g = np.asarray(dy).astype(np.float64) * np.asarray(rstd, dtype=np.float64)
+    if weight is not None:
+        g = g * np.asarray(weight).astype(np.float64).reshape(spec.param_shape)
+    return float(np.sqrt(np.mean(np.square(g)))) if g.size else 1.0
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False

@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.generic]
+Array = npt.NDArray[Any]
 
 BLOCK_BYTES = 256 * 1024
 """Scratch per block, in the compute dtype: small enough that the passes over a block stay in L2."""
@@ -113,6 +114,7 @@ def forward_rows(
             else:
                 t *= column
                 if bias is None:
+                    assert weight is not None
                     np.multiply(t, weight, out=last)
                 elif weight is None:
                     np.add(t, bias, out=last)

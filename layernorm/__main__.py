@@ -1,0 +1,7 @@
+"""Entry point of ``python -m layernorm``."""
+
+import sys
+
+from layernorm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""``python -m layernorm``: ``backends`` prints the registered backends, ``check`` runs the conformance matrix."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from layernorm_core.registry import BackendStatus, registry
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with columns padded to their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def backends_table(statuses: Sequence[BackendStatus]) -> str:
+    """The table `python -m layernorm backends` prints: one row per registered backend."""
+    rows = [
+        [
+            s.name,
+            "yes" if s.available else "no",
+            s.version or "-",
+            ",".join(s.devices) or "-",
+            ",".join(s.dtypes) or "-",
+            s.plugin,
+            s.reason or "",
+        ]
+        for s in statuses
+    ]
+    return format_table(["backend", "available", "version", "devices", "dtypes", "plugin", "reason"], rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m layernorm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("backends", help="list every registered backend, available or not")
+    check = commands.add_parser(
+        "check", help="run the conformance suite on every installed backend and print the matrix"
+    )
+    check.add_argument("args", nargs=argparse.REMAINDER, help="passed to the conformance runner (see --help)")
+    options = parser.parse_args(argv)
+    if options.command == "backends":
+        print(backends_table(registry.status()))
+        return 0
+    from layernorm_conformance.matrix import main as check_main
+
+    return check_main(list(options.args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

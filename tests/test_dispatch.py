@@ -1,0 +1,140 @@
+"""Engine resolution: backend= > using > use > LAYERNORM_BACKEND > auto by array type; isolation of `using`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import layernorm
+from layernorm import BackendError, DTypeError
+
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def test_auto_dispatch_follows_the_array_type(recording: list[str]) -> None:
+    assert layernorm.current_backend() == "auto"
+    layernorm.layer_norm(X)
+    assert recording == []  # numpy arrays went to the numpy backend
+
+
+def test_backend_argument(recording: list[str]) -> None:
+    layernorm.layer_norm(X, backend="recording")
+    layernorm.rms_norm(X, backend="recording")
+    layernorm.layer_norm_backward(X, X, backend="recording")
+    layernorm.rms_norm_backward(X, X, backend="recording")
+    assert recording == ["layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"]
+
+
+def test_precedence_backend_over_using_over_use(recording: list[str]) -> None:
+    try:
+        layernorm.use("recording")
+        assert layernorm.current_backend() == "recording"
+        layernorm.layer_norm(X)
+        assert recording == ["layer_norm"]
+        with layernorm.using("numpy"):
+            assert layernorm.current_backend() == "numpy"
+            layernorm.layer_norm(X)
+            assert recording == ["layer_norm"]
+            layernorm.layer_norm(X, backend="recording")
+            assert recording == ["layer_norm", "layer_norm"]
+            with layernorm.using("recording"):
+                layernorm.rms_norm(X)
+            assert layernorm.current_backend() == "numpy"
+        assert recording == ["layer_norm", "layer_norm", "rms_norm"]
+        assert layernorm.current_backend() == "recording"
+    finally:
+        layernorm.use("auto")
+    assert layernorm.current_backend() == "auto"
+
+
+def test_using_auto_restores_auto_inside_use(recording: list[str]) -> None:
+    try:
+        layernorm.use("recording")
+        with layernorm.using("auto"):
+            layernorm.layer_norm(X)
+        assert recording == []
+    finally:
+        layernorm.use("auto")
+
+
+def test_use_rejects_unknown_names_at_once() -> None:
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
+        layernorm.use("nope")
+    with pytest.raises(BackendError, match="unknown backend 'nope'"), layernorm.using("nope"):
+        pass
+    assert layernorm.current_backend() == "auto"
+
+
+def test_using_is_isolated_per_thread(recording: list[str]) -> None:
+    entered, release = threading.Event(), threading.Event()
+    seen: dict[str, str] = {}
+
+    def inside() -> None:
+        with layernorm.using("recording"):
+            entered.set()
+            release.wait(5)
+            seen["thread"] = layernorm.current_backend()
+            layernorm.layer_norm(X)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    entered.wait(5)
+    seen["main"] = layernorm.current_backend()
+    layernorm.layer_norm(X)
+    release.set()
+    thread.join(5)
+    assert seen == {"thread": "recording", "main": "auto"}
+    assert recording == ["layer_norm"]
+
+
+def test_using_is_isolated_per_asyncio_task(recording: list[str]) -> None:
+    async def task(name: str, gate: asyncio.Event, other: asyncio.Event) -> str:
+        with layernorm.using(name):
+            gate.set()
+            await other.wait()
+            await asyncio.sleep(0)
+            return layernorm.current_backend()
+
+    async def main() -> list[str]:
+        a, b = asyncio.Event(), asyncio.Event()
+        return list(await asyncio.gather(task("recording", a, b), task("numpy", b, a)))
+
+    assert asyncio.run(main()) == ["recording", "numpy"]
+    assert layernorm.current_backend() == "auto"
+
+
+def test_environment_variable_sets_the_default_and_use_overrides_it() -> None:
+    code = (
+        "import numpy as np, layernorm;"
+        "print(layernorm.current_backend());"
+        "layernorm.use('auto'); print(layernorm.current_backend())"
+    )
+    env = {**os.environ, "LAYERNORM_BACKEND": "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["numpy", "auto"]
+
+
+def test_unowned_array_type_needs_an_engine() -> None:
+    class Foreign:
+        shape = (2, 3)
+        dtype = np.dtype(np.float32)
+
+        def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+            return np.ones((2, 3), np.float32)
+
+    with pytest.raises(BackendError, match=r"no backend owns arrays of type .*Foreign"):
+        layernorm.layer_norm(Foreign())
+    y = layernorm.layer_norm(Foreign(), backend="numpy")
+    assert isinstance(y, np.ndarray) and y.shape == (2, 3)
+
+
+def test_weight_of_another_framework_is_rejected() -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(DTypeError, match=r"x is a numpy array but another argument is a torch\.Tensor"):
+        layernorm.layer_norm(X, torch.ones(4))

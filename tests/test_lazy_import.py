@@ -1,0 +1,28 @@
+"""`import layernorm` imports no framework; a backend loads its framework on first use only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+FRAMEWORKS = ("torch", "jax", "tensorflow", "flax", "keras")
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_import_layernorm_loads_no_framework() -> None:
+    assert _loaded_after("import layernorm") == set()
+
+
+def test_numpy_call_and_registry_load_no_framework() -> None:
+    code = (
+        "import numpy as np, layernorm\n"
+        "layernorm.layer_norm(np.ones((2, 3)))\n"
+        "from layernorm_core.registry import registry\n"
+        "registry.names(); registry.owner_of(np.ones(1))"
+    )
+    assert _loaded_after(code) == set()

@@ -1,0 +1,167 @@
+"""NumPy backend numerics against the float64 reference, with the tolerance table of docs/spec.md."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import layernorm
+from layernorm_core import check_backward, check_forward, reference
+from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
+
+DTYPES = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+CASES = [
+    pytest.param((7, 33), -1, id="2d-trailing"),
+    pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
+    pytest.param((3, 8, 5, 4), 1, id="channels-first"),
+    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
+    pytest.param((5, 1), -1, id="size-1"),
+    pytest.param((2, 65536), -1, id="wide"),
+    pytest.param((0, 16), -1, id="empty-batch"),
+    pytest.param((6,), 0, id="1d"),
+]
+
+
+def _inputs(shape: tuple[int, ...], axis: object, dtype: np.dtype, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    spec = check_forward("layer_norm", np.empty(shape, np.float32), None, None, axis, 1e-5)  # type: ignore[arg-type]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w = rng.standard_normal(spec.normalized_shape).astype(dtype)
+    b = rng.standard_normal(spec.normalized_shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), CASES)
+def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    x, w, b, dy = _inputs(shape, axis, DTYPES[dtype])
+    y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
+    spec = check_forward("layer_norm", x, w, b, axis, 1e-5)  # type: ignore[arg-type]
+    ref_y, ref_mean, ref_rstd = reference.layer_norm(x, w, b, spec)
+    cond = row_condition(x, spec)
+    assert (y.dtype, y.shape) == (x.dtype, x.shape)
+    assert mean.dtype == rstd.dtype == np.dtype(spec.compute_dtype) and mean.shape == spec.stats_shape
+    assert error_ratio(y, ref_y, tolerance(dtype, "output"), cond) <= 1
+    assert error_ratio(mean, ref_mean, tolerance(dtype, "stats"), cond) <= 1
+    assert error_ratio(rstd, ref_rstd, tolerance(dtype, "stats"), cond) <= 1
+    grads = layernorm.layer_norm_backward(dy, x, w, axis=axis, mean=mean, rstd=rstd)
+    recomputed = layernorm.layer_norm_backward(dy, x, w, axis=axis)
+    dx_scale = gradient_scale(dy, w, ref_rstd, spec)
+    for got, again, expected, scale in zip(
+        grads,
+        recomputed,
+        reference.layer_norm_backward(dy, x, w, spec),
+        (dx_scale, None, None),
+        strict=True,
+    ):
+        assert got.dtype == x.dtype
+        assert error_ratio(got, expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1
+        np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), CASES)
+def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    x, w, _, dy = _inputs(shape, axis, DTYPES[dtype])
+    y, rstd = layernorm.rms_norm(x, w, axis=axis, return_stats=True)
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)  # type: ignore[arg-type]
+    ref_y, ref_rstd = reference.rms_norm(x, w, spec)
+    assert y.dtype == x.dtype and rstd.dtype == np.dtype(spec.compute_dtype)
+    assert error_ratio(y, ref_y, tolerance(dtype, "output")) <= 1
+    assert error_ratio(rstd, ref_rstd, tolerance(dtype, "stats")) <= 1
+    dx_scale = gradient_scale(dy, w, ref_rstd, spec)
+    for got, expected, scale in zip(
+        layernorm.rms_norm_backward(dy, x, w, axis=axis, rstd=rstd),
+        reference.rms_norm_backward(dy, x, w, spec),
+        (dx_scale, None),
+        strict=True,
+    ):
+        assert error_ratio(got, expected, tolerance(dtype, "grad"), scale=scale) <= 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_offset_small_spread_normalizes(dtype: str) -> None:
+    """1e4 + N(0, 1e-2): a single-pass E[x^2] - E[x]^2 loses every digit here."""
+    x = (1e4 + np.random.default_rng(3).normal(0, 1e-2, (16, 4096))).astype(dtype)
+    y = layernorm.layer_norm(x, eps=0.0)
+    spec = check_forward("layer_norm", x, None, None, -1, 0.0)
+    ref_y, _, _ = reference.layer_norm(x, None, None, spec)
+    assert error_ratio(y, ref_y, tolerance(dtype, "output"), row_condition(x, spec)) <= 1
+    np.testing.assert_allclose(y.astype(np.float64).std(axis=-1), 1.0, rtol=1e-3)
+
+
+def test_constant_rows_give_the_bias() -> None:
+    x = np.full((3, 8), 7.25, np.float32)
+    b = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(layernorm.layer_norm(x, np.ones(8, np.float32), b), np.broadcast_to(b, x.shape))
+    np.testing.assert_array_equal(layernorm.rms_norm(np.zeros((2, 4), np.float32)), np.zeros((2, 4), np.float32))
+
+
+def test_non_contiguous_inputs_and_no_mutation() -> None:
+    base = np.random.default_rng(4).standard_normal((8, 10, 12)).astype(np.float32)
+    x = base[:, ::2, ::-1]
+    before = base.copy()
+    y = layernorm.layer_norm(x, axis=(0, 2))
+    layernorm.layer_norm_backward(np.ones_like(x), x, axis=(0, 2))
+    np.testing.assert_array_equal(base, before)
+    np.testing.assert_array_equal(y, layernorm.layer_norm(np.ascontiguousarray(x), axis=(0, 2)))
+
+
+def test_float32_params_with_half_x() -> None:
+    x, w, b, _ = _inputs((4, 16), -1, np.dtype(np.float16))
+    y = layernorm.layer_norm(x, w.astype(np.float32), b.astype(np.float32))
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    ref_y, _, _ = reference.layer_norm(x, w.astype(np.float32), b.astype(np.float32), spec)
+    assert y.dtype == np.float16 and error_ratio(y, ref_y, tolerance("float16", "output")) <= 1
+
+
+def test_rows_are_batch_invariant_and_deterministic() -> None:
+    x = np.random.default_rng(5).standard_normal((3000, 700)).astype(np.float32)  # crosses block and thread splits
+    y = layernorm.layer_norm(x)
+    for rows in (slice(0, 1), slice(1234, 1235), slice(2999, 3000), slice(100, 900)):
+        np.testing.assert_array_equal(layernorm.layer_norm(x[rows]), y[rows])
+    np.testing.assert_array_equal(layernorm.layer_norm(x), y)
+    dy = np.ones_like(x)
+    for got, again in zip(layernorm.layer_norm_backward(dy, x), layernorm.layer_norm_backward(dy, x), strict=True):
+        np.testing.assert_array_equal(got, again)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple),
+    data=st.data(),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    eps=st.sampled_from([0.0, 1e-6, 1e-5, 1e-3, 0.5]),
+)
+def test_random_shapes_axes_dtypes(shape: tuple[int, ...], data: st.DataObject, dtype: str, eps: float) -> None:
+    axes = data.draw(st.sets(st.integers(0, len(shape) - 1), min_size=1).map(lambda s: tuple(sorted(s))))
+    x, w, b, dy = _inputs(shape, axes, DTYPES[dtype], seed=data.draw(st.integers(0, 2**16)))
+    spec = check_forward("layer_norm", x, w, b, axes, eps)
+    cond = row_condition(x, spec)
+    assert (
+        error_ratio(
+            layernorm.layer_norm(x, w, b, axis=axes, eps=eps),
+            reference.layer_norm(x, w, b, spec)[0],
+            tolerance(dtype, "output"),
+            cond,
+        )
+        <= 1
+    )
+    back_spec = check_backward("layer_norm", dy, x, w, axes, eps, None, None)
+    dx_scale = gradient_scale(dy, w, reference.layer_norm(x, None, None, spec)[2], spec)
+    for got, expected, scale in zip(
+        layernorm.layer_norm_backward(dy, x, w, axis=axes, eps=eps),
+        reference.layer_norm_backward(dy, x, w, back_spec),
+        (dx_scale, None, None),
+        strict=True,
+    ):
+        assert error_ratio(got, expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1

@@ -1,0 +1,183 @@
+"""Every bad input gets its typed error and message from the core, before any backend runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import layernorm
+from layernorm import ArgumentError, BackendError, DTypeError, LayerNormError, ShapeError
+
+X = np.zeros((2, 3, 4), np.float32)
+W4 = np.ones(4, np.float32)
+
+BAD_FORWARD = [
+    pytest.param(
+        dict(weight=np.ones(3, np.float32)),
+        ShapeError,
+        r"weight must have shape \(4,\) .*got \(3,\)",
+        id="weight-shape",
+    ),
+    pytest.param(
+        dict(bias=np.ones((1, 4), np.float32)),
+        ShapeError,
+        r"bias must have shape \(4,\) .*got \(1, 4\)",
+        id="bias-shape",
+    ),
+    pytest.param(
+        dict(axis=(1, 2), weight=np.ones((4, 3), np.float32)),
+        ShapeError,
+        r"weight must have shape \(3, 4\)",
+        id="weight-order",
+    ),
+    pytest.param(dict(axis=3), ShapeError, "axis 3 is out of range for an array of 3 dimension", id="axis-range"),
+    pytest.param(dict(axis=-4), ShapeError, "axis -4 is out of range", id="axis-range-negative"),
+    pytest.param(
+        dict(axis=(1, -2)), ShapeError, r"axis \(1, -2\) names the same axis more than once", id="axis-repeated"
+    ),
+    pytest.param(dict(axis=()), ShapeError, "axis must name at least one axis", id="axis-empty"),
+    pytest.param(dict(axis=1.5), ArgumentError, "axis must be an int or a tuple of ints", id="axis-float"),
+    pytest.param(dict(axis=True), ArgumentError, "axis must be an int or a tuple of ints", id="axis-bool"),
+    pytest.param(dict(eps=-1e-5), ArgumentError, "eps must be finite and >= 0; got -1e-05", id="eps-negative"),
+    pytest.param(dict(eps=math.nan), ArgumentError, "eps must be finite and >= 0; got nan", id="eps-nan"),
+    pytest.param(dict(eps=math.inf), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-inf"),
+    pytest.param(dict(eps="0.1"), ArgumentError, "eps must be a real number", id="eps-str"),
+    pytest.param(
+        dict(weight=np.ones(4, np.int32)),
+        DTypeError,
+        "weight must have dtype float32 for a float32 x; got int32",
+        id="weight-int",
+    ),
+    pytest.param(
+        dict(bias=np.ones(4, np.float64)),
+        DTypeError,
+        "bias must have dtype float32 for a float32 x; got float64",
+        id="bias-float64",
+    ),
+    pytest.param(
+        dict(weight=[1.0, 1.0, 1.0, 1.0]),
+        DTypeError,
+        "weight must be an array with .shape and .dtype; got list",
+        id="weight-list",
+    ),
+    pytest.param(
+        dict(backend="nope"), BackendError, "unknown backend 'nope'; registered backends:", id="backend-unknown"
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_FORWARD)
+def test_layer_norm_bad_input(kwargs: dict, error: type[LayerNormError], message: str) -> None:
+    with pytest.raises(error, match=message):
+        layernorm.layer_norm(X, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        pytest.param(np.zeros((2, 4), np.int64), "x must have a floating dtype .*; got int64", id="int64"),
+        pytest.param(np.zeros((2, 4), np.bool_), "x must have a floating dtype .*; got bool", id="bool"),
+        pytest.param(np.zeros((2, 4), np.complex64), "x must have a floating dtype .*; got complex64", id="complex64"),
+    ],
+)
+@pytest.mark.parametrize("op", [layernorm.layer_norm, layernorm.rms_norm])
+def test_non_float_x_is_dtype_error(op: object, x: np.ndarray, message: str) -> None:
+    with pytest.raises(DTypeError, match=message):
+        op(x)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 0), (3, 0, 4)])
+def test_normalized_size_zero_is_shape_error(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ShapeError, match="the normalized size is 0"):
+        layernorm.layer_norm(np.zeros(shape, np.float32), axis=1)
+
+
+def test_zero_dim_x_is_shape_error() -> None:
+    with pytest.raises(ShapeError, match="axis -1 is out of range for an array of 0 dimension"):
+        layernorm.rms_norm(np.float32(1.0))
+
+
+def test_errors_are_also_builtin_exceptions() -> None:
+    assert issubclass(ShapeError, ValueError) and issubclass(ArgumentError, ValueError)
+    assert issubclass(DTypeError, TypeError)
+    assert issubclass(BackendError, RuntimeError) and issubclass(layernorm.DeviceError, RuntimeError)
+
+
+def test_not_installed_backend_names_its_extra(recording: list[str]) -> None:
+    from layernorm_core import BackendDeclaration, hookimpl
+    from layernorm_core.registry import registry
+
+    class Missing:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [
+                BackendDeclaration(name="missing", implementation="x", requires=("no_such_framework_zz",), extra="zz")
+            ]
+
+    registry.register_plugin(Missing(), name="missing-plugin")
+    try:
+        with pytest.raises(BackendError, match=r"no_such_framework_zz is not installed: pip install 'layernorm\[zz\]'"):
+            layernorm.layer_norm(X, backend="missing")
+        with pytest.raises(BackendError, match="backend 'missing' is not available"):
+            layernorm.use("missing")
+    finally:
+        registry.unregister_plugin("missing-plugin")
+
+
+def test_checks_run_before_the_backend(recording: list[str]) -> None:
+    with pytest.raises(ShapeError):
+        layernorm.layer_norm(X, weight=np.ones(3, np.float32), backend="recording")
+    assert recording == []
+
+
+BAD_BACKWARD = [
+    pytest.param(
+        dict(dy=np.zeros((2, 3), np.float32)),
+        ShapeError,
+        r"dy must have x's shape \(2, 3, 4\); got \(2, 3\)",
+        id="dy-shape",
+    ),
+    pytest.param(
+        dict(dy=np.zeros((2, 3, 4), np.float64)),
+        DTypeError,
+        "dy must have x's dtype float32; got float64",
+        id="dy-dtype",
+    ),
+    pytest.param(
+        dict(mean=np.zeros((2, 3, 1), np.float32)), ArgumentError, "pass both mean and rstd, or neither", id="mean-only"
+    ),
+    pytest.param(
+        dict(mean=np.zeros((2, 3), np.float32), rstd=np.zeros((2, 3), np.float32)),
+        ShapeError,
+        r"mean must have shape \(2, 3, 1\); got \(2, 3\)",
+        id="stats-shape",
+    ),
+    pytest.param(
+        dict(mean=np.zeros((2, 3, 1), np.float64), rstd=np.zeros((2, 3, 1), np.float64)),
+        DTypeError,
+        "mean must have dtype float32; got float64",
+        id="stats-dtype",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_BACKWARD)
+def test_layer_norm_backward_bad_input(kwargs: dict, error: type[LayerNormError], message: str) -> None:
+    dy = kwargs.pop("dy", np.zeros_like(X))
+    with pytest.raises(error, match=message):
+        layernorm.layer_norm_backward(dy, X, **kwargs)
+
+
+def test_rms_norm_backward_takes_no_mean() -> None:
+    with pytest.raises(TypeError):
+        layernorm.rms_norm_backward(np.zeros_like(X), X, mean=np.zeros((2, 3, 1), np.float32))  # type: ignore[call-arg]
+
+
+def test_half_x_accepts_float32_params() -> None:
+    x = np.ones((2, 4), np.float16)
+    y = layernorm.layer_norm(x, W4, W4)
+    assert y.dtype == np.float16
+    with pytest.raises(DTypeError, match="weight must have dtype float16 or float32 for a float16 x; got float64"):
+        layernorm.layer_norm(x, W4.astype(np.float64))

@@ -6,6 +6,7 @@ Also the one place where arrays cross frameworks, when the engine in force is no
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +21,7 @@ ENV_VARIABLE = "LAYERNORM_BACKEND"
 
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
 _open_scopes = 0
+_scopes_lock = threading.Lock()
 """using() blocks open in any thread: the hot path reads the ContextVar only when > 0 (torch.compile cannot)."""
 _process_default: str | None = os.environ.get(ENV_VARIABLE) or None
 """Set by `use`; starts as LAYERNORM_BACKEND (checked on first use, like a `use` call)."""
@@ -36,11 +38,13 @@ def using(name: str) -> Iterator[str]:
     """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar)."""
     global _open_scopes
     token = _scoped.set(_checked_name(name) or AUTO)
-    _open_scopes += 1
+    with _scopes_lock:
+        _open_scopes += 1
     try:
         yield name
     finally:
-        _open_scopes -= 1
+        with _scopes_lock:
+            _open_scopes -= 1
         _scoped.reset(token)
 
 
@@ -60,16 +64,16 @@ def _checked_name(name: str) -> str | None:
 
 def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
     """Return (engine module, owner name of x's type or None, engine name) for a call on x."""
-    owner = registry.owner_of(x)
     name = backend or (_open_scopes and _scoped.get()) or _process_default or AUTO
+    owned = registry.owning_engine(x)
     if name == AUTO:
-        if owner is None:
+        if owned is None:
             raise BackendError(
                 f"no backend owns arrays of type {type(x).__module__}.{type(x).__qualname__}; "
                 f"pass backend= or call layernorm.use(...); registered: {', '.join(registry.names())}"
             )
-        name = owner
-    return registry.get(name), owner, name
+        return owned[0], owned[1], owned[1]
+    return registry.get(name), None if owned is None else owned[1], name
 
 
 def run(
@@ -85,7 +89,7 @@ def run(
     """
     engine, owner, name = resolve(x, backend)
     if owner is not None:
-        source = registry.get(owner)
+        source = engine if owner == name else registry.get(owner)
         _check_companions(source, owner, x, params)
     if owner == name:
         return call(engine, x, params)
@@ -116,18 +120,20 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) ->
 
 
 def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:
+    x_type = type(x)
+    devices_differ = registry.multi_device(owner)
     x_device: str | None = None
     for array in params:
         if array is None:
             continue
-        other = registry.owner_of(array)
-        if other != owner:
+        if type(array) is not x_type and registry.owner_of(array) != owner:
             raise DTypeError(
                 f"x is a {owner} array but another argument is a {type(array).__module__}."
                 f"{type(array).__qualname__}; pass arrays of one framework"
             )
-        if x_device is None:
-            x_device = source.device_of(x)
-        device = source.device_of(array)
-        if device != x_device:
-            raise DeviceError(f"x is on {x_device} but another argument is on {device}; move them to one device")
+        if devices_differ:
+            if x_device is None:
+                x_device = source.device_of(x)
+            device = source.device_of(array)
+            if device != x_device:
+                raise DeviceError(f"x is on {x_device} but another argument is on {device}; move them to one device")

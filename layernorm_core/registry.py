@@ -53,6 +53,8 @@ class Registry:
         self._loaded: dict[str, ModuleType] = {}
         self._owner_by_module: dict[str, str] = {}
         self._owner_by_type: dict[type, str | None] = {}
+        self._multi_device: dict[str, bool] = {}
+        self._engine_by_type: dict[type, tuple[ModuleType, str]] = {}
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -73,6 +75,7 @@ class Registry:
             for backend in [b for b, p in self._plugin_of.items() if p == name]:
                 del self._declarations[backend], self._plugin_of[backend]
                 self._loaded.pop(backend, None)
+                self._multi_device.pop(backend, None)
             self._rebuild_owners()
 
     def _discover(self) -> None:
@@ -122,6 +125,7 @@ class Registry:
             for module in declaration.array_modules:
                 self._owner_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {}
+        self._engine_by_type = {}
 
     # -- lookups -----------------------------------------------------------------------------------------------
 
@@ -170,6 +174,28 @@ class Registry:
                 raise BackendError(f"backend {name!r} ({declaration.implementation}) lacks {', '.join(missing)}")
             self._loaded[name] = module
             return module
+
+    def owning_engine(self, x: Any) -> tuple[ModuleType, str] | None:
+        """The loaded backend that owns x's array type and its name, or None if no backend owns it (cached)."""
+        try:
+            return self._engine_by_type[type(x)]
+        except KeyError:
+            pass
+        owner = self.owner_of(x)
+        if owner is None:
+            return None
+        engine = (self.get(owner), owner)
+        self._engine_by_type[type(x)] = engine
+        return engine
+
+    def multi_device(self, name: str) -> bool:
+        """Whether backend ``name`` reports more than one device here, so arrays of one call may disagree."""
+        try:
+            return self._multi_device[name]
+        except KeyError:
+            many = len(self.get(name).info().devices) > 1
+            self._multi_device[name] = many
+            return many
 
     def owner_of(self, x: Any) -> str | None:
         """The backend that owns x's array type (by ``type(x).__module__``), without importing anything."""

@@ -11,7 +11,6 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name
@@ -65,9 +64,33 @@ class NormSpec:
         return tuple(inverse)
 
 
+_checked: dict[tuple[Any, ...], NormSpec] = {}
+_CHECKED_MAX = 4096
+
+
 def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
-    """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input."""
-    return _forward_spec(
+    """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input.
+
+    A call whose signature (shapes, dtypes, axis, eps and their types) passed before is answered from a cache.
+    """
+    try:
+        key = (
+            kind,
+            x.shape,
+            x.dtype,
+            axis,
+            axis.__class__,
+            eps,
+            eps.__class__,
+            None if weight is None else weight.shape,
+            None if weight is None else weight.dtype,
+            None if bias is None else bias.shape,
+            None if bias is None else bias.dtype,
+        )
+        return _checked[key]
+    except (KeyError, TypeError, AttributeError):
+        pass
+    spec = _forward_spec(
         kind,
         _shape_of(x, "x"),
         _dtype_of(x),
@@ -78,6 +101,13 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
         None if bias is None else _shape_of(bias, "bias"),
         None if bias is None else _dtype_of(bias),
     )
+    try:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[key] = spec
+    except (NameError, TypeError):  # no key (an attribute was missing) or an unhashable part (a list axis)
+        pass
+    return spec
 
 
 def check_backward(kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any) -> NormSpec:
@@ -119,7 +149,6 @@ def normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(normalized))
 
 
-@lru_cache(maxsize=4096)
 def _forward_spec(
     kind: Kind,
     shape: Shape,

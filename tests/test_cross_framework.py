@@ -1,0 +1,56 @@
+"""An engine that is not x's framework: x crosses at the boundary and the result comes back in x's type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import layernorm
+from layernorm import BackendError
+from layernorm_core import check_forward, reference
+from layernorm_core.tolerances import error_ratio, tolerance
+
+X = np.random.default_rng(0).standard_normal((6, 10)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal(10).astype(np.float32)
+
+
+def _expected() -> np.ndarray:
+    return reference.layer_norm(X, W, None, check_forward("layer_norm", X, W, None, -1, 1e-5))[0]
+
+
+def test_numpy_arrays_on_the_torch_engine() -> None:
+    pytest.importorskip("torch")
+    y = layernorm.layer_norm(X, W, backend="torch")
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    assert error_ratio(y, _expected(), tolerance("float32", "output")) <= 1
+
+
+def test_torch_tensors_on_the_numpy_engine() -> None:
+    torch = pytest.importorskip("torch")
+    with layernorm.using("numpy"):
+        y, mean, rstd = layernorm.layer_norm(torch.from_numpy(X), torch.from_numpy(W), return_stats=True)
+    assert isinstance(mean, torch.Tensor) and mean.shape == (6, 1)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and isinstance(rstd, torch.Tensor)
+    assert error_ratio(y.numpy(), _expected(), tolerance("float32", "output")) <= 1
+
+
+def test_bfloat16_crosses_without_loss() -> None:
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(X).to(torch.bfloat16)
+    y = layernorm.rms_norm(x, backend="numpy")
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, layernorm.rms_norm(x), rtol=2**-7, atol=2**-7)
+
+
+def test_tracked_tensor_cannot_cross() -> None:
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(X).requires_grad_()
+    with pytest.raises(BackendError, match="takes part in torch's autodiff or tracing; the 'numpy' backend"):
+        layernorm.layer_norm(x, backend="numpy")
+
+
+def test_jax_arrays_on_the_numpy_engine() -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    y = layernorm.layer_norm(jnp.asarray(X), jnp.asarray(W), backend="numpy")
+    assert type(y).__module__.startswith(("jax", "jaxlib"))
+    assert error_ratio(np.asarray(y), _expected(), tolerance("float32", "output")) <= 1

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.perf_counter``; tests pass a fake one)."""
+
+MAX_CALLS = 1 << 20
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call of one measured function: median and spread over repeats."""
+    """Seconds per call of one measured function: median and spread (10th/90th percentile) over repeats."""
 
     median: float
     p10: float
@@ -24,6 +31,75 @@ class Timing:
         return nbytes / self.median / 1e9
 
 
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``samples``, linearly interpolated between order statistics.
+
+    Never extrapolates: with one sample every percentile is that sample.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0, 5.0], 10)
+    1.4
+    """
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("percentile of no samples")
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(samples: Sequence[float], calls_per_repeat: int) -> Timing:
+    """A `Timing` from per-call seconds of each repeat: median, p10 and p90 of those samples."""
+    return Timing(
+        statistics.median(samples),
+        percentile(samples, 10),
+        percentile(samples, 90),
+        len(samples),
+        calls_per_repeat,
+    )
+
+
+def calibrate(
+    fn: Callable[[Any], Any],
+    inputs: Sequence[Any],
+    sync: Callable[[Any], Any] = lambda out: out,
+    *,
+    min_time: float = 0.05,
+    warmup: int = 3,
+    clock: Clock = time.perf_counter,
+) -> int:
+    """Warm ``fn`` up, then return how many calls (a power of two) last at least ``min_time`` seconds."""
+    return _calibrate(fn, itertools.cycle(inputs), sync, min_time, warmup, clock)
+
+
+def _calibrate(
+    fn: Callable[[Any], Any],
+    feed: Iterator[Any],
+    sync: Callable[[Any], Any],
+    min_time: float,
+    warmup: int,
+    clock: Clock,
+) -> int:
+    for _ in range(warmup):
+        sync(fn(next(feed)))
+    calls = 1
+    while True:
+        elapsed = _run(fn, feed, sync, calls, clock) * calls
+        if elapsed >= min_time or calls >= MAX_CALLS:
+            return calls
+        calls *= 2
+
+
+def _run(fn: Callable[[Any], Any], feed: Iterator[Any], sync: Callable[[Any], Any], calls: int, clock: Clock) -> float:
+    """Seconds per call of ``calls`` back-to-back calls on the next inputs of ``feed``, synced once at the end."""
+    start = clock()
+    out = None
+    for _ in range(calls):
+        out = fn(next(feed))
+    sync(out)
+    return (clock() - start) / calls
+
+
 def measure(
     fn: Callable[[Any], Any],
     inputs: Sequence[Any],
@@ -32,33 +108,16 @@ def measure(
     repeats: int = 15,
     min_time: float = 0.05,
     warmup: int = 3,
+    clock: Clock = time.perf_counter,
 ) -> Timing:
-    """Time ``fn(inputs[i])``, rotating through ``inputs`` so caches do not flatter small shapes.
+    """Time ``fn(inputs[i])``, rotating through ``inputs`` (across repeats) so caches do not flatter small shapes.
 
     ``sync(out)`` must block until the device finished (``block_until_ready``, ``torch.cuda.synchronize``).
     Each repeat runs enough calls to last about ``min_time`` seconds; the result is per call.
     """
-    for i in range(warmup):
-        sync(fn(inputs[i % len(inputs)]))
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for i in range(calls):
-            out = fn(inputs[i % len(inputs)])
-        sync(out)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time or calls >= 1 << 20:
-            break
-        calls *= 2
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(calls):
-            out = fn(inputs[i % len(inputs)])
-        sync(out)
-        samples.append((time.perf_counter() - start) / calls)
-    deciles = statistics.quantiles(samples, n=10) if len(samples) > 1 else samples * 9
-    return Timing(statistics.median(samples), deciles[0], deciles[-1], repeats, calls)
+    feed = itertools.cycle(inputs)
+    calls = _calibrate(fn, feed, sync, min_time, warmup, clock)
+    return summarize([_run(fn, feed, sync, calls, clock) for _ in range(repeats)], calls)
 
 
 def interleaved(
@@ -69,22 +128,22 @@ def interleaved(
     rounds: int = 5,
     repeats: int = 3,
     min_time: float = 0.05,
+    warmup: int = 3,
+    clock: Clock = time.perf_counter,
+    on_round: Callable[[], Any] | None = None,
 ) -> dict[str, Timing]:
-    """Time several functions side by side, alternating between them so machine noise hits all alike."""
+    """Time several functions side by side, alternating between them so machine noise hits all alike.
+
+    Each function is warmed up and calibrated once; then ``rounds`` times, every function in turn runs
+    ``repeats`` repeats. Median, p10 and p90 are over all ``rounds * repeats`` per-call samples of a function.
+    ``on_round`` is called after each round (a progress bar's update).
+    """
+    feeds = {name: itertools.cycle(inputs) for name in fns}
+    calls = {name: _calibrate(fn, feeds[name], sync, min_time, warmup, clock) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    calls: dict[str, int] = {}
     for _ in range(rounds):
         for name, fn in fns.items():
-            timing = measure(fn, inputs, sync, repeats=repeats, min_time=min_time, warmup=1 if calls else 3)
-            calls[name] = timing.calls_per_repeat
-            samples[name].append(timing.median)
-    return {
-        name: Timing(
-            statistics.median(values),
-            min(values),
-            max(values),
-            len(values),
-            calls[name],
-        )
-        for name, values in samples.items()
-    }
+            samples[name].extend(_run(fn, feeds[name], sync, calls[name], clock) for _ in range(repeats))
+        if on_round is not None:
+            on_round()
+    return {name: summarize(values, calls[name]) for name, values in samples.items()}

@@ -1,0 +1,77 @@
+"""``python -m benchmarks --out DIR [--quick] [--backend NAME ...] [--dtype ...] [--shape ...] [--device ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks import machine, plots, report, runner
+from benchmarks.cases import DTYPES, SHAPES, select_shapes
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time layernorm's layer_norm and rms_norm on every installed backend beside the framework's "
+        "own normalization and a plain copy; write results.json, report.md and PNG plots.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md and the plots")
+    p.add_argument("--quick", action="store_true", help="a subset of shapes, float32 only, few repeats (< 1 min)")
+    p.add_argument("--backend", action="append", help="benchmark only this backend (repeatable); default: all")
+    p.add_argument("--dtype", action="append", choices=DTYPES, help="only this dtype (repeatable)")
+    p.add_argument("--shape", action="append", choices=[s.label for s in SHAPES], help="only this shape (repeatable)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or gpu; auto (default): the accelerator if present")
+    p.add_argument("--threads", type=int, help="compute threads per framework (default: each framework's own choice)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
+    p.add_argument("--repeats", type=int, help="repeats per round (default 3, quick 1)")
+    p.add_argument("--min-time", type=float, help="seconds each repeat lasts at least (default 0.02)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--from-json", type=Path, help="re-render report.md and plots from an existing results.json")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> runner.Config:
+    """The runner's configuration for parsed arguments."""
+    settings = runner.QUICK if args.quick else runner.FULL
+    overrides = {"rounds": args.rounds, "repeats": args.repeats, "min_time": args.min_time}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    dtypes = args.dtype or (["float32"] if args.quick else list(DTYPES))
+    return runner.Config(
+        shapes=select_shapes(args.shape, args.quick),
+        dtypes=dtypes,
+        backends=args.backend,
+        device=args.device,
+        settings=settings,
+        command=shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks (or re-render), write the report, print its path and the headline table."""
+    args = parser().parse_args(argv)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text(encoding="utf-8"))
+    else:
+        if args.threads:
+            machine.limit_threads(args.threads)
+        data = runner.run(config_from(args), progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [] if args.no_plots else plots.write(data, args.out)
+    path = report.write(data, args.out, names)
+    for device in report.devices(data):
+        print(f"\n{report.HEADLINE_OP}, {report.HEADLINE_DTYPE}, {device}:\n{report.headline_table(data, device)}")
+    skipped = [b for b in data["backends"] if b["status"] != "ran"]
+    for backend in skipped:
+        print(f"skipped {backend['name']}: {backend.get('reason', '')}")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

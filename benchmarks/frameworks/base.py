@@ -1,0 +1,157 @@
+"""The adapter every framework provides: inputs on a device, a sync, our calls, the native baseline, the copy floor."""
+
+from __future__ import annotations
+
+import abc
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.cases import EPS, ITEMSIZE, OPS, PASSES, Case, Shape
+
+Fn = Callable[[Any], Any]
+"""A measured function: takes one rotated input ``(x, dy)`` and returns something to sync on."""
+
+COPY = "copy"
+
+
+def key(op: str, pass_: str, impl: str) -> str:
+    """The name of a measured function in a workload, e.g. ``layer_norm/forward/ours``."""
+    return f"{op}/{pass_}/{impl}"
+
+
+@dataclass
+class Params:
+    """Weight and bias of a case, as host float32 arrays of the normalized size (the adapter converts them)."""
+
+    weight: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
+
+
+@dataclass
+class Workload:
+    """Everything measured side by side for one case."""
+
+    inputs: list[Any]
+    sync: Callable[[Any], Any]
+    fns: dict[str, Fn]
+    errors: dict[str, str] = field(default_factory=dict)
+    """Functions that could not be built or failed their first call: name -> reason."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """How each native baseline is formulated: function name -> text."""
+
+
+def rotations(shape: Shape, itemsize: int, target_bytes: int = 96 << 20, most: int = 32) -> int:
+    """How many distinct inputs to rotate through so that together they overflow the caches (at least 2)."""
+    per_input = 2 * shape.numel * itemsize  # x and dy
+    return max(2, min(most, -(-target_bytes // per_input)))
+
+
+def host_inputs(case: Case, count: int, seed: int = 0) -> tuple[list[tuple[Any, Any]], Params]:
+    """``count`` pairs (x, dy) of float32 host arrays of the case's shape, and weight/bias: seeded, not constant."""
+    rng = np.random.default_rng(seed)
+    dims = case.shape.dims
+    pairs = [
+        (
+            rng.standard_normal(dims, dtype=np.float32) * 2.0 + 0.5,
+            rng.standard_normal(dims, dtype=np.float32),
+        )
+        for _ in range(count)
+    ]
+    features = case.shape.features
+    params = Params(
+        weight=(1.0 + 0.1 * rng.standard_normal(features)).astype(np.float32),
+        bias=(0.1 * rng.standard_normal(features)).astype(np.float32),
+    )
+    return pairs, params
+
+
+def first_error_line(exc: BaseException) -> str:
+    """A one-line description of an exception for the report: type, message, and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}{where}"[:300]
+
+
+class FrameworkAdapter(abc.ABC):
+    """How to benchmark one framework. Subclasses import their framework in ``__init__``, not at module import."""
+
+    backend: str
+    """The layernorm backend name (``layernorm.layer_norm(..., backend=backend)``)."""
+
+    eps: float = EPS
+
+    @abc.abstractmethod
+    def environment(self, device: str) -> dict[str, Any]:
+        """Framework versions, threads and device description, for the report."""
+
+    @abc.abstractmethod
+    def device_kinds(self) -> tuple[str, ...]:
+        """The device kinds this framework can run on here ("cpu", "cuda", "gpu"), best first."""
+
+    @abc.abstractmethod
+    def to_device(self, array: npt.NDArray[np.float32], dtype: str, device: str) -> Any:
+        """A framework array on ``device`` holding ``array`` cast to ``dtype``."""
+
+    @abc.abstractmethod
+    def sync(self, out: Any) -> None:
+        """Block until every computation producing ``out`` has finished on the device."""
+
+    @abc.abstractmethod
+    def ours(self, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> Fn:
+        """Our ``op`` on this backend; forward+backward through the framework's autodiff."""
+
+    @abc.abstractmethod
+    def native(self, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> tuple[Fn, str]:
+        """The framework's own normalization for ``op`` and a one-line description of how it is formulated."""
+
+    @abc.abstractmethod
+    def copy(self, case: Case) -> Fn:
+        """A plain copy of x into a new array on the same device: the floor."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook, a no-op unless the framework caches memory
+        """Free cached device memory between cases."""
+
+    def workload(self, case: Case, ops: tuple[str, ...] = OPS, passes: tuple[str, ...] = PASSES) -> Workload:
+        """Build and try once (compiling where the framework compiles) every function measured for ``case``."""
+        pairs, params = host_inputs(case, rotations(case.shape, ITEMSIZE[case.dtype]))
+        inputs = [
+            (self.to_device(x, case.dtype, case.device), self.to_device(dy, case.dtype, case.device)) for x, dy in pairs
+        ]
+        weight = self.to_device(params.weight, case.dtype, case.device)
+        bias = self.to_device(params.bias, case.dtype, case.device)
+        work = Workload(inputs=inputs, sync=self.sync, fns={})
+        builders: list[tuple[str, Callable[[], Fn]]] = [(COPY, lambda: self.copy(case))]
+        for op in ops:
+            for pass_ in passes:
+                builders.append((key(op, pass_, "ours"), _bind(self.ours, op, pass_, case, weight, bias)))
+                builders.append((key(op, pass_, "native"), _native(self, work, op, pass_, case, weight, bias)))
+        for name, build in builders:
+            try:
+                fn = build()
+                self.sync(fn(inputs[0]))
+            except Exception as exc:
+                work.errors[name] = first_error_line(exc)
+                continue
+            work.fns[name] = fn
+        return work
+
+
+def _bind(method: Callable[..., Fn], *args: Any) -> Callable[[], Fn]:
+    return lambda: method(*args)
+
+
+def _native(
+    adapter: FrameworkAdapter, work: Workload, op: str, pass_: str, case: Case, weight: Any, bias: Any
+) -> Callable[[], Fn]:
+    def build() -> Fn:
+        fn, note = adapter.native(op, pass_, case, weight, bias)
+        work.notes[key(op, pass_, "native")] = note
+        return fn
+
+    return build

@@ -1,0 +1,268 @@
+"""The runner: plans the cases of every backend, measures them side by side, and returns results.json's content."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks import machine
+from benchmarks.cases import DTYPES, OPS, PASSES, Case, Shape, copy_bytes, traffic_bytes
+from benchmarks.frameworks import load
+from benchmarks.frameworks.base import COPY, FrameworkAdapter, first_error_line, key
+from benchmarks.timing import Clock, Timing, interleaved
+
+SCHEMA = 1
+GPU_KINDS = frozenset({"cuda", "gpu"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: rounds of interleaving, repeats per round, seconds per repeat, warm-up calls."""
+
+    rounds: int = 5
+    repeats: int = 3
+    min_time: float = 0.02
+    warmup: int = 2
+
+
+FULL = Settings()
+QUICK = Settings(rounds=3, repeats=1, min_time=0.005, warmup=1)
+
+
+@dataclass
+class Config:
+    """What to run: backends (None: every registered one), shapes, dtypes, device choice, settings."""
+
+    shapes: Sequence[Shape]
+    dtypes: Sequence[str] = DTYPES
+    backends: Sequence[str] | None = None
+    device: str = "auto"
+    settings: Settings = FULL
+    ops: tuple[str, ...] = OPS
+    passes: tuple[str, ...] = PASSES
+    command: str = ""
+
+
+@dataclass
+class Plan:
+    """One backend ready to run (adapter loaded, device and dtypes chosen), or skipped with a reason."""
+
+    name: str
+    adapter: FrameworkAdapter | None = None
+    device: str = ""
+    dtypes: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def registered_backends() -> list[str]:
+    """Every backend a plugin declares, installed or not."""
+    from layernorm_core.registry import registry
+
+    return list(registry.names())
+
+
+def backend_info(name: str) -> Any:
+    """The loaded backend's `BackendInfo` (imports its framework); raises when unknown, missing or broken."""
+    from layernorm_core.registry import registry
+
+    return registry.get(name).info()
+
+
+def choose_device(wanted: str, offered: Sequence[str], backend_devices: Sequence[str]) -> str | None:
+    """The device kind to run on: ``wanted``, or with "auto" the first kind both adapter and backend offer."""
+
+    def same(a: str, b: str) -> bool:
+        return a == b or (a in GPU_KINDS and b in GPU_KINDS)
+
+    candidates = offered if wanted == "auto" else [kind for kind in offered if same(kind, wanted)]
+    for kind in candidates:
+        if any(same(kind, device) for device in backend_devices):
+            return kind
+    return None
+
+
+def plan_backend(name: str, config: Config, load_adapter: Callable[[str], FrameworkAdapter] = load) -> Plan:
+    """Load backend ``name`` and its adapter and choose device and dtypes; on any failure, a skip with reason."""
+    plan = Plan(name, record={"name": name, "status": "skipped"})
+    try:
+        info = backend_info(name)
+    except Exception as exc:
+        plan.record["reason"] = first_error_line(exc)
+        return plan
+    plan.record.update(version=info.version, devices=list(info.devices), dtypes=list(info.dtypes), notes=info.notes)
+    try:
+        adapter = load_adapter(name)
+    except Exception as exc:
+        plan.record["reason"] = first_error_line(exc)
+        return plan
+    device = choose_device(config.device, adapter.device_kinds(), info.devices)
+    if device is None:
+        plan.record["reason"] = f"no device {config.device!r}: backend offers {', '.join(info.devices)}"
+        return plan
+    plan.dtypes = [dtype for dtype in config.dtypes if dtype in info.dtypes]
+    plan.record["dtypes_skipped"] = {
+        dtype: f"the {name} backend does not run {dtype}" for dtype in config.dtypes if dtype not in info.dtypes
+    }
+    try:
+        plan.record["environment"] = adapter.environment(device)
+    except Exception as exc:
+        plan.record["environment"] = {"error": first_error_line(exc)}
+    plan.adapter, plan.device = adapter, device
+    plan.record.update(status="ran", device=device)
+    return plan
+
+
+def timing_dict(timing: Timing | None) -> dict[str, Any] | None:
+    """A `Timing` as JSON (seconds), or None."""
+    return None if timing is None else asdict(timing)
+
+
+def result_records(
+    plan: Plan, case: Case, config: Config, timings: dict[str, Timing], errors: dict[str, str], notes: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One record per (op, pass) of a measured case: raw timings and the derived GB/s, ratio and floor."""
+    records = []
+    copy = timings.get(COPY)
+    for op in config.ops:
+        for pass_ in config.passes:
+            ours = timings.get(key(op, pass_, "ours"))
+            native = timings.get(key(op, pass_, "native"))
+            moved = traffic_bytes(op, pass_, case.shape, case.dtype)
+            copied = copy_bytes(case.shape, case.dtype)
+            record: dict[str, Any] = {
+                "backend": plan.name,
+                "device": case.device,
+                "op": op,
+                "pass": pass_,
+                "shape": case.shape.label,
+                "dims": list(case.shape.dims),
+                "axis": case.shape.axis,
+                "dtype": case.dtype,
+                "bytes": moved,
+                "copy_bytes": copied,
+                "ours": timing_dict(ours),
+                "native": timing_dict(native),
+                "copy": timing_dict(copy),
+                "native_impl": notes.get(key(op, pass_, "native"), ""),
+                "errors": {
+                    impl: errors[name]
+                    for impl, name in (
+                        ("ours", key(op, pass_, "ours")),
+                        ("native", key(op, pass_, "native")),
+                        ("copy", COPY),
+                    )
+                    if name in errors
+                },
+            }
+            record.update(derived(ours, native, copy, moved, copied))
+            records.append(record)
+    return records
+
+
+def derived(
+    ours: Timing | None, native: Timing | None, copy: Timing | None, moved: int, copied: int
+) -> dict[str, float | None]:
+    """GB/s of ours, native and the copy; ours' time over native's; ours' GB/s as a percentage of the copy's."""
+    ours_gbps = None if ours is None else ours.gbps(moved)
+    copy_gbps = None if copy is None else copy.gbps(copied)
+    return {
+        "ours_gbps": ours_gbps,
+        "native_gbps": None if native is None else native.gbps(moved),
+        "copy_gbps": copy_gbps,
+        "time_vs_native": None if ours is None or native is None else ours.median / native.median,
+        "percent_of_floor": None if ours_gbps is None or not copy_gbps else 100.0 * ours_gbps / copy_gbps,
+    }
+
+
+def run(
+    config: Config,
+    *,
+    clock: Clock = time.perf_counter,
+    progress: bool = True,
+    load_adapter: Callable[[str], FrameworkAdapter] = load,
+) -> dict[str, Any]:
+    """Measure every planned case and return the content of results.json."""
+    meta = machine.describe()
+    names = list(config.backends) if config.backends else registered_backends()
+    plans = [plan_backend(name, config, load_adapter) for name in names]
+    cases = [
+        (plan, Case(shape, dtype, plan.device))
+        for plan in plans
+        if plan.adapter
+        for dtype in plan.dtypes
+        for shape in config.shapes
+    ]
+    bar = _progress(len(cases) * (config.settings.rounds + 1), progress)
+    results: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    for plan, case in cases:
+        assert plan.adapter is not None
+        bar.set_description(f"{plan.name} {case.label}")
+        try:
+            timings, errors, notes = measure_case(plan.adapter, case, config, clock, bar.update)
+        except Exception as exc:
+            failures.append({"backend": plan.name, "case": case.label, "error": first_error_line(exc)})
+            bar.update(config.settings.rounds + 1)
+            continue
+        finally:
+            gc.collect()
+            plan.adapter.release()
+        results.extend(result_records(plan, case, config, timings, errors, notes))
+    bar.close()
+    meta["load_average_end"] = machine.load_average()
+    return {
+        "schema": SCHEMA,
+        "command": config.command,
+        "machine": meta,
+        "settings": asdict(config.settings),
+        "shapes": [shape.label for shape in config.shapes],
+        "dtypes": list(config.dtypes),
+        "backends": [plan.record for plan in plans],
+        "failures": failures,
+        "results": results,
+    }
+
+
+def measure_case(
+    adapter: FrameworkAdapter, case: Case, config: Config, clock: Clock, advance: Callable[[int], Any]
+) -> tuple[dict[str, Timing], dict[str, str], dict[str, str]]:
+    """Build one case's workload and time its functions interleaved: (timings, errors, native notes)."""
+    work = adapter.workload(case, config.ops, config.passes)
+    advance(1)
+    settings = config.settings
+    timings = interleaved(
+        work.fns,
+        work.inputs,
+        work.sync,
+        rounds=settings.rounds,
+        repeats=settings.repeats,
+        min_time=settings.min_time,
+        warmup=settings.warmup,
+        clock=clock,
+        on_round=lambda: advance(1),
+    )
+    return timings, work.errors, work.notes
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="step", dynamic_ncols=True)

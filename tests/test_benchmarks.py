@@ -1,0 +1,313 @@
+"""Fast tests of the benchmark runner's logic: timing statistics, byte counts, plans, the report's structure.
+
+A fake clock makes timings deterministic; nothing here asserts how fast anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import __main__ as cli
+from benchmarks import plots, report, runner
+from benchmarks.cases import QUICK_SHAPES, Case, Shape, copy_bytes, select_shapes, traffic_bytes
+from benchmarks.frameworks import load
+from benchmarks.frameworks.base import FrameworkAdapter
+from benchmarks.timing import interleaved, measure, percentile
+
+TINY = (Shape("2x8", (2, 8), -1), Shape("2x3x4", (2, 3, 4), 1))
+
+
+class FakeClock:
+    """A clock that only moves when told: ``tick`` seconds per read, plus whatever the measured code adds."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now = 0.0
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+# -- timing ------------------------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_order_statistics() -> None:
+    samples = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(samples, 0) == 1.0
+    assert percentile(samples, 50) == 3.0
+    assert percentile(samples, 100) == 5.0
+    assert percentile(samples, 10) == pytest.approx(1.4)
+    assert percentile(samples, 90) == pytest.approx(4.6)
+    assert percentile([7.0], 10) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_measure_doubles_calls_until_min_time_and_reports_per_call() -> None:
+    clock = FakeClock()
+
+    def fn(x: float) -> float:
+        clock.now += 0.01
+        return x
+
+    timing = measure(fn, [1.0], repeats=4, min_time=0.05, warmup=1, clock=clock)
+    assert timing.calls_per_repeat == 8  # 4 calls last 0.04 s < 0.05 s, 8 calls 0.08 s
+    assert timing.median == pytest.approx(0.01)
+    assert timing.repeats == 4
+
+
+def test_measure_rotates_inputs() -> None:
+    seen: list[int] = []
+    measure(seen.append, [0, 1, 2], repeats=4, min_time=0.0, warmup=1, clock=FakeClock(1.0))
+    assert seen == [0, 1, 2, 0, 1, 2]  # warm-up, calibration, then 4 repeats of one call: never restarting at 0
+
+
+def test_interleaved_alternates_functions_and_reports_percentiles_not_extremes() -> None:
+    clock = FakeClock()
+    order: list[str] = []
+    durations = {"a": iter([1.0] * 2 + [10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]), "b": iter([2.0] * 12)}
+
+    def timed(name: str) -> Callable[[Any], Any]:
+        def fn(_: Any) -> None:
+            order.append(name)
+            clock.now += next(durations[name])
+
+        return fn
+
+    result = interleaved(
+        {"a": timed("a"), "b": timed("b")}, [None], rounds=5, repeats=2, min_time=0.5, warmup=1, clock=clock
+    )
+    # warm-up and calibration of a, then of b; then rounds alternate a, a, b, b.
+    assert order[4:] == ["a", "a", "b", "b"] * 5
+    a = result["a"]
+    samples = [10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]
+    assert a.repeats == 10 and a.calls_per_repeat == 1
+    assert a.median == pytest.approx(5.5)
+    assert a.p10 == pytest.approx(percentile(samples, 10)) and a.p10 > min(samples)
+    assert a.p90 == pytest.approx(percentile(samples, 90)) and a.p90 < max(samples)
+    assert result["b"].median == pytest.approx(2.0)
+
+
+# -- cases ---------------------------------------------------------------------------------------------------------
+
+
+def test_traffic_bytes_count_tensors_and_parameters() -> None:
+    shape = Shape("2x8", (2, 8), -1)
+    # forward: x and y (16 elements each) plus weight and bias (8 each), 4 bytes
+    assert traffic_bytes("layer_norm", "forward", shape, "float32") == (2 * 16 + 2 * 8) * 4
+    assert traffic_bytes("rms_norm", "forward", shape, "bfloat16") == (2 * 16 + 8) * 2
+    # forward+backward: x, y, x, dy, dx plus w, b, w, dw, db
+    assert traffic_bytes("layer_norm", "forward+backward", shape, "float32") == (5 * 16 + 5 * 8) * 4
+    assert traffic_bytes("rms_norm", "forward+backward", shape, "float16") == (5 * 16 + 3 * 8) * 2
+    assert copy_bytes(Shape("c", (2, 3, 4), 1), "float32") == 2 * 24 * 4
+
+
+def test_channels_first_shape_normalizes_axis_one() -> None:
+    shape = Shape("8x64x56x56", (8, 64, 56, 56), 1)
+    assert shape.features == 64 and shape.normalized_axis == 1
+
+
+def test_select_shapes() -> None:
+    assert [s.label for s in select_shapes(None, quick=True)] == list(QUICK_SHAPES)
+    assert len(select_shapes(None, quick=False)) == 5
+    with pytest.raises(ValueError, match="unknown shape"):
+        select_shapes(["3x3"], quick=False)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "offered", "backend", "expected"),
+    [
+        ("auto", ("cuda", "cpu"), ("cpu", "cuda"), "cuda"),
+        ("auto", ("gpu", "cpu"), ("cpu",), "cpu"),
+        ("gpu", ("cuda", "cpu"), ("cuda",), "cuda"),
+        ("cpu", ("cuda", "cpu"), ("cpu", "cuda"), "cpu"),
+        ("cuda", ("cpu",), ("cpu",), None),
+    ],
+    ids=["auto-prefers-accelerator", "auto-falls-back-to-cpu", "gpu-means-cuda", "forced-cpu", "no-such-device"],
+)
+def test_choose_device(wanted: str, offered: tuple[str, ...], backend: tuple[str, ...], expected: str | None) -> None:
+    assert runner.choose_device(wanted, offered, backend) == expected
+
+
+# -- a tiny run on the numpy backend with a fake clock ----------------------------------------------------------
+
+
+def tiny_config(backends: list[str], dtypes: tuple[str, ...] = ("float32",)) -> runner.Config:
+    settings = runner.Settings(rounds=2, repeats=2, min_time=0.0, warmup=1)
+    return runner.Config(shapes=TINY, dtypes=dtypes, backends=backends, settings=settings, command="test")
+
+
+@pytest.fixture(scope="module")
+def numpy_run() -> dict[str, Any]:
+    pytest.importorskip("ml_dtypes")
+    data = runner.run(
+        tiny_config(["numpy", "no-such-backend"], ("float32", "bfloat16")), clock=FakeClock(0.001), progress=False
+    )
+    numpy_record = data["backends"][0]
+    if numpy_record["status"] != "ran":
+        pytest.skip(f"numpy backend not available: {numpy_record.get('reason')}")
+    return data
+
+
+def test_run_records_every_op_pass_shape_and_dtype(numpy_run: dict[str, Any]) -> None:
+    records = numpy_run["results"]
+    assert len(records) == 2 * 2 * 2 * 2  # shapes x dtypes x ops x passes
+    keys = {(r["op"], r["pass"], r["shape"], r["dtype"]) for r in records}
+    assert len(keys) == len(records)
+    for record in records:
+        assert record["backend"] == "numpy" and record["device"] == "cpu"
+        assert record["errors"] == {}
+        for impl in ("ours", "native", "copy"):
+            assert set(record[impl]) == {"median", "p10", "p90", "repeats", "calls_per_repeat"}
+            assert record[impl]["repeats"] == 4
+
+
+def test_run_derives_ratios_from_the_timings(numpy_run: dict[str, Any]) -> None:
+    # The fake clock gives every repeat the same 1 ms: ratio 1, and GB/s follow from the byte counts alone.
+    record = next(
+        r
+        for r in numpy_run["results"]
+        if (r["op"], r["pass"], r["shape"], r["dtype"]) == ("layer_norm", "forward", "2x8", "float32")
+    )
+    assert record["ours"]["median"] == pytest.approx(0.001)
+    assert record["time_vs_native"] == pytest.approx(1.0)
+    assert record["bytes"] == 192 and record["copy_bytes"] == 128
+    assert record["ours_gbps"] == pytest.approx(192 / 0.001 / 1e9)
+    assert record["percent_of_floor"] == pytest.approx(150.0)
+    assert record["native_impl"].startswith("plain NumPy")
+
+
+def test_run_skips_unknown_backend_with_reason(numpy_run: dict[str, Any]) -> None:
+    skipped = numpy_run["backends"][1]
+    assert skipped["name"] == "no-such-backend" and skipped["status"] == "skipped"
+    assert "unknown backend" in skipped["reason"]
+
+
+def test_run_records_machine_and_environment(numpy_run: dict[str, Any]) -> None:
+    machine = numpy_run["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"]
+    assert numpy_run["backends"][0]["environment"]["numpy"]
+    json.dumps(numpy_run)  # results.json must be plain JSON
+
+
+def test_report_and_plots_are_written(numpy_run: dict[str, Any], tmp_path: Path) -> None:
+    names = plots.write(numpy_run, tmp_path)
+    assert sorted(names) == ["throughput_cpu_bfloat16.png", "throughput_cpu_float32.png"]
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.write(numpy_run, tmp_path, names).read_text(encoding="utf-8")
+    assert "shared, busy machine" in text
+    assert "## Headline: layer_norm, float32, cpu" in text
+    assert "| numpy | 2x3x4 (axis=1) |" in text
+    assert "skipped: " in text and "no-such-backend" in text
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8")) == numpy_run
+
+
+def test_headline_table_has_one_row_per_backend_and_shape(numpy_run: dict[str, Any]) -> None:
+    lines = report.headline_table(numpy_run, "cpu").splitlines()
+    assert len(lines) == 2 + len(TINY)
+    assert lines[2].startswith("| numpy | 2x8 |") and lines[2].count("1x") == 2
+
+
+def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(numpy_run), encoding="utf-8")
+    assert cli.main(["--out", str(tmp_path / "out"), "--from-json", str(source), "--no-plots"]) == 0
+    assert (tmp_path / "out" / "report.md").exists()
+    assert "skipped no-such-backend" in capsys.readouterr().out
+
+
+def test_cli_quick_config() -> None:
+    config = cli.config_from(cli.parser().parse_args(["--out", "x", "--quick", "--backend", "numpy"]))
+    assert [s.label for s in config.shapes] == list(QUICK_SHAPES)
+    assert list(config.dtypes) == ["float32"] and list(config.backends or []) == ["numpy"]
+    assert config.settings == runner.QUICK
+
+
+# -- failures are recorded, not raised --------------------------------------------------------------------------
+
+
+class BrokenNative(FrameworkAdapter):
+    """The numpy adapter with a native baseline that fails."""
+
+    def __init__(self) -> None:
+        self.inner = load("numpy")
+        self.backend = "numpy"
+
+    def environment(self, device: str) -> dict[str, Any]:
+        return {}
+
+    def device_kinds(self) -> tuple[str, ...]:
+        return ("cpu",)
+
+    def to_device(self, array: Any, dtype: str, device: str) -> Any:
+        return self.inner.to_device(array, dtype, device)
+
+    def sync(self, out: Any) -> None:
+        pass
+
+    def ours(self, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> Any:
+        return self.inner.ours(op, pass_, case, weight, bias)
+
+    def native(self, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> Any:
+        raise RuntimeError("no native baseline here")
+
+    def copy(self, case: Case) -> Any:
+        return self.inner.copy(case)
+
+
+def test_a_failing_baseline_is_recorded_and_the_rest_still_runs() -> None:
+    data = runner.run(
+        tiny_config(["numpy"]), clock=FakeClock(0.001), progress=False, load_adapter=lambda _: BrokenNative()
+    )
+    if data["backends"][0]["status"] != "ran":
+        pytest.skip(f"numpy backend not available: {data['backends'][0].get('reason')}")
+    for record in data["results"]:
+        assert record["native"] is None and record["time_vs_native"] is None
+        assert record["errors"]["native"].startswith("RuntimeError: no native baseline here")
+        assert record["ours"] is not None and record["percent_of_floor"] is not None
+
+
+def test_a_failing_adapter_skips_its_backend() -> None:
+    def refuse(name: str) -> FrameworkAdapter:
+        raise LookupError(f"no benchmark adapter for backend {name!r}")
+
+    data = runner.run(tiny_config(["numpy"]), clock=FakeClock(0.001), progress=False, load_adapter=refuse)
+    assert data["results"] == []
+    assert data["backends"][0]["status"] == "skipped"
+    assert "no benchmark adapter" in data["backends"][0]["reason"]
+
+
+# -- each framework's adapter builds and runs a tiny case ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax", "tensorflow"])
+def test_adapter_runs_a_tiny_case(framework: str) -> None:
+    if framework != "numpy":
+        pytest.importorskip(framework)
+    if framework == "jax":
+        pytest.importorskip("flax")
+    data = runner.run(tiny_config([framework]), clock=FakeClock(0.001), progress=False)
+    backend = data["backends"][0]
+    if backend["status"] != "ran":
+        pytest.skip(f"{framework} backend not available: {backend.get('reason')}")
+    assert len(data["results"]) == 2 * 2 * 2
+    errors = {(r["op"], r["pass"], r["shape"]): r["errors"] for r in data["results"] if r["errors"]}
+    assert errors == {}
+
+
+def test_torch_adapter_on_cuda() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = tiny_config(["torch"])
+    config.device = "cuda"
+    data = runner.run(config, clock=FakeClock(0.001), progress=False)
+    assert data["backends"][0]["device"] == "cuda"
+    assert all(r["errors"] == {} and r["device"] == "cuda" for r in data["results"])

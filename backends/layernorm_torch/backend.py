@@ -1,0 +1,251 @@
+"""The PyTorch backend: torch's own fused kernels, forward and backward, on CPU and CUDA.
+
+layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
+rstd); rms_norm runs ``torch._fused_rms_norm`` (the op behind ``F.rms_norm``: a fused kernel on CUDA, torch's
+composite on CPU). Gradients go through torch.autograd with torch's own derivative formulas, so gradcheck,
+``torch.compile(fullgraph=True)`` and ``torch.autocast`` see ordinary aten ops. Axes that are not trailing are
+moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
+
+Everything here is on the per-call path: no argument checks (the core did them), no Python loops.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from layernorm_core import BackendInfo, NormSpec
+
+# The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
+_native_layer_norm: Any = torch.native_layer_norm
+_rms_norm: Any = torch.rms_norm
+# torch.ops, not the private torch._fused_rms_norm binding, which torch.compile refuses to trace.
+_fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
+_native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
+_fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
+
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arrays: device, conversion
+
+
+def info() -> BackendInfo:
+    """Report torch's version, the devices visible here (cpu, cuda), the four float dtypes, autograd."""
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    return BackendInfo(
+        version=torch.__version__,
+        devices=devices,
+        dtypes=tuple(_TORCH_DTYPES),
+        deterministic_devices=("cpu",),
+        autodiff=True,
+        notes={
+            "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
+            "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
+            "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
+            "float32; the result is cast back to x's dtype)",
+            "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
+        },
+    )
+
+
+def device_of(x: torch.Tensor) -> str:
+    """The device kind of x: "cpu", "cuda", or torch's name for another device type."""
+    return x.device.type
+
+
+def is_tracked(x: torch.Tensor) -> bool:
+    """True when x takes part in autograd (requires_grad) or in a functorch transform (grad, vmap)."""
+    return bool(x.requires_grad) or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A host NumPy copy of x with its dtype; bfloat16 becomes ml_dtypes.bfloat16 (bit for bit)."""
+    host = x.detach().cpu()
+    if host.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return host.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return host.numpy().copy()
+
+
+def from_numpy(array: Any, device: str = "cpu") -> torch.Tensor:
+    """A new tensor on ``device`` holding a NumPy array's values and dtype (ml_dtypes.bfloat16 -> bfloat16)."""
+    array = np.array(array, copy=True, order="C")
+    if array.dtype.name == "bfloat16":
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    return tensor.to(device)
+
+
+def from_foreign(x: Any) -> torch.Tensor:
+    """x, an array of another framework, as a tensor: DLPack (zero copy) where it can, else a NumPy copy."""
+    if hasattr(x, "__dlpack__"):
+        try:
+            return torch.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass  # read-only or extension dtypes (ml_dtypes.bfloat16) have no DLPack export
+    return from_numpy(np.asarray(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
+) -> Any:
+    """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm."""
+    if spec.compute_dtype != spec.dtype:  # half x
+        weight, bias = _half_params(x, weight, bias, spec)
+    if spec.is_trailing:
+        y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
+    else:
+        perm, inverse = _perms(spec)
+        y, mean, rstd = _native_layer_norm(x.permute(perm), spec.normalized_shape, weight, bias, spec.eps)
+        y, mean, rstd = y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
+    if y.dtype is not x.dtype:  # CUDA autocast runs layer_norm in float32; the spec keeps x's dtype
+        y = y.to(x.dtype)
+    if return_stats:
+        return y, _stat(mean, spec), _stat(rstd, spec)
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch._fused_rms_norm."""
+    if weight is not None and weight.dtype != x.dtype and x.device.type != "cpu":
+        weight = weight.to(x.dtype)
+    if not spec.is_trailing:
+        perm, inverse = _perms(spec)
+        y, rstd = _fused_rms_norm(x.permute(perm), spec.normalized_shape, weight, spec.eps)
+        y, rstd = y.permute(inverse), rstd.permute(inverse)
+    elif return_stats or (weight is not None and weight.dtype != x.dtype):
+        y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
+        y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+    if y.dtype is not x.dtype:
+        y = y.to(x.dtype)
+    if return_stats:
+        return y, _stat(rstd, spec)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explicit backward
+
+
+def layer_norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    spec: NormSpec,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) via torch's native_layer_norm_backward; dweight/dbias as if weight were ones."""
+    if spec.compute_dtype != spec.dtype:
+        weight, _ = _half_params(x, weight, None, spec)
+    if weight is None:
+        weight = torch.ones(_sizes(spec.normalized_shape), dtype=x.dtype, device=x.device)
+    dtype = x.dtype
+    if not spec.is_trailing:
+        perm, inverse = _perms(spec)
+        dy, x = dy.permute(perm), x.permute(perm)
+        if mean is not None and rstd is not None:
+            mean, rstd = mean.permute(perm), rstd.permute(perm)
+    if mean is None or rstd is None:
+        _, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, None, spec.eps)
+    # The bias argument is only read for its dtype and shape, to allocate dbias: weight serves.
+    dx, dweight, dbias = _native_layer_norm_backward(
+        dy, x, spec.normalized_shape, mean, rstd, weight, weight, [True, True, True]
+    )
+    if not spec.is_trailing:
+        dx = dx.permute(inverse)
+    return dx, dweight.to(dtype), dbias.to(dtype)
+
+
+def rms_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight): torch's fused rms_norm backward on CUDA, the same formula in torch ops elsewhere."""
+    if rstd is None:
+        rstd = rms_norm(x, None, spec, True)[1]
+    if x.device.type == "cuda":
+        return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
+    compute = rstd.dtype
+    xhat = x.to(compute) * rstd
+    dy_c = dy.to(compute)
+    g = dy_c if weight is None else dy_c * weight.to(compute).reshape(_sizes(spec.param_shape))
+    dx = rstd * (g - xhat * (g * xhat).mean(spec.axes, keepdim=True))
+    dweight = dy_c * xhat
+    if spec.batch_axes:
+        dweight = dweight.sum(spec.batch_axes)
+    return dx.to(x.dtype), dweight.reshape(_sizes(spec.normalized_shape)).to(x.dtype)
+
+
+def _rms_norm_backward_fused(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if weight is None:
+        weight = torch.ones(_sizes(spec.normalized_shape), dtype=x.dtype, device=x.device)
+    elif weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    if not spec.is_trailing:
+        perm, inverse = _perms(spec)
+        dy, x, rstd = dy.permute(perm), x.permute(perm), rstd.permute(perm)
+    dx, dweight = _fused_rms_norm_backward(
+        dy.contiguous(), x.contiguous(), list(spec.normalized_shape), rstd.contiguous(), weight, [True, True]
+    )
+    if not spec.is_trailing:
+        dx = dx.permute(inverse)
+    return dx.to(x.dtype), dweight.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+@lru_cache(maxsize=1024)
+def _perms(spec: NormSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(perm, inverse_perm) of a non-trailing spec, computed once per spec."""
+    return spec.perm, spec.inverse_perm
+
+
+def _half_params(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Return weight and bias for a half x, in the one dtype the device's kernel takes.
+
+    CPU: float32 (a missing weight becomes ones), which selects torch's mixed-type kernel: with half parameters,
+    or none, it returns mean and rstd rounded to the half dtype. CUDA: x's dtype (its kernel reads the parameters
+    in x's dtype and always keeps float32 statistics).
+    """
+    if x.device.type == "cpu":
+        if weight is None:
+            weight = torch.ones(_sizes(spec.normalized_shape), dtype=torch.float32, device=x.device)
+        return weight.to(torch.float32), None if bias is None else bias.to(torch.float32)
+    return (
+        None if weight is None else weight.to(x.dtype),
+        None if bias is None else bias.to(x.dtype),
+    )
+
+
+def _sizes(shape: tuple[int | None, ...]) -> tuple[int, ...]:
+    """A spec shape as torch sizes (a tensor's shape is always known)."""
+    return cast("tuple[int, ...]", shape)
+
+
+def _stat(stat: torch.Tensor, spec: NormSpec) -> torch.Tensor:
+    """A statistic in ``spec.compute_dtype`` (kernels that keep half statistics get them widened)."""
+    dtype = _TORCH_DTYPES[spec.compute_dtype]
+    return stat if stat.dtype == dtype else stat.to(dtype)

@@ -1,0 +1,161 @@
+"""PyTorch speed: layernorm.layer_norm / rms_norm (torch backend) against F.layer_norm / F.rms_norm and a copy.
+
+Every candidate runs side by side on the same inputs (`benchmarks.timing.interleaved`; ``torch.cuda.synchronize``
+before each clock read on CUDA), forward and forward+backward (``torch.autograd.grad`` of ``sum(y * ct)`` with
+respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints medians and ratios to torch's median
+(ours / torch: 1.00 is parity, > 1 slower). ``--breakdown`` splits the per-call cost of a tiny call into the
+pieces of the public API's path.
+
+    python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
+    python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
+    python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import layernorm
+from benchmarks.timing import Timing, interleaved
+
+EPS = 1e-5
+SHAPES = ((8, 64), (4096, 768), (8192, 4096))
+QUICK_SHAPES = ((8, 64), (4096, 768))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sync_for(device: str) -> Callable[[Any], Any]:
+    """Block until the device is done (CUDA), so the clock reads after the work, not after the launch."""
+    if device == "cuda":
+        return lambda out: torch.cuda.synchronize()
+    return lambda out: out
+
+
+def candidates(op: str, n: int) -> dict[str, Callable[..., torch.Tensor]]:
+    """Candidates ours / torch / copy for ``op`` over the last axis of size ``n``, as functions of (x, weight, bias)."""
+    shape = (n,)
+    if op == "layer_norm":
+        return {
+            "ours": lambda x, w, b: layernorm.layer_norm(x, w, b, eps=EPS),
+            "torch": lambda x, w, b: F.layer_norm(x, shape, w, b, EPS),
+            "copy": lambda x, w, b: x.clone(),
+        }
+    return {
+        "ours": lambda x, w, b: layernorm.rms_norm(x, w, eps=EPS),
+        "torch": lambda x, w, b: F.rms_norm(x, shape, w, EPS),
+        "copy": lambda x, w, b: x.clone(),
+    }
+
+
+def forward_backward(fn: Callable[..., torch.Tensor]) -> Callable[..., Any]:
+    """Forward, then the gradients of sum(y * ct) with respect to every input that requires them."""
+
+    def run(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ct: torch.Tensor) -> Any:
+        y = fn(x, w, b)
+        wanted = [t for t in (x, w, b) if t.requires_grad]
+        return torch.autograd.grad(y, wanted, ct, allow_unused=True)
+
+    return run
+
+
+def make_inputs(shape: tuple[int, int], dtype: torch.dtype, device: str, grad: bool) -> list[tuple[Any, ...]]:
+    """Two input sets (x, weight, bias, ct), rotated so small shapes are not flattered by caches."""
+    sets = []
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=g).to(device, dtype)
+        w = torch.randn(shape[-1], generator=g).to(device, dtype)
+        b = torch.randn(shape[-1], generator=g).to(device, dtype)
+        ct = torch.randn(shape, generator=g).to(device, dtype)
+        if grad:
+            x, w, b = (t.requires_grad_() for t in (x, w, b))
+        sets.append((x, w, b, ct))
+    return sets
+
+
+def _timed(fn: Callable[..., torch.Tensor], backward: bool) -> Callable[[tuple[Any, ...]], Any]:
+    """Wrap fn as a function of one input set (x, weight, bias, ct): forward only, or forward and backward."""
+    step = forward_backward(fn)
+
+    def forward_only(args: tuple[Any, ...]) -> Any:
+        return fn(*args[:3])
+
+    def with_backward(args: tuple[Any, ...]) -> Any:
+        return step(*args)
+
+    return with_backward if backward else forward_only
+
+
+def bench_case(
+    op: str, shape: tuple[int, int], dtype: str, device: str, backward: bool, rounds: int
+) -> dict[str, Timing]:
+    """Time ours, torch and copy side by side for one case."""
+    inputs = make_inputs(shape, DTYPES[dtype], device, backward)
+    fns = {name: _timed(fn, backward and name != "copy") for name, fn in candidates(op, shape[-1]).items()}
+    return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
+
+
+def breakdown(rounds: int) -> dict[str, Timing]:
+    """Per-call time of each piece of the public path on a (8, 64) float32 tensor, timed side by side."""
+    from layernorm_torch import backend
+
+    from layernorm_core import dispatch
+    from layernorm_core.spec import check_forward
+
+    x, w, b = (torch.randn(8, 64), torch.randn(64), torch.randn(64))
+    spec = check_forward("layer_norm", x, w, b, -1, EPS)
+    shape = (64,)
+    fns: dict[str, Callable[[Any], Any]] = {
+        "F.layer_norm": lambda _: F.layer_norm(x, shape, w, b, EPS),
+        "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, shape, w, b, EPS),
+        "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
+        "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
+        "core: dispatch.run(no-op)": lambda _: dispatch.run(x, (w, b), None, lambda e, x_, p: x_),
+        "layernorm.layer_norm": lambda _: layernorm.layer_norm(x, w, b, eps=EPS),
+        "layernorm.layer_norm(backend=)": lambda _: layernorm.layer_norm(x, w, b, eps=EPS, backend="torch"),
+    }
+    return interleaved(fns, [None], rounds=rounds, repeats=3, min_time=0.05)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one table per (op, mode)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer rounds")
+    parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", default="layer_norm,rms_norm")
+    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = 3 if args.quick else 5
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
+    if args.breakdown:
+        timings = breakdown(rounds)
+        base = timings["F.layer_norm"].median
+        for name, t in timings.items():
+            print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
+        return
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    for op in args.ops.split(","):
+        for backward in (False, True):
+            mode = "forward+backward" if backward else "forward"
+            print(f"\n{op} {mode}")
+            header = ("shape", "dtype", "ours us", "torch us", "copy us", "ours/torch")
+            print("  " + " ".join(f"{h:>11s}" for h in header))
+            for shape in shapes:
+                for dtype in args.dtypes.split(","):
+                    case = bench_case(op, shape, dtype, args.device, backward, rounds)
+                    ours, theirs, copy = (case[k].median * 1e6 for k in ("ours", "torch", "copy"))
+                    dims = "x".join(map(str, shape))
+                    print(f"  {dims:>11s} {dtype:>11s} {ours:11.2f} {theirs:11.2f} {copy:11.2f} {ours / theirs:11.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Drop-in ``torch.nn`` modules: `LayerNorm` and `RMSNorm`, with torch's parameters and state_dict keys, plus ``axis``.
+
+An existing ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` checkpoint loads unchanged (keys ``weight`` and
+``bias``). ``axis`` normalizes any axes (channels-first, non-adjacent) instead of the trailing ones.
+
+>>> import torch, layernorm.torch
+>>> norm = layernorm.torch.LayerNorm(4)
+>>> norm.load_state_dict(torch.nn.LayerNorm(4).state_dict())
+<All keys matched successfully>
+>>> norm(torch.ones(2, 4)).shape
+torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import layernorm
+from layernorm.errors import ShapeError
+
+Axis = int | tuple[int, ...]
+
+
+def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) -> tuple[tuple[int, ...], Axis]:
+    """normalized_shape as a tuple, and the axes it lies along: the trailing ones unless ``axis`` is given."""
+    if isinstance(normalized_shape, numbers.Integral):
+        shape: tuple[int, ...] = (int(normalized_shape),)
+    else:
+        shape = tuple(normalized_shape)  # type: ignore[arg-type]
+    if axis is None:
+        return shape, tuple(range(-len(shape), 0))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if len(axes) != len(shape):
+        raise ShapeError(f"axis {axis} names {len(axes)} axes but normalized_shape {shape} has {len(shape)}")
+    return shape, axes
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.LayerNorm.
+
+    Args:
+        normalized_shape: x's sizes along the normalized axes (an int for one axis), in increasing axis order.
+        eps: added to the (biased) variance.
+        elementwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+        bias: with ``elementwise_affine``, also learn ``bias``.
+        device, dtype: of the parameters.
+        axis: the normalized axes, an int or a tuple of ints (e.g. ``axis=1`` for NCHW channels); its length
+            must equal ``len(normalized_shape)``.
+
+    Shapes: input any shape with ``normalized_shape`` along ``axis``; output the input's shape and dtype.
+    Raises: ShapeError when ``axis`` and ``normalized_shape`` disagree, or x does not fit them.
+
+    Example:
+        >>> import torch, layernorm.torch
+        >>> norm = layernorm.torch.LayerNorm(3, axis=1)  # channels-first
+        >>> norm(torch.randn(2, 3, 5, 5)).shape
+        torch.Size([2, 3, 5, 5])
+
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        axis: Axis | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape, self.axis = _shape_and_axis(normalized_shape, axis)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        factory = {"device": device, "dtype": dtype}
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))  # type: ignore[arg-type]
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))  # type: ignore[arg-type]
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Set weight to ones and bias to zeros, as torch.nn.LayerNorm does."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize x over ``axis``: ``layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)``."""
+        return layernorm.layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, axis={self.axis}"
+        )
+
+
+class RMSNorm(nn.Module):
+    """RMS normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.RMSNorm.
+
+    ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses ``torch.finfo(x.dtype).eps``, as torch does.
+    Arguments as `LayerNorm` (there is no bias); the state_dict holds ``weight`` only.
+
+    Example:
+        >>> import torch, layernorm.torch
+        >>> norm = layernorm.torch.RMSNorm([4])
+        >>> norm.load_state_dict(torch.nn.RMSNorm([4]).state_dict())
+        <All keys matched successfully>
+
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        axis: Axis | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape, self.axis = _shape_and_axis(normalized_shape, axis)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Set weight to ones, as torch.nn.RMSNorm does."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize x over ``axis``: ``layernorm.rms_norm(x, weight, axis=axis, eps=eps)``."""
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return layernorm.rms_norm(x, self.weight, axis=self.axis, eps=eps)
+
+    def extra_repr(self) -> str:
+        """The constructor arguments, as torch.nn.RMSNorm prints them, plus axis."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, axis={self.axis}"
+        )
+
+
+def _warm_up() -> None:
+    """Run one tiny call eagerly, so the registry has loaded the torch backend before torch.compile traces a call.
+
+    The registry's first lookup takes a lock, which dynamo cannot trace.
+    """
+    layernorm.layer_norm(torch.zeros(1, 2))
+
+
+_warm_up()
+
+__all__ = ["LayerNorm", "RMSNorm"]

@@ -1,0 +1,126 @@
+"""torch.compile(fullgraph=True) through the public API, and torch.autocast (output dtype as the spec says)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import layernorm  # noqa: E402
+import layernorm.torch as lt  # noqa: E402  (its import also warms the registry up, see _warm_up)
+from layernorm_core import check_forward, reference  # noqa: E402
+from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
+
+
+def f64(t: Any) -> np.ndarray:
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def inputs(shape: tuple[int, ...], n: int, seed: int = 0) -> list[Any]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator) * 2 + 1
+    return [x, torch.randn(n, generator=generator), torch.randn(n, generator=generator)]
+
+
+def leaves(tensors: list[Any]) -> list[Any]:
+    return [t.clone().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((4, 6, 32), -1), ((2, 6, 5, 5), 1)],
+    ids=["trailing", "channels-first"],
+)
+def test_fullgraph_forward_and_backward(shape: tuple[int, ...], axis: Any) -> None:
+    torch._dynamo.reset()
+    x, w, b = inputs(shape, shape[axis])
+
+    def both(x: Any, w: Any, b: Any) -> Any:
+        y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
+        return y + layernorm.rms_norm(x, w, axis=axis), mean, rstd
+
+    compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
+    eager_in, compiled_in = leaves([x, w, b]), leaves([x, w, b])
+    eager_out, compiled_out = both(*eager_in), compiled(*compiled_in)
+    for e, c in zip(eager_out, compiled_out, strict=True):
+        torch.testing.assert_close(c, e)
+    eager_out[0].sum().backward()
+    compiled_out[0].sum().backward()
+    for e, c in zip(eager_in, compiled_in, strict=True):
+        torch.testing.assert_close(c.grad, e.grad)
+
+
+def test_fullgraph_inductor_module() -> None:
+    torch._dynamo.reset()
+    norm = lt.LayerNorm(64)
+    compiled = torch.compile(norm, fullgraph=True)
+    x = torch.randn(8, 64, requires_grad=True)
+    y = compiled(x)
+    spec = check_forward("layer_norm", x, None, None, -1, 1e-5)
+    expected = reference.layer_norm(f64(x), None, None, spec)[0]
+    assert error_ratio(f64(y), expected, tolerance("float32", "output"), row_condition(f64(x), spec)) <= 1
+    y.square().sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None
+
+
+def test_fullgraph_as_first_call_after_importing_layernorm_torch() -> None:
+    """A fresh process whose first layernorm call is inside torch.compile(fullgraph=True)."""
+    script = textwrap.dedent(
+        """
+        import torch, layernorm, layernorm.torch
+        f = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend="aot_eager")
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(f(x), torch.nn.functional.layer_norm(x, (8,)) * 2)
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_cpu_autocast_keeps_x_dtype() -> None:
+    """CPU autocast to bfloat16: a float32 x stays float32 (torch does not autocast layer_norm on the CPU); the
+    bfloat16 output of an autocast Linear is normalized in bfloat16 with float32 parameters (mixed precision)."""
+    linear = torch.nn.Linear(32, 32)
+    norm = lt.LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layernorm.layer_norm(x).dtype == torch.float32
+        assert layernorm.rms_norm(x).dtype == torch.float32
+        h = linear(x)
+        assert h.dtype == torch.bfloat16
+        y = norm(h)
+        r = layernorm.rms_norm(h, norm.weight)
+    assert y.dtype == r.dtype == torch.bfloat16
+    spec = check_forward("layer_norm", h, norm.weight, norm.bias, -1, 1e-5)
+    expected = reference.layer_norm(f64(h), f64(norm.weight), f64(norm.bias), spec)[0]
+    assert error_ratio(f64(y), expected, tolerance("bfloat16", "output"), row_condition(f64(h), spec)) <= 1
+    expected = reference.rms_norm(f64(h), f64(norm.weight), spec)[0]
+    assert error_ratio(f64(r), expected, tolerance("bfloat16", "output")) <= 1
+    (y.float().sum() + r.float().sum()).backward()
+    assert norm.weight.grad.dtype == torch.float32 and linear.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_cuda_autocast_keeps_x_dtype(dtype: Any) -> None:
+    """CUDA autocast runs layer_norm in float32 (F.layer_norm would return float32); ours returns x's dtype."""
+    x = torch.randn(4, 32, device="cuda", dtype=dtype)
+    w = torch.randn(32, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        y, mean, rstd = layernorm.layer_norm(x, w, return_stats=True)
+        r = layernorm.rms_norm(x, w)
+    assert y.dtype == r.dtype == dtype and mean.dtype == rstd.dtype == torch.float32
+    spec = check_forward("layer_norm", x, w, None, -1, 1e-5)
+    expected = reference.layer_norm(f64(x), f64(w), None, spec)[0]
+    name = str(dtype).removeprefix("torch.")
+    assert error_ratio(f64(y), expected, tolerance(name, "output"), row_condition(f64(x), spec)) <= 1

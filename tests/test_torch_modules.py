@@ -1,0 +1,95 @@
+"""layernorm.torch.LayerNorm / RMSNorm: torch.nn's parameters and state_dict keys, checkpoints load, plus ``axis``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import layernorm  # noqa: E402
+import layernorm.torch as lt  # noqa: E402
+from layernorm_core import check_forward, reference  # noqa: E402
+from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
+
+
+def f64(t: Any) -> np.ndarray:
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def randomize(module: Any, seed: int) -> Any:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return module
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"bias": False}, {"elementwise_affine": False}, {"eps": 1e-3}],
+    ids=["affine", "no-bias", "no-affine", "eps=1e-3"],
+)
+@pytest.mark.parametrize("shape", [(16,), (4, 16)], ids=["1-axis", "2-axes"])
+def test_layer_norm_loads_a_torch_checkpoint(shape: tuple[int, ...], kwargs: dict) -> None:
+    theirs = randomize(torch.nn.LayerNorm(shape, **kwargs), 0)
+    ours = lt.LayerNorm(shape, **kwargs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1)) * 2 + 1
+    y = ours(x)
+    spec = check_forward("layer_norm", x, ours.weight, ours.bias, ours.axis, ours.eps)
+    w, b = (None if p is None else f64(p) for p in (ours.weight, ours.bias))
+    expected = reference.layer_norm(f64(x), w, b, spec)[0]
+    assert error_ratio(f64(y), expected, tolerance("float32", "output"), row_condition(f64(x), spec)) <= 1
+    torch.testing.assert_close(y, theirs(x))
+    theirs.load_state_dict(randomize(ours, 2).state_dict(), strict=True)  # and back
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("eps", [None, 1e-6], ids=["eps=None", "eps=1e-6"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+def test_rms_norm_loads_a_torch_checkpoint(eps: float | None, affine: bool) -> None:
+    theirs = randomize(torch.nn.RMSNorm([16], eps=eps, elementwise_affine=affine), 0)
+    ours = lt.RMSNorm([16], eps=eps, elementwise_affine=affine)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    y = ours(x)
+    used_eps = torch.finfo(torch.float32).eps if eps is None else eps
+    spec = check_forward("rms_norm", x, ours.weight, None, -1, used_eps)
+    expected = reference.rms_norm(f64(x), None if ours.weight is None else f64(ours.weight), spec)[0]
+    assert error_ratio(f64(y), expected, tolerance("float32", "output")) <= 1
+    torch.testing.assert_close(y, theirs(x))
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_channels_first_axis(module: str) -> None:
+    norm = randomize(getattr(lt, module)(6, axis=1), 3)
+    x = torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(4))
+    y = norm(x)
+    assert y.shape == x.shape
+    # Channels-first over axis 1 equals channels-last over the last axis, moved back.
+    theirs = randomize(getattr(torch.nn, module)(6), 3)
+    torch.testing.assert_close(y, theirs(x.movedim(1, -1)).movedim(-1, 1))
+    y.sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.shape == (6,)
+
+
+def test_axis_and_shape_must_agree() -> None:
+    with pytest.raises(layernorm.ShapeError):
+        lt.LayerNorm((4, 5), axis=1)
+    norm = lt.LayerNorm((3, 5), axis=(1, 3))
+    assert norm(torch.randn(2, 3, 4, 5)).shape == (2, 3, 4, 5)
+    with pytest.raises(layernorm.ShapeError):
+        norm(torch.randn(2, 4, 4, 5))
+
+
+def test_parameters_follow_device_and_dtype() -> None:
+    norm = lt.LayerNorm(8, dtype=torch.float64)
+    assert norm.weight.dtype == norm.bias.dtype == torch.float64
+    assert norm(torch.randn(2, 8, dtype=torch.float64)).dtype == torch.float64
+    assert "axis=(-1,)" in repr(norm)

@@ -1,0 +1,151 @@
+"""The TensorFlow arithmetic of layer_norm and rms_norm, forward and analytic backward, in the compute dtype.
+
+Plain TensorFlow ops only, so the same code runs eagerly, inside tf.function and under XLA (jit_compile=True),
+where the element-wise work fuses around the reductions. Shapes may hold unknown (None) sizes inside a graph.
+Statistics are two-pass (mean first, then the mean of squared deviations), never E[x^2] - E[x]^2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from layernorm_core.spec import NormSpec
+
+Tensor = Any
+
+
+def compute(t: Tensor, spec: NormSpec) -> Tensor:
+    """``t`` in ``spec.compute_dtype`` (float32 for half inputs), without a cast when it already is."""
+    return t if t.dtype.name == spec.compute_dtype else tf.cast(t, spec.compute_dtype)
+
+
+def cast_to(t: Tensor, dtype: Any) -> Tensor:
+    """``t`` cast to ``dtype`` (a tf.DType or a name), without a cast when it already has it."""
+    return t if t.dtype == tf.as_dtype(dtype) else tf.cast(t, dtype)
+
+
+def _broadcastable(param: Tensor, x: Tensor, spec: NormSpec) -> Tensor:
+    """Weight or bias (``spec.normalized_shape``) in the compute dtype, shaped to broadcast against x."""
+    param = compute(param, spec)
+    if spec.is_trailing:
+        return param
+    if None not in spec.param_shape:
+        return tf.reshape(param, spec.param_shape)
+    dynamic = tf.shape(x)
+    return tf.reshape(param, [dynamic[d] if d in spec.axes else 1 for d in range(spec.ndim)])
+
+
+def normalized_count(x: Tensor, spec: NormSpec) -> Tensor:
+    """N, the number of elements each statistic reduces over, in the compute dtype (dynamic if sizes are)."""
+    if None not in spec.normalized_shape:
+        size = 1
+        for d in spec.normalized_shape:
+            size *= d  # type: ignore[operator]
+        return tf.constant(size, spec.compute_dtype)
+    return tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), spec.axes)), spec.compute_dtype)
+
+
+def _batch_sum(t: Tensor, spec: NormSpec) -> Tensor:
+    """Sum over the batch (non-normalized) axes: the result has ``spec.normalized_shape``."""
+    return tf.reduce_sum(t, axis=spec.batch_axes) if spec.batch_axes else t
+
+
+def layer_norm_stats(xc: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor]:
+    """(mean, rstd) of ``xc`` (already in the compute dtype), two-pass, shaped ``spec.stats_shape``."""
+    mean = tf.reduce_mean(xc, axis=spec.axes, keepdims=True)
+    centered = xc - mean
+    var = tf.reduce_mean(tf.square(centered), axis=spec.axes, keepdims=True)
+    return mean, tf.math.rsqrt(var + spec.eps)
+
+
+def rms_norm_stats(xc: Tensor, spec: NormSpec) -> Tensor:
+    """The rstd = 1 / sqrt(mean(x^2) + eps) of ``xc`` (in the compute dtype), shaped ``spec.stats_shape``."""
+    return tf.math.rsqrt(tf.reduce_mean(tf.square(xc), axis=spec.axes, keepdims=True) + spec.eps)
+
+
+def layer_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor, Tensor]:
+    """(y in x's dtype, mean, rstd in the compute dtype)."""
+    xc = compute(x, spec)
+    mean, rstd = layer_norm_stats(xc, spec)
+    y = (xc - mean) * rstd
+    if weight is not None:
+        y = y * _broadcastable(weight, x, spec)
+    if bias is not None:
+        y = y + _broadcastable(bias, x, spec)
+    return cast_to(y, x.dtype), mean, rstd
+
+
+def rms_norm_forward(x: Tensor, weight: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor]:
+    """(y in x's dtype, rstd in the compute dtype)."""
+    xc = compute(x, spec)
+    rstd = rms_norm_stats(xc, spec)
+    y = xc * rstd
+    if weight is not None:
+        y = y * _broadcastable(weight, x, spec)
+    return cast_to(y, x.dtype), rstd
+
+
+def _stats_input_grad(xhat: Tensor, x: Tensor, spec: NormSpec, dmean: Tensor, drstd: Tensor) -> Tensor | None:
+    """The part of dx that flows back from the returned statistics (return_stats=True), or None.
+
+    d mean / d x_i = 1 / N; d rstd / d x_i = -rstd^2 * xhat_i / N (for both norms: the mean term of the variance
+    sums to zero), so dx_i += (dmean - drstd * rstd^2 * xhat_i) / N, with rstd^2 folded in by the caller.
+    """
+    if dmean is None and drstd is None:
+        return None
+    count = normalized_count(x, spec)
+    extra = 0.0 if dmean is None else compute(dmean, spec)
+    if drstd is not None:
+        extra = extra - compute(drstd, spec) * xhat
+    return extra / count
+
+
+def layer_norm_grads(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    spec: NormSpec,
+    mean: Tensor = None,
+    rstd: Tensor = None,
+    dmean: Tensor = None,
+    drstd: Tensor = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) in the compute dtype; the one analytic backward of layer_norm.
+
+    With xhat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+    dweight = sum(dy * xhat), dbias = sum(dy) over the batch axes. mean/rstd are recomputed when None;
+    dmean/drstd are upstream gradients of the returned statistics (None when unused).
+    """
+    xc, dyc = compute(x, spec), compute(dy, spec)
+    if mean is None or rstd is None:
+        mean, rstd = layer_norm_stats(xc, spec)
+    xhat = (xc - mean) * rstd
+    g = dyc if weight is None else dyc * _broadcastable(weight, x, spec)
+    g_mean = tf.reduce_mean(g, axis=spec.axes, keepdims=True)
+    gx_mean = tf.reduce_mean(g * xhat, axis=spec.axes, keepdims=True)
+    dx = rstd * (g - g_mean - xhat * gx_mean)
+    extra = _stats_input_grad(xhat, x, spec, dmean, None if drstd is None else drstd * tf.square(rstd))
+    if extra is not None:
+        dx = dx + extra
+    return dx, _batch_sum(dyc * xhat, spec), _batch_sum(dyc, spec)
+
+
+def rms_norm_grads(
+    dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, rstd: Tensor = None, drstd: Tensor = None
+) -> tuple[Tensor, Tensor]:
+    """(dx, dweight) in the compute dtype; the one analytic backward of rms_norm.
+
+    With xhat = x * rstd and g = dy * weight: dx = rstd * (g - xhat * mean(g * xhat)), dweight = sum(dy * xhat).
+    """
+    xc, dyc = compute(x, spec), compute(dy, spec)
+    if rstd is None:
+        rstd = rms_norm_stats(xc, spec)
+    xhat = xc * rstd
+    g = dyc if weight is None else dyc * _broadcastable(weight, x, spec)
+    dx = rstd * (g - xhat * tf.reduce_mean(g * xhat, axis=spec.axes, keepdims=True))
+    extra = _stats_input_grad(xhat, x, spec, None, None if drstd is None else drstd * tf.square(rstd))
+    if extra is not None:
+        dx = dx + extra
+    return dx, _batch_sum(dyc * xhat, spec)

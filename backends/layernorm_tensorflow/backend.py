@@ -1,0 +1,211 @@
+"""The TensorFlow backend: layer_norm and rms_norm for tf.Tensor and tf.Variable, eager, in tf.function and XLA.
+
+Gradients go through ``tf.custom_gradient`` whose backward is the analytic one of `layernorm_tensorflow._math`,
+the same code the explicit ``*_backward`` functions run; so tf.GradientTape gives dx, dweight and dbias, also
+through the returned statistics. Eager calls with no tape recording skip the custom-gradient wrapper.
+
+Importing this module sets ``TF_CPP_MIN_LOG_LEVEL=1`` when neither the user nor an earlier import of tensorflow did
+(see `layernorm_tensorflow._quiet`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from layernorm_core.errors import DeviceError
+from layernorm_core.protocol import BackendInfo
+from layernorm_core.spec import NormSpec
+from layernorm_tensorflow._quiet import quiet_tensorflow_logs
+
+quiet_tensorflow_logs()
+
+import tensorflow as tf  # noqa: E402 - must follow quiet_tensorflow_logs()
+from tensorflow.python.eager import record  # noqa: E402 - no public API says whether a tape is recording
+
+from layernorm_tensorflow import _math  # noqa: E402
+
+Tensor = Any
+_DEVICE_KINDS = {"CPU": "cpu", "GPU": "gpu", "TPU": "tpu"}
+_DEVICE_NAMES = {"cpu": "/CPU:0", "gpu": "/GPU:0", "cuda": "/GPU:0", "tpu": "/TPU:0"}
+
+
+def info() -> BackendInfo:
+    """TensorFlow's version, the device kinds it sees here, all four float dtypes, autodiff through tf.GradientTape."""
+    return BackendInfo(
+        version=tf.__version__,
+        devices=_device_kinds(),
+        dtypes=("float16", "bfloat16", "float32", "float64"),
+        autodiff=True,
+        notes={
+            "gradients": "tf.custom_gradient with the analytic backward; eager, tf.function, jit_compile=True",
+            "logging": "sets TF_CPP_MIN_LOG_LEVEL=1 if unset and tensorflow was not yet imported",
+            "keras": "layernorm.keras.LayerNormalization keeps Keras's default epsilon 1e-3",
+        },
+    )
+
+
+def device_of(x: Tensor) -> str:
+    """The kind of device x lives on: "cpu", "gpu" or "tpu" (a graph tensor without one: where TF would place it)."""
+    return _device_kind(x.device)
+
+
+def is_tracked(x: Tensor) -> bool:
+    """True for symbolic (graph) tensors, and for tensors or trainable variables an active GradientTape records."""
+    if isinstance(x, tf.Variable):
+        return x.trainable and record.could_possibly_record()
+    if tf.is_symbolic_tensor(x):
+        return True
+    return record.could_possibly_record() and record.should_record_backprop([x])
+
+
+def to_numpy(x: Tensor) -> np.ndarray:
+    """A host NumPy copy of an eager tensor or variable (bfloat16 as ml_dtypes.bfloat16)."""
+    return np.array(x.numpy(), copy=True)
+
+
+def from_numpy(array: Any, device: str = "cpu") -> Tensor:
+    """A new eager tensor on ``device`` ("cpu", "gpu"/"cuda", "tpu") with ``array``'s values and dtype."""
+    name = _DEVICE_NAMES.get(device)
+    if name is None or device.replace("cuda", "gpu") not in _device_kinds():
+        raise DeviceError(f"tensorflow has no {device!r} device here; it sees {', '.join(_device_kinds())}")
+    with tf.device(name):
+        return tf.identity(tf.constant(np.array(array, copy=True)))
+
+
+def from_foreign(x: Any) -> Tensor:
+    """An array of another framework as a tf.Tensor: DLPack where the producer offers it, else the array protocol."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        try:
+            return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
+        except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError):
+            pass  # e.g. a dtype DLPack cannot carry here: a host array below, or the producer's own error
+    return tf.convert_to_tensor(np.asarray(x))
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, mean, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
+    x, weight, bias = _tensor(x), _tensor(weight), _tensor(bias)
+    with _placed(x):
+        if _recording():
+            y, mean, rstd = _layer_norm_differentiable(x, weight, bias, spec)
+        else:
+            y, mean, rstd = _math.layer_norm_forward(x, weight, bias, spec)
+    return (y, mean, rstd) if return_stats else y
+
+
+def rms_norm(x: Tensor, weight: Tensor, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
+    x, weight = _tensor(x), _tensor(weight)
+    with _placed(x):
+        if _recording():
+            y, rstd = _rms_norm_differentiable(x, weight, spec)
+        else:
+            y, rstd = _math.rms_norm_forward(x, weight, spec)
+    return (y, rstd) if return_stats else y
+
+
+def layer_norm_backward(
+    dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
+    dy, x, weight, mean, rstd = _tensor(dy), _tensor(x), _tensor(weight), _tensor(mean), _tensor(rstd)
+    with _placed(x):
+        dx, dweight, dbias = _math.layer_norm_grads(dy, x, weight, spec, mean, rstd)
+        return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype), _math.cast_to(dbias, x.dtype)
+
+
+def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    dy, x, weight, rstd = _tensor(dy), _tensor(x), _tensor(weight), _tensor(rstd)
+    with _placed(x):
+        dx, dweight = _math.rms_norm_grads(dy, x, weight, spec, rstd)
+        return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype)
+
+
+# -- gradients ---------------------------------------------------------------------------------------------------
+
+
+def _layer_norm_differentiable(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) -> tuple[Tensor, ...]:
+    """layer_norm_forward wrapped in tf.custom_gradient; weight/bias take part only when given."""
+
+    @tf.custom_gradient
+    def op(x: Tensor, *params: Tensor) -> tuple[tuple[Tensor, ...], Callable[..., Any]]:
+        w, b = _split(params, weight is not None, bias is not None)
+        y, mean, rstd = _math.layer_norm_forward(x, w, b, spec)
+
+        def grad(dy: Tensor, dmean: Tensor = None, drstd: Tensor = None) -> tuple[Tensor, ...]:
+            with _placed(x):
+                dx, dweight, dbias = _math.layer_norm_grads(dy, x, w, spec, mean, rstd, dmean, drstd)
+                return _input_grads(x, dx, ((w, dweight), (b, dbias)))
+
+        return (y, mean, rstd), grad
+
+    return op(x, *(p for p in (weight, bias) if p is not None))
+
+
+def _rms_norm_differentiable(x: Tensor, weight: Tensor, spec: NormSpec) -> tuple[Tensor, ...]:
+    """rms_norm_forward wrapped in tf.custom_gradient; weight takes part only when given."""
+
+    @tf.custom_gradient
+    def op(x: Tensor, *params: Tensor) -> tuple[tuple[Tensor, ...], Callable[..., Any]]:
+        (w,) = params or (None,)
+        y, rstd = _math.rms_norm_forward(x, w, spec)
+
+        def grad(dy: Tensor, drstd: Tensor = None) -> tuple[Tensor, ...]:
+            with _placed(x):
+                dx, dweight = _math.rms_norm_grads(dy, x, w, spec, rstd, drstd)
+                return _input_grads(x, dx, ((w, dweight),))
+
+        return (y, rstd), grad
+
+    return op(x, *(() if weight is None else (weight,)))
+
+
+def _split(params: tuple[Tensor, ...], has_weight: bool, has_bias: bool) -> tuple[Tensor, Tensor]:
+    it = iter(params)
+    return (next(it) if has_weight else None), (next(it) if has_bias else None)
+
+
+def _input_grads(x: Tensor, dx: Tensor, params: tuple[tuple[Tensor, Tensor], ...]) -> tuple[Tensor, ...]:
+    """The gradients custom_gradient returns: dx in x's dtype, then one per given parameter in its dtype."""
+    return (_math.cast_to(dx, x.dtype), *(_math.cast_to(d, p.dtype) for p, d in params if p is not None))
+
+
+def _recording() -> bool:
+    """True when a gradient could be asked for: inside a graph, or eagerly under an active tape or accumulator."""
+    return not tf.executing_eagerly() or record.could_possibly_record()
+
+
+# -- tensors and devices -------------------------------------------------------------------------------------------
+
+
+def _tensor(x: Tensor) -> Tensor:
+    """A tf.Variable read as a tensor (recorded by an active tape, so gradients reach the variable); else x."""
+    return tf.convert_to_tensor(x) if isinstance(x, tf.Variable) else x
+
+
+def _placed(x: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Run on x's device: eagerly, TensorFlow would otherwise prefer a GPU even for a tensor on the CPU."""
+    if len(_device_kinds()) == 1 or not x.device or not tf.executing_eagerly():
+        return contextlib.nullcontext()
+    return tf.device(x.device)
+
+
+@lru_cache(maxsize=1)
+def _device_kinds() -> tuple[str, ...]:
+    kinds = {_DEVICE_KINDS[d.device_type] for d in tf.config.list_logical_devices() if d.device_type in _DEVICE_KINDS}
+    return tuple(kind for kind in ("cpu", "gpu", "tpu") if kind in kinds)
+
+
+@lru_cache(maxsize=64)
+def _device_kind(device: str) -> str:
+    if not device:
+        kinds = _device_kinds()
+        return "gpu" if "gpu" in kinds else kinds[0]
+    kind = tf.DeviceSpec.from_string(device).device_type
+    return _DEVICE_KINDS.get(kind or "CPU", str(kind).lower())

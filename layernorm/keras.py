@@ -1,0 +1,188 @@
+"""Keras 3 layers running on layernorm: drop-in replacements for keras.layers.LayerNormalization and RMSNormalization.
+
+They take the same arguments, create the same weights under the same names in the same order (``gamma`` then
+``beta``; ``scale``), so weights saved from the Keras layers load into these (``set_weights``, ``.weights.h5``,
+``.keras`` files) and the other way round. They call the public API (`layernorm.layer_norm`, `layernorm.rms_norm`),
+which picks the engine owning the tensors of Keras's backend (TensorFlow, JAX or torch).
+
+Defaults are Keras's, not layernorm's: ``epsilon=1e-3`` for LayerNormalization (layernorm.layer_norm: 1e-5) and
+``epsilon=1e-6`` for RMSNormalization. Like Keras, half inputs are normalized with float32 statistics, the weights
+are not autocast, and the output has the layer's compute dtype.
+
+Example:
+    >>> import numpy as np
+    >>> from layernorm.keras import LayerNormalization
+    >>> layer = LayerNormalization()
+    >>> y = layer(np.array([[1.0, 2.0, 3.0]], dtype="float32"))
+    >>> [w.name for w in layer.weights], tuple(y.shape)
+    (['gamma', 'beta'], (1, 3))
+
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import constraints, initializers, ops, regularizers
+
+from layernorm.functional import layer_norm, rms_norm
+
+_HALF = ("float16", "bfloat16")
+
+
+def _axes(axis: Any) -> list[int] | int:
+    if isinstance(axis, (list, tuple)):
+        return list(axis)
+    if isinstance(axis, int):
+        return axis
+    raise TypeError(f"Expected an int or a list/tuple of ints for the argument 'axis', but received: {axis!r}")
+
+
+def _tuple(axis: list[int] | int) -> tuple[int, ...]:
+    return tuple(axis) if isinstance(axis, list) else (axis,)
+
+
+def _weight_shape(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> tuple[list[int], tuple[Any, ...]]:
+    """Keras's rule: the normalized axes sorted as given (negative kept), and the weight shape along them."""
+    axes = sorted(axis) if isinstance(axis, list) else [axis]
+    return axes, tuple(input_shape[a] for a in axes)
+
+
+def _matching(param: Any, x: Any) -> Any:
+    """A weight as a tensor whose dtype layernorm accepts for x: x's, or float32 for half x; cast otherwise."""
+    if param is None:
+        return None
+    tensor = param.value  # the backend's own array (tf.Variable, jax.Array, torch Parameter), autocast if due
+    x_dtype = keras.backend.standardize_dtype(x.dtype)
+    allowed = (x_dtype, "float32") if x_dtype in _HALF else (x_dtype,)
+    return tensor if keras.backend.standardize_dtype(tensor.dtype) in allowed else ops.cast(tensor, x_dtype)
+
+
+def _check_axes(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> None:
+    for a in axis if isinstance(axis, list) else [axis]:
+        if a >= len(input_shape) or a < -len(input_shape):
+            raise ValueError(f"Axis {a} is out of bounds for input shape {input_shape}. Received: axis={axis}")
+
+
+@keras.saving.register_keras_serializable(package="layernorm")
+class LayerNormalization(keras.layers.Layer):
+    """Layer normalization (Ba et al., 2016) over ``axis``: ``(x - mean) / sqrt(var + epsilon) * gamma + beta``.
+
+    Arguments as keras.layers.LayerNormalization: ``axis`` (int or list of ints, default -1), ``epsilon`` (default
+    1e-3, Keras's), ``center`` (add ``beta``), ``scale`` (multiply by ``gamma``), and the initializers,
+    regularizers and constraints of ``beta`` and ``gamma``. The deprecated ``rms_scaling=True`` is refused: use
+    `RMSNormalization`. Input: any shape; output: the same shape in the layer's compute dtype.
+    """
+
+    def __init__(
+        self,
+        axis: int | list[int] | tuple[int, ...] = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.pop("rms_scaling", False):
+            raise ValueError("rms_scaling=True is not supported: use layernorm.keras.RMSNormalization")
+        super().__init__(**kwargs)
+        self.axis = _axes(axis)
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        self.autocast = False
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        """Create ``gamma`` (if scale) then ``beta`` (if center), shaped like the input along ``axis``."""
+        self.axis, shape = _weight_shape(self.axis, input_shape)
+        self.gamma = self._parameter(
+            "gamma", shape, self.scale, self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint
+        )
+        self.beta = self._parameter(
+            "beta", shape, self.center, self.beta_initializer, self.beta_regularizer, self.beta_constraint
+        )
+
+    def _parameter(self, name: str, shape: tuple[Any, ...], wanted: bool, init: Any, reg: Any, con: Any) -> Any:
+        if not wanted:
+            return None
+        return self.add_weight(
+            name=name, shape=shape, initializer=init, regularizer=reg, constraint=con, trainable=True, autocast=False
+        )
+
+    def call(self, inputs: Any) -> Any:
+        """Normalize ``inputs`` with layernorm.layer_norm; cast to the layer's compute dtype."""
+        outputs = layer_norm(
+            inputs,
+            _matching(self.gamma, inputs),
+            _matching(self.beta, inputs),
+            axis=_tuple(self.axis),
+            eps=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """The input shape (ValueError for an axis out of range)."""
+        _check_axes(self.axis, input_shape)
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's config keys (``rms_scaling`` is always False), so configs load in either class."""
+        return {
+            **super().get_config(),
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "rms_scaling": False,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+        }
+
+
+@keras.saving.register_keras_serializable(package="layernorm")
+class RMSNormalization(keras.layers.Layer):
+    """RMS normalization (Zhang & Sennrich, 2019) over ``axis``: ``x / sqrt(mean(x**2) + epsilon) * scale``.
+
+    Arguments and weight as keras.layers.RMSNormalization: ``axis`` (default -1), ``epsilon`` (default 1e-6,
+    Keras's), one weight ``scale`` initialized to ones. Output: the input's shape, in its dtype.
+    """
+
+    def __init__(self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = _axes(axis)
+        self.epsilon = epsilon
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        """Create ``scale``, shaped like the input along ``axis``."""
+        self.axis, shape = _weight_shape(self.axis, input_shape)
+        self.scale = self.add_weight(name="scale", shape=shape, initializer="ones")
+
+    def call(self, x: Any) -> Any:
+        """Normalize ``x`` with layernorm.rms_norm."""
+        return rms_norm(x, _matching(self.scale, x), axis=_tuple(self.axis), eps=self.epsilon)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """The input shape (ValueError for an axis out of range)."""
+        _check_axes(self.axis, input_shape)
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's config keys: axis and epsilon."""
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}

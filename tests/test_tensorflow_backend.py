@@ -1,0 +1,384 @@
+"""TensorFlow backend numerics against the float64 reference: forward, explicit backward, GradientTape gradients
+eagerly, in tf.function and under XLA, unknown (None) sizes, variables, tracking and conversions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import layernorm  # noqa: E402
+from layernorm_core import check_forward, reference  # noqa: E402
+from layernorm_core.registry import registry  # noqa: E402
+from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
+
+DTYPES = {
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "float32": np.float32,
+    "float64": np.float64,
+}
+CASES = [
+    pytest.param((7, 33), -1, id="2d-trailing"),
+    pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
+    pytest.param((3, 8, 5, 4), 1, id="channels-first"),
+    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
+    pytest.param((5, 1), -1, id="size-1"),
+    pytest.param((2, 4096), -1, id="wide"),
+    pytest.param((0, 16), -1, id="empty-batch"),
+    pytest.param((6,), 0, id="1d"),
+]
+GRAD_CASES = [CASES[0], CASES[2], CASES[3]]
+MODES = ["eager", "function", "jit"]
+HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
+
+
+def _host(shape: tuple[int, ...], axis: Any, dtype: Any, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """x (shifted, so rows have a mean), weight, bias, dy as host arrays of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    normalized_shape = tuple(
+        shape[a] for a in check_forward("layer_norm", np.empty(shape), None, None, axis, 1e-5).axes
+    )
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w = rng.standard_normal(normalized_shape).astype(dtype)
+    b = rng.standard_normal(normalized_shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, dy
+
+
+def _tf(*arrays: np.ndarray) -> list[Any]:
+    return [tf.constant(a) for a in arrays]
+
+
+def _np(t: Any) -> np.ndarray:
+    return np.asarray(t.numpy())
+
+
+def _check_grads(kind: str, got: list[Any], host: tuple[np.ndarray, ...], axis: Any, dtype: str) -> None:
+    """dx, dweight (, dbias) against the reference backward, with the grad tolerance."""
+    x, w, _, dy = host
+    spec = check_forward(kind, x, w, None, axis, 1e-5)  # type: ignore[arg-type]
+    expected: tuple[np.ndarray, ...]
+    if kind == "layer_norm":
+        expected = reference.layer_norm_backward(dy, x, w, spec)
+        ref_rstd = reference.layer_norm(x, None, None, spec)[2]
+    else:
+        expected = reference.rms_norm_backward(dy, x, w, spec)
+        ref_rstd = reference.rms_norm(x, None, spec)[1]
+    cond = row_condition(x, spec)
+    scales = (gradient_scale(dy, w, ref_rstd, spec), None, None)
+    assert len(got) == len(expected)
+    for name, g, e, scale in zip(
+        ("dx", "dweight", "dbias")[: len(got)], got, expected, scales[: len(got)], strict=True
+    ):
+        assert g is not None, name
+        assert tuple(g.shape) == e.shape, name
+        assert error_ratio(_np(g), e, tolerance(dtype, "grad"), cond, scale=scale) <= 1, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), CASES)
+def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype: str) -> None:
+    host = _host(shape, axis, DTYPES[dtype])
+    x, w, b, dy = _tf(*host)
+    y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
+    spec = check_forward("layer_norm", x, w, b, axis, 1e-5)
+    ref_y, ref_mean, ref_rstd = reference.layer_norm(host[0], host[1], host[2], spec)
+    cond = row_condition(host[0], spec)
+    assert isinstance(y, tf.Tensor) and (y.dtype, tuple(y.shape)) == (x.dtype, shape)
+    assert mean.dtype.name == rstd.dtype.name == spec.compute_dtype and tuple(mean.shape) == spec.stats_shape
+    assert error_ratio(_np(y), ref_y, tolerance(dtype, "output"), cond) <= 1
+    assert error_ratio(_np(mean), ref_mean, tolerance(dtype, "stats"), cond) <= 1
+    assert error_ratio(_np(rstd), ref_rstd, tolerance(dtype, "stats"), cond) <= 1
+    saved = layernorm.layer_norm_backward(dy, x, w, axis=axis, mean=mean, rstd=rstd)
+    recomputed = layernorm.layer_norm_backward(dy, x, w, axis=axis)
+    assert all(g.dtype == x.dtype for g in (*saved, *recomputed))
+    _check_grads("layer_norm", list(saved), host, axis, dtype)
+    _check_grads("layer_norm", list(recomputed), host, axis, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), CASES)
+def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype: str) -> None:
+    host = _host(shape, axis, DTYPES[dtype])
+    x, w, _, dy = _tf(*host)
+    y, rstd = layernorm.rms_norm(x, w, axis=axis, return_stats=True)
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+    ref_y, ref_rstd = reference.rms_norm(host[0], host[1], spec)
+    assert y.dtype == x.dtype and rstd.dtype.name == spec.compute_dtype and tuple(rstd.shape) == spec.stats_shape
+    assert error_ratio(_np(y), ref_y, tolerance(dtype, "output")) <= 1
+    assert error_ratio(_np(rstd), ref_rstd, tolerance(dtype, "stats")) <= 1
+    for grads in (
+        layernorm.rms_norm_backward(dy, x, w, axis=axis, rstd=rstd),
+        layernorm.rms_norm_backward(dy, x, w, axis=axis),
+    ):
+        assert all(g.dtype == x.dtype for g in grads)
+        _check_grads("rms_norm", list(grads), host, axis, dtype)
+
+
+def _compiled(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=(mode == "jit"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), GRAD_CASES)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_tape_gradients(kind: str, shape: tuple[int, ...], axis: Any, dtype: str, mode: str) -> None:
+    host = _host(shape, axis, DTYPES[dtype], seed=1)
+    x, w, b, dy = _tf(*host)
+
+    def grads(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            if kind == "layer_norm":
+                y = layernorm.layer_norm(x, w, b, axis=axis)
+                sources = [x, w, b]
+            else:
+                y = layernorm.rms_norm(x, w, axis=axis)
+                sources = [x, w]
+        return tape.gradient(y, sources, output_gradients=dy)
+
+    got = _compiled(grads, mode)(x, w, b, dy)
+    assert [g.dtype for g in got] == [x.dtype] * len(got)
+    _check_grads(kind, got, host, axis, dtype)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_tape_gradient_is_the_explicit_backward(kind: str) -> None:
+    host = _host((6, 10), -1, np.float32, seed=2)
+    x, w, b, dy = _tf(*host)
+    explicit: tuple[Any, ...]
+    with tf.GradientTape() as tape:
+        tape.watch([x, w, b])
+        if kind == "layer_norm":
+            y = layernorm.layer_norm(x, w, b)
+            explicit = layernorm.layer_norm_backward(dy, x, w)
+            sources = [x, w, b]
+        else:
+            y = layernorm.rms_norm(x, w)
+            explicit = layernorm.rms_norm_backward(dy, x, w)
+            sources = [x, w]
+    for taped, direct in zip(tape.gradient(y, sources, output_gradients=dy), explicit, strict=True):
+        np.testing.assert_array_equal(_np(taped), _np(direct))
+
+
+def _numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Central differences of a float64 scalar function: an estimate independent of any backward code."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = h
+        grad[index] = (f(x + step) - f(x - step)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_gradients_flow_through_returned_statistics(kind: str, mode: str) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5)) + 0.5
+    spec = check_forward(kind, x, None, None, -1, 1e-5)  # type: ignore[arg-type]
+    a, c, d = rng.standard_normal(x.shape), rng.standard_normal((3, 1)), rng.standard_normal((3, 1))
+
+    def loss_reference(x_: np.ndarray) -> float:
+        if kind == "layer_norm":
+            y, mean, rstd = reference.layer_norm(x_, None, None, spec)
+            return float((y * a).sum() + (mean * c).sum() + (rstd * d).sum())
+        y, rstd = reference.rms_norm(x_, None, spec)
+        return float((y * a).sum() + (rstd * d).sum())
+
+    def tape_gradient(x_: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(x_)
+            if kind == "layer_norm":
+                y, mean, rstd = layernorm.layer_norm(x_, return_stats=True)
+                loss = tf.reduce_sum(y * a) + tf.reduce_sum(mean * c) + tf.reduce_sum(rstd * d)
+            else:
+                y, rstd = layernorm.rms_norm(x_, return_stats=True)
+                loss = tf.reduce_sum(y * a) + tf.reduce_sum(rstd * d)
+        return tape.gradient(loss, x_)
+
+    got = _np(_compiled(tape_gradient, mode)(tf.constant(x)))
+    np.testing.assert_allclose(got, _numeric_gradient(loss_reference, x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "jit"])
+@pytest.mark.parametrize(
+    ("signature", "shape", "axis"),
+    [
+        pytest.param((None, 8), (5, 8), -1, id="batch-None"),
+        pytest.param((None, None, 8), (2, 3, 8), (1, 2), id="two-None-normalized"),
+        pytest.param((None, 4, None), (3, 4, 6), 1, id="channels-first-None"),
+    ],
+)
+def test_unknown_sizes_in_input_signature(
+    signature: tuple[int | None, ...], shape: tuple[int, ...], axis: Any, jit: bool
+) -> None:
+    host = _host(shape, axis, np.float32, seed=4)
+    x, w, b, dy = _tf(*host)
+
+    @tf.function(jit_compile=jit, input_signature=[tf.TensorSpec(signature, tf.float32)] * 2)
+    def run(x: Any, dy: Any) -> tuple[Any, ...]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            y = layernorm.layer_norm(x, w, b, axis=axis)
+            rms = layernorm.rms_norm(x, w, axis=axis)
+        grads = tape.gradient(y, [x, w, b], output_gradients=dy)
+        return (y, rms, *grads)
+
+    y, rms, *grads = run(x, dy)
+    spec = check_forward("layer_norm", host[0], host[1], host[2], axis, 1e-5)
+    cond = row_condition(host[0], spec)
+    assert (
+        error_ratio(
+            _np(y), reference.layer_norm(host[0], host[1], host[2], spec)[0], tolerance("float32", "output"), cond
+        )
+        <= 1
+    )
+    rms_spec = check_forward("rms_norm", host[0], host[1], None, axis, 1e-5)
+    assert error_ratio(_np(rms), reference.rms_norm(host[0], host[1], rms_spec)[0], tolerance("float32", "output")) <= 1
+    _check_grads("layer_norm", grads, host, axis, "float32")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variables_get_gradients_and_stay_unchanged(mode: str) -> None:
+    host = _host((4, 6), -1, np.float32, seed=5)
+    x, w, b = (tf.Variable(a) for a in host[:3])
+    dy = tf.constant(host[3])
+
+    def grads() -> list[Any]:
+        with tf.GradientTape() as tape:  # variables are watched on read, no tape.watch
+            y = layernorm.layer_norm(x, w, b)
+        return tape.gradient(y, [x, w, b], output_gradients=dy)
+
+    got = _compiled(grads, mode)()
+    _check_grads("layer_norm", got, host, -1, "float32")
+    for variable, original in zip((x, w, b), host[:3], strict=True):
+        np.testing.assert_array_equal(variable.numpy(), original)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_input_with_float32_parameters(dtype: str) -> None:
+    host = _host((5, 12), -1, DTYPES[dtype], seed=6)
+    x, dy = tf.constant(host[0]), tf.constant(host[3])
+    w, b = tf.constant(host[1].astype(np.float32)), tf.constant(host[2].astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch([x, w, b])
+        y = layernorm.layer_norm(x, w, b)
+    dx, dw, db = tape.gradient(y, [x, w, b], output_gradients=dy)
+    assert (y.dtype.name, dx.dtype.name, dw.dtype.name, db.dtype.name) == (dtype, dtype, "float32", "float32")
+    _check_grads("layer_norm", [dx, dw, db], host, -1, dtype)
+
+
+def test_constant_rows_give_the_bias_without_nan() -> None:
+    x = tf.fill((3, 7), 2.5)
+    b = tf.range(7, dtype=tf.float32)
+    y = layernorm.layer_norm(x, tf.ones(7), b)
+    np.testing.assert_array_equal(_np(y), np.broadcast_to(np.arange(7, dtype=np.float32), (3, 7)))
+
+
+def test_large_offset_rows_stay_accurate() -> None:
+    rng = np.random.default_rng(7)
+    host = (1e4 + rng.standard_normal((8, 256))).astype(np.float32)
+    spec = check_forward("layer_norm", host, None, None, -1, 1e-5)
+    y, _, rstd = layernorm.layer_norm(tf.constant(host), return_stats=True)
+    ref_y, _, ref_rstd = reference.layer_norm(host, None, None, spec)
+    cond = row_condition(host, spec)
+    assert error_ratio(_np(y), ref_y, tolerance("float32", "output"), cond) <= 1
+    assert error_ratio(_np(rstd), ref_rstd, tolerance("float32", "stats"), cond) <= 1
+
+
+def test_is_tracked() -> None:
+    backend = registry.get("tensorflow")
+    eager = tf.constant([1.0, 2.0])
+    variable = tf.Variable([1.0, 2.0])
+    frozen = tf.Variable([1.0, 2.0], trainable=False)
+    assert not backend.is_tracked(eager) and not backend.is_tracked(variable)
+    with tf.GradientTape() as tape:
+        tape.watch(eager)
+        assert backend.is_tracked(eager) and backend.is_tracked(variable)
+        assert not backend.is_tracked(tf.constant([3.0])) and not backend.is_tracked(frozen)
+    seen = []
+
+    @tf.function
+    def trace(t: Any) -> Any:
+        seen.append(backend.is_tracked(t))
+        return t
+
+    trace(eager)
+    assert seen == [True]
+
+
+def test_tracked_tensor_cannot_cross_but_eager_one_can() -> None:
+    x = tf.constant([[1.0, 2.0, 4.0]])
+    y = layernorm.layer_norm(x, backend="numpy")
+    assert isinstance(y, tf.Tensor)
+    np.testing.assert_allclose(_np(y), _np(layernorm.layer_norm(x)), rtol=1e-6)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with pytest.raises(layernorm.BackendError, match="autodiff or tracing"):
+            layernorm.layer_norm(x, backend="numpy")
+    out = layernorm.layer_norm(np.array([[1.0, 2.0, 4.0]]), backend="tensorflow")
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_round_trip_and_foreign_arrays(dtype: str) -> None:
+    backend = registry.get("tensorflow")
+    host = np.arange(6, dtype=np.float64).reshape(2, 3).astype(DTYPES[dtype])
+    t = backend.from_numpy(host, "cpu")
+    assert t.dtype.name == dtype and backend.device_of(t) == "cpu"
+    back = backend.to_numpy(t)
+    assert back.dtype == host.dtype
+    np.testing.assert_array_equal(back, host)
+    np.testing.assert_array_equal(backend.to_numpy(backend.from_foreign(host)), host)
+
+
+def test_from_numpy_on_a_missing_device_is_a_device_error() -> None:
+    if HAS_GPU:
+        pytest.skip("a GPU is present: nothing missing to ask for")
+    with pytest.raises(layernorm.DeviceError):
+        registry.get("tensorflow").from_numpy(np.zeros(3, np.float32), "gpu")
+
+
+def test_info_reports_cpu_and_all_dtypes() -> None:
+    info = registry.get("tensorflow").info()
+    assert "cpu" in info.devices and info.autodiff
+    assert set(info.dtypes) == set(DTYPES)
+    assert ("gpu" in info.devices) == HAS_GPU
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_output_stays_on_gpu(mode: str) -> None:
+    if not HAS_GPU:
+        pytest.skip("no GPU visible to TensorFlow")
+    host = _host((64, 128), -1, np.float32, seed=8)
+    with tf.device("/GPU:0"):
+        x, w, b, dy = _tf(*host)
+
+    def grads(x: Any, w: Any, b: Any, dy: Any) -> tuple[Any, list[Any]]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            y = layernorm.layer_norm(x, w, b)
+        return y, tape.gradient(y, [x, w, b], output_gradients=dy)
+
+    y, got = _compiled(grads, mode)(x, w, b, dy)
+    assert registry.get("tensorflow").device_of(y) == "gpu" and "GPU" in y.device
+    _check_grads("layer_norm", got, host, -1, "float32")
+
+
+def test_cpu_tensor_stays_on_cpu_when_a_gpu_is_present() -> None:
+    if not HAS_GPU:
+        pytest.skip("no GPU visible to TensorFlow")
+    with tf.device("/CPU:0"):
+        x = tf.constant(_host((4, 16), -1, np.float32)[0])
+    y = layernorm.layer_norm(x)
+    assert "CPU" in y.device

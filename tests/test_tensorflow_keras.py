@@ -1,0 +1,185 @@
+"""layernorm.keras layers against keras.layers.LayerNormalization / RMSNormalization: same arguments, same weights
+(names, order, files), same outputs and gradients, save and load, on Keras's TensorFlow backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+if keras.backend.backend() != "tensorflow":
+    pytest.skip(
+        f"Keras runs on {keras.backend.backend()}, these tests need its TensorFlow backend", allow_module_level=True
+    )
+
+import layernorm.keras as lk  # noqa: E402
+from layernorm_core import check_forward, reference  # noqa: E402
+from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
+
+AXES = [
+    pytest.param(-1, id="last"),
+    pytest.param([1, 2], id="two-trailing"),
+    pytest.param(1, id="middle"),
+    pytest.param([0, 2], id="non-adjacent"),
+]
+SHAPE = (4, 5, 6)
+
+
+def _x(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * 2 + 0.5).astype(np.float32)
+
+
+def _random_weights(layer: Any, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in layer.get_weights()])
+
+
+def _pair(axis: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """A built Keras LayerNormalization with random weights, and ours with those weights loaded."""
+    theirs = keras.layers.LayerNormalization(axis=axis, **kwargs)
+    theirs.build(SHAPE)
+    _random_weights(theirs)
+    ours = lk.LayerNormalization(axis=axis, **kwargs)
+    ours.build(SHAPE)
+    ours.set_weights(theirs.get_weights())
+    return theirs, ours
+
+
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize(("center", "scale"), [(True, True), (False, True), (True, False), (False, False)])
+def test_keras_weights_load_and_outputs_match(axis: Any, center: bool, scale: bool) -> None:
+    theirs, ours = _pair(axis, center=center, scale=scale)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    x = _x()
+    got, expected = np.asarray(ours(x)), np.asarray(theirs(x))
+    gamma = theirs.gamma.numpy() if scale else None
+    beta = theirs.beta.numpy() if center else None
+    spec = check_forward("layer_norm", x, gamma, beta, tuple(ours.axis), 1e-3)
+    ref = reference.layer_norm(x, gamma, beta, spec)[0]
+    cond = row_condition(x, spec)
+    assert error_ratio(got, ref, tolerance("float32", "output"), cond) <= 1
+    assert error_ratio(expected, ref, tolerance("float32", "output"), cond) <= 1
+
+
+def test_defaults_are_keras_defaults() -> None:
+    ours, theirs = lk.LayerNormalization(), keras.layers.LayerNormalization()
+    assert ours.epsilon == theirs.epsilon == 1e-3
+    config = ours.get_config()
+    assert set(config) == set(theirs.get_config())
+    assert lk.RMSNormalization().epsilon == keras.layers.RMSNormalization().epsilon
+    with pytest.raises(ValueError, match="RMSNormalization"):
+        lk.LayerNormalization(rms_scaling=True)
+
+
+def test_keras_config_builds_our_layer() -> None:
+    theirs = keras.layers.LayerNormalization(axis=[1, 2], epsilon=1e-4, center=False, gamma_initializer="zeros")
+    ours = lk.LayerNormalization.from_config(theirs.get_config())
+    assert (ours.axis, ours.epsilon, ours.center, ours.scale) == ([1, 2], 1e-4, False, True)
+    ours.build(SHAPE)
+    np.testing.assert_array_equal(ours.gamma.numpy(), np.zeros((5, 6), np.float32))
+
+
+def _model(norm: Any) -> Any:
+    return keras.Sequential([keras.Input((None, 6)), keras.layers.Dense(6, name="dense"), norm])
+
+
+def test_weights_file_of_a_keras_model_loads_into_ours(tmp_path: Path) -> None:
+    theirs = _model(keras.layers.LayerNormalization(name="norm"))
+    _random_weights(theirs.get_layer("norm"))
+    path = tmp_path / "theirs.weights.h5"
+    theirs.save_weights(path)
+    ours = _model(lk.LayerNormalization(name="norm"))
+    ours.load_weights(path)
+    for mine, original in zip(ours.weights, theirs.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), original.numpy())
+    x = _x(2)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["LayerNormalization", "RMSNormalization"])
+def test_model_saves_and_loads(tmp_path: Path, layer: str) -> None:
+    norm = getattr(lk, layer)(axis=-1, epsilon=1e-4, name="norm")
+    model = _model(norm)
+    _random_weights(model.get_layer("norm"), seed=3)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.get_layer("norm")) is type(norm) and loaded.get_layer("norm").epsilon == 1e-4
+    x = _x(4, (3, 7, 6))
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("axis", AXES)
+def test_gradients_match_keras_layer(axis: Any) -> None:
+    theirs, ours = _pair(axis)
+    x = tf.constant(_x(5))
+    dy = tf.constant(_x(6))
+    results = []
+    for layer in (theirs, ours):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        results.append(tape.gradient(y, [x, *layer.trainable_weights], output_gradients=dy))
+    spec = check_forward("layer_norm", x, theirs.gamma, None, tuple(ours.axis), 1e-3)
+    expected = reference.layer_norm_backward(dy.numpy(), x.numpy(), theirs.gamma.numpy(), spec)
+    rstd = reference.layer_norm(x.numpy(), None, None, spec)[2]
+    scales = (gradient_scale(dy.numpy(), theirs.gamma.numpy(), rstd, spec), None, None)
+    cond = row_condition(x.numpy(), spec)
+    for got, keras_grad, ref, scale in zip(results[1], results[0], expected, scales, strict=True):
+        np.testing.assert_allclose(got.numpy(), keras_grad.numpy(), rtol=1e-4, atol=1e-5)
+        assert error_ratio(got.numpy(), ref, tolerance("float32", "grad"), cond, scale=scale) <= 1
+
+
+def test_compiled_training_step_matches_keras() -> None:
+    x, target = _x(7, (8, 3, 6)), _x(8, (8, 3, 6))
+    losses = []
+    for norm in (keras.layers.LayerNormalization(name="norm"), lk.LayerNormalization(name="norm")):
+        keras.utils.set_random_seed(0)
+        model = _model(norm)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+        losses.append([float(model.train_on_batch(x, target)) for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert losses[1][2] < losses[1][0]
+
+
+@pytest.mark.parametrize("axis", [pytest.param(-1, id="last"), pytest.param([1, 2], id="two-trailing")])
+def test_rms_normalization_matches_keras(axis: Any) -> None:
+    theirs = keras.layers.RMSNormalization(axis=axis)
+    theirs.build(SHAPE)
+    _random_weights(theirs)
+    ours = lk.RMSNormalization(axis=axis)
+    ours.build(SHAPE)
+    ours.set_weights(theirs.get_weights())
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights] == ["scale"]
+    x = _x(9)
+    spec = check_forward("rms_norm", x, theirs.scale.numpy(), None, tuple(ours.axis), 1e-6)  # type: ignore[arg-type]
+    ref = reference.rms_norm(x, theirs.scale.numpy(), spec)[0]
+    assert error_ratio(np.asarray(ours(x)), ref, tolerance("float32", "output")) <= 1
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["LayerNormalization", "RMSNormalization"])
+def test_mixed_precision_output_dtype_matches_keras(layer: str) -> None:
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        ours, theirs = getattr(lk, layer)(), getattr(keras.layers, layer)()
+        x = _x(10).astype(np.float16)
+        got, expected = ours(x), theirs(x)
+        assert got.dtype == expected.dtype == tf.float16
+        assert [w.dtype for w in ours.weights] == [w.dtype for w in theirs.weights]
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32), rtol=4e-3, atol=4e-3)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def test_functional_model_with_unknown_sizes_runs_in_tf_function() -> None:
+    inputs = keras.Input((None, 6))
+    model = keras.Model(inputs, lk.LayerNormalization()(keras.layers.Dense(6)(inputs)))
+    run = tf.function(model, jit_compile=True, input_signature=[tf.TensorSpec((None, None, 6), tf.float32)])
+    assert tuple(run(tf.constant(_x(11, (2, 9, 6)))).shape) == (2, 9, 6)

@@ -1,0 +1,134 @@
+"""The JAX backend: layer_norm and rms_norm for jax.Array and tracers, on every device XLA reports.
+
+The core has checked every argument before these functions run. The forward functions are jax.custom_vjp
+functions (see `layernorm_jax.kernels`), so jax.grad, jax.vjp, jax.jit, jax.vmap and jax.checkpoint work through
+the public API; the explicit ``*_backward`` functions run the same analytic gradient code as the vjp rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
+from layernorm_core.errors import DeviceError, DTypeError
+from layernorm_core.protocol import BackendInfo
+from layernorm_core.spec import NormSpec
+from layernorm_jax import kernels
+
+_DEVICE_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+
+# Compiled once per (shapes, dtypes, axes, eps): an eager call runs one XLA program, not op by op. Inside an
+# outer jit they inline; the custom_vjp rules stay attached.
+_layer_norm = jax.jit(kernels.layer_norm, static_argnums=(3, 4))
+_rms_norm = jax.jit(kernels.rms_norm, static_argnums=(2, 3))
+_layer_norm_backward = jax.jit(kernels.layer_norm_backward, static_argnums=(4, 5))
+_rms_norm_backward = jax.jit(kernels.rms_norm_backward, static_argnums=(4, 5))
+
+
+def info() -> BackendInfo:
+    """Version, device kinds, dtypes and promises of the JAX backend here."""
+    platforms = []
+    for platform in ("cpu", "gpu", "tpu"):
+        try:
+            if jax.devices(platform):
+                platforms.append(platform)
+        except RuntimeError:
+            continue
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    return BackendInfo(
+        version=jax.__version__,
+        devices=tuple(platforms),
+        dtypes=FLOAT_DTYPES if x64 else tuple(d for d in FLOAT_DTYPES if d != "float64"),
+        deterministic_devices=("cpu",),
+        autodiff=True,
+        notes={
+            "float64": "enabled (jax_enable_x64)" if x64 else "needs jax.config.update('jax_enable_x64', True)",
+            "autodiff": "jax.custom_vjp with the analytic backward; grad of grad and jax.hessian work; plain "
+            "forward mode (jax.jvp, jax.jacfwd of the function itself) raises JAX's custom_vjp TypeError",
+        },
+    )
+
+
+def device_of(x: Any) -> str:
+    """The platform x lives on ("cpu", "gpu" or "tpu"); for a tracer, the platform of JAX's default backend."""
+    if isinstance(x, jax.core.Tracer):
+        return jax.default_backend()
+    return str(next(iter(x.devices())).platform)
+
+
+def is_tracked(x: Any) -> bool:
+    """True for tracers (inside jit, grad, vmap, checkpoint...): such arrays never cross frameworks."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A host NumPy copy of x with its dtype (bfloat16 stays ml_dtypes.bfloat16)."""
+    return np.array(x, copy=True)
+
+
+def from_numpy(array: Any, device: str = "cpu") -> jax.Array:
+    """A jax.Array on the first ``device`` ("cpu", "gpu"/"cuda", "tpu") holding ``array``'s values and dtype.
+
+    A float64 array needs x64 (``jax.config.update('jax_enable_x64', True)``): without it, DTypeError rather than
+    a silent cast to float32.
+    """
+    array = np.asarray(array)
+    _check_representable(array.dtype)
+    return jax.device_put(array, _device(device))
+
+
+def from_foreign(x: Any) -> jax.Array:
+    """x, an array of another framework, as a jax.Array: DLPack when x supports it, else the array protocol.
+
+    The dtype is kept exactly; float64 without x64 is a DTypeError, never a silent downcast.
+    """
+    _check_representable(x.dtype)
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        try:
+            return jax.dlpack.from_dlpack(x)
+        except (TypeError, RuntimeError, ValueError, BufferError):
+            pass  # e.g. a non-contiguous or unsupported-device tensor: fall back to a host copy
+    return jnp.asarray(np.asarray(x))
+
+
+def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    y, mean, rstd = _layer_norm(x, weight, bias, spec.axes, spec.eps)
+    return (y, mean, rstd) if return_stats else y
+
+
+def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
+    """y, or (y, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    y, rstd = _rms_norm(x, weight, spec.axes, spec.eps)
+    return (y, rstd) if return_stats else y
+
+
+def layer_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
+    """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
+    return _layer_norm_backward(dy, x, weight, (mean, rstd), spec.axes, spec.eps)
+
+
+def rms_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, rstd: Any) -> Any:
+    """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    return _rms_norm_backward(dy, x, weight, rstd, spec.axes, spec.eps)
+
+
+def _check_representable(dtype: Any) -> None:
+    if dtype_name(dtype) == "float64" and not jax.config.read("jax_enable_x64"):
+        raise DTypeError(
+            "a float64 array cannot become a JAX array while x64 is disabled (JAX would silently make it "
+            "float32); enable it with jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1, or cast "
+            "the array to float32 first"
+        )
+
+
+def _device(kind: str) -> jax.Device:
+    platform = _DEVICE_ALIASES.get(kind, kind)
+    try:
+        return jax.devices(platform)[0]
+    except RuntimeError as exc:
+        raise DeviceError(f"JAX has no {kind!r} device here: {exc}") from None

@@ -1,0 +1,228 @@
+"""The math of the JAX backend: two-pass statistics, the analytic backward, and the custom_vjp rules.
+
+Every function here takes jax arrays (or tracers) and static ``axes`` (non-negative, increasing) and ``eps``.
+Half inputs are upcast to float32 for every reduction; results are cast back to x's dtype at the end, so XLA
+fuses the casts into the same loops. The explicit ``*_backward`` functions of the backend and the custom_vjp
+backward rules call the same two gradient functions, ``layer_norm_grads`` and ``rms_norm_grads``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Axes = tuple[int, ...]
+
+
+def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """float32 for float16/bfloat16, else ``dtype`` itself (float32 or float64)."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+    return x.astype(compute_dtype(x.dtype))
+
+
+def _count(x: jax.Array, axes: Axes) -> int:
+    return math.prod(x.shape[a] for a in axes)
+
+
+def _param(p: jax.Array | None, x: jax.Array, axes: Axes, dtype: jnp.dtype) -> jax.Array | None:
+    """weight/bias (normalized_shape) reshaped to broadcast against x, in the compute dtype."""
+    if p is None:
+        return None
+    shape = tuple(x.shape[d] if d in axes else 1 for d in range(x.ndim))
+    return p.astype(dtype).reshape(shape)
+
+
+def _sum_to_param(value: jax.Array, axes: Axes) -> jax.Array:
+    """Sum over the batch axes of a full-shape array: the normalized-shape gradient of weight or bias."""
+    batch_axes = tuple(d for d in range(value.ndim) if d not in axes)
+    return value.sum(axis=batch_axes) if batch_axes else value
+
+
+def layer_norm_stats(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
+    """(mean, rstd) in the compute dtype, normalized axes kept as size 1. Two passes: var = mean((x - mean)^2)."""
+    xf = _upcast(x)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    centered = xf - mean
+    var = jnp.mean(centered * centered, axis=axes, keepdims=True)
+    return mean, lax.rsqrt(var + jnp.asarray(eps, xf.dtype))
+
+
+def rms_norm_rstd(x: jax.Array, axes: Axes, eps: float) -> jax.Array:
+    """Return rstd = 1 / sqrt(mean(x^2) + eps) in the compute dtype, normalized axes kept as size 1."""
+    xf = _upcast(x)
+    return lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + jnp.asarray(eps, xf.dtype))
+
+
+def layer_norm_apply(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, mean: jax.Array, rstd: jax.Array, axes: Axes
+) -> jax.Array:
+    """Return y = (x - mean) * rstd * weight + bias in the compute dtype, cast to x's dtype."""
+    dtype = mean.dtype
+    y = (_upcast(x) - mean) * rstd
+    w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y.astype(x.dtype)
+
+
+def rms_norm_apply(x: jax.Array, weight: jax.Array | None, rstd: jax.Array, axes: Axes) -> jax.Array:
+    """Return y = x * rstd * weight in the compute dtype, cast to x's dtype."""
+    y = _upcast(x) * rstd
+    w = _param(weight, x, axes, rstd.dtype)
+    return (y if w is None else y * w).astype(x.dtype)
+
+
+def layer_norm_grads(
+    dy: jax.Array,
+    x: jax.Array,
+    weight: jax.Array | None,
+    mean: jax.Array,
+    rstd: jax.Array,
+    axes: Axes,
+    dmean: jax.Array | None = None,
+    drstd: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dx, dweight, dbias) in the compute dtype, dweight/dbias with the normalized shape.
+
+    With xhat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    ``dmean``/``drstd`` are cotangents of the returned statistics (custom_vjp with return_stats): mean = mean(x)
+    adds dmean / N, and rstd = (var + eps)^-1/2 adds -drstd * rstd^2 * xhat / N.
+    """
+    dtype = mean.dtype
+    dyf = dy.astype(dtype)
+    xhat = (_upcast(x) - mean) * rstd
+    w = _param(weight, x, axes, dtype)
+    g = dyf if w is None else dyf * w
+    g_mean = jnp.mean(g, axis=axes, keepdims=True)
+    gx_mean = jnp.mean(g * xhat, axis=axes, keepdims=True)
+    dx = rstd * (g - g_mean - xhat * gx_mean)
+    n = _count(x, axes)
+    if dmean is not None:
+        dx = dx + dmean.astype(dtype) / n
+    if drstd is not None:
+        dx = dx - (drstd.astype(dtype) * rstd * rstd / n) * xhat
+    return dx, _sum_to_param(dyf * xhat, axes), _sum_to_param(dyf, axes)
+
+
+def rms_norm_grads(
+    dy: jax.Array,
+    x: jax.Array,
+    weight: jax.Array | None,
+    rstd: jax.Array,
+    axes: Axes,
+    drstd: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(dx, dweight) in the compute dtype: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd.
+
+    ``drstd``, the cotangent of the returned rstd = (mean(x^2) + eps)^-1/2, adds -drstd * rstd^2 * xhat / N.
+    """
+    dtype = rstd.dtype
+    dyf = dy.astype(dtype)
+    xhat = _upcast(x) * rstd
+    w = _param(weight, x, axes, dtype)
+    g = dyf if w is None else dyf * w
+    dx = rstd * (g - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
+    if drstd is not None:
+        dx = dx - (drstd.astype(dtype) * rstd * rstd / _count(x, axes)) * xhat
+    return dx, _sum_to_param(dyf * xhat, axes)
+
+
+def _cast_like(value: jax.Array, like: jax.Array | None) -> jax.Array | None:
+    return None if like is None else value.astype(like.dtype)
+
+
+# -- custom_vjp: the forward saves (x, weight, mean, rstd), the backward is layer_norm_grads / rms_norm_grads --
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(y, mean, rstd), differentiable through jax.custom_vjp with the analytic backward."""
+    mean, rstd = layer_norm_stats(x, axes, eps)
+    return layer_norm_apply(x, weight, bias, mean, rstd, axes), mean, rstd
+
+
+def _layer_norm_fwd(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array | None, ...]]:
+    mean, rstd = layer_norm_stats(x, axes, eps)
+    y = layer_norm_apply(x, weight, bias, mean, rstd, axes)
+    # bias is saved only for its dtype (None stays None); XLA drops the unused buffer.
+    return (y, mean, rstd), (x, weight, bias, mean, rstd)
+
+
+def _layer_norm_bwd(
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array, jax.Array]
+) -> tuple[jax.Array | None, ...]:
+    x, weight, bias, mean, rstd = residuals
+    dy, dmean, drstd = cotangents
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, dmean, drstd)
+    return dx.astype(x.dtype), _cast_like(dweight, weight), _cast_like(dbias, bias)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
+    """(y, rstd), differentiable through jax.custom_vjp with the analytic backward."""
+    rstd = rms_norm_rstd(x, axes, eps)
+    return rms_norm_apply(x, weight, rstd, axes), rstd
+
+
+def _rms_norm_fwd(
+    x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array | None, ...]]:
+    rstd = rms_norm_rstd(x, axes, eps)
+    return (rms_norm_apply(x, weight, rstd, axes), rstd), (x, weight, rstd)
+
+
+def _rms_norm_bwd(
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array | None, ...]:
+    x, weight, rstd = residuals
+    dy, drstd = cotangents
+    dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes, drstd)
+    return dx.astype(x.dtype), _cast_like(dweight, weight)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+# -- the explicit backward functions: the same gradient code, stats recomputed when not given --
+
+
+def layer_norm_backward(
+    dy: jax.Array,
+    x: jax.Array,
+    weight: jax.Array | None,
+    stats: tuple[jax.Array | None, jax.Array | None],
+    axes: Axes,
+    eps: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dx, dweight, dbias) in x's dtype; ``stats`` = (mean, rstd), recomputed when either is None."""
+    mean, rstd = stats
+    if mean is None or rstd is None:
+        mean, rstd = layer_norm_stats(x, axes, eps)
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes)
+    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+def rms_norm_backward(
+    dy: jax.Array, x: jax.Array, weight: jax.Array | None, rstd: jax.Array | None, axes: Axes, eps: float
+) -> tuple[jax.Array, jax.Array]:
+    """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    if rstd is None:
+        rstd = rms_norm_rstd(x, axes, eps)
+    dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes)
+    return dx.astype(x.dtype), dweight.astype(x.dtype)

@@ -1,0 +1,142 @@
+"""JAX speed: layernorm.layer_norm (jax backend) against a jitted flax.nnx.LayerNorm and plain-JAX formulations.
+
+Every candidate is jitted and timed side by side (`benchmarks.timing.interleaved`, ``block_until_ready`` as the
+sync), forward and forward+backward (gradients of ``sum(y * ct)`` with respect to x, weight and bias), on the
+same inputs, with a plain copy of x as the memory floor. Prints medians and the ratios to layernorm's median
+(ratio > 1: the other candidate is slower).
+
+    python -m benchmarks.jax_speed                # (4096, 768) and (8192, 4096), float32 and bfloat16
+    python -m benchmarks.jax_speed --quick        # smaller shapes, fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import layernorm
+from benchmarks.timing import Timing, interleaved
+
+EPS = 1e-6  # Flax's default; every candidate uses it
+SHAPES = ((4096, 768), (8192, 4096))
+QUICK_SHAPES = ((1024, 768), (2048, 1024))
+DTYPES = ("float32", "bfloat16")
+
+Fn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def plain_two_pass(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """Plain JAX, stable: var = mean((x - mean)^2), statistics in float32."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    centered = xf - mean
+    var = (centered * centered).mean(-1, keepdims=True)
+    return (centered * jax.lax.rsqrt(var + EPS) * w + b).astype(x.dtype)
+
+
+def plain_one_pass(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """Plain JAX, Flax's fast variance: var = E[x^2] - E[x]^2 (one read of x, not stable)."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.maximum((xf * xf).mean(-1, keepdims=True) - mean * mean, 0.0)
+    return ((xf - mean) * jax.lax.rsqrt(var + EPS) * w + b).astype(x.dtype)
+
+
+def ours(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """The public API of layernorm, on the jax backend."""
+    return layernorm.layer_norm(x, w, b, eps=EPS)
+
+
+def flax_layer_norm(n: int, dtype: str) -> Fn:
+    """A flax.nnx.LayerNorm as a pure function of (x, scale, bias), so it is jitted and differentiated alike."""
+    from flax import nnx
+
+    module = nnx.LayerNorm(n, epsilon=EPS, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    graph, state = nnx.split(module)
+    names = [path[0] for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    treedef = jax.tree.structure(state)
+
+    def apply(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        by_name = {"scale": w, "bias": b}
+        params = jax.tree.unflatten(treedef, [by_name[str(getattr(n, "key", n))] for n in names])
+        return nnx.merge(graph, params)(x)
+
+    return apply
+
+
+def forward_and_backward(fn: Fn, ct: jax.Array) -> Callable[..., Any]:
+    """jit(grad) of sum(fn(x, w, b) * ct) with respect to x, w and b."""
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(fn(x, w, b).astype(jnp.float32) * ct)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def candidates(n: int, dtype: str) -> dict[str, Fn]:
+    """The formulations compared, by name; layernorm first."""
+    fns: dict[str, Fn] = {"layernorm": ours}
+    try:
+        fns["flax.nnx"] = flax_layer_norm(n, dtype)
+    except ImportError:
+        print("flax is not installed: the Flax candidate is skipped")
+    fns["plain_two_pass"] = plain_two_pass
+    fns["plain_one_pass"] = plain_one_pass
+    return fns
+
+
+def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[str, Timing]]:
+    """Time forward, forward+backward and the copy floor for one shape and dtype."""
+    n = shape[-1]
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    inputs = [jax.random.normal(k, shape, jnp.float32).astype(dtype) * 2 + 1 for k in keys[:2]]
+    w = 1 + 0.1 * jax.random.normal(keys[2], (n,), jnp.float32)
+    b = 0.1 * jnp.ones((n,), jnp.float32)
+    ct = jax.random.normal(keys[2], shape, jnp.float32)
+    fns = candidates(n, dtype)
+
+    def bind(f: Callable[..., Any]) -> Callable[[jax.Array], Any]:
+        return lambda x: f(x, w, b)
+
+    forward: dict[str, Callable[[jax.Array], Any]] = {name: bind(jax.jit(f)) for name, f in fns.items()}
+    forward["copy"] = jax.jit(jnp.copy)
+    backward = {name: bind(forward_and_backward(f, ct)) for name, f in fns.items()}
+    sync = jax.block_until_ready
+    return {
+        "forward": interleaved(forward, inputs, sync, rounds=rounds),
+        "forward+backward": interleaved(backward, inputs, sync, rounds=rounds),
+    }
+
+
+def report(shape: tuple[int, int], dtype: str, results: dict[str, dict[str, Timing]]) -> None:
+    """Print one table per pass: median ms, p10-p90 over rounds, ratio to layernorm."""
+    for label, timings in results.items():
+        base = timings["layernorm"].median
+        print(f"\n{shape} {dtype} {label} (median of {timings['layernorm'].repeats} rounds)")
+        for name, t in timings.items():
+            print(
+                f"  {name:16s} {t.median * 1e3:9.3f} ms  [{t.p10 * 1e3:8.3f} .. {t.p90 * 1e3:8.3f}]  "
+                f"ratio to layernorm {t.median / base:5.2f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every case and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
+    args = parser.parse_args(argv)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    rounds = args.rounds or (3 if args.quick else 7)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})")
+    for shape in shapes:
+        for dtype in DTYPES:
+            report(shape, dtype, run_case(shape, dtype, rounds))
+
+
+if __name__ == "__main__":
+    main()

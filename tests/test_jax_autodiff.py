@@ -1,0 +1,248 @@
+"""JAX transformations through the public API: grad, vjp, jit, vmap, checkpoint, higher order, tracers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+import jax
+import jax.numpy as jnp
+
+import layernorm
+from layernorm_core import check_forward, normalize_axes, reference
+from layernorm_core.registry import registry
+from layernorm_core.spec import Axis
+from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
+
+AXES = [
+    pytest.param((4, 6, 16), -1, id="trailing"),
+    pytest.param((4, 6, 16), (1, 2), id="two-trailing"),
+    pytest.param((3, 8, 5), 1, id="channels-first"),
+    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
+]
+
+
+def _inputs(shape: tuple[int, ...], axis: Axis, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    normalized_shape = tuple(shape[a] for a in normalize_axes(axis, len(shape)))
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    w = rng.standard_normal(normalized_shape).astype(np.float32)
+    b = rng.standard_normal(normalized_shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, w, b, dy
+
+
+def plain_layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, axis: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """An independent plain-jnp formulation, differentiated by JAX's own autodiff (the oracle for vjp terms)."""
+    mean = jnp.mean(x, axis=axis, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axis, keepdims=True)
+    rstd = 1 / jnp.sqrt(var + 1e-5)
+    shape = tuple(x.shape[d] if d in axis else 1 for d in range(x.ndim))
+    return (x - mean) * rstd * w.reshape(shape) + b.reshape(shape), mean, rstd
+
+
+def _check_grads(grads: tuple[jax.Array, ...], x: np.ndarray, w: np.ndarray, dy: np.ndarray, axis: Axis) -> None:
+    spec = check_forward("layer_norm", x, w, None, axis, 1e-5)
+    ref_rstd = reference.layer_norm(x, None, None, spec)[2]
+    cond = row_condition(x, spec)
+    expected = reference.layer_norm_backward(dy, x, w, spec)
+    for got, ref, scale in zip(grads, expected, (gradient_scale(dy, w, ref_rstd, spec), None, None), strict=True):
+        assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), cond, scale=scale) <= 1
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(("shape", "axis"), AXES)
+def test_grad_matches_reference_backward(shape: tuple[int, ...], axis: Axis, jit: bool) -> None:
+    x, w, b, dy = _inputs(shape, axis)
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, w, b, axis=axis) * dy)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    grads = (jax.jit(grad) if jit else grad)(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    _check_grads(grads, x, w, dy, axis)
+
+
+@pytest.mark.parametrize(("shape", "axis"), AXES)
+def test_rms_norm_vjp_matches_reference_backward(shape: tuple[int, ...], axis: Axis) -> None:
+    x, w, _, dy = _inputs(shape, axis, seed=1)
+    _, vjp = jax.vjp(lambda x, w: layernorm.rms_norm(x, w, axis=axis), jnp.asarray(x), jnp.asarray(w))
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+    scale = gradient_scale(dy, w, reference.rms_norm(x, None, spec)[1], spec)
+    for got, ref, s in zip(
+        vjp(jnp.asarray(dy)), reference.rms_norm_backward(dy, x, w, spec), (scale, None), strict=True
+    ):
+        assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), scale=s) <= 1
+
+
+def test_the_gradient_is_the_custom_vjp_not_autodiff_of_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from layernorm_jax import kernels
+
+    x = jnp.ones((3, 11))  # a shape no other test traces, so no cached trace hides the call
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: layernorm.layer_norm(x))(x))
+    calls: list[str] = []
+
+    def spy(name: str) -> Callable[..., Any]:
+        original = getattr(kernels, name)
+
+        def called(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return called
+
+    for name in ("layer_norm_grads", "rms_norm_grads"):
+        monkeypatch.setattr(kernels, name, spy(name))
+    jax.grad(lambda x: layernorm.layer_norm(x).sum())(x)
+    jax.grad(lambda x: layernorm.rms_norm(x).sum())(x)
+    assert calls == ["layer_norm_grads", "rms_norm_grads"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_half_gradients_have_the_input_dtype(dtype: str) -> None:
+    x = jnp.linspace(-2, 3, 64, dtype=jnp.float32).reshape(4, 16).astype(dtype)
+    w = jnp.ones(16, jnp.float32)  # mixed precision: float32 weight, half x
+    dx, dw = jax.grad(lambda x, w: layernorm.layer_norm(x, w).astype(jnp.float32).sum(), argnums=(0, 1))(x, w)
+    assert dx.dtype == jnp.dtype(dtype) and dw.dtype == jnp.float32
+
+
+def test_stats_cotangents_match_autodiff() -> None:
+    """Gradients flow through returned mean and rstd too, as autodiff of a plain formula says."""
+    x, w, b, dy = (jnp.asarray(a) for a in _inputs((5, 3, 12), (1, 2), seed=2))
+    a = jnp.asarray(np.random.default_rng(3).standard_normal((5, 1, 1)), jnp.float32)
+
+    def loss(fn: Callable[..., tuple[jax.Array, ...]]) -> Callable[..., jax.Array]:
+        def inner(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+            y, mean, rstd = fn(x, w, b)
+            return jnp.sum(y * dy) + jnp.sum(mean * a) + jnp.sum(rstd * a * 3)
+
+        return inner
+
+    ours = jax.grad(loss(lambda x, w, b: layernorm.layer_norm(x, w, b, axis=(1, 2), return_stats=True)), (0, 1, 2))
+    oracle = jax.grad(loss(lambda x, w, b: plain_layer_norm(x, w, b, (1, 2))), (0, 1, 2))
+    for got, expected in zip(ours(x, w, b), oracle(x, w, b), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-4, atol=2e-5)
+    rms = jax.grad(lambda x: jnp.sum(layernorm.rms_norm(x, return_stats=True)[1] * 2.0))(x)
+    rms_oracle = jax.grad(lambda x: jnp.sum(2.0 / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5)))(x)
+    np.testing.assert_allclose(np.asarray(rms), np.asarray(rms_oracle), rtol=2e-4, atol=2e-6)
+
+
+def test_vmap_matches_the_unbatched_call_and_reference() -> None:
+    x, w, b, _ = _inputs((6, 4, 10), -1)
+    batched = jax.vmap(lambda x: layernorm.layer_norm(x, jnp.asarray(w), jnp.asarray(b), axis=-1))(jnp.asarray(x))
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    assert error_ratio(np.asarray(batched), reference.layer_norm(x, w, b, spec)[0], tolerance("float32", "output")) <= 1
+    # axis 0 of each (4, 10) example is axis 1 of x: vmap must not shift the normalized axes.
+    per_example = jax.vmap(lambda x: layernorm.rms_norm(x, axis=0))(jnp.asarray(x))
+    spec0 = check_forward("rms_norm", x, None, None, 1, 1e-5)
+    assert (
+        error_ratio(np.asarray(per_example), reference.rms_norm(x, None, spec0)[0], tolerance("float32", "output")) <= 1
+    )
+    # vmap over a non-leading axis, of the explicit backward too
+    dx = jax.vmap(lambda dy, x: layernorm.layer_norm_backward(dy, x)[0], in_axes=1, out_axes=1)(jnp.ones_like(x), x)
+    np.testing.assert_allclose(np.asarray(dx), 0.0, atol=1e-5)
+
+
+def test_per_example_gradients_with_vmap_of_grad() -> None:
+    x, w, _, dy = _inputs((5, 12), -1, seed=4)
+
+    def loss(x: jax.Array, w: jax.Array, dy: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, w) * dy)
+
+    dws = jax.jit(jax.vmap(jax.grad(loss, argnums=1), in_axes=(0, None, 0)))(jnp.asarray(x), jnp.asarray(w), dy)
+    spec = check_forward("layer_norm", x[:1], w, None, -1, 1e-5)
+    for row in range(5):
+        expected = reference.layer_norm_backward(dy[row : row + 1], x[row : row + 1], w, spec)[1]
+        assert error_ratio(np.asarray(dws[row]), expected, tolerance("float32", "grad")) <= 1
+
+
+def test_checkpoint_and_jit_compose() -> None:
+    x, w, b, dy = (jnp.asarray(a) for a in _inputs((4, 6, 16), -1, seed=5))
+
+    def block(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.tanh(layernorm.layer_norm(x, w, b)) * layernorm.rms_norm(x, w)
+
+    def loss(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        return lambda x, w, b: jnp.sum(f(x, w, b) * dy)
+
+    plain = jax.grad(loss(block), (0, 1, 2))(x, w, b)
+    remat = jax.jit(jax.grad(loss(jax.checkpoint(block)), (0, 1, 2)))(x, w, b)
+    oracle = jax.grad(loss(lambda x, w, b: jnp.tanh(plain_layer_norm(x, w, b, (2,))[0]) * _plain_rms(x, w)), (0, 1, 2))
+    for got, again, expected in zip(plain, remat, oracle(x, w, b), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(again), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-4, atol=2e-5)
+
+
+def _plain_rms(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5) * w
+
+
+def test_second_order_reverse_mode_works() -> None:
+    """grad of grad differentiates the analytic backward itself; checked against autodiff of autodiff."""
+    with jax.enable_x64(True):
+        x, w, b, dy = (jnp.asarray(a, jnp.float64) for a in _inputs((3, 9), -1, seed=6))
+        v = jnp.asarray(np.random.default_rng(7).standard_normal((3, 9)))
+
+        def second(fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+            inner = jax.grad(lambda x: jnp.sum(fn(x) * dy))
+            return jax.grad(lambda x: jnp.sum(inner(x) * v))(x)
+
+        ours = second(lambda x: layernorm.layer_norm(x, w, b))
+        oracle = second(lambda x: plain_layer_norm(x, w, b, (1,))[0])
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
+        rms = second(lambda x: layernorm.rms_norm(x, w))
+        np.testing.assert_allclose(np.asarray(rms), np.asarray(second(lambda x: _plain_rms(x, w))), rtol=1e-9)
+
+
+def test_forward_mode_raises_a_clear_error_and_forward_over_reverse_works() -> None:
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: layernorm.layer_norm(x), (jnp.ones((2, 4)),), (jnp.ones((2, 4)),))
+    with jax.enable_x64(True):
+        x, w, b, dy = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=9))
+        ours = jax.hessian(lambda x: jnp.sum(layernorm.layer_norm(x, w, b) * dy))(x)
+        oracle = jax.hessian(lambda x: jnp.sum(plain_layer_norm(x, w, b, (1,))[0] * dy))(x)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
+
+
+def test_tracers_are_owned_and_tracked_by_jax() -> None:
+    backend = registry.get("jax")
+    seen: list[tuple[str | None, bool, str]] = []
+
+    def probe(x: jax.Array) -> jax.Array:
+        seen.append((registry.owner_of(x), backend.is_tracked(x), type(x).__module__))
+        return layernorm.layer_norm(x)
+
+    x = jnp.ones((3, 4))
+    jax.jit(probe)(x)
+    jax.grad(lambda x: probe(x).sum())(x)
+    jax.vmap(probe)(x)
+    jax.checkpoint(probe)(x)
+    assert len(seen) == 4
+    assert [owner for owner, _, _ in seen] == ["jax"] * 4
+    assert all(module.startswith("jax") for _, _, module in seen), seen
+    assert [tracked for _, tracked, _ in seen] == [True, True, True, True]
+
+
+def test_tracers_cannot_cross_frameworks() -> None:
+    def other_engine(x: jax.Array) -> jax.Array:
+        return layernorm.layer_norm(x, backend="numpy")
+
+    with pytest.raises(layernorm.BackendError, match="tracing"):
+        jax.jit(other_engine)(jnp.ones((2, 3)))
+    with pytest.raises(layernorm.BackendError, match="tracing"):
+        jax.grad(lambda x: other_engine(x).sum())(jnp.ones((2, 3)))
+
+
+def test_jit_with_return_stats_and_stable_dispatch_under_using() -> None:
+    x = _inputs((4, 10), -1, seed=8)[0]
+    with layernorm.using("jax"):
+        y, mean, rstd = jax.jit(lambda x: layernorm.layer_norm(x, return_stats=True))(jnp.asarray(x))
+    spec = check_forward("layer_norm", x, None, None, -1, 1e-5)
+    ref = reference.layer_norm(x, None, None, spec)
+    for got, expected, q in zip((y, mean, rstd), ref, ("output", "stats", "stats"), strict=True):
+        assert error_ratio(np.asarray(got), expected, tolerance("float32", q)) <= 1  # type: ignore[arg-type]

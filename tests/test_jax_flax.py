@@ -1,0 +1,120 @@
+"""layernorm.flax: NNX modules whose parameters and outputs match flax.nnx.LayerNorm / RMSNorm."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+import jax
+import jax.numpy as jnp
+
+pytest.importorskip("flax.nnx", reason="flax is not installed (pip install 'layernorm[flax]')")
+
+from flax import nnx
+
+from layernorm.flax import LayerNorm, RMSNorm
+from layernorm_core import check_forward, reference
+from layernorm_core.tolerances import error_ratio, row_condition, tolerance
+
+
+def _x(shape: tuple[int, ...], dtype: str = "float32", seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * 2 + 1, dtype=dtype)
+
+
+def _random_params(module: nnx.Module, seed: int) -> None:
+    state = nnx.state(module, nnx.Param)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 8))
+    nnx.update(module, jax.tree.map(lambda v: v + jax.random.normal(next(keys), v.shape, v.dtype), state))
+
+
+def _param_names(module: nnx.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {name: (v.shape, str(v.dtype)) for name, v in nnx.to_pure_dict(nnx.state(module, nnx.Param)).items()}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="default"),
+        pytest.param({"use_bias": False}, id="no-bias"),
+        pytest.param({"use_scale": False, "param_dtype": jnp.bfloat16}, id="no-scale-bf16-params"),
+    ],
+)
+def test_layer_norm_params_match_flax(kwargs: dict[str, Any]) -> None:
+    ours, theirs = LayerNorm(24, rngs=nnx.Rngs(0), **kwargs), nnx.LayerNorm(24, rngs=nnx.Rngs(0), **kwargs)
+    assert _param_names(ours) == _param_names(theirs)
+    for a, b in zip(jax.tree.leaves(nnx.state(ours)), jax.tree.leaves(nnx.state(theirs)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rms_norm_params_match_flax() -> None:
+    ours, theirs = RMSNorm(24, rngs=nnx.Rngs(0)), nnx.RMSNorm(24, rngs=nnx.Rngs(0))
+    assert _param_names(ours) == _param_names(theirs) == {"scale": ((24,), "float32")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_outputs_match_flax_and_reference(dtype: str) -> None:
+    theirs = nnx.LayerNorm(32, epsilon=1e-5, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    _random_params(theirs, seed=1)
+    ours = LayerNorm(32, epsilon=1e-5, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(5))
+    nnx.update(ours, nnx.state(theirs))  # a Flax state loads into our module as is
+    x = _x((6, 32), dtype)
+    y = ours(x)
+    assert y.dtype == jnp.dtype(dtype) == theirs(x).dtype
+    assert theirs.scale is not None and theirs.bias is not None
+    w, b = np.asarray(theirs.scale[...]), np.asarray(theirs.bias[...])
+    xn = np.asarray(x)
+    spec = check_forward("layer_norm", xn, w, b, -1, 1e-5)
+    assert error_ratio(np.asarray(y), reference.layer_norm(xn, w, b, spec)[0], tolerance(dtype, "output"),
+                       row_condition(xn, spec)) <= 1  # fmt: skip
+    tol = 1e-5 if dtype == "float32" else 2**-7
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(theirs(x), np.float32), rtol=tol, atol=tol)
+
+
+def test_dtype_none_promotes_like_flax() -> None:
+    x = _x((3, 8), "bfloat16")
+    ours, theirs = LayerNorm(8, rngs=nnx.Rngs(0)), nnx.LayerNorm(8, rngs=nnx.Rngs(0))
+    assert ours(x).dtype == theirs(x).dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_matches_flax_over_two_axes() -> None:
+    theirs = nnx.RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
+    _random_params(theirs, seed=2)
+    ours = RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
+    nnx.update(ours, nnx.state(theirs))
+    x = _x((4, 5, 16), seed=3)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-6)
+    both = RMSNorm((5, 16), reduction_axes=(1, 2), rngs=nnx.Rngs(0))
+    assert both.scale is not None and both.scale[...].shape == (5, 16)
+    xn = np.asarray(x)
+    spec = check_forward("rms_norm", xn, None, None, (1, 2), 1e-6)
+    assert error_ratio(np.asarray(both(x)), reference.rms_norm(xn, None, spec)[0], tolerance("float32", "output")) <= 1
+
+
+def test_module_trains_under_nnx_jit_and_grad() -> None:
+    model = LayerNorm(12, rngs=nnx.Rngs(0))
+    reference_model = nnx.LayerNorm(12, rngs=nnx.Rngs(0))
+    x, target = _x((8, 12), seed=4), _x((8, 12), seed=5)
+
+    def loss(m: nnx.Module) -> jax.Array:
+        return jnp.mean((m(x) - target) ** 2)
+
+    grads = nnx.jit(nnx.grad(loss))(model)
+    expected = nnx.grad(loss)(reference_model)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+def test_import_without_flax_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['flax'] = None; sys.modules['flax.nnx'] = None\n"
+        "try:\n    import layernorm.flax\nexcept ImportError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "ERR" in out.stdout and "pip install 'layernorm[flax]'" in out.stdout, out.stdout + out.stderr

@@ -1,0 +1,140 @@
+"""Sharded inputs under jit on a Mesh of 8 CPU devices give the unsharded result (and the reference's).
+
+XLA fixes the CPU device count when JAX starts, so the mesh tests run in a child pytest process started with
+XLA_FLAGS=--xla_force_host_platform_device_count=8; `test_mesh_tests_pass_in_an_8_device_process` starts it and
+fails unless every mesh test passed there. In this (parent) process the mesh tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import layernorm
+from layernorm_core import check_forward, normalize_axes, reference
+from layernorm_core.spec import Axis
+from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
+
+DEVICES = 8
+MESH_TESTS = 8  # 3 layouts x (forward, gradients) + 2 single tests
+needs_mesh = pytest.mark.skipif(
+    len(jax.devices("cpu")) < DEVICES,
+    reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
+)
+LAYOUTS = [
+    pytest.param(P("batch", None), id="batch"),
+    pytest.param(P(None, ("batch", "model")), id="normalized-8way"),
+    pytest.param(P("batch", "model"), id="batch-and-normalized"),
+]
+
+
+def _mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((4, 2), ("batch", "model"))
+
+
+def _inputs(shape: tuple[int, ...], axis: Axis) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(0)
+    normalized_shape = tuple(shape[a] for a in normalize_axes(axis, len(shape)))
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    w = rng.standard_normal(normalized_shape).astype(np.float32)
+    b = rng.standard_normal(normalized_shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, w, b, dy
+
+
+def _param_spec(layout: P) -> P:
+    return P(layout[1])
+
+
+@needs_mesh
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sharded_forward_matches_unsharded(layout: P) -> None:
+    x, w, b, _ = _inputs((16, 64), -1)
+    mesh = _mesh()
+    xs = jax.device_put(x, NamedSharding(mesh, layout))
+    ws, bs = (jax.device_put(p, NamedSharding(mesh, _param_spec(layout))) for p in (w, b))
+    assert len(xs.sharding.device_set) == DEVICES
+    f = jax.jit(lambda x, w, b: layernorm.layer_norm(x, w, b, return_stats=True))
+    y, mean, rstd = f(xs, ws, bs)
+    y0, mean0, rstd0 = f(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    for got, unsharded in ((y, y0), (mean, mean0), (rstd, rstd0)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(unsharded), rtol=1e-6, atol=1e-6)
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    ref = reference.layer_norm(x, w, b, spec)[0]
+    assert error_ratio(np.asarray(y), ref, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+    rms = jax.jit(lambda x, w: layernorm.rms_norm(x, w))(xs, ws)
+    np.testing.assert_allclose(np.asarray(rms), np.asarray(layernorm.rms_norm(jnp.asarray(x), jnp.asarray(w))), 1e-6)
+
+
+@needs_mesh
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sharded_gradients_match_unsharded_and_reference(layout: P) -> None:
+    x, w, b, dy = _inputs((16, 64), -1)
+    mesh = _mesh()
+    shard = NamedSharding(mesh, layout)
+    xs, dys = jax.device_put(x, shard), jax.device_put(dy, shard)
+    ws, bs = (jax.device_put(p, NamedSharding(mesh, _param_spec(layout))) for p in (w, b))
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array, dy: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, w, b) * dy)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    sharded = grad(xs, ws, bs, dys)
+    unsharded = grad(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), jnp.asarray(dy))
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    scale = gradient_scale(dy, w, reference.layer_norm(x, None, None, spec)[2], spec)
+    expected = reference.layer_norm_backward(dy, x, w, spec)
+    for got, again, ref, s in zip(sharded, unsharded, expected, (scale, None, None), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(again), rtol=1e-5, atol=1e-5)
+        assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), row_condition(x, spec), scale=s) <= 1
+
+
+@needs_mesh
+def test_non_trailing_axis_sharded_along_it() -> None:
+    x = _inputs((8, 32, 6), 1)[0]
+    xs = jax.device_put(x, NamedSharding(_mesh(), P("model", "batch", None)))
+    y = jax.jit(lambda x: layernorm.layer_norm(x, axis=1))(xs)
+    spec = check_forward("layer_norm", x, None, None, 1, 1e-5)
+    ref = reference.layer_norm(x, None, None, spec)[0]
+    assert error_ratio(np.asarray(y), ref, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+
+
+@needs_mesh
+def test_explicit_backward_under_jit_with_sharded_inputs() -> None:
+    x, _, _, dy = _inputs((16, 64), -1)
+    shard = NamedSharding(_mesh(), P("batch", "model"))
+    xs, dys = jax.device_put(x, shard), jax.device_put(dy, shard)
+    dx, dw = jax.jit(lambda dy, x: layernorm.rms_norm_backward(dy, x))(dys, xs)
+    spec = check_forward("rms_norm", x, None, None, -1, 1e-5)
+    ref_dx, ref_dw = reference.rms_norm_backward(dy, x, None, spec)
+    scale = gradient_scale(dy, None, reference.rms_norm(x, None, spec)[1], spec)
+    assert error_ratio(np.asarray(dx), ref_dx, tolerance("float32", "grad"), scale=scale) <= 1
+    assert error_ratio(np.asarray(dw), ref_dw, tolerance("float32", "grad")) <= 1
+
+
+@pytest.mark.skipif(len(jax.devices("cpu")) >= DEVICES, reason="this is the 8-device child process")
+def test_mesh_tests_pass_in_an_8_device_process() -> None:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "not in_an_8_device"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert f"{MESH_TESTS} passed" in child.stdout and "skipped" not in child.stdout, child.stdout

@@ -1,0 +1,87 @@
+"""Backward dx, dweight, dbias through the explicit ``*_backward`` functions and the framework's autodiff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from layernorm_conformance.autodiff import vjp_for
+from layernorm_conformance.data import BACKWARD_CASES, Case
+from layernorm_conformance.numerics import Numerics
+from layernorm_conformance.ops import (
+    OPS,
+    Affine,
+    Op,
+    backward,
+    call_forward,
+    grad_names,
+    make_dy,
+    make_problem,
+    reference_backward,
+    to_target,
+)
+from layernorm_conformance.targets import Target
+
+GRAD_AFFINES: tuple[Affine, ...] = ("none", "full")
+
+
+@pytest.mark.parametrize("affine", GRAD_AFFINES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: c.id)
+def test_backward(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, affine: Affine) -> None:
+    """layer_norm_backward / rms_norm_backward, stats recomputed, against the reference."""
+    problem = make_problem(op, case, dtype, affine)
+    dy = make_dy(problem)
+    actual = backward(target, problem, dy, saved_stats=False)
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.grad_scales(dy))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", BACKWARD_CASES[1:5], ids=lambda c: c.id)
+def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
+    """The backward given the forward's own mean/rstd gives the same gradients as recomputing them."""
+    problem = make_problem(op, case, dtype, "full", key="saved")
+    dy = make_dy(problem)
+    actual = backward(target, problem, dy, saved_stats=True)
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.grad_scales(dy))
+
+
+def autodiff_params(target: Target, dtype: str) -> list[Any]:
+    """Cases x ops x affine when the backend differentiates through its framework; one skip otherwise."""
+    if not target.info.autodiff:
+        return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=f"backend "
+                f"{target.backend!r} declares no framework autodiff (info().autodiff is False)"))]  # fmt: skip
+    probe = target.module.from_numpy(make_problem("layer_norm", BACKWARD_CASES[0], dtype).x, target.device)
+    if vjp_for(probe) is None:
+        reason = f"no gradient hook for {type(probe).__module__} arrays in layernorm_conformance.autodiff"
+        return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=reason))]
+    return [
+        pytest.param(case, op, affine, id=f"{case.id}-{op}-{affine}")
+        for case in BACKWARD_CASES
+        for op in OPS
+        for affine in GRAD_AFFINES
+    ]
+
+
+@pytest.mark.conformance_params("case,op,affine", autodiff_params)
+def test_autodiff(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, affine: Affine) -> None:
+    """Gradients through the framework's own autodiff (torch.autograd, jax.vjp, tf.GradientTape)."""
+    problem = make_problem(op, case, dtype, affine, key="autodiff")
+    dy = make_dy(problem)
+    x, weight, bias, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, dy))
+    vjp = vjp_for(x)
+    assert vjp is not None
+
+    def fn(x: Any, weight: Any, bias: Any) -> Any:
+        return call_forward(target.backend, problem, x, weight, bias, False)
+
+    grads = vjp(fn, [x, weight, bias], dy_t)
+    expected = reference_backward(problem, dy)
+    names = grad_names(op)
+    actual = {n: target.module.to_numpy(g) for n, g in zip(names, grads, strict=False) if g is not None}
+    expected = {n: v for n, v in expected.items() if n in actual}
+    assert "dx" in actual, "no gradient reached x"
+    if weight is not None:
+        assert "dweight" in actual, "no gradient reached weight"
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.grad_scales(dy))

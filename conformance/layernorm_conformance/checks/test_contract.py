@@ -1,0 +1,94 @@
+"""The contract: dtypes, shapes, array type and device of every result; inputs untouched; rows independent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import layernorm
+from layernorm_conformance.data import Case
+from layernorm_conformance.numerics import Numerics, bitwise_equal
+from layernorm_conformance.ops import (
+    OPS,
+    Op,
+    call_forward,
+    forward,
+    make_dy,
+    make_problem,
+    poison,
+    reference_forward,
+    stat_names,
+    to_target,
+)
+from layernorm_conformance.targets import Target
+from layernorm_core.dtypes import compute_dtype, dtype_name
+
+CONTRACT_CASES = (Case((3, 5), (-1,)), Case((2, 6, 4, 5), (1,)), Case((0, 8), (1,)), Case((3, 4, 5, 6), (1, 3)))
+
+
+def _describe(target: Target, array: Any) -> tuple[type, str, tuple[int, ...], str]:
+    return type(array), dtype_name(array.dtype), tuple(int(d) for d in array.shape), target.module.device_of(array)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", CONTRACT_CASES, ids=lambda c: c.id)
+def test_output_contract(target: Target, dtype: str, case: Case, op: Op) -> None:
+    """The output y has x's array type, dtype, shape and device; stats have the compute dtype and the stats shape."""
+    problem = make_problem(op, case, dtype, "full")
+    x = to_target(target, problem.x)
+    weight, bias = to_target(target, problem.weight), to_target(target, problem.bias)
+    x_type, _, shape, device = _describe(target, x)
+    assert device == target.device
+    outputs = call_forward(target.backend, problem, x, weight, bias, True)
+    assert isinstance(outputs, tuple) and len(outputs) == len(stat_names(op)), "return_stats=True: wrong arity"
+    y, *stats = outputs
+    assert _describe(target, y) == (x_type, dtype, shape, device), "y must have x's type, dtype, shape, device"
+    stats_shape = problem.spec.stats_shape
+    for name, stat in zip(stat_names(op)[1:], stats, strict=True):
+        expected = (x_type, compute_dtype(dtype), stats_shape, device)
+        assert _describe(target, stat) == expected, f"{name}: expected type/dtype/shape/device {expected}"
+    plain = call_forward(target.backend, problem, x, weight, bias, False)
+    assert _describe(target, plain) == _describe(target, y), "return_stats=False must return y alone"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inputs_unchanged(target: Target, dtype: str, op: Op) -> None:
+    """No call modifies x, weight, bias, dy or the saved statistics."""
+    to = target.module
+    problem = make_problem(op, Case((4, 3, 8), (1, 2)), dtype, "full", key="inputs")
+    dy_np = make_dy(problem)
+    x, weight, bias, dy = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, dy_np))
+    _, *stats = call_forward(target.backend, problem, x, weight, bias, True)
+    before = [to.to_numpy(a) for a in (x, weight, dy, *stats)] + ([to.to_numpy(bias)] if bias is not None else [])
+    call_forward(target.backend, problem, x, weight, bias, True)
+    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
+    if op == "layer_norm":
+        layernorm.layer_norm_backward(dy, x, weight, mean=stats[0], rstd=stats[1], **common)
+        layernorm.layer_norm_backward(dy, x, weight, **common)
+    else:
+        layernorm.rms_norm_backward(dy, x, weight, rstd=stats[0], **common)
+        layernorm.rms_norm_backward(dy, x, weight, **common)
+    after = [to.to_numpy(a) for a in (x, weight, dy, *stats)] + ([to.to_numpy(bias)] if bias is not None else [])
+    names = ["x", "weight", "dy", *stat_names(op)[1:], "bias"]
+    changed = [n for n, b, a in zip(names, before, after, strict=False) if not bitwise_equal(b, a)]
+    assert not changed, f"inputs modified: {changed}"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("op", OPS)
+def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """A NaN in one row and an Inf in another leave every other row finite and correct."""
+    problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", key="poison")
+    problem = problem.with_x(poison(problem.x, {1: float("nan"), 4: float("inf")}))
+    actual, expected = forward(target, problem), reference_forward(problem)
+    keep = np.array([0, 2, 3, 5])
+    for name, value in actual.items():
+        assert np.isfinite(value[keep].astype(np.float64)).all(), f"{name}: a NaN/Inf row leaked into other rows"
+    numerics.check(
+        {k: v[keep] for k, v in actual.items()},
+        {k: v[keep] for k, v in expected.items()},
+        dtype,
+        problem.condition()[keep],
+    )

@@ -1,0 +1,66 @@
+"""Numerical stability: large offsets with small spread, large half-precision magnitudes, constant rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layernorm_conformance.data import Case, cast
+from layernorm_conformance.numerics import Numerics
+from layernorm_conformance.ops import (
+    OPS,
+    Op,
+    backward,
+    forward,
+    make_dy,
+    make_problem,
+    reference_backward,
+    reference_forward,
+)
+from layernorm_conformance.targets import Target
+
+OFFSET_SPREAD = {"float64": (1e8, 1.0), "float32": (1e4, 1.0), "float16": (3e4, 64.0), "bfloat16": (2.0**20, 2.0**15)}
+"""Per dtype, a row offset and spread whose condition |mean| / std is large but still resolved by the dtype:
+E[x^2] - E[x]^2 in the compute dtype loses about u * kappa**2, far beyond the tolerance (not in bfloat16, whose
+8 bits cannot hold a large kappa; its float32 statistics share float16's code path)."""
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_large_offset(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """Rows offset far from 0 relative to their spread (catches single-pass E[x^2] - E[x]^2)."""
+    offset, spread = OFFSET_SPREAD[dtype]
+    problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset")
+    numerics.check(forward(target, problem), reference_forward(problem), dtype, problem.condition())
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """The backward on the same ill-conditioned rows."""
+    offset, spread = OFFSET_SPREAD[dtype]
+    problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset-bwd")
+    dy = make_dy(problem)
+    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.grad_scales(dy))
+
+
+@pytest.mark.conformance_dtypes("float16", "bfloat16")
+@pytest.mark.parametrize("op", OPS)
+def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """Half rows of 4096 values near 2000: statistics accumulated in half precision fail.
+
+    Their sum (8e6) and squares (4e6) overflow float16 and lose every bit in bfloat16; float32 accumulation is
+    exact enough.
+    """
+    problem = make_problem(op, Case((4, 4096), (-1,)), dtype, "none", loc=2000.0, scale=500.0, key="magnitude")
+    numerics.check(forward(target, problem), reference_forward(problem), dtype, problem.condition())
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-2], ids=lambda e: f"eps={e:g}")
+@pytest.mark.parametrize("value", [0.0, 3.0, -250.0], ids=lambda v: f"value={v:g}")
+def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: float, eps: float) -> None:
+    """A constant row gives exactly the bias (y = 0 * rstd + bias): no NaN, no Inf, for eps > 0."""
+    problem = make_problem("layer_norm", Case((5, 32), (-1,)), dtype, "full", eps=eps, key="constant")
+    problem = problem.with_x(cast(np.full(problem.x.shape, value), dtype))
+    actual = forward(target, problem)
+    assert all(np.isfinite(v.astype(np.float64)).all() for v in actual.values()), "NaN or Inf for a constant row"
+    numerics.check(actual, reference_forward(problem), dtype, problem.condition())

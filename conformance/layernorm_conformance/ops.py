@@ -1,0 +1,175 @@
+"""Running one normalization on a target through the public API, and the same on the float64 reference.
+
+Inputs are NumPy arrays already rounded to the dtype under test; they reach the backend through its own
+``from_numpy`` and results come back through its ``to_numpy``, so the reference sees exactly the backend's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+import layernorm
+from layernorm_conformance.data import Array, Case, cast, param_dtype, random_array
+from layernorm_conformance.targets import Target
+from layernorm_core import reference
+from layernorm_core.spec import NormSpec, check_forward
+from layernorm_core.tolerances import gradient_scale, row_condition
+
+Op = Literal["layer_norm", "rms_norm"]
+OPS: tuple[Op, ...] = ("layer_norm", "rms_norm")
+Affine = Literal["none", "weight", "full"]
+AFFINES: tuple[Affine, ...] = ("none", "weight", "full")
+"""No parameters; weight only; weight and bias (weight only for rms_norm, which has no bias)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One normalization to run: the op, its NumPy inputs (in the dtype under test), axis and eps."""
+
+    op: Op
+    x: Array
+    weight: Array | None
+    bias: Array | None
+    axis: int | tuple[int, ...]
+    eps: float
+
+    @property
+    def dtype(self) -> str:
+        """The dtype name of x."""
+        return str(self.x.dtype)
+
+    @property
+    def spec(self) -> NormSpec:
+        """The core's validated description of this call."""
+        return check_forward(self.op, self.x, self.weight, self.bias, self.axis, self.eps)
+
+    def condition(self) -> npt.NDArray[np.float64]:
+        """Per-row condition number (stats shape) for the tolerance's ``cond`` term."""
+        return row_condition(self.x, self.spec)
+
+    def grad_scales(self, dy: Array) -> dict[str, float]:
+        """Per-result atol scale of the backward.
+
+        dx is held to the size of the terms it cancels (`layernorm_core.tolerances.gradient_scale`), not to its
+        own, possibly far smaller, size.
+        """
+        if self.op == "layer_norm":
+            rstd = reference.layer_norm(self.x, None, None, self.spec)[2]
+        else:
+            rstd = reference.rms_norm(self.x, None, self.spec)[1]
+        return {"dx": gradient_scale(dy, self.weight, rstd, self.spec)}
+
+    def with_x(self, x: Array) -> Problem:
+        """The same problem on other x values."""
+        return replace(self, x=x)
+
+
+def make_problem(
+    op: Op,
+    case: Case,
+    dtype: str,
+    affine: Affine = "full",
+    *,
+    eps: float = 1e-5,
+    mixed: bool = False,
+    loc: float = 0.0,
+    scale: float = 1.0,
+    key: object = 0,
+) -> Problem:
+    """Seeded random inputs for ``case``: x ~ Normal(loc, scale); weight ~ 1 + Normal(0, 0.5); bias ~ Normal."""
+    x = random_array(case.shape, dtype, "x", op, case, key, loc=loc, scale=scale)
+    pshape = case.normalized_shape()
+    pdtype = param_dtype(dtype, mixed)
+    weight = None if affine == "none" else random_array(pshape, pdtype, "w", op, case, key, loc=1.0, scale=0.5)
+    bias = None
+    if affine == "full" and op == "layer_norm":
+        bias = random_array(pshape, pdtype, "b", op, case, key)
+    return Problem(op, x, weight, bias, case.axis, eps)
+
+
+def to_target(target: Target, array: Array | None) -> Any:
+    """A NumPy array as the target's array on its device (None stays None)."""
+    return None if array is None else target.module.from_numpy(array, target.device)
+
+
+def forward_native(target: Target, problem: Problem, return_stats: bool = True) -> Any:
+    """Run the problem's forward on the target via the public API; returns the target's arrays."""
+    x, weight, bias = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias))
+    return call_forward(target.backend, problem, x, weight, bias, return_stats)
+
+
+def call_forward(backend: str, problem: Problem, x: Any, weight: Any, bias: Any, return_stats: bool) -> Any:
+    """``layernorm.layer_norm`` or ``layernorm.rms_norm`` on arrays already in the backend's framework."""
+    if problem.op == "layer_norm":
+        return layernorm.layer_norm(
+            x, weight, bias, axis=problem.axis, eps=problem.eps, return_stats=return_stats, backend=backend
+        )
+    return layernorm.rms_norm(x, weight, axis=problem.axis, eps=problem.eps, return_stats=return_stats, backend=backend)
+
+
+def stat_names(op: Op) -> tuple[str, ...]:
+    """Names of the forward outputs with stats: (y, mean, rstd) or (y, rstd)."""
+    return ("y", "mean", "rstd") if op == "layer_norm" else ("y", "rstd")
+
+
+def grad_names(op: Op) -> tuple[str, ...]:
+    """Names of the backward outputs: (dx, dweight, dbias) or (dx, dweight)."""
+    return ("dx", "dweight", "dbias") if op == "layer_norm" else ("dx", "dweight")
+
+
+def forward(target: Target, problem: Problem) -> dict[str, Array]:
+    """The target's (y, mean, rstd) or (y, rstd) as host NumPy arrays, by name."""
+    outputs = forward_native(target, problem, return_stats=True)
+    return {name: target.module.to_numpy(out) for name, out in zip(stat_names(problem.op), outputs, strict=True)}
+
+
+def reference_forward(problem: Problem) -> dict[str, npt.NDArray[np.float64]]:
+    """The float64 reference of `forward`."""
+    spec = problem.spec
+    if problem.op == "layer_norm":
+        outputs: tuple[Any, ...] = reference.layer_norm(problem.x, problem.weight, problem.bias, spec)
+    else:
+        outputs = reference.rms_norm(problem.x, problem.weight, spec)
+    return dict(zip(stat_names(problem.op), outputs, strict=True))
+
+
+def make_dy(problem: Problem, key: object = 0) -> Array:
+    """A seeded output gradient with x's shape and dtype."""
+    return random_array(problem.x.shape, problem.dtype, "dy", problem.op, key)
+
+
+def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> dict[str, Array]:
+    """The explicit ``*_backward`` on the target; with ``saved_stats`` it gets mean/rstd from its own forward."""
+    to = target.module
+    x, weight, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, dy))
+    common = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
+    if problem.op == "layer_norm":
+        mean = rstd = None
+        if saved_stats:
+            _, mean, rstd = call_forward(target.backend, problem, x, weight, None, True)
+        grads: tuple[Any, ...] = layernorm.layer_norm_backward(dy_t, x, weight, mean=mean, rstd=rstd, **common)
+    else:
+        rstd = call_forward(target.backend, problem, x, weight, None, True)[1] if saved_stats else None
+        grads = layernorm.rms_norm_backward(dy_t, x, weight, rstd=rstd, **common)
+    return {name: to.to_numpy(g) for name, g in zip(grad_names(problem.op), grads, strict=True)}
+
+
+def reference_backward(problem: Problem, dy: Array) -> dict[str, npt.NDArray[np.float64]]:
+    """The float64 reference of `backward` (dweight/dbias as for a weight of ones when weight is None)."""
+    if problem.op == "layer_norm":
+        outputs: tuple[Any, ...] = reference.layer_norm_backward(dy, problem.x, problem.weight, problem.spec)
+    else:
+        outputs = reference.rms_norm_backward(dy, problem.x, problem.weight, problem.spec)
+    return dict(zip(grad_names(problem.op), outputs, strict=True))
+
+
+def poison(x: Array, rows: dict[int, float]) -> Array:
+    """A copy of x (rows along axis 0) with one element of each listed row set to the given NaN/Inf value."""
+    out = x.copy()
+    for row, value in rows.items():
+        out[(row,) + (0,) * (x.ndim - 1)] = cast(value, str(x.dtype))
+    return out

@@ -1,0 +1,246 @@
+"""Self-test of the conformance suite: it passes a faithful backend and fails each deliberately broken one.
+
+Each broken backend wraps the NumPy backend with one defect, is registered at run time through the registry's
+plugin hook (as a third-party plugin would be), owns its own ndarray subclass (so calls reach it without a copy
+at the framework boundary), and the suite is run in-process on a subset of its checks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from layernorm_core import BackendDeclaration, hookimpl
+from layernorm_core.registry import registry
+from layernorm_core.spec import NormSpec, check_forward
+
+Impl = Callable[..., Any]
+
+
+def _numpy_backend() -> types.ModuleType:
+    return registry.get("numpy")
+
+
+def _sizes(shape: Any) -> list[int]:
+    return [int(d) for d in shape]
+
+
+def _plain(a: Any) -> Any:
+    return None if a is None else np.asarray(a)
+
+
+# --- the defects: each replaces one function of the NumPy backend --------------------------------------------
+
+
+def _n_minus_1(base: types.ModuleType) -> dict[str, Impl]:
+    """Unbiased variance (divides by N - 1), as np.var(ddof=1) or torch.var's default."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        x64 = np.asarray(x, dtype=spec.compute_dtype)
+        mean = x64.mean(axis=spec.axes, keepdims=True)
+        n = int(np.prod(_sizes(spec.normalized_shape)))
+        var = ((x64 - mean) ** 2).sum(axis=spec.axes, keepdims=True) / max(n - 1, 1)
+        rstd = 1 / np.sqrt(var + spec.eps)
+        y = (x64 - mean) * rstd
+        if weight is not None:
+            y = y * np.asarray(weight).reshape(spec.param_shape)
+        if bias is not None:
+            y = y + np.asarray(bias).reshape(spec.param_shape)
+        y = y.astype(x.dtype)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
+def _naive_variance(base: types.ModuleType) -> dict[str, Impl]:
+    """Single-pass E[x^2] - E[x]^2 in the compute dtype (float32 for float32 x)."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        xc = np.asarray(x, dtype=spec.compute_dtype)
+        mean = xc.mean(axis=spec.axes, keepdims=True)
+        var = np.maximum((xc * xc).mean(axis=spec.axes, keepdims=True) - mean * mean, 0)
+        rstd = 1 / np.sqrt(var + spec.eps)
+        y = (xc - mean) * rstd
+        if weight is not None:
+            y = y * np.asarray(weight).reshape(spec.param_shape)
+        if bias is not None:
+            y = y + np.asarray(bias).reshape(spec.param_shape)
+        y = y.astype(x.dtype)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
+def _missing_eps(base: types.ModuleType) -> dict[str, Impl]:
+    """Forgets eps in the forward (rstd = 1 / sqrt(var))."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        return base.layer_norm(x, weight, bias, replace(spec, eps=0.0), return_stats)
+
+    def rms_norm(x: Any, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
+        return base.rms_norm(x, weight, replace(spec, eps=0.0), return_stats)
+
+    return {"layer_norm": layer_norm, "rms_norm": rms_norm}
+
+
+def _wrong_dbias(base: types.ModuleType) -> dict[str, Impl]:
+    """dbias averaged over the batch instead of summed."""
+
+    def layer_norm_backward(dy: Any, x: Any, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
+        dx, dweight, dbias = base.layer_norm_backward(dy, x, weight, spec, mean, rstd)
+        rows = max(int(np.prod(_sizes(spec.shape[a] for a in spec.batch_axes))), 1)
+        return dx, dweight, (dbias / rows).astype(dbias.dtype)
+
+    return {"layer_norm_backward": layer_norm_backward}
+
+
+def _modifies_input(base: types.ModuleType) -> dict[str, Impl]:
+    """Centers x in place (saving a buffer) after computing the result."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        y, mean, rstd = base.layer_norm(x, weight, bias, spec, True)
+        if x.size:
+            x -= mean.astype(x.dtype)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
+def _float32_output(base: types.ModuleType) -> dict[str, Impl]:
+    """Returns y in the compute dtype: float32 for a float16 or bfloat16 x."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        x32 = np.asarray(x, dtype=spec.compute_dtype)
+        spec32 = check_forward("layer_norm", x32, _cast(weight, x32), _cast(bias, x32), spec.axes, spec.eps)
+        return base.layer_norm(x32, _cast(weight, x32), _cast(bias, x32), spec32, return_stats)
+
+    return {"layer_norm": layer_norm}
+
+
+def _cast(a: Any, like: Any) -> Any:
+    return None if a is None else np.asarray(a, dtype=like.dtype)
+
+
+def _trailing_only(base: types.ModuleType) -> dict[str, Impl]:
+    """Reshapes x to (-1, N) without moving the normalized axes last: right only for trailing axes."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        if spec.is_trailing:
+            return base.layer_norm(x, weight, bias, spec, return_stats)
+        n = int(np.prod(_sizes(spec.normalized_shape)))
+        rows = np.asarray(x).reshape(-1, n)
+        w, b = (None if p is None else np.asarray(p).reshape(n) for p in (weight, bias))
+        y, mean, rstd = base.layer_norm(rows, w, b, check_forward("layer_norm", rows, w, b, -1, spec.eps), True)
+        y = y.reshape(x.shape)
+        stats = (mean.reshape(spec.stats_shape), rstd.reshape(spec.stats_shape))
+        return (y, *stats) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
+def _faithful(base: types.ModuleType) -> dict[str, Impl]:
+    """No defect: the control, which must pass."""
+    return {}
+
+
+DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set[str]]] = {
+    "n-minus-1": (_n_minus_1, "test_forward", {"float32"}),
+    "naive-variance": (_naive_variance, "test_large_offset", {"float32"}),
+    "missing-eps": (_missing_eps, "test_eps", {"float32"}),
+    "wrong-dbias": (_wrong_dbias, "test_backward", {"float32"}),
+    "modifies-input": (_modifies_input, "test_inputs_unchanged", {"float32"}),
+    "float32-output": (_float32_output, "test_output_contract", {"float16"}),
+    "trailing-only": (_trailing_only, "test_forward", {"float32"}),
+}
+"""Defect name -> (its implementation, the check that must fail, dtypes where it must fail)."""
+
+SUBSET = " or ".join(
+    sorted({check for _, check, _ in DEFECTS.values()} | {"test_bad_input", "test_batch_invariance", "test_constant"})
+)
+
+
+# --- building and registering a broken backend ----------------------------------------------------------------
+
+
+def _make_backend(name: str, defect: Callable[[types.ModuleType], dict[str, Impl]]) -> types.ModuleType:
+    """A backend module owning an ndarray subclass of its own, delegating to NumPy except where ``defect`` says."""
+    base = _numpy_backend()
+    root = "layernorm_selftest_" + name.replace("-", "_")
+    array_type = type(f"{root}_array", (np.ndarray,), {"__module__": root})
+    overrides = defect(base)
+
+    def wrap(out: Any) -> Any:
+        if isinstance(out, tuple):
+            return tuple(wrap(o) for o in out)
+        return None if out is None else np.asarray(out).view(array_type)
+
+    def delegate(fn_name: str) -> Impl:
+        fn = overrides.get(fn_name) or getattr(base, fn_name)
+        return lambda *args: wrap(fn(*(_plain(a) if isinstance(a, np.ndarray) else a for a in args)))
+
+    module = types.ModuleType(root)
+    module.info = base.info  # type: ignore[attr-defined]
+    module.device_of = lambda x: "cpu"  # type: ignore[attr-defined]
+    module.is_tracked = lambda x: False  # type: ignore[attr-defined]
+    module.to_numpy = lambda x: np.array(x, copy=True).view(np.ndarray)  # type: ignore[attr-defined]
+    module.from_numpy = lambda a, device="cpu": np.array(a, copy=True).view(array_type)  # type: ignore[attr-defined]
+    module.from_foreign = lambda x: np.asarray(x).view(array_type)  # type: ignore[attr-defined]
+    for fn_name in ("layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"):
+        setattr(module, fn_name, delegate(fn_name))
+    sys.modules[root] = module
+    return module
+
+
+def _plugin(name: str, module: types.ModuleType) -> Any:
+    class Plugin:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name=name, implementation=module.__name__, array_modules=(module.__name__,))]
+
+    return Plugin()
+
+
+def run_suite(name: str, dtypes: set[str], tmp_path: Path, keyword: str = SUBSET) -> list[dict[str, Any]]:
+    """Run the suite in-process on ``name`` for ``dtypes`` and the ``keyword`` checks; return its records."""
+    out = tmp_path / f"{name}.json"
+    args = ["--pyargs", "layernorm_conformance.checks", "--backend", name, "-q", "-p", "no:cacheprovider"]
+    args += [f"--dtype={d}" for d in sorted(dtypes)] + ["-k", keyword, "--conformance-json", str(out)]
+    args += ["-W", "ignore::RuntimeWarning", "--conformance-examples", "5"]
+    pytest.main(args)
+    return json.loads(out.read_text())["records"]
+
+
+@pytest.fixture
+def broken(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Register the backend named by the test's parameter for the duration of the test."""
+    name: str = request.param
+    module = _make_backend(name, DEFECTS[name][0] if name in DEFECTS else _faithful)
+    plugin_name = registry.register_plugin(_plugin(name, module), name=f"selftest-{name}")
+    yield name
+    registry.unregister_plugin(plugin_name)
+    sys.modules.pop(module.__name__, None)
+
+
+@pytest.mark.parametrize("broken", sorted(DEFECTS), indirect=True)
+def test_suite_fails_broken_backend(broken: str, tmp_path: Path) -> None:
+    _, check, dtypes = DEFECTS[broken]
+    records = run_suite(broken, dtypes, tmp_path)
+    failed = {r["check"] for r in records if r["outcome"] == "failed"}
+    assert check in failed, f"the suite did not catch {broken!r}: failed checks {sorted(failed)}"
+
+
+@pytest.mark.parametrize("broken", ["faithful"], indirect=True)
+def test_suite_passes_faithful_wrapper(broken: str, tmp_path: Path) -> None:
+    records = run_suite(broken, {"float16", "float32"}, tmp_path)
+    assert records, "no checks ran"
+    failed = [r["id"] for r in records if r["outcome"] == "failed"]
+    assert not failed, failed
+    assert any(r["outcome"] == "passed" for r in records)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +28,21 @@ print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
 """
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+FIRST_USE_IN_TF_FUNCTION = """
+import layernorm
+import tensorflow as tf
+@tf.function
+def f(x):
+    return layernorm.layer_norm(x) + layernorm.rms_norm(x)
+f(tf.ones((2, 3)))
+"""
+
+
+def _run(code: str, script: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (from ``script`` when given, else with -c) in a fresh interpreter without TF_CPP_MIN_LOG_LEVEL."""
     clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run(
-        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=300, check=True
-    )
+    command = [sys.executable, str(script)] if script is not None else [sys.executable, "-c", code]
+    return subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=300, check=True)
 
 
 def _lines(text: str) -> list[str]:
@@ -44,6 +55,15 @@ def test_using_the_backend_logs_no_more_than_importing_tensorflow() -> None:
     assert used.stdout.strip() == "1"
     assert len(_lines(used.stderr)) <= len(plain), used.stderr
     assert "Compiled cluster using XLA" not in used.stderr
+
+
+def test_first_use_inside_tf_function_logs_no_autograph_warnings(tmp_path: Path) -> None:
+    script = tmp_path / "first_use.py"  # a file, not -c: AutoGraph leaves code without a source file unconverted
+    script.write_text(FIRST_USE_IN_TF_FUNCTION)
+    plain = _lines(_run("import tensorflow").stderr)
+    used = _run(FIRST_USE_IN_TF_FUNCTION, script=script).stderr
+    assert "AutoGraph" not in used
+    assert len(_lines(used)) <= len(plain), used
 
 
 def test_a_users_log_level_is_kept() -> None:

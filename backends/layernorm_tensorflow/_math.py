@@ -52,6 +52,13 @@ def _batch_sum(t: Tensor, spec: NormSpec) -> Tensor:
     return tf.reduce_sum(t, axis=spec.batch_axes) if spec.batch_axes else t
 
 
+def _trailing_matvec(t: Tensor, vector: Tensor, spec: NormSpec) -> Tensor:
+    """sum(t * vector) over the trailing normalized axes, as one matrix-vector product; shaped ``stats_shape``."""
+    k = len(spec.axes)
+    product = tf.tensordot(t, vector, axes=[list(spec.axes), list(range(k))])
+    return tf.reshape(product, tf.concat([tf.shape(product), tf.ones([k], tf.int32)], 0))
+
+
 def layer_norm_stats(xc: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor]:
     """(mean, rstd) of ``xc`` (already in the compute dtype), two-pass, shaped ``spec.stats_shape``."""
     mean = tf.reduce_mean(xc, axis=spec.axes, keepdims=True)
@@ -111,19 +118,26 @@ def layer_norm_grads(
     rstd: Tensor = None,
     dmean: Tensor = None,
     drstd: Tensor = None,
+    *,
+    matvec: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) in the compute dtype; the one analytic backward of layer_norm.
 
     With xhat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
     dweight = sum(dy * xhat), dbias = sum(dy) over the batch axes. mean/rstd are recomputed when None;
-    dmean/drstd are upstream gradients of the returned statistics (None when unused).
+    dmean/drstd are upstream gradients of the returned statistics (None when unused). ``matvec`` (for trailing
+    axes and x already in the compute dtype) computes mean(dy * weight) as a matrix-vector product: XLA's CPU
+    backend writes any reduced product to memory first, while a fused reduction is better on a GPU.
     """
     xc, dyc = compute(x, spec), compute(dy, spec)
     if mean is None or rstd is None:
         mean, rstd = layer_norm_stats(xc, spec)
     xhat = (xc - mean) * rstd
     g = dyc if weight is None else dyc * _broadcastable(weight, x, spec)
-    g_mean = tf.reduce_mean(g, axis=spec.axes, keepdims=True)
+    if matvec and weight is not None:
+        g_mean = _trailing_matvec(dyc, compute(weight, spec), spec) / normalized_count(x, spec)
+    else:
+        g_mean = tf.reduce_mean(g, axis=spec.axes, keepdims=True)
     gx_mean = tf.reduce_mean(g * xhat, axis=spec.axes, keepdims=True)
     dx = rstd * (g - g_mean - xhat * gx_mean)
     extra = _stats_input_grad(xhat, x, spec, dmean, None if drstd is None else drstd * tf.square(rstd))

@@ -115,7 +115,7 @@ def layer_norm_backward(
     """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
     dy, x, weight, mean, rstd = _tensor(dy), _tensor(x), _tensor(weight), _tensor(mean), _tensor(rstd)
     with _placed(x):
-        dx, dweight, dbias = _math.layer_norm_grads(dy, x, weight, spec, mean, rstd)
+        dx, dweight, dbias = _math.layer_norm_grads(dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec))
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype), _math.cast_to(dbias, x.dtype)
 
 
@@ -140,7 +140,9 @@ def _layer_norm_differentiable(x: Tensor, weight: Tensor, bias: Tensor, spec: No
 
         def grad(dy: Tensor, dmean: Tensor = None, drstd: Tensor = None) -> tuple[Tensor, ...]:
             with _placed(x):
-                dx, dweight, dbias = _math.layer_norm_grads(dy, x, w, spec, mean, rstd, dmean, drstd)
+                dx, dweight, dbias = _math.layer_norm_grads(
+                    dy, x, w, spec, mean, rstd, dmean, drstd, matvec=_matvec(x, spec)
+                )
                 return _input_grads(x, dx, ((w, dweight), (b, dbias)))
 
         return (y, mean, rstd), grad
@@ -174,6 +176,11 @@ def _split(params: tuple[Tensor, ...], has_weight: bool, has_bias: bool) -> tupl
 def _input_grads(x: Tensor, dx: Tensor, params: tuple[tuple[Tensor, Tensor], ...]) -> tuple[Tensor, ...]:
     """The gradients custom_gradient returns: dx in x's dtype, then one per given parameter in its dtype."""
     return (_math.cast_to(dx, x.dtype), *(_math.cast_to(d, p.dtype) for p, d in params if p is not None))
+
+
+def _matvec(x: Tensor, spec: NormSpec) -> bool:
+    """Whether the backward takes mean(dy * weight) as a matrix-vector product: trailing axes, on the CPU."""
+    return spec.is_trailing and spec.dtype == spec.compute_dtype and _device_kind(x.device) == "cpu"
 
 
 def _recording() -> bool:

@@ -37,9 +37,10 @@ def leaves(tensors: list[Any]) -> list[Any]:
     [((4, 6, 32), -1), ((2, 6, 5, 5), 1)],
     ids=["trailing", "channels-first"],
 )
-def test_fullgraph_forward_and_backward(shape: tuple[int, ...], axis: Any) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_fullgraph_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype: Any) -> None:
     torch._dynamo.reset()
-    x, w, b = inputs(shape, shape[axis])
+    x, w, b = (t.to(dtype) for t in inputs(shape, shape[axis]))
 
     def both(x: Any, w: Any, b: Any) -> Any:
         y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)

@@ -105,39 +105,98 @@ def layer_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
     """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm."""
-    if spec.compute_dtype != spec.dtype:  # half x
-        weight, bias = _half_params(x, weight, bias, spec)
+    if spec.compute_dtype != spec.dtype:
+        return _layer_norm_half(x, weight, bias, spec, return_stats)
     if spec.is_trailing:
         y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
     else:
-        perm, inverse = _perms(spec)
-        y, mean, rstd = _native_layer_norm(x.permute(perm), spec.normalized_shape, weight, bias, spec.eps)
-        y, mean, rstd = y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
-    if y.dtype is not x.dtype:  # CUDA autocast runs layer_norm in float32; the spec keeps x's dtype
-        y = y.to(x.dtype)
-    if return_stats:
-        return y, _stat(mean, spec), _stat(rstd, spec)
-    return y
+        y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
+    return (y, mean, rstd) if return_stats else y
+
+
+def _layer_norm_half(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
+) -> Any:
+    """layer_norm of a float16/bfloat16 x: float32 statistics, output in x's dtype.
+
+    On the CPU, torch's half kernel rounds mean and rstd to the half dtype, and its backward accumulates dweight
+    and dbias in half precision (errors of several half ulps over a few hundred rows). So: when gradients will be
+    taken, x and the parameters go to float32 (autograd then differentiates through the cast); when only the
+    statistics are returned, float32 parameters select torch's mixed-type kernel (float32 statistics); otherwise
+    the half kernel runs as is. On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
+    """
+    dtype = x.dtype
+    if not x.is_cpu:
+        weight, bias = _as(weight, dtype), _as(bias, dtype)
+    elif (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    ) and torch.is_grad_enabled():
+        x = x.to(torch.float32)
+        weight, bias = _as(weight, torch.float32), _as(bias, torch.float32)
+    elif (
+        return_stats
+        or (weight is not None and weight.dtype is not dtype)
+        or (bias is not None and bias.dtype is not dtype)
+    ):
+        weight = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
+        bias = _as(bias, torch.float32)
+    if spec.is_trailing:
+        y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
+    else:
+        y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
+    if y.dtype is not dtype:  # the float32 path, and CUDA autocast (layer_norm runs in float32 there)
+        y = y.to(dtype)
+    return (y, _stat(mean, spec), _stat(rstd, spec)) if return_stats else y
+
+
+def _layer_norm_permuted(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """native_layer_norm over non-trailing axes: moved to the end by a permute (a view), and moved back."""
+    perm, inverse = _perms(spec)
+    y, mean, rstd = _native_layer_norm(x.permute(perm), spec.normalized_shape, weight, bias, spec.eps)
+    return y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch._fused_rms_norm."""
-    if weight is not None and weight.dtype != x.dtype and x.device.type != "cpu":
-        weight = weight.to(x.dtype)
+    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch's rms_norm kernel."""
+    if spec.compute_dtype != spec.dtype:
+        return _rms_norm_half(x, weight, spec, return_stats)
     if not spec.is_trailing:
-        perm, inverse = _perms(spec)
-        y, rstd = _fused_rms_norm(x.permute(perm), spec.normalized_shape, weight, spec.eps)
-        y, rstd = y.permute(inverse), rstd.permute(inverse)
-    elif return_stats or (weight is not None and weight.dtype != x.dtype):
+        y, rstd = _rms_norm_permuted(x, weight, spec)
+    elif return_stats:
         y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
     else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
+        return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    return (y, rstd) if return_stats else y
+
+
+def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """rms_norm of a float16/bfloat16 x: torch computes in float32 (CPU composite, CUDA kernel), y in x's dtype.
+
+    A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype.
+    """
+    dtype = x.dtype
+    if weight is not None and weight.dtype is not dtype and not x.is_cpu:
+        weight = weight.to(dtype)
+    if not spec.is_trailing:
+        y, rstd = _rms_norm_permuted(x, weight, spec)
+    elif return_stats or (weight is not None and weight.dtype is not dtype):
+        y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    else:
         y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
-        return y if y.dtype == x.dtype else y.to(x.dtype)
-    if y.dtype is not x.dtype:
-        y = y.to(x.dtype)
-    if return_stats:
-        return y, _stat(rstd, spec)
-    return y
+    if y.dtype is not dtype:  # CUDA autocast runs rms_norm in float32
+        y = y.to(dtype)
+    return (y, _stat(rstd, spec)) if return_stats else y
+
+
+def _rms_norm_permuted(
+    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """_fused_rms_norm over non-trailing axes: moved to the end by a permute (a view), and moved back."""
+    perm, inverse = _perms(spec)
+    y, rstd = _fused_rms_norm(x.permute(perm), spec.normalized_shape, weight, spec.eps)
+    return y.permute(inverse), rstd.permute(inverse)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,12 +211,19 @@ def layer_norm_backward(
     mean: torch.Tensor | None,
     rstd: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) via torch's native_layer_norm_backward; dweight/dbias as if weight were ones."""
-    if spec.compute_dtype != spec.dtype:
-        weight, _ = _half_params(x, weight, None, spec)
-    if weight is None:
-        weight = torch.ones(_sizes(spec.normalized_shape), dtype=x.dtype, device=x.device)
+    """(dx, dweight, dbias) via torch's native_layer_norm_backward; dweight/dbias as if weight were ones.
+
+    Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
+    on CUDA the kernel accumulates in float32 and reads weight in x's dtype.
+    """
     dtype = x.dtype
+    if spec.compute_dtype != spec.dtype:
+        if x.is_cpu:
+            dy, x, weight = dy.to(torch.float32), x.to(torch.float32), _as(weight, torch.float32)
+        else:
+            weight = _as(weight, dtype)
+    if weight is None:
+        weight = _ones(spec, x, x.dtype)
     if not spec.is_trailing:
         perm, inverse = _perms(spec)
         dy, x = dy.permute(perm), x.permute(perm)
@@ -171,7 +237,7 @@ def layer_norm_backward(
     )
     if not spec.is_trailing:
         dx = dx.permute(inverse)
-    return dx, dweight.to(dtype), dbias.to(dtype)
+    return dx.to(dtype), dweight.to(dtype), dbias.to(dtype)
 
 
 def rms_norm_backward(
@@ -197,7 +263,7 @@ def _rms_norm_backward_fused(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if weight is None:
-        weight = torch.ones(_sizes(spec.normalized_shape), dtype=x.dtype, device=x.device)
+        weight = _ones(spec, x, x.dtype)
     elif weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
     if not spec.is_trailing:
@@ -221,23 +287,12 @@ def _perms(spec: NormSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return spec.perm, spec.inverse_perm
 
 
-def _half_params(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Return weight and bias for a half x, in the one dtype the device's kernel takes.
+def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if param is None else param.to(dtype)
 
-    CPU: float32 (a missing weight becomes ones), which selects torch's mixed-type kernel: with half parameters,
-    or none, it returns mean and rstd rounded to the half dtype. CUDA: x's dtype (its kernel reads the parameters
-    in x's dtype and always keeps float32 statistics).
-    """
-    if x.device.type == "cpu":
-        if weight is None:
-            weight = torch.ones(_sizes(spec.normalized_shape), dtype=torch.float32, device=x.device)
-        return weight.to(torch.float32), None if bias is None else bias.to(torch.float32)
-    return (
-        None if weight is None else weight.to(x.dtype),
-        None if bias is None else bias.to(x.dtype),
-    )
+
+def _ones(spec: NormSpec, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.ones(_sizes(spec.normalized_shape), dtype=dtype, device=x.device)
 
 
 def _sizes(shape: tuple[int | None, ...]) -> tuple[int, ...]:

@@ -382,3 +382,35 @@ def test_cpu_tensor_stays_on_cpu_when_a_gpu_is_present() -> None:
         x = tf.constant(_host((4, 16), -1, np.float32)[0])
     y = layernorm.layer_norm(x)
     assert "CPU" in y.device
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_second_order_gradients(mode: str) -> None:
+    rng = np.random.default_rng(9)
+    x, w, dy, v = (rng.standard_normal(s) for s in ((3, 5), (5,), (3, 5), (3, 5)))
+    spec = check_forward("layer_norm", x, w, None, -1, 1e-5)
+
+    def hessian_vector(x_: Any) -> Any:
+        with tf.GradientTape() as outer:
+            outer.watch(x_)
+            with tf.GradientTape() as inner:
+                inner.watch(x_)
+                y = layernorm.layer_norm(x_, tf.constant(w))
+            dx = inner.gradient(y, x_, output_gradients=tf.constant(dy))
+            projected = tf.reduce_sum(dx * v)
+        return outer.gradient(projected, x_)
+
+    def projected_reference(x_: np.ndarray) -> float:
+        return float((reference.layer_norm_backward(dy, x_, w, spec)[0] * v).sum())
+
+    got = _np(_compiled(hessian_vector, mode)(tf.constant(x)))
+    np.testing.assert_allclose(got, _numeric_gradient(projected_reference, x), rtol=1e-6, atol=1e-7)
+
+
+def test_torch_tensor_converts_through_dlpack() -> None:
+    torch = pytest.importorskip("torch")
+    backend = registry.get("tensorflow")
+    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    converted = backend.from_foreign(source)
+    assert isinstance(converted, tf.Tensor) and converted.dtype == tf.float32
+    np.testing.assert_array_equal(_np(converted), source.numpy())

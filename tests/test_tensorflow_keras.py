@@ -16,6 +16,7 @@ if keras.backend.backend() != "tensorflow":
         f"Keras runs on {keras.backend.backend()}, these tests need its TensorFlow backend", allow_module_level=True
     )
 
+import layernorm  # noqa: E402
 import layernorm.keras as lk  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
@@ -183,3 +184,13 @@ def test_functional_model_with_unknown_sizes_runs_in_tf_function() -> None:
     model = keras.Model(inputs, lk.LayerNormalization()(keras.layers.Dense(6)(inputs)))
     run = tf.function(model, jit_compile=True, input_signature=[tf.TensorSpec((None, None, 6), tf.float32)])
     assert tuple(run(tf.constant(_x(11, (2, 9, 6)))).shape) == (2, 9, 6)
+
+
+def test_keras_variables_are_not_owned_by_a_backend_but_their_values_are() -> None:
+    variable = keras.Variable(np.ones((2, 4), np.float32))
+    assert type(variable).__module__.partition(".")[0] == "keras"  # not "tensorflow": the registry cannot own it
+    with pytest.raises(layernorm.BackendError, match="no backend owns"):
+        layernorm.layer_norm(variable)
+    y = layernorm.layer_norm(variable.value)
+    assert isinstance(y, tf.Tensor)
+    np.testing.assert_array_equal(y.numpy(), np.zeros((2, 4), np.float32))

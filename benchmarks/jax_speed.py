@@ -68,10 +68,10 @@ def flax_layer_norm(n: int, dtype: str) -> Fn:
     return apply
 
 
-def forward_and_backward(fn: Fn, ct: jax.Array) -> Callable[..., Any]:
-    """jit(grad) of sum(fn(x, w, b) * ct) with respect to x, w and b."""
+def forward_and_backward(fn: Fn) -> Callable[..., Any]:
+    """jit(grad) of sum(fn(x, w, b) * ct) with respect to x, w and b (ct an argument, not a baked-in constant)."""
 
-    def loss(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array, ct: jax.Array) -> jax.Array:
         return jnp.sum(fn(x, w, b).astype(jnp.float32) * ct)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -99,12 +99,12 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[
     ct = jax.random.normal(keys[2], shape, jnp.float32)
     fns = candidates(n, dtype)
 
-    def bind(f: Callable[..., Any]) -> Callable[[jax.Array], Any]:
-        return lambda x: f(x, w, b)
+    def bind(f: Callable[..., Any], *extra: jax.Array) -> Callable[[jax.Array], Any]:
+        return lambda x: f(x, w, b, *extra)
 
     forward: dict[str, Callable[[jax.Array], Any]] = {name: bind(jax.jit(f)) for name, f in fns.items()}
     forward["copy"] = jax.jit(jnp.copy)
-    backward = {name: bind(forward_and_backward(f, ct)) for name, f in fns.items()}
+    backward = {name: bind(forward_and_backward(f), ct) for name, f in fns.items()}
     sync = jax.block_until_ready
     return {
         "forward": interleaved(forward, inputs, sync, rounds=rounds),

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +197,34 @@ def test_keras_variables_are_not_owned_by_a_backend_but_their_values_are() -> No
     y = layernorm.layer_norm(variable.value)
     assert isinstance(y, tf.Tensor)
     np.testing.assert_array_equal(y.numpy(), np.zeros((2, 4), np.float32))
+
+
+OTHER_KERAS_BACKEND = """
+import numpy as np, keras
+from layernorm.keras import LayerNormalization, RMSNormalization
+assert keras.backend.backend() == {backend!r}
+x = (np.random.default_rng(0).standard_normal((4, 5, 6)) * 2 + 0.5).astype("float32")
+for ours, theirs in ((LayerNormalization(axis=[1, 2]), keras.layers.LayerNormalization(axis=[1, 2])),
+                     (RMSNormalization(), keras.layers.RMSNormalization())):
+    theirs.build(x.shape)
+    sizes = [(int(np.prod(w.shape)), w.shape) for w in theirs.weights]
+    theirs.set_weights([np.linspace(0.5, 1.5, n).reshape(shape).astype("float32") for n, shape in sizes])
+    ours.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    got, expected = keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+model = keras.Sequential([keras.Input((5, 6)), keras.layers.Dense(6), LayerNormalization()])
+model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+losses = [float(model.train_on_batch(x, x)) for _ in range(3)]
+assert losses[2] < losses[0], losses
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_layers_run_on_other_keras_backends(backend: str, tmp_path: Path) -> None:
+    pytest.importorskip(backend)
+    script = tmp_path / "other_backend.py"
+    script.write_text(OTHER_KERAS_BACKEND.format(backend=backend))
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

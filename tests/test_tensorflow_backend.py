@@ -310,11 +310,11 @@ def test_is_tracked() -> None:
 
     @tf.function
     def trace(t: Any) -> Any:
-        seen.append(backend.is_tracked(t))
+        seen.extend([backend.is_tracked(t), backend.is_tracked(frozen)])
         return t
 
     trace(eager)
-    assert seen == [True]
+    assert seen == [True, True]
 
 
 def test_tracked_tensor_cannot_cross_but_eager_one_can() -> None:

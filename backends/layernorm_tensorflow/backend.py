@@ -55,9 +55,9 @@ def device_of(x: Tensor) -> str:
 
 
 def is_tracked(x: Tensor) -> bool:
-    """True for symbolic (graph) tensors, and for tensors or trainable variables an active GradientTape records."""
+    """True inside a graph (symbolic tensors, variables), and for what an active GradientTape records."""
     if isinstance(x, tf.Variable):
-        return x.trainable and record.could_possibly_record()
+        return not tf.executing_eagerly() or (x.trainable and record.could_possibly_record())
     if tf.is_symbolic_tensor(x):
         return True
     return record.could_possibly_record() and record.should_record_backprop([x])

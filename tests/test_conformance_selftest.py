@@ -211,7 +211,8 @@ def _plugin(name: str, module: types.ModuleType) -> Any:
 def run_suite(name: str, dtypes: set[str], tmp_path: Path, keyword: str = SUBSET) -> list[dict[str, Any]]:
     """Run the suite in-process on ``name`` for ``dtypes`` and the ``keyword`` checks; return its records."""
     out = tmp_path / f"{name}.json"
-    args = ["--pyargs", "layernorm_conformance.checks", "--backend", name, "-q", "-p", "no:cacheprovider"]
+    args = ["-p", "layernorm_conformance", "--pyargs", "layernorm_conformance.checks", "--backend", name, "-q"]
+    args += ["-p", "no:cacheprovider"]
     args += [f"--dtype={d}" for d in sorted(dtypes)] + ["-k", keyword, "--conformance-json", str(out)]
     args += ["-W", "ignore::RuntimeWarning", "--conformance-examples", "5"]
     pytest.main(args)

@@ -1,9 +1,11 @@
 """layernorm_conformance: the shared conformance suite every layernorm backend must pass.
 
-A pytest plugin (`layernorm_conformance.plugin`, options ``--backend`` and ``--device``) and the checks in
-`layernorm_conformance.checks`, run against any registered backend, built-in or third-party::
+The package is itself the pytest plugin (the hooks and fixtures of `layernorm_conformance.plugin`, re-exported
+here), so one name loads it: ``-p layernorm_conformance``. Run it against any registered backend, built-in or
+third-party::
 
-    pytest --pyargs layernorm_conformance.checks --backend mybackend
+    python -m layernorm_conformance --backend mybackend
+    pytest -p layernorm_conformance --pyargs layernorm_conformance.checks --backend mybackend
 
 Results are compared with the float64 reference (`layernorm_core.reference`) under the tolerance table
 (`layernorm_core.tolerances`); `layernorm_conformance.matrix` runs the suite for every installed backend and
@@ -11,4 +13,27 @@ prints the backend x device x dtype matrix. See docs/conformance.md.
 """
 
 CHECKS_PACKAGE = "layernorm_conformance.checks"
-"""The package holding the checks (``pytest --pyargs`` target)."""
+"""The package holding the checks (``pytest --pyargs`` target). Defined before the plugin import, which uses it."""
+
+from layernorm_conformance.plugin import (  # noqa: E402 - the plugin's hooks, so `-p layernorm_conformance` loads it
+    examples,
+    numerics,
+    pytest_addoption,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
+__all__ = [
+    "CHECKS_PACKAGE",
+    "examples",
+    "numerics",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_runtest_makereport",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+]

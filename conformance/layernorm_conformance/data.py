@@ -93,12 +93,13 @@ BACKWARD_CASES: tuple[Case, ...] = (
 )
 """Backward shapes: a subset of the forward ones plus a long row and a tall batch (dweight sums 512 rows)."""
 
-TRACE_CASES: tuple[Case, ...] = (
-    Case((4, 32), (-1,)),
-    Case((3, 6, 4, 5), (-3,)),
-    Case((2, 3, 4, 8), (-2, -1)),
+TRACE_CASES: tuple[tuple[Case, str], ...] = (
+    (Case((4, 32), (-1,)), "layer_norm"),
+    (Case((3, 6, 4, 5), (-3,)), "rms_norm"),
+    (Case((2, 3, 4, 8), (-2, -1)), "layer_norm"),
 )
-"""Tracing shapes, with negative axes and a non-normalized leading axis (so vmap over axis 0 keeps meaning)."""
+"""Tracing cases with their op (compiling is slow: three, not a cross product), with negative axes and a
+non-normalized leading axis (so vmap over axis 0 keeps their meaning): trailing, channels-first, two axes."""
 
 EPS_VALUES: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-3, 0.1, 1.0)
 """eps values: a dropped or misplaced eps is visible with rows of small variance and a large eps."""

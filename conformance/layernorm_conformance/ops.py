@@ -51,17 +51,26 @@ class Problem:
         """Per-row condition number (stats shape) for the tolerance's ``cond`` term."""
         return row_condition(self.x, self.spec)
 
-    def grad_scales(self, dy: Array) -> dict[str, float]:
-        """Per-result atol scale of the backward.
+    def scales(self, dy: Array | None = None) -> dict[str, float]:
+        """The magnitude each result's atol is relative to, where it is not the result's own RMS.
 
-        dx is held to the size of the terms it cancels (`layernorm_core.tolerances.gradient_scale`), not to its
-        own, possibly far smaller, size.
+        mean: the rows' spread ``sqrt(var + eps)`` (RMS over rows). The mean is a location; y = (x - mean) * rstd
+        turns a mean error into a y error of that size in units of the spread, so the spread, not the mean's own
+        (for centered data, tiny) size, is its scale. dx (with ``dy``): the size of the terms dx cancels
+        (`layernorm_core.tolerances.gradient_scale`), not dx's own, possibly far smaller, size.
         """
+        spec = self.spec
         if self.op == "layer_norm":
-            rstd = reference.layer_norm(self.x, None, None, self.spec)[2]
+            _, _, rstd = reference.layer_norm(self.x, None, None, spec)
         else:
-            rstd = reference.rms_norm(self.x, None, self.spec)[1]
-        return {"dx": gradient_scale(dy, self.weight, rstd, self.spec)}
+            _, rstd = reference.rms_norm(self.x, None, spec)
+        out: dict[str, float] = {}
+        if self.op == "layer_norm":
+            spread = 1.0 / rstd[np.isfinite(rstd) & (rstd > 0)]
+            out["mean"] = float(np.sqrt(np.mean(spread * spread))) if spread.size else 1.0
+        if dy is not None:
+            out["dx"] = gradient_scale(dy, self.weight, rstd, spec)
+        return out
 
     def with_x(self, x: Array) -> Problem:
         """The same problem on other x values."""

@@ -55,6 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "for each target (e.g. only the tracers of its framework)",
     )
     config.stash[RECORDS] = []
+    for name in config.getoption("backend") or ():
+        try:
+            registry.declaration(name)
+        except BackendError as exc:
+            raise pytest.UsageError(f"layernorm conformance: {exc}") from None
 
 
 def targets(config: pytest.Config) -> list[Target]:

@@ -52,10 +52,16 @@ WRAPPERS: dict[str, dict[str, Wrap]] = {
 }
 """Tracing wrappers by framework; the names are the ids of the tracing checks."""
 
-ALL_WRAPPERS: tuple[str, ...] = tuple(name for wrappers in WRAPPERS.values() for name in wrappers)
+
+def _wrappers(framework: str) -> dict[str, Wrap]:
+    return WRAPPERS.get({"jaxlib": "jax", "keras": "tensorflow"}.get(framework, framework), {})
+
+
+def tracer_names(framework: str) -> list[str]:
+    """Names of the tracing wrappers for arrays of ``framework`` (a top-level module name); [] when none."""
+    return list(_wrappers(framework))
 
 
 def wrapper(framework: str, name: str) -> Wrap | None:
     """The wrapper ``name`` when it belongs to ``framework`` ("jaxlib" counts as "jax"), else None."""
-    framework = {"jaxlib": "jax", "keras": "tensorflow"}.get(framework, framework)
-    return WRAPPERS.get(framework, {}).get(name)
+    return _wrappers(framework).get(name)

@@ -34,7 +34,7 @@ def test_backward(numerics: Numerics, target: Target, dtype: str, case: Case, op
     problem = make_problem(op, case, dtype, affine)
     dy = make_dy(problem)
     actual = backward(target, problem, dy, saved_stats=False)
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.grad_scales(dy))
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -44,7 +44,7 @@ def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, ca
     problem = make_problem(op, case, dtype, "full", key="saved")
     dy = make_dy(problem)
     actual = backward(target, problem, dy, saved_stats=True)
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.grad_scales(dy))
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
 
 
 def autodiff_params(target: Target, dtype: str) -> list[Any]:
@@ -84,4 +84,4 @@ def test_autodiff(numerics: Numerics, target: Target, dtype: str, case: Case, op
     assert "dx" in actual, "no gradient reached x"
     if weight is not None:
         assert "dweight" in actual, "no gradient reached weight"
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.grad_scales(dy))
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))

@@ -91,4 +91,5 @@ def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str,
         {k: v[keep] for k, v in expected.items()},
         dtype,
         problem.condition()[keep],
+        scales=problem.scales(),
     )

@@ -12,7 +12,9 @@ from layernorm_conformance.targets import Target
 
 def check_forward(numerics: Numerics, target: Target, dtype: str, op: Op, case: Case, **kwargs: object) -> None:
     problem = make_problem(op, case, dtype, **kwargs)
-    numerics.check(forward(target, problem), reference_forward(problem), dtype, problem.condition())
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
 
 
 @pytest.mark.parametrize("affine", AFFINES)
@@ -48,4 +50,4 @@ def test_noncontiguous(numerics: Numerics, target: Target, dtype: str, op: Op) -
 
     outputs = call_forward(target.backend, problem, x, None, None, True)
     actual = {name: to.to_numpy(o) for name, o in zip(stat_names(op), outputs, strict=True)}
-    numerics.check(actual, reference_forward(problem), dtype, problem.condition())
+    numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())

@@ -45,7 +45,13 @@ def test_random_forward(numerics: Numerics, target: Target, examples: Any) -> No
     @given(data=st.data())
     def run(data: Any) -> None:
         problem = _draw_problem(data, target)
-        numerics.check(forward(target, problem), reference_forward(problem), problem.dtype, problem.condition())
+        numerics.check(
+            forward(target, problem),
+            reference_forward(problem),
+            problem.dtype,
+            problem.condition(),
+            scales=problem.scales(),
+        )
 
     run()
 
@@ -59,6 +65,6 @@ def test_random_backward(numerics: Numerics, target: Target, examples: Any) -> N
         saved = data.draw(st.booleans(), label="saved_stats")
         actual = backward(target, problem, dy, saved)
         expected = reference_backward(problem, dy)
-        numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.grad_scales(dy))
+        numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
 
     run()

@@ -30,7 +30,9 @@ def test_large_offset(numerics: Numerics, target: Target, dtype: str, op: Op) ->
     """Rows offset far from 0 relative to their spread (catches single-pass E[x^2] - E[x]^2)."""
     offset, spread = OFFSET_SPREAD[dtype]
     problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset")
-    numerics.check(forward(target, problem), reference_forward(problem), dtype, problem.condition())
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -40,7 +42,7 @@ def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, o
     problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset-bwd")
     dy = make_dy(problem)
     actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.grad_scales(dy))
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
 
 
 @pytest.mark.conformance_dtypes("float16", "bfloat16")
@@ -52,7 +54,9 @@ def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op
     exact enough.
     """
     problem = make_problem(op, Case((4, 4096), (-1,)), dtype, "none", loc=2000.0, scale=500.0, key="magnitude")
-    numerics.check(forward(target, problem), reference_forward(problem), dtype, problem.condition())
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-2], ids=lambda e: f"eps={e:g}")
@@ -63,4 +67,4 @@ def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: fl
     problem = problem.with_x(cast(np.full(problem.x.shape, value), dtype))
     actual = forward(target, problem)
     assert all(np.isfinite(v.astype(np.float64)).all() for v in actual.values()), "NaN or Inf for a constant row"
-    numerics.check(actual, reference_forward(problem), dtype, problem.condition())
+    numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())

@@ -14,7 +14,6 @@ from layernorm_conformance.autodiff import framework_of, vjp_for
 from layernorm_conformance.data import TRACE_CASES, Case
 from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.ops import (
-    OPS,
     Op,
     call_forward,
     grad_names,
@@ -25,22 +24,17 @@ from layernorm_conformance.ops import (
     to_target,
 )
 from layernorm_conformance.targets import Target
-from layernorm_conformance.tracing import WRAPPERS, wrapper
+from layernorm_conformance.tracing import tracer_names, wrapper
 
 
 def tracer_params(target: Target, dtype: str) -> list[Any]:
     """The tracers of the target's framework x cases x ops; one skip when its framework has none here."""
-    framework = framework_of(target.module.from_numpy(make_problem("layer_norm", TRACE_CASES[0], dtype).x, "cpu"))
-    names = list(WRAPPERS.get({"jaxlib": "jax"}.get(framework, framework), {}))
+    framework = framework_of(target.module.from_numpy(make_problem("layer_norm", TRACE_CASES[0][0], dtype).x, "cpu"))
+    names = tracer_names(framework)
     if not names:
         reason = f"no tracing for {framework} arrays in layernorm_conformance.tracing"
         return [pytest.param(None, None, None, id="tracing", marks=pytest.mark.skip(reason=reason))]
-    return [
-        pytest.param(name, case, op, id=f"{name}-{case.id}-{op}")
-        for name in names
-        for case in TRACE_CASES
-        for op in OPS
-    ]
+    return [pytest.param(name, case, op, id=f"{name}-{case.id}-{op}") for name in names for case, op in TRACE_CASES]
 
 
 @pytest.mark.conformance_params("tracer,case,op", tracer_params)
@@ -62,4 +56,4 @@ def test_traced(numerics: Numerics, target: Target, dtype: str, tracer: str, cas
     dy = make_dy(problem)
     grads = vjp(traced, [x, weight, bias], to_target(target, dy))
     actual = {n: target.module.to_numpy(g) for n, g in zip(grad_names(op), grads, strict=False) if g is not None}
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.grad_scales(dy))
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))

@@ -1,0 +1,73 @@
+"""nox sessions: unit tests, the conformance suite per backend (one framework per virtualenv), the matrix, lint,
+benchmarks.
+
+``nox`` runs the unit tests, every conformance session and the matrix; ``nox -s lint`` and ``nox -s bench`` on
+demand. Virtualenvs are reused; torch comes from the CPU constraints file (the CPU wheel, not the CUDA build).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+BACKENDS = {"numpy": "test", "torch": "test,torch", "jax": "test,jax", "tensorflow": "test,tensorflow"}
+"""Each backend's conformance virtualenv holds only its framework (NumPy is a core dependency) and test tools."""
+CONSTRAINTS = ("-c", "constraints/cpu.txt")
+RESULTS = Path("conformance-results")
+MATRIX_DOC = "docs/conformance.md"
+
+nox.options.sessions = ["tests", *(f"conformance-{b}" for b in BACKENDS), "matrix"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "virtualenv"  # pip sees PIP_FIND_LINKS (a local torch wheel); uv does not
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit tests (tests/), with every framework installed."""
+    session.install("-e", ".[test,all]", *CONSTRAINTS)
+    session.run("python", "-m", "pytest", "tests", "-q", *session.posargs)
+
+
+def _conformance_session(backend: str, extras: str) -> None:
+    def conformance(session: nox.Session) -> None:
+        session.install("-e", f".[{extras}]", *CONSTRAINTS)
+        out = RESULTS / f"{backend}.json"
+        out.unlink(missing_ok=True)
+        session.run(
+            "python", "-m", "layernorm_conformance", "-q",
+            "--backend", backend, "--conformance-json", str(out), *session.posargs,
+        )  # fmt: skip
+
+    conformance.__doc__ = f"The conformance suite on the {backend} backend, in a virtualenv with only its framework."
+    nox.session(name=f"conformance-{backend}")(conformance)
+
+
+for _backend, _extras in BACKENDS.items():
+    _conformance_session(_backend, _extras)
+
+
+@nox.session
+def matrix(session: nox.Session) -> None:
+    """Merge the conformance sessions' JSON into the matrix, print it and write it into docs/conformance.md."""
+    session.install("-e", ".")
+    found = sorted(str(p) for p in RESULTS.glob("*.json"))
+    if not found:
+        session.error(f"no results in {RESULTS}/: run the conformance-* sessions first")
+    session.run("python", "-m", "layernorm_conformance.matrix", "--merge", *found, "--markdown", MATRIX_DOC)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff (lint and format check) and mypy."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The quick cross-framework benchmark, written to bench-results/."""
+    session.install("-e", ".[bench,all]", *CONSTRAINTS)
+    session.run("python", "-m", "benchmarks", "--quick", "--out", "bench-results", *session.posargs)

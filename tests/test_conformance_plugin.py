@@ -1,0 +1,48 @@
+"""The conformance plugin's options: backend and device selection, skips with reasons, JSON records, ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from layernorm_conformance import matrix
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    out = tmp_path / "records.json"
+    options = ["-p", "layernorm_conformance", "-q", "-p", "no:cacheprovider", "--conformance-json", str(out), *args]
+    code = pytest.main(["--pyargs", "layernorm_conformance.checks", *options])
+    records = json.loads(out.read_text())["records"] if out.exists() else []
+    return int(code), records
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
+    code, _ = _run(tmp_path, "--backend", "no-such-backend")
+    assert code == pytest.ExitCode.USAGE_ERROR
+
+
+def test_absent_device_is_skipped_with_reason(tmp_path: Path) -> None:
+    code, records = _run(tmp_path, "--backend", "numpy", "--device", "cuda", "-k", "test_eps")
+    assert code == pytest.ExitCode.OK
+    assert records and all(r["outcome"] == "skipped" for r in records)
+    assert all("no cuda device for backend 'numpy'" in r["message"] for r in records)
+    assert {r["device"] for r in records} == {"cuda"}
+
+
+def test_records_carry_ids_dtypes_and_ratios(tmp_path: Path) -> None:
+    code, records = _run(tmp_path, "--backend", "numpy", "--dtype", "float32", "-k", "test_forward and 5x33")
+    assert code == pytest.ExitCode.OK
+    ids = {r["id"] for r in records}
+    assert "test_forward[numpy-cpu-float32-x=5x33-axis=(1,)-layer_norm-full]" in ids
+    assert all(r["dtype"] == "float32" and r["outcome"] == "passed" for r in records)
+    assert all(0.0 <= r["max_ratio"] <= 1.0 and set(r["ratios"]) >= {"y", "rstd"} for r in records)
+
+
+def test_matrix_command_runs_the_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = matrix.main(["--backend", "numpy", "--dtype", "float32", "-k", "test_eps", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert (tmp_path / "numpy.json").exists()
+    assert any(line.split()[:5] == ["numpy", "cpu", "float32", "12", "0"] for line in out.splitlines()), out

@@ -1,0 +1,91 @@
+"""The conformance suite's records, matrix table, Markdown update and matrix command (merge mode)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from layernorm_conformance import matrix, results
+
+
+def _record(backend: str, dtype: str, outcome: str, ratio: float | None, check: str = "test_forward") -> dict:
+    return {
+        "check": check,
+        "id": f"{check}[{backend}-cpu-{dtype}-{outcome}-{ratio}]",
+        "backend": backend,
+        "device": "cpu",
+        "dtype": dtype,
+        "outcome": outcome,
+        "max_ratio": ratio,
+        "ratios": {} if ratio is None else {"y": ratio},
+        "message": "",
+        "duration": 0.0,
+    }
+
+
+RECORDS = [
+    _record("numpy", "float32", "passed", 0.25),
+    _record("numpy", "float32", "passed", 0.5),
+    _record("numpy", "float32", "failed", 3.0),
+    _record("numpy", "float16", "skipped", None),
+    _record("torch", "float32", "passed", None),
+]
+
+
+def test_matrix_counts_and_worst() -> None:
+    cells = {(c.backend, c.dtype): c for c in results.matrix(RECORDS)}
+    f32 = cells["numpy", "float32"]
+    assert f32.counts == {"passed": 2, "failed": 1, "skipped": 1 - 1}
+    assert f32.worst == 3.0 and "failed-3.0" in f32.worst_id
+    assert cells["numpy", "float16"].counts["skipped"] == 1 and cells["numpy", "float16"].worst is None
+    assert cells["torch", "float32"].worst is None
+    assert [(c.backend, c.dtype) for c in results.matrix(RECORDS)] == sorted(cells)
+
+
+def test_table_lists_every_cell() -> None:
+    table = results.format_table(results.matrix(RECORDS))
+    lines = table.splitlines()
+    assert lines[0].split()[:6] == ["backend", "device", "dtype", "passed", "failed", "skipped"]
+    assert len(lines) == 2 + 3
+    assert any(line.split()[:6] == ["numpy", "cpu", "float32", "2", "1", "0"] for line in lines)
+
+
+def test_json_round_trip_keeps_infinite_ratio_finite(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    results.write(path, [*RECORDS, _record("numpy", "float64", "failed", float("inf"))], {"numpy": {"version": "2"}})
+    json.loads(path.read_text())  # strict JSON: no Infinity
+    records, versions = results.load([path])
+    assert len(records) == 6 and versions == {"numpy": {"version": "2"}}
+    assert records[-1]["max_ratio"] == 1e308
+
+
+def test_markdown_update_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    doc = tmp_path / "conformance.md"
+    doc.write_text(f"# Title\n\nprose\n\n{results.MATRIX_START}\nold table\n{results.MATRIX_END}\n\nafter\n")
+    results.update_markdown(doc, "| new |")
+    text = doc.read_text()
+    assert "old table" not in text and "| new |" in text
+    assert text.startswith("# Title\n\nprose") and text.rstrip().endswith("after")
+    results.update_markdown(doc, "| newer |")
+    assert text.count(results.MATRIX_START) == 1 and "| new |" not in doc.read_text()
+
+
+def test_markdown_table_shows_versions() -> None:
+    md = results.format_markdown(results.matrix(RECORDS), {"numpy": {"version": "2.4.6"}})
+    assert "| numpy | 2.4.6 | cpu | float32 | 2 | 1 | 0 | 3 |" in md
+    assert "| torch | - | cpu | float32 | 1 | 0 | 0 | - |" in md
+
+
+def test_matrix_main_merges_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "numpy.json", tmp_path / "torch.json"
+    results.write(first, RECORDS[:4], {})
+    results.write(second, RECORDS[4:], {})
+    doc = tmp_path / "doc.md"
+    code = matrix.main(["--merge", str(first), str(second), "--markdown", str(doc)])
+    out = capsys.readouterr().out
+    assert code == 1, "a failed record makes the command fail"
+    assert "FAILED test_forward[numpy-cpu-float32-failed-3.0]" in out
+    assert "torch" in out and results.MATRIX_START in doc.read_text()
+    results.write(first, RECORDS[:2], {})
+    assert matrix.main(["--merge", str(first)]) == 0

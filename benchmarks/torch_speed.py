@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", default="layer_norm,rms_norm")
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rounds = 3 if args.quick else 5
+    rounds = args.rounds or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
     if args.breakdown:
         timings = breakdown(rounds)

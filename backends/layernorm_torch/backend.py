@@ -53,6 +53,8 @@ def info() -> BackendInfo:
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
+            "half on CPU": "float32 statistics always; when gradients are taken, x goes to float32 first (torch's "
+            "half backward accumulates dweight/dbias in half precision, outside the tolerances)",
         },
     )
 

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [] if args.no_plots else plots.write(data, args.out)
     path = report.write(data, args.out, names)
     for device in report.devices(data):
-        print(f"\n{report.HEADLINE_OP}, {report.HEADLINE_DTYPE}, {device}:\n{report.headline_table(data, device)}")
+        dtype = report.headline_dtype(data, device)
+        print(f"\n{report.HEADLINE_OP}, {dtype}, {device}:\n{report.headline_table(data, device, dtype)}")
     skipped = [b for b in data["backends"] if b["status"] != "ran"]
     for backend in skipped:
         print(f"skipped {backend['name']}: {backend.get('reason', '')}")

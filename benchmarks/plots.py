@@ -26,8 +26,14 @@ def write(data: Results, out: Path) -> list[str]:
             for row, op in enumerate(OPS):
                 for col, pass_ in enumerate(PASSES):
                     _panel(axes[row][col], [r for r in subset if r["op"] == op and r["pass"] == pass_], op, pass_)
-            figure.suptitle(f"layernorm throughput, {dtype} on {device} (shared busy machine: noisy)")
-            figure.tight_layout()
+            figure.suptitle(f"layernorm throughput, {dtype} on {device}")
+            figure.legend(
+                handles=_legend(list(dict.fromkeys(r["backend"] for r in subset))),
+                loc="lower center",
+                ncol=8,
+                fontsize=8,
+            )
+            figure.tight_layout(rect=(0, 0.05, 1, 1))
             name = f"throughput_{device}_{dtype}.png"
             figure.savefig(out / name, dpi=90)
             plt.close(figure)
@@ -38,13 +44,14 @@ def write(data: Results, out: Path) -> list[str]:
 def _panel(ax: Any, records: list[dict[str, Any]], op: str, pass_: str) -> None:
     """Grouped bars over shapes: per backend ours and native GB/s; a black line at each backend's copy GB/s."""
     shapes = list(dict.fromkeys(r["shape"] for r in records))
+    labels = {r["shape"]: r["shape"] if r["axis"] == -1 else f"{r['shape']}\n(axis={r['axis']})" for r in records}
     backends = list(dict.fromkeys(r["backend"] for r in records))
     ax.set_title(f"{op}, {pass_}")
     if not shapes:
         ax.text(0.5, 0.5, "no results", ha="center", transform=ax.transAxes)
         return
     width = 0.8 / (2 * len(backends))
-    colors = [f"C{i}" for i in range(len(backends))]
+    colors = _colors(backends)
     for b, backend in enumerate(backends):
         by_shape = {r["shape"]: r for r in records if r["backend"] == backend}
         for s, shape in enumerate(shapes):
@@ -67,19 +74,24 @@ def _panel(ax: Any, records: list[dict[str, Any]], op: str, pass_: str) -> None:
             if record["copy_gbps"]:
                 ax.hlines(record["copy_gbps"], left, left + 2 * width, colors="black", linewidth=2)
     ax.set_xticks(range(len(shapes)))
-    ax.set_xticklabels(shapes, rotation=15, fontsize=8)
+    ax.set_xticklabels([labels[shape] for shape in shapes], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("GB/s (higher is better)")
     ax.grid(axis="y", which="both", alpha=0.3)
-    _legend(ax, backends, colors)
 
 
-def _legend(ax: Any, backends: list[str], colors: list[str]) -> None:
+def _colors(backends: list[str]) -> list[str]:
+    """A fixed colour per known backend, so every plot and report colours a backend alike."""
+    known = {"numpy": "C1", "torch": "C3", "jax": "C0", "tensorflow": "C2"}
+    return [known.get(backend, f"C{4 + i}") for i, backend in enumerate(backends)]
+
+
+def _legend(backends: list[str]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    pairs = zip(backends, colors, strict=True)
-    handles: list[Any] = [Patch(color=color, label=f"{backend} (ours)") for backend, color in pairs]
-    handles += [Patch(facecolor="white", edgecolor="gray", hatch="//", label="native (hatched)")]
-    handles += [Line2D([0], [0], color="black", linewidth=2, label="copy floor")]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    pairs = zip(backends, _colors(backends), strict=True)
+    handles: list[Any] = [Patch(color=color, label=f"{backend}: ours") for backend, color in pairs]
+    handles += [Patch(facecolor="white", edgecolor="gray", hatch="//", label="native (hatched, lighter)")]
+    handles += [Line2D([0], [0], color="black", linewidth=2, label="copy floor of that backend")]
+    return handles

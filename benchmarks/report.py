@@ -78,6 +78,12 @@ def headline_table(data: Results, device: str = "cpu", dtype: str = HEADLINE_DTY
     return table(header, rows)
 
 
+def headline_dtype(data: Results, device: str) -> str:
+    """float32 when it was measured on ``device``, else the first dtype that was."""
+    measured = [r["dtype"] for r in data["results"] if r["device"] == device]
+    return HEADLINE_DTYPE if HEADLINE_DTYPE in measured or not measured else measured[0]
+
+
 def results_table(records: list[dict[str, Any]]) -> str:
     """Every measurement of one backend and device."""
     header = [
@@ -136,10 +142,15 @@ def header_lines(data: Results) -> list[str]:
         "Compare only numbers from the same run: every ratio comes from functions timed interleaved, side by side, "
         f"medians of {settings['rounds']} rounds x {settings['repeats']} repeats.",
         "",
-        f"Command: `{data['command']}` · Python {m['python']} · {m['platform']}"
+        f"Command: `{data['command']}` · {_duration(data)}Python {m['python']} · {m['platform']}"
         + (f" · thread variables: {m['thread_variables']}" if m["thread_variables"] else ""),
         "",
     ]
+
+
+def _duration(data: Results) -> str:
+    seconds = sum(case["seconds"] for case in data.get("case_seconds", []))
+    return f"took {seconds / 60:.1f} min · " if seconds else ""
 
 
 def _load(values: list[float] | None) -> str:
@@ -201,7 +212,8 @@ def render(data: Results, plots: list[str]) -> str:
     """report.md's text."""
     lines = header_lines(data) + backends_section(data)
     for device in devices(data):
-        lines += [f"## Headline: {HEADLINE_OP}, {HEADLINE_DTYPE}, {device}", "", headline_table(data, device), ""]
+        dtype = headline_dtype(data, device)
+        lines += [f"## Headline: {HEADLINE_OP}, {dtype}, {device}", "", headline_table(data, device, dtype), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     lines += ["## All results", ""]

@@ -20,16 +20,20 @@ GPU_KINDS = frozenset({"cuda", "gpu"})
 
 @dataclass(frozen=True)
 class Settings:
-    """How hard to measure: rounds of interleaving, repeats per round, seconds per repeat, warm-up calls."""
+    """How hard to measure: rounds of interleaving, repeats per round, seconds per repeat, warm-up calls.
+
+    ``max_time``: the seconds a slow function may spend per round; it then runs fewer repeats (at least one).
+    """
 
     rounds: int = 5
     repeats: int = 3
-    min_time: float = 0.02
-    warmup: int = 2
+    min_time: float = 0.01
+    warmup: int = 1
+    max_time: float = 0.1
 
 
 FULL = Settings()
-QUICK = Settings(rounds=3, repeats=1, min_time=0.005, warmup=1)
+QUICK = Settings(rounds=3, repeats=1, min_time=0.005, warmup=1, max_time=0.05)
 
 
 @dataclass
@@ -198,9 +202,11 @@ def run(
     bar = _progress(len(cases) * (config.settings.rounds + 1), progress)
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    durations: list[dict[str, Any]] = []
     for plan, case in cases:
         assert plan.adapter is not None
         bar.set_description(f"{plan.name} {case.label}")
+        started = time.perf_counter()
         try:
             timings, errors, notes = measure_case(plan.adapter, case, config, clock, bar.update)
         except Exception as exc:
@@ -210,6 +216,7 @@ def run(
         finally:
             gc.collect()
             plan.adapter.release()
+            durations.append({"backend": plan.name, "case": case.label, "seconds": time.perf_counter() - started})
         results.extend(result_records(plan, case, config, timings, errors, notes))
     bar.close()
     meta["load_average_end"] = machine.load_average()
@@ -222,6 +229,7 @@ def run(
         "dtypes": list(config.dtypes),
         "backends": [plan.record for plan in plans],
         "failures": failures,
+        "case_seconds": durations,
         "results": results,
     }
 
@@ -243,6 +251,7 @@ def measure_case(
         warmup=settings.warmup,
         clock=clock,
         on_round=lambda: advance(1),
+        max_time=settings.max_time,
     )
     return timings, work.errors, work.notes
 

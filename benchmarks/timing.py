@@ -69,7 +69,7 @@ def calibrate(
     clock: Clock = time.perf_counter,
 ) -> int:
     """Warm ``fn`` up, then return how many calls (a power of two) last at least ``min_time`` seconds."""
-    return _calibrate(fn, itertools.cycle(inputs), sync, min_time, warmup, clock)
+    return _calibrate(fn, itertools.cycle(inputs), sync, min_time, warmup, clock)[0]
 
 
 def _calibrate(
@@ -79,14 +79,15 @@ def _calibrate(
     min_time: float,
     warmup: int,
     clock: Clock,
-) -> int:
+) -> tuple[int, float]:
+    """(calls, seconds per call): warm-up, then double the calls until they last ``min_time``."""
     for _ in range(warmup):
         sync(fn(next(feed)))
     calls = 1
     while True:
-        elapsed = _run(fn, feed, sync, calls, clock) * calls
-        if elapsed >= min_time or calls >= MAX_CALLS:
-            return calls
+        per_call = _run(fn, feed, sync, calls, clock)
+        if per_call * calls >= min_time or calls >= MAX_CALLS:
+            return calls, per_call
         calls *= 2
 
 
@@ -116,7 +117,7 @@ def measure(
     Each repeat runs enough calls to last about ``min_time`` seconds; the result is per call.
     """
     feed = itertools.cycle(inputs)
-    calls = _calibrate(fn, feed, sync, min_time, warmup, clock)
+    calls = _calibrate(fn, feed, sync, min_time, warmup, clock)[0]
     return summarize([_run(fn, feed, sync, calls, clock) for _ in range(repeats)], calls)
 
 
@@ -131,19 +132,26 @@ def interleaved(
     warmup: int = 3,
     clock: Clock = time.perf_counter,
     on_round: Callable[[], Any] | None = None,
+    max_time: float | None = None,
 ) -> dict[str, Timing]:
     """Time several functions side by side, alternating between them so machine noise hits all alike.
 
     Each function is warmed up and calibrated once; then ``rounds`` times, every function in turn runs
-    ``repeats`` repeats. Median, p10 and p90 are over all ``rounds * repeats`` per-call samples of a function.
-    ``on_round`` is called after each round (a progress bar's update).
+    ``repeats`` repeats. Median, p10 and p90 are over all per-call samples of a function. With ``max_time``,
+    a slow function runs fewer repeats per round (at least one), so that a round costs it about ``max_time``
+    seconds at most. ``on_round`` is called after each round (a progress bar's update).
     """
     feeds = {name: itertools.cycle(inputs) for name in fns}
-    calls = {name: _calibrate(fn, feeds[name], sync, min_time, warmup, clock) for name, fn in fns.items()}
+    calls: dict[str, int] = {}
+    reps: dict[str, int] = {}
+    for name, fn in fns.items():
+        calls[name], per_call = _calibrate(fn, feeds[name], sync, min_time, warmup, clock)
+        affordable = repeats if max_time is None else int(max_time // max(per_call * calls[name], 1e-12))
+        reps[name] = max(1, min(repeats, affordable))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            samples[name].extend(_run(fn, feeds[name], sync, calls[name], clock) for _ in range(repeats))
+            samples[name].extend(_run(fn, feeds[name], sync, calls[name], clock) for _ in range(reps[name]))
         if on_round is not None:
             on_round()
     return {name: summarize(values, calls[name]) for name, values in samples.items()}

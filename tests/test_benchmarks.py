@@ -94,6 +94,29 @@ def test_interleaved_alternates_functions_and_reports_percentiles_not_extremes()
     assert result["b"].median == pytest.approx(2.0)
 
 
+def test_interleaved_gives_slow_functions_fewer_repeats_within_max_time() -> None:
+    clock = FakeClock()
+
+    def sleeper(seconds: float) -> Callable[[Any], Any]:
+        def fn(_: Any) -> None:
+            clock.now += seconds
+
+        return fn
+
+    result = interleaved(
+        {"fast": sleeper(0.01), "slow": sleeper(0.3), "middle": sleeper(0.05)},
+        [None],
+        rounds=4,
+        repeats=3,
+        min_time=0.001,
+        warmup=0,
+        clock=clock,
+        max_time=0.1,
+    )
+    assert (result["fast"].repeats, result["middle"].repeats, result["slow"].repeats) == (12, 8, 4)
+    assert result["slow"].median == pytest.approx(0.3)
+
+
 # -- cases ---------------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +162,7 @@ def test_choose_device(wanted: str, offered: tuple[str, ...], backend: tuple[str
 
 
 def tiny_config(backends: list[str], dtypes: tuple[str, ...] = ("float32",)) -> runner.Config:
-    settings = runner.Settings(rounds=2, repeats=2, min_time=0.0, warmup=1)
+    settings = runner.Settings(rounds=2, repeats=2, min_time=0.0, warmup=1, max_time=1.0)
     return runner.Config(shapes=TINY, dtypes=dtypes, backends=backends, settings=settings, command="test")
 
 

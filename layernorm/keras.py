@@ -5,6 +5,11 @@ They take the same arguments, create the same weights under the same names in th
 ``.keras`` files) and the other way round. They call the public API (`layernorm.layer_norm`, `layernorm.rms_norm`),
 which picks the engine owning the tensors of Keras's backend (TensorFlow, JAX or torch).
 
+Loading a ``.keras`` file that holds these layers needs ``import layernorm.keras`` first (Keras finds custom classes
+by their registration, ``layernorm>LayerNormalization``); to load it without layernorm, pass
+``custom_objects={"layernorm>LayerNormalization": keras.layers.LayerNormalization, "layernorm>RMSNormalization":
+keras.layers.RMSNormalization}``: the configs have the same keys.
+
 Defaults are Keras's, not layernorm's: ``epsilon=1e-3`` for LayerNormalization (layernorm.layer_norm: 1e-5) and
 ``epsilon=1e-6`` for RMSNormalization. Like Keras, half inputs are normalized with float32 statistics, the weights
 are not autocast, and the output has the layer's compute dtype.

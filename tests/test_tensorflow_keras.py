@@ -118,6 +118,36 @@ def test_model_saves_and_loads(tmp_path: Path, layer: str) -> None:
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
 
 
+LOAD_WITHOUT_LAYERNORM = """
+import sys, numpy as np, keras
+custom = {
+    "layernorm>LayerNormalization": keras.layers.LayerNormalization,
+    "layernorm>RMSNormalization": keras.layers.RMSNormalization,
+}
+model = keras.models.load_model(sys.argv[1], custom_objects=custom)
+assert "layernorm" not in sys.modules
+assert [type(layer).__name__ for layer in model.layers] == ["LayerNormalization", "RMSNormalization"]
+assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model(np.load(sys.argv[2]))))
+"""
+
+
+def test_saved_model_loads_without_layernorm_as_keras_layers(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((4,)), lk.LayerNormalization(name="ln"), lk.RMSNormalization(name="rms")])
+    _random_weights(model.get_layer("ln"), seed=12)
+    x = _x(13, (3, 4))
+    np.save(tmp_path / "x.npy", x)
+    model.save(tmp_path / "ours.keras")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_LAYERNORM)
+    command = [sys.executable, str(script), *(str(tmp_path / n) for n in ("ours.keras", "x.npy", "y.npy"))]
+    done = subprocess.run(
+        command, env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("axis", AXES)
 def test_gradients_match_keras_layer(axis: Any) -> None:
     theirs, ours = _pair(axis)

@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.threads:
             machine.limit_threads(args.threads)
-        data = runner.run(config_from(args), progress=not args.no_progress)
+        args.out.mkdir(parents=True, exist_ok=True)
+        data = runner.run(
+            config_from(args), progress=not args.no_progress, checkpoint=lambda partial: report.save(partial, args.out)
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     names = [] if args.no_plots else plots.write(data, args.out)
     path = report.write(data, args.out, names)

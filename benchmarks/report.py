@@ -227,10 +227,17 @@ def render(data: Results, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
+def save(data: Results, out: Path) -> Path:
+    """Write results.json into ``out`` (also after every case, so an interrupted run keeps what it measured)."""
+    path = out / "results.json"
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 def write(data: Results, out: Path, plots: list[str]) -> Path:
     """Write results.json and report.md into ``out``; return report.md's path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    save(data, out)
     report = out / "report.md"
     report.write_text(render(data, plots), encoding="utf-8")
     return report

@@ -187,11 +187,27 @@ def run(
     clock: Clock = time.perf_counter,
     progress: bool = True,
     load_adapter: Callable[[str], FrameworkAdapter] = load,
+    checkpoint: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure every planned case and return the content of results.json."""
-    meta = machine.describe()
+    """Measure every planned case and return the content of results.json.
+
+    ``checkpoint(data)``, when given, receives the results so far after every case (to save a partial run).
+    """
     names = list(config.backends) if config.backends else registered_backends()
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": config.command,
+        "machine": machine.describe(),
+        "settings": asdict(config.settings),
+        "shapes": [shape.label for shape in config.shapes],
+        "dtypes": list(config.dtypes),
+        "backends": [],
+        "failures": [],
+        "case_seconds": [],
+        "results": [],
+    }
     plans = [plan_backend(name, config, load_adapter) for name in names]
+    data["backends"] = [plan.record for plan in plans]
     cases = [
         (plan, Case(shape, dtype, plan.device))
         for plan in plans
@@ -200,38 +216,28 @@ def run(
         for shape in config.shapes
     ]
     bar = _progress(len(cases) * (config.settings.rounds + 1), progress)
-    results: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
-    durations: list[dict[str, Any]] = []
     for plan, case in cases:
         assert plan.adapter is not None
         bar.set_description(f"{plan.name} {case.label}")
         started = time.perf_counter()
         try:
             timings, errors, notes = measure_case(plan.adapter, case, config, clock, bar.update)
+            data["results"].extend(result_records(plan, case, config, timings, errors, notes))
         except Exception as exc:
-            failures.append({"backend": plan.name, "case": case.label, "error": first_error_line(exc)})
+            data["failures"].append({"backend": plan.name, "case": case.label, "error": first_error_line(exc)})
             bar.update(config.settings.rounds + 1)
-            continue
         finally:
             gc.collect()
             plan.adapter.release()
-            durations.append({"backend": plan.name, "case": case.label, "seconds": time.perf_counter() - started})
-        results.extend(result_records(plan, case, config, timings, errors, notes))
+        data["case_seconds"].append(
+            {"backend": plan.name, "case": case.label, "seconds": time.perf_counter() - started}
+        )
+        data["machine"]["load_average_end"] = machine.load_average()
+        if checkpoint is not None:
+            checkpoint(data)
     bar.close()
-    meta["load_average_end"] = machine.load_average()
-    return {
-        "schema": SCHEMA,
-        "command": config.command,
-        "machine": meta,
-        "settings": asdict(config.settings),
-        "shapes": [shape.label for shape in config.shapes],
-        "dtypes": list(config.dtypes),
-        "backends": [plan.record for plan in plans],
-        "failures": failures,
-        "case_seconds": durations,
-        "results": results,
-    }
+    data["machine"]["load_average_end"] = machine.load_average()
+    return data
 
 
 def measure_case(

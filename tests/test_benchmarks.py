@@ -246,6 +246,20 @@ def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, caps
     assert "skipped no-such-backend" in capsys.readouterr().out
 
 
+def test_checkpoint_receives_results_after_every_case() -> None:
+    counts: list[int] = []
+    data = runner.run(
+        tiny_config(["numpy"]),
+        clock=FakeClock(0.001),
+        progress=False,
+        checkpoint=lambda d: counts.append(len(d["results"])),
+    )
+    if data["backends"][0]["status"] != "ran":
+        pytest.skip(f"numpy backend not available: {data['backends'][0].get('reason')}")
+    assert counts == [4, 8]  # two shapes, 2 ops x 2 passes each
+    assert [c["case"] for c in data["case_seconds"]] == ["2x8 float32 cpu", "2x3x4 float32 cpu"]
+
+
 def test_cli_quick_config() -> None:
     config = cli.config_from(cli.parser().parse_args(["--out", "x", "--quick", "--backend", "numpy"]))
     assert [s.label for s in config.shapes] == list(QUICK_SHAPES)

@@ -7,11 +7,17 @@ same inputs, with a plain copy of x as the memory floor. Prints medians and the 
 
     python -m benchmarks.jax_speed                # (4096, 768) and (8192, 4096), float32 and bfloat16
     python -m benchmarks.jax_speed --quick        # smaller shapes, fewer rounds
+    python -m benchmarks.jax_speed --threads 1 --clock process   # steadier on a busy machine
+
+``--threads 1`` runs XLA:CPU single-threaded and ``--clock process`` times with the process CPU clock, which a
+busy shared machine disturbs far less than the wall clock (time spent descheduled is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import layernorm
-from benchmarks.timing import Timing, interleaved
+from benchmarks.timing import Clock, Timing, interleaved
 
 EPS = 1e-6  # Flax's default; every candidate uses it
 SHAPES = ((4096, 768), (8192, 4096))
@@ -89,7 +95,7 @@ def candidates(n: int, dtype: str) -> dict[str, Fn]:
     return fns
 
 
-def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[str, Timing]]:
+def run_case(shape: tuple[int, int], dtype: str, rounds: int, clock: Clock) -> dict[str, dict[str, Timing]]:
     """Time forward, forward+backward and the copy floor for one shape and dtype."""
     n = shape[-1]
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -107,8 +113,8 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[
     backward = {name: bind(forward_and_backward(f), ct) for name, f in fns.items()}
     sync = jax.block_until_ready
     return {
-        "forward": interleaved(forward, inputs, sync, rounds=rounds),
-        "forward+backward": interleaved(backward, inputs, sync, rounds=rounds),
+        "forward": interleaved(forward, inputs, sync, rounds=rounds, clock=clock),
+        "forward+backward": interleaved(backward, inputs, sync, rounds=rounds, clock=clock),
     }
 
 
@@ -129,13 +135,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
+    parser.add_argument("--threads", type=int, default=None, help="XLA:CPU threads (1: single-threaded)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall", help="wall clock or process CPU time")
+    parser.add_argument("--dtype", choices=DTYPES, action="append", help="only this dtype (repeatable)")
     args = parser.parse_args(argv)
+    if args.threads is not None:  # read when XLA creates its CPU client, at the first computation below
+        flags = (
+            f"--xla_cpu_multi_thread_eigen={str(args.threads > 1).lower()} intra_op_parallelism_threads={args.threads}"
+        )
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     rounds = args.rounds or (3 if args.quick else 7)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), clock={args.clock}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     for shape in shapes:
-        for dtype in DTYPES:
-            report(shape, dtype, run_case(shape, dtype, rounds))
+        for dtype in args.dtype or DTYPES:
+            report(shape, dtype, run_case(shape, dtype, rounds, clock))
 
 
 if __name__ == "__main__":

@@ -99,18 +99,21 @@ def layer_norm_grads(
     """
     dtype = mean.dtype
     dyf = dy.astype(dtype)
-    xhat = (_upcast(x) - mean) * rstd
+    # Written on centered = x - mean, with rstd applied to row-sized factors: XLA then keeps one full-size
+    # intermediate instead of also materializing xhat = centered * rstd.
+    centered = _upcast(x) - mean
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
     g_mean = jnp.mean(g, axis=axes, keepdims=True)
-    gx_mean = jnp.mean(g * xhat, axis=axes, keepdims=True)
-    dx = rstd * (g - g_mean - xhat * gx_mean)
+    gc_mean = jnp.mean(g * centered, axis=axes, keepdims=True)
     n = _count(x, axes)
+    slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
+    if drstd is not None:
+        slope = slope + drstd.astype(dtype) * rstd * rstd * rstd / n
+    dx = rstd * (g - g_mean) - centered * slope
     if dmean is not None:
         dx = dx + dmean.astype(dtype) / n
-    if drstd is not None:
-        dx = dx - (drstd.astype(dtype) * rstd * rstd / n) * xhat
-    return dx, _sum_to_param(dyf * xhat, axes), _sum_to_param(dyf, axes)
+    return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
 
 
 def rms_norm_grads(

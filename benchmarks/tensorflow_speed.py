@@ -10,11 +10,14 @@ weight and bias, for an output gradient ``ct``). Candidates:
 - ``copy``: the memory floor, ``x + 1.0`` (one read and one write of x; ``tf.identity`` copies nothing and XLA
   would fold ``x + 0``).
 
-All use Keras's epsilon 1e-3. Prints medians, p10..p90 and the ratio of each median to keras's (< 1: faster than
-keras). On a GPU the sync is ``tf.test.experimental.sync_devices``; on the CPU TensorFlow runs synchronously.
+All use Keras's epsilon 1e-3. Within a round the candidates run in the order above (``--reverse``: the other
+way round), which on a busy machine can tilt close results by a few percent: compare both orders. Prints medians,
+p10..p90 and the ratio of each median to keras's (< 1: faster than keras). On a GPU the sync is
+``tf.test.experimental.sync_devices``; on the CPU TensorFlow runs synchronously.
 
     python -m benchmarks.tensorflow_speed               # (4096, 768) and (8192, 4096), float32
     python -m benchmarks.tensorflow_speed --quick       # smaller shapes, fewer rounds
+    python -m benchmarks.tensorflow_speed --reverse     # keras timed first in each round
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ def _built(layer: Any, shape: tuple[int, int], w: np.ndarray, b: np.ndarray) -> 
     return layer
 
 
-def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[str, Timing]]:
-    """Time forward, forward+backward and the copy floor for one shape and dtype."""
+def run_case(shape: tuple[int, int], dtype: str, rounds: int, reverse: bool = False) -> dict[str, dict[str, Timing]]:
+    """Time forward, forward+backward and the copy floor for one shape and dtype (candidates in reverse order)."""
     rng = np.random.default_rng(0)
     n = shape[-1]
     inputs = [tf.constant((rng.standard_normal(shape, np.float32) * 2 + 1).astype(dtype)) for _ in range(2)]
@@ -94,6 +97,8 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int) -> dict[str, dict[
     forward = {name: fns[0] for name, fns in candidates.items()}
     forward["copy"] = tf.function(lambda x: x + tf.constant(1.0, x.dtype), jit_compile=True)
     backward = {name: fns[1] for name, fns in candidates.items()}
+    if reverse:
+        forward, backward = dict(reversed(forward.items())), dict(reversed(backward.items()))
     if tf.config.list_logical_devices("GPU"):
 
         def sync(out: Any) -> Any:
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
+    parser.add_argument("--reverse", action="store_true", help="time the candidates in reverse order each round")
     parser.add_argument("--dtype", action="append", default=None, help="float32 (default), bfloat16, float16")
     args = parser.parse_args(argv)
     shapes = QUICK_SHAPES if args.quick else SHAPES
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tensorflow {tf.__version__}, keras {keras.__version__} ({keras.backend.backend()}) on {devices}")
     for shape in shapes:
         for dtype in args.dtype or ["float32"]:
-            report(shape, dtype, run_case(shape, dtype, rounds))
+            report(shape, dtype, run_case(shape, dtype, rounds, args.reverse))
 
 
 if __name__ == "__main__":

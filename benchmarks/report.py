@@ -188,6 +188,34 @@ def notes_section(data: Results) -> list[str]:
     return [*lines, ""]
 
 
+def agreement_section(data: Results) -> list[str]:
+    """The forward outputs' worst error against the float64 reference, per backend, op and dtype."""
+    worst: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    dtypes: dict[str, None] = {}
+    for record in data["results"]:
+        for impl, ratio in record.get("error_vs_reference", {}).items():
+            cell = worst.setdefault((record["backend"], record["op"]), {})
+            cell[record["dtype"], impl] = max(cell.get((record["dtype"], impl), 0.0), ratio)
+            dtypes[record["dtype"]] = None
+    if not worst:
+        return []
+
+    def pair(cell: dict[tuple[str, str], float], dtype: str) -> str:
+        ours, native = cell.get((dtype, "ours")), cell.get((dtype, "native"))
+        return f"{format_number(ours, digits=2)} / {format_number(native, digits=2)}"
+
+    rows = [[backend, op] + [pair(cell, dtype) for dtype in dtypes] for (backend, op), cell in worst.items()]
+    return [
+        "## Agreement with the float64 reference",
+        "",
+        "Both sides compute the same thing: the forward output's worst error (ours / native) on the leading rows of "
+        "every shape, in units of layernorm's tolerance for the dtype (layernorm_core.tolerances; at most 1 passes).",
+        "",
+        table(["backend", "op", *dtypes], rows),
+        "",
+    ]
+
+
 METHOD = """## Method
 
 - Each case (backend, device, shape, dtype) builds its inputs once on the device: several distinct (x, dy)
@@ -223,6 +251,7 @@ def render(data: Results, plots: list[str]) -> str:
             if records:
                 lines += [f"### {backend} on {device}", "", results_table(records), ""]
     lines += notes_section(data)
+    lines += agreement_section(data)
     lines += [METHOD]
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ from typing import Any
 from benchmarks import machine
 from benchmarks.cases import DTYPES, OPS, PASSES, Case, Shape, copy_bytes, traffic_bytes
 from benchmarks.frameworks import load
-from benchmarks.frameworks.base import COPY, FrameworkAdapter, first_error_line, key
+from benchmarks.frameworks.base import COPY, FrameworkAdapter, Workload, first_error_line, key
 from benchmarks.timing import Clock, Timing, interleaved
 
 SCHEMA = 1
@@ -125,7 +125,7 @@ def timing_dict(timing: Timing | None) -> dict[str, Any] | None:
 
 
 def result_records(
-    plan: Plan, case: Case, config: Config, timings: dict[str, Timing], errors: dict[str, str], notes: dict[str, str]
+    plan: Plan, case: Case, config: Config, timings: dict[str, Timing], work: Workload
 ) -> list[dict[str, Any]]:
     """One record per (op, pass) of a measured case: raw timings and the derived GB/s, ratio and floor."""
     records = []
@@ -150,15 +150,22 @@ def result_records(
                 "ours": timing_dict(ours),
                 "native": timing_dict(native),
                 "copy": timing_dict(copy),
-                "native_impl": notes.get(key(op, pass_, "native"), ""),
+                "native_impl": work.notes.get(key(op, pass_, "native"), ""),
+                "error_vs_reference": {
+                    impl: work.checks[key(op, pass_, impl)]
+                    for impl in ("ours", "native")
+                    if key(op, pass_, impl) in work.checks
+                },
                 "errors": {
-                    impl: errors[name]
+                    impl: work.errors[name]
                     for impl, name in (
                         ("ours", key(op, pass_, "ours")),
                         ("native", key(op, pass_, "native")),
                         ("copy", COPY),
+                        ("ours check", key(op, pass_, "ours") + "/check"),
+                        ("native check", key(op, pass_, "native") + "/check"),
                     )
-                    if name in errors
+                    if name in work.errors
                 },
             }
             record.update(derived(ours, native, copy, moved, copied))
@@ -221,8 +228,8 @@ def run(
         bar.set_description(f"{plan.name} {case.label}")
         started = time.perf_counter()
         try:
-            timings, errors, notes = measure_case(plan.adapter, case, config, clock, bar.update)
-            data["results"].extend(result_records(plan, case, config, timings, errors, notes))
+            timings, work = measure_case(plan.adapter, case, config, clock, bar.update)
+            data["results"].extend(result_records(plan, case, config, timings, work))
         except Exception as exc:
             data["failures"].append({"backend": plan.name, "case": case.label, "error": first_error_line(exc)})
             bar.update(config.settings.rounds + 1)
@@ -242,8 +249,8 @@ def run(
 
 def measure_case(
     adapter: FrameworkAdapter, case: Case, config: Config, clock: Clock, advance: Callable[[int], Any]
-) -> tuple[dict[str, Timing], dict[str, str], dict[str, str]]:
-    """Build one case's workload and time its functions interleaved: (timings, errors, native notes)."""
+) -> tuple[dict[str, Timing], Workload]:
+    """Build one case's workload and time its functions interleaved: (timings, the workload's errors and notes)."""
     work = adapter.workload(case, config.ops, config.passes)
     advance(1)
     settings = config.settings
@@ -259,7 +266,8 @@ def measure_case(
         on_round=lambda: advance(1),
         max_time=settings.max_time,
     )
-    return timings, work.errors, work.notes
+    work.inputs.clear()
+    return timings, work
 
 
 class _NoBar:

@@ -186,6 +186,9 @@ def test_run_records_every_op_pass_shape_and_dtype(numpy_run: dict[str, Any]) ->
     for record in records:
         assert record["backend"] == "numpy" and record["device"] == "cpu"
         assert record["errors"] == {}
+        if record["pass"] == "forward":
+            assert set(record["error_vs_reference"]) == {"ours", "native"}
+            assert all(0.0 <= ratio <= 1.0 for ratio in record["error_vs_reference"].values())
         for impl in ("ours", "native", "copy"):
             assert set(record[impl]) == {"median", "p10", "p90", "repeats", "calls_per_repeat"}
             assert record[impl]["repeats"] == 4
@@ -229,6 +232,7 @@ def test_report_and_plots_are_written(numpy_run: dict[str, Any], tmp_path: Path)
     assert "## Headline: layer_norm, float32, cpu" in text
     assert "| numpy | 2x3x4 (axis=1) |" in text
     assert "skipped: " in text and "no-such-backend" in text
+    assert "## Agreement with the float64 reference" in text
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8")) == numpy_run
 
 
@@ -285,6 +289,9 @@ class BrokenNative(FrameworkAdapter):
 
     def to_device(self, array: Any, dtype: str, device: str) -> Any:
         return self.inner.to_device(array, dtype, device)
+
+    def to_host(self, array: Any) -> Any:
+        return self.inner.to_host(array)
 
     def sync(self, out: Any) -> None:
         pass

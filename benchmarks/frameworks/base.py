@@ -6,6 +6,7 @@ import abc
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ class Workload:
     """Functions that could not be built or failed their first call: name -> reason."""
     notes: dict[str, str] = field(default_factory=dict)
     """How each native baseline is formulated: function name -> text."""
+    checks: dict[str, float] = field(default_factory=dict)
+    """Forward functions' worst error against the float64 reference, in units of the tolerance (<= 1 passes)."""
 
 
 def rotations(shape: Shape, itemsize: int, target_bytes: int = 96 << 20, most: int = 32) -> int:
@@ -103,6 +106,10 @@ class FrameworkAdapter(abc.ABC):
         """Block until every computation producing ``out`` has finished on the device."""
 
     @abc.abstractmethod
+    def to_host(self, array: Any) -> npt.NDArray[np.float64]:
+        """A float64 NumPy copy of a framework array (exact for every benchmarked dtype)."""
+
+    @abc.abstractmethod
     def ours(self, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> Fn:
         """Our ``op`` on this backend; forward+backward through the framework's autodiff."""
 
@@ -126,11 +133,13 @@ class FrameworkAdapter(abc.ABC):
         weight = self.to_device(params.weight, case.dtype, case.device)
         bias = self.to_device(params.bias, case.dtype, case.device)
         work = Workload(inputs=inputs, sync=self.sync, fns={})
-        builders: list[tuple[str, Callable[[], Fn]]] = [(COPY, lambda: self.copy(case))]
+        builders: list[tuple[str, Callable[[], Fn]]] = [(COPY, partial(self.copy, case))]
         for op in ops:
             for pass_ in passes:
-                builders.append((key(op, pass_, "ours"), _bind(self.ours, op, pass_, case, weight, bias)))
-                builders.append((key(op, pass_, "native"), _native(self, work, op, pass_, case, weight, bias)))
+                builders.append((key(op, pass_, "ours"), partial(self.ours, op, pass_, case, weight, bias)))
+                builders.append(
+                    (key(op, pass_, "native"), partial(self._noted_native, work, op, pass_, case, weight, bias))
+                )
         for name, build in builders:
             try:
                 fn = build()
@@ -139,19 +148,37 @@ class FrameworkAdapter(abc.ABC):
                 work.errors[name] = first_error_line(exc)
                 continue
             work.fns[name] = fn
+        for op in ops:
+            for impl in ("ours", "native"):
+                name = key(op, "forward", impl)
+                if name in work.fns:
+                    try:
+                        work.checks[name] = self.check(op, case, work.fns[name], inputs[0][0], weight, bias)
+                    except Exception as exc:
+                        work.errors[f"{name}/check"] = first_error_line(exc)
         return work
 
+    def check(self, op: str, case: Case, fn: Fn, x: Any, weight: Any, bias: Any, rows: int = 16) -> float:
+        """``fn``'s worst error on x's first ``rows`` rows against the float64 reference, in tolerance units.
 
-def _bind(method: Callable[..., Fn], *args: Any) -> Callable[[], Fn]:
-    return lambda: method(*args)
+        A benchmark is only worth reading if both sides compute the same thing: this catches a baseline with
+        another axis, eps or formula. Only leading rows are compared, so the reference stays cheap.
+        """
+        from layernorm_core import reference
+        from layernorm_core.spec import check_forward
+        from layernorm_core.tolerances import error_ratio, row_condition, tolerance
 
+        y = self.to_host(fn((x, None)))[:rows]
+        x64, w64, b64 = self.to_host(x)[:rows], self.to_host(weight), self.to_host(bias)
+        if op == "layer_norm":
+            spec = check_forward("layer_norm", x64, w64, b64, case.shape.axis, self.eps)
+            expected = reference.layer_norm(x64, w64, b64, spec)[0]
+        else:
+            spec = check_forward("rms_norm", x64, w64, None, case.shape.axis, self.eps)
+            expected = reference.rms_norm(x64, w64, spec)[0]
+        return error_ratio(y, expected, tolerance(case.dtype, "output"), row_condition(x64, spec))
 
-def _native(
-    adapter: FrameworkAdapter, work: Workload, op: str, pass_: str, case: Case, weight: Any, bias: Any
-) -> Callable[[], Fn]:
-    def build() -> Fn:
-        fn, note = adapter.native(op, pass_, case, weight, bias)
+    def _noted_native(self, work: Workload, op: str, pass_: str, case: Case, weight: Any, bias: Any) -> Fn:
+        fn, note = self.native(op, pass_, case, weight, bias)
         work.notes[key(op, pass_, "native")] = note
         return fn
-
-    return build

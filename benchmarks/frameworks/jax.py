@@ -57,6 +57,10 @@ class Adapter(FrameworkAdapter):
         """A committed jax.Array of ``dtype`` on the device."""
         return jax.device_put(jnp.asarray(array, dtype=dtype), self._device(device))
 
+    def to_host(self, array: Any) -> npt.NDArray[np.float64]:
+        """The array as a float64 host array."""
+        return np.asarray(jax.device_get(array)).astype(np.float64)
+
     def sync(self, out: Any) -> None:
         """``jax.block_until_ready`` on every leaf of ``out``."""
         jax.block_until_ready(out)

@@ -47,6 +47,10 @@ class Adapter(FrameworkAdapter):
         """A host array of ``dtype``."""
         return array.astype(numpy_dtype(dtype))
 
+    def to_host(self, array: Any) -> npt.NDArray[np.float64]:
+        """``array`` as float64."""
+        return np.asarray(array).astype(np.float64)
+
     def sync(self, out: Any) -> None:
         """NumPy is synchronous: nothing to wait for."""
 

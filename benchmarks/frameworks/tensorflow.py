@@ -50,6 +50,10 @@ class Adapter(FrameworkAdapter):
         with tf.device(_device(device)):
             return tf.identity(tf.cast(tf.constant(array), dtype))
 
+    def to_host(self, array: Any) -> npt.NDArray[np.float64]:
+        """The tensor as a float64 host array."""
+        return tf.cast(array, tf.float64).numpy()
+
     def sync(self, out: Any) -> None:
         """Wait for every tensor of ``out`` (reading one element of each forces completion)."""
         for tensor in tf.nest.flatten(out):

@@ -44,6 +44,10 @@ class Adapter(FrameworkAdapter):
         """A contiguous tensor of ``dtype`` on ``device``."""
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=getattr(torch, dtype))
 
+    def to_host(self, array: Any) -> npt.NDArray[np.float64]:
+        """The tensor as a float64 host array."""
+        return array.detach().to(device="cpu", dtype=torch.float64).numpy()
+
     def sync(self, out: Any) -> None:
         """``torch.cuda.synchronize()`` when CUDA is in use; CPU ops are synchronous."""
         if torch.cuda.is_available() and torch.cuda.is_initialized():

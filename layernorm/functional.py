@@ -149,3 +149,11 @@ def rms_norm_backward(
         backend,
         lambda e, x_, p: e.rms_norm_backward(p[0], x_, p[1], spec, p[2]),
     )
+
+
+# TensorFlow's AutoGraph would otherwise convert this package's (and pluggy's) Python into graph code when these are
+# first called inside a tf.function, printing a warning for every function it cannot convert. They hold no
+# tensor-dependent control flow, so mark them as AutoGraph does its own artifacts: called as they are.
+_PUBLIC: tuple[Any, ...] = (layer_norm, rms_norm, layer_norm_backward, rms_norm_backward)
+for _public in _PUBLIC:
+    _public.autograph_info__ = frozenset()

@@ -3,8 +3,8 @@
 Every candidate runs side by side on the same inputs (`benchmarks.timing.interleaved`; ``torch.cuda.synchronize``
 before each clock read on CUDA), forward and forward+backward (``torch.autograd.grad`` of ``sum(y * ct)`` with
 respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints medians and ratios to torch's median
-(ours / torch: 1.00 is parity, > 1 slower). ``--breakdown`` splits the per-call cost of a tiny call into the
-pieces of the public API's path.
+(ours / torch: 1.00 is parity, > 1 slower), and the ratio of the 10th percentiles, steadier on a busy machine.
+``--breakdown`` splits the per-call cost of a tiny call into the pieces of the public API's path.
 
     python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
@@ -148,14 +148,18 @@ def main(argv: list[str] | None = None) -> None:
         for backward in (False, True):
             mode = "forward+backward" if backward else "forward"
             print(f"\n{op} {mode}")
-            header = ("shape", "dtype", "ours us", "torch us", "copy us", "ours/torch")
+            header = ("shape", "dtype", "ours us", "torch us", "copy us", "ours/torch", "p10 ratio")
             print("  " + " ".join(f"{h:>11s}" for h in header))
             for shape in shapes:
                 for dtype in args.dtypes.split(","):
                     case = bench_case(op, shape, dtype, args.device, backward, rounds)
                     ours, theirs, copy = (case[k].median * 1e6 for k in ("ours", "torch", "copy"))
                     dims = "x".join(map(str, shape))
-                    print(f"  {dims:>11s} {dtype:>11s} {ours:11.2f} {theirs:11.2f} {copy:11.2f} {ours / theirs:11.3f}")
+                    low = case["ours"].p10 / case["torch"].p10  # the least disturbed runs: steadier on a busy machine
+                    print(
+                        f"  {dims:>11s} {dtype:>11s} {ours:11.2f} {theirs:11.2f} {copy:11.2f} {ours / theirs:11.3f}"
+                        f" {low:11.3f}"
+                    )
 
 
 if __name__ == "__main__":

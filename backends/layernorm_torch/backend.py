@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from layernorm_core import BackendInfo, NormSpec
+from layernorm_torch.half_cpu import HalfLayerNormCPU
 
 # The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
 _native_layer_norm: Any = torch.native_layer_norm
@@ -53,8 +54,8 @@ def info() -> BackendInfo:
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
-            "half on CPU": "float32 statistics always; when gradients are taken, x goes to float32 first (torch's "
-            "half backward accumulates dweight/dbias in half precision, outside the tolerances)",
+            "half on CPU": "float32 statistics always; when gradients are taken, torch's backward kernel runs in "
+            "float32 (its half backward accumulates dweight/dbias in half precision, outside the tolerances)",
         },
     )
 
@@ -123,9 +124,9 @@ def _layer_norm_half(
 
     On the CPU, torch's half kernel rounds mean and rstd to the half dtype, and its backward accumulates dweight
     and dbias in half precision (errors of several half ulps over a few hundred rows). So: when gradients will be
-    taken, x and the parameters go to float32 (autograd then differentiates through the cast); when only the
-    statistics are returned, float32 parameters select torch's mixed-type kernel (float32 statistics); otherwise
-    the half kernel runs as is. On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
+    taken, `HalfLayerNormCPU` runs the backward kernel in float32; when only the statistics are returned, float32
+    parameters select torch's mixed-type kernel (float32 statistics); otherwise the half kernel runs as is.
+    On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
     """
     dtype = x.dtype
     if not x.is_cpu:
@@ -133,8 +134,7 @@ def _layer_norm_half(
     elif (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ) and torch.is_grad_enabled():
-        x = x.to(torch.float32)
-        weight, bias = _as(weight, torch.float32), _as(bias, torch.float32)
+        return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
     elif (
         return_stats
         or (weight is not None and weight.dtype is not dtype)
@@ -149,6 +149,19 @@ def _layer_norm_half(
     if y.dtype is not dtype:  # the float32 path, and CUDA autocast (layer_norm runs in float32 there)
         y = y.to(dtype)
     return (y, _stat(mean, spec), _stat(rstd, spec)) if return_stats else y
+
+
+def _layer_norm_half_cpu_autograd(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
+) -> Any:
+    """A half layer_norm on the CPU that autograd differentiates with float32 accumulation (`HalfLayerNormCPU`)."""
+    if spec.is_trailing:
+        y, mean, rstd = HalfLayerNormCPU.apply(x, weight, bias, spec.normalized_shape, spec.eps)
+    else:
+        perm, inverse = _perms(spec)
+        y, mean, rstd = HalfLayerNormCPU.apply(x.permute(perm), weight, bias, spec.normalized_shape, spec.eps)
+        y, mean, rstd = y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
+    return (y, mean, rstd) if return_stats else y
 
 
 def _layer_norm_permuted(

@@ -27,6 +27,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", choices=[s.label for s in SHAPES], help="only this shape (repeatable)")
     p.add_argument("--device", default="auto", help="cpu, cuda or gpu; auto (default): the accelerator if present")
     p.add_argument("--threads", type=int, help="compute threads per framework (default: each framework's own choice)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(runner.CLOCKS),
+        default="wall",
+        help="wall (default) or process: CPU time of this process, steadier on a busy machine (CPU only)",
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
     p.add_argument("--repeats", type=int, help="repeats per round (default 3, quick 1)")
     p.add_argument("--min-time", type=float, help="seconds each repeat lasts at least (default 0.02)")
@@ -48,6 +54,7 @@ def config_from(args: argparse.Namespace) -> runner.Config:
         backends=args.backend,
         device=args.device,
         settings=settings,
+        clock=args.clock,
         command=shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     )
 

@@ -140,12 +140,21 @@ def header_lines(data: Results) -> list[str]:
         f"usable cores of {m['cores']}, {m['memory_gib']} GiB) while other jobs ran beside it: load average "
         f"{_load(m.get('load_average_start'))} at the start, {_load(m.get('load_average_end'))} at the end. "
         "Compare only numbers from the same run: every ratio comes from functions timed interleaved, side by side, "
-        f"medians of {settings['rounds']} rounds x {settings['repeats']} repeats.",
+        f"medians of {settings['rounds']} rounds x {settings['repeats']} repeats. {_clock(data)}",
         "",
         f"Command: `{data['command']}` · {_duration(data)}Python {m['python']} · {m['platform']}"
         + (f" · thread variables: {m['thread_variables']}" if m["thread_variables"] else ""),
         "",
     ]
+
+
+def _clock(data: Results) -> str:
+    if data.get("clock") == "process":
+        return (
+            "Times are **process CPU time** (`--clock process`): time spent descheduled by other jobs is not counted; "
+            "memory-bandwidth contention still is."
+        )
+    return "Times are wall-clock time."
 
 
 def _duration(data: Results) -> str:

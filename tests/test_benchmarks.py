@@ -264,11 +264,29 @@ def test_checkpoint_receives_results_after_every_case() -> None:
     assert [c["case"] for c in data["case_seconds"]] == ["2x8 float32 cpu", "2x3x4 float32 cpu"]
 
 
+def test_process_clock_refuses_gpu_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from layernorm_core.protocol import BackendInfo
+
+    class GpuToo(BrokenNative):
+        def device_kinds(self) -> tuple[str, ...]:
+            return ("cuda", "cpu")
+
+    monkeypatch.setattr(runner, "backend_info", lambda name: BackendInfo("1", ("cpu", "cuda"), ("float32",)))
+    config = tiny_config(["numpy"])
+    config.clock = "process"
+    plan = runner.plan_backend("numpy", config, lambda _: GpuToo())
+    assert plan.adapter is None and "process clock cannot time cuda" in plan.record["reason"]
+    config.clock = "wall"
+    assert runner.plan_backend("numpy", config, lambda _: GpuToo()).device == "cuda"
+
+
 def test_cli_quick_config() -> None:
     config = cli.config_from(cli.parser().parse_args(["--out", "x", "--quick", "--backend", "numpy"]))
     assert [s.label for s in config.shapes] == list(QUICK_SHAPES)
     assert list(config.dtypes) == ["float32"] and list(config.backends or []) == ["numpy"]
-    assert config.settings == runner.QUICK
+    assert config.settings == runner.QUICK and config.clock == "wall"
+    config = cli.config_from(cli.parser().parse_args(["--out", "x", "--clock", "process"]))
+    assert config.clock == "process" and len(config.shapes) == 5
 
 
 # -- failures are recorded, not raised --------------------------------------------------------------------------

@@ -106,7 +106,10 @@ def plan_backend(name: str, config: Config, load_adapter: Callable[[str], Framew
     except Exception as exc:
         plan.record["reason"] = first_error_line(exc)
         return plan
-    device = choose_device(config.device, adapter.device_kinds(), info.devices)
+    offered = adapter.device_kinds()
+    if config.clock == "process" and config.device == "auto":
+        offered = tuple(kind for kind in offered if kind not in GPU_KINDS)
+    device = choose_device(config.device, offered, info.devices)
     if device is None:
         plan.record["reason"] = f"no device {config.device!r}: backend offers {', '.join(info.devices)}"
         return plan

@@ -273,9 +273,11 @@ def test_process_clock_refuses_gpu_devices(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(runner, "backend_info", lambda name: BackendInfo("1", ("cpu", "cuda"), ("float32",)))
     config = tiny_config(["numpy"])
-    config.clock = "process"
+    config.clock, config.device = "process", "cuda"
     plan = runner.plan_backend("numpy", config, lambda _: GpuToo())
     assert plan.adapter is None and "process clock cannot time cuda" in plan.record["reason"]
+    config.device = "auto"  # the process clock makes auto pick the CPU
+    assert runner.plan_backend("numpy", config, lambda _: GpuToo()).device == "cpu"
     config.clock = "wall"
     assert runner.plan_backend("numpy", config, lambda _: GpuToo()).device == "cuda"
 

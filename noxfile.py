@@ -50,7 +50,7 @@ for _backend, _extras in BACKENDS.items():
 @nox.session
 def matrix(session: nox.Session) -> None:
     """Merge the conformance sessions' JSON into the matrix, print it and write it into docs/conformance.md."""
-    session.install("-e", ".")
+    session.install("-e", ".[test]")  # layernorm_conformance is a pytest plugin package: it imports pytest
     found = sorted(str(p) for p in RESULTS.glob("*.json"))
     if not found:
         session.error(f"no results in {RESULTS}/: run the conformance-* sessions first")

@@ -40,17 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m layernorm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list every registered backend, available or not")
-    check = commands.add_parser(
-        "check", help="run the conformance suite on every installed backend and print the matrix"
+    commands.add_parser(
+        "check",
+        help="run the conformance suite on every installed backend and print the matrix "
+        "(further options go to the runner: python -m layernorm check --help)",
+        add_help=False,
     )
-    check.add_argument("args", nargs=argparse.REMAINDER, help="passed to the conformance runner (see --help)")
-    options = parser.parse_args(argv)
-    if options.command == "backends":
-        print(backends_table(registry.status()))
-        return 0
-    from layernorm_conformance.matrix import main as check_main
+    options, rest = parser.parse_known_args(argv)
+    if options.command == "check":
+        from layernorm_conformance.matrix import main as check_main
 
-    return check_main(list(options.args))
+        return check_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    print(backends_table(registry.status()))
+    return 0
 
 
 if __name__ == "__main__":

@@ -114,6 +114,17 @@ def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.Ar
     return float(np.sqrt(np.mean(np.square(g)))) if g.size else 1.0
 
 
+def mean_scale(rstd: npt.ArrayLike) -> float:
+    """The magnitude the mean's atol is relative to: RMS over rows of the spread ``sqrt(var + eps) = 1 / rstd``.
+
+    The mean is a location: ``y = (x - mean) * rstd`` turns a mean error into a y error of that size in units of
+    the spread, so the spread, not the mean's own (for centred data, tiny) size, keeps the mean as strict as y.
+    """
+    r = np.asarray(rstd, dtype=np.float64)
+    spread = 1.0 / r[np.isfinite(r) & (r > 0)]
+    return float(np.sqrt(np.mean(spread * spread))) if spread.size else 1.0
+
+
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     try:
         return np.broadcast_shapes(shape, target) == target

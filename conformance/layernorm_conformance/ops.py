@@ -17,7 +17,7 @@ from layernorm_conformance.data import Array, Case, cast, param_dtype, random_ar
 from layernorm_conformance.targets import Target
 from layernorm_core import reference
 from layernorm_core.spec import NormSpec, check_forward
-from layernorm_core.tolerances import gradient_scale, row_condition
+from layernorm_core.tolerances import gradient_scale, mean_scale, row_condition
 
 Op = Literal["layer_norm", "rms_norm"]
 OPS: tuple[Op, ...] = ("layer_norm", "rms_norm")
@@ -54,10 +54,8 @@ class Problem:
     def scales(self, dy: Array | None = None) -> dict[str, float]:
         """The magnitude each result's atol is relative to, where it is not the result's own RMS.
 
-        mean: the rows' spread ``sqrt(var + eps)`` (RMS over rows). The mean is a location; y = (x - mean) * rstd
-        turns a mean error into a y error of that size in units of the spread, so the spread, not the mean's own
-        (for centered data, tiny) size, is its scale. dx (with ``dy``): the size of the terms dx cancels
-        (`layernorm_core.tolerances.gradient_scale`), not dx's own, possibly far smaller, size.
+        mean: the rows' spread (`layernorm_core.tolerances.mean_scale`). dx (with ``dy``): the size of the terms
+        dx cancels (`layernorm_core.tolerances.gradient_scale`), not dx's own, possibly far smaller, size.
         """
         spec = self.spec
         if self.op == "layer_norm":
@@ -66,8 +64,7 @@ class Problem:
             _, rstd = reference.rms_norm(self.x, None, spec)
         out: dict[str, float] = {}
         if self.op == "layer_norm":
-            spread = 1.0 / rstd[np.isfinite(rstd) & (rstd > 0)]
-            out["mean"] = float(np.sqrt(np.mean(spread * spread))) if spread.size else 1.0
+            out["mean"] = mean_scale(rstd)
         if dy is not None:
             out["dx"] = gradient_scale(dy, self.weight, rstd, spec)
         return out

@@ -183,8 +183,11 @@ def backends_section(data: Results) -> list[str]:
 def notes_section(data: Results) -> list[str]:
     """How each native baseline is formulated, and every error recorded."""
     lines = ["## Native baselines", ""]
-    seen = dict.fromkeys((r["backend"], r["op"], r["native_impl"]) for r in data["results"] if r["native_impl"])
-    lines += [f"- {backend} {op}: {impl}" for backend, op, impl in seen]
+    shapes: dict[tuple[str, str, str], dict[str, None]] = {}
+    for r in data["results"]:
+        if r["native_impl"]:
+            shapes.setdefault((r["backend"], r["op"], r["native_impl"]), {})[_shape_label(r)] = None
+    lines += [f"- {backend} {op} ({', '.join(s)}): {impl}" for (backend, op, impl), s in shapes.items()]
     errors = dict.fromkeys(
         (r["backend"], f"{r['op']} {r['pass']} {r['shape']} {r['dtype']}", impl, message)
         for r in data["results"]

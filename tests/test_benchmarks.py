@@ -375,3 +375,21 @@ def test_torch_adapter_on_cuda() -> None:
     data = runner.run(config, clock=FakeClock(0.001), progress=False)
     assert data["backends"][0]["device"] == "cuda"
     assert all(r["errors"] == {} and r["device"] == "cuda" for r in data["results"])
+
+
+def test_only_the_benchmarked_frameworks_are_imported() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from benchmarks import runner\n"
+        "from benchmarks.cases import Shape\n"
+        "config = runner.Config(shapes=[Shape('2x8', (2, 8), -1)], dtypes=['float32'], backends=['numpy'],\n"
+        "                       settings=runner.Settings(rounds=1, repeats=1, min_time=0.0))\n"
+        "data = runner.run(config, progress=False)\n"
+        "print(len(data['results']))\n"
+        "print(sorted(m for m in ('torch', 'jax', 'tensorflow', 'keras', 'flax') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-2:] == ["4", "[]"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layernorm_core.dispatch import run
+from layernorm_core.dispatch import local_engine, run
 from layernorm_core.spec import Axis, check_backward, check_forward
 
 
@@ -50,6 +50,9 @@ def layer_norm(
 
     """
     spec = check_forward("layer_norm", x, weight, bias, axis, eps)
+    engine = local_engine(x, (weight, bias), backend)
+    if engine is not None:
+        return engine.layer_norm(x, weight, bias, spec, return_stats)
     return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats))
 
 
@@ -74,6 +77,9 @@ def rms_norm(
 
     """
     spec = check_forward("rms_norm", x, weight, None, axis, eps)
+    engine = local_engine(x, (weight,), backend)
+    if engine is not None:
+        return engine.rms_norm(x, weight, spec, return_stats)
     return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats))
 
 
@@ -111,6 +117,9 @@ def layer_norm_backward(
 
     """
     spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd)
+    engine = local_engine(x, (dy, weight, mean, rstd), backend)
+    if engine is not None:
+        return engine.layer_norm_backward(dy, x, weight, spec, mean, rstd)
     return run(
         x,
         (dy, weight, mean, rstd),
@@ -143,6 +152,9 @@ def rms_norm_backward(
 
     """
     spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd)
+    engine = local_engine(x, (dy, weight, rstd), backend)
+    if engine is not None:
+        return engine.rms_norm_backward(dy, x, weight, spec, rstd)
     return run(
         x,
         (dy, weight, rstd),

@@ -76,6 +76,27 @@ def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
     return registry.get(name), None if owned is None else owned[1], name
 
 
+def local_engine(x: Any, params: Sequence[Any], backend: str | None) -> ModuleType | None:
+    """The engine to call directly when x's own framework runs the call (params checked).
+
+    None when arrays must cross frameworks, which `run` does.
+    """
+    if backend is None and not _open_scopes and _process_default is None:
+        x_type = type(x)
+        engine = registry.single_device_engines.get(x_type)
+        if engine is not None:
+            for p in params:
+                if p is not None and type(p) is not x_type:
+                    break
+            else:
+                return engine  # auto dispatch, one device, every array of x's own type: nothing left to check
+    engine, owner, name = resolve(x, backend)
+    if owner != name:
+        return None
+    _check_companions(engine, name, x, params)
+    return engine
+
+
 def run(
     x: Any,
     params: Sequence[Any],

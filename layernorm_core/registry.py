@@ -55,6 +55,9 @@ class Registry:
         self._owner_by_type: dict[type, str | None] = {}
         self._multi_device: dict[str, bool] = {}
         self._engine_by_type: dict[type, tuple[ModuleType, str]] = {}
+        self.single_device_engines: dict[type, ModuleType] = {}
+        """Array type -> its owner's loaded module, for owners that report one device: the per-call fast path
+        (read-only outside the registry; filled by `owning_engine`)."""
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Registry:
                 self._owner_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {}
         self._engine_by_type = {}
+        self.single_device_engines = {}
 
     # -- lookups -----------------------------------------------------------------------------------------------
 
@@ -186,6 +190,8 @@ class Registry:
             return None
         engine = (self.get(owner), owner)
         self._engine_by_type[type(x)] = engine
+        if not self.multi_device(owner):
+            self.single_device_engines[type(x)] = engine[0]
         return engine
 
     def multi_device(self, name: str) -> bool:

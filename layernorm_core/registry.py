@@ -123,13 +123,23 @@ class Registry:
         self._rebuild_owners()
 
     def _rebuild_owners(self) -> None:
+        """Recompute which backend owns which module; keep the per-type caches that are still right.
+
+        The first declaration of a module keeps it, so a new plugin never changes an owner already cached; only
+        types cached as unowned, or owned by a backend that is gone, are forgotten. Warm caches matter: the
+        per-call path must not fall into the locked slow path while torch.compile traces it.
+        """
         self._owner_by_module = {}
         for declaration in self._declarations.values():
             for module in declaration.array_modules:
                 self._owner_by_module.setdefault(module, declaration.name)
-        self._owner_by_type = {}
-        self._engine_by_type = {}
-        self.single_device_engines = {}
+        self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
+        self._engine_by_type = {
+            cls: engine for cls, engine in self._engine_by_type.items() if engine[1] in self._declarations
+        }
+        self.single_device_engines = {
+            cls: engine for cls, engine in self.single_device_engines.items() if cls in self._engine_by_type
+        }
 
     # -- lookups -----------------------------------------------------------------------------------------------
 

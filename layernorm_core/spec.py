@@ -64,7 +64,8 @@ class NormSpec:
         return tuple(inverse)
 
 
-_checked: dict[tuple[Any, ...], NormSpec] = {}
+_checked: dict[type, dict[tuple[Any, ...], NormSpec]] = {}
+"""Signatures that passed, by x's array type: a tracer (torch.compile) reads only its own framework's entries."""
 _CHECKED_MAX = 4096
 
 
@@ -87,7 +88,7 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
             None if bias is None else bias.shape,
             None if bias is None else bias.dtype,
         )
-        return _checked[key]
+        return _checked[x.__class__][key]
     except (KeyError, TypeError, AttributeError):
         pass
     spec = _forward_spec(
@@ -102,9 +103,10 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
         None if bias is None else _dtype_of(bias),
     )
     try:
-        if len(_checked) >= _CHECKED_MAX:
-            _checked.clear()
-        _checked[key] = spec
+        checked = _checked.setdefault(x.__class__, {})
+        if len(checked) >= _CHECKED_MAX:
+            checked.clear()
+        checked[key] = spec
     except (NameError, TypeError):  # no key (an attribute was missing) or an unhashable part (a list axis)
         pass
     return spec

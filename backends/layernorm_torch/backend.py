@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from layernorm_core import BackendInfo, NormSpec
+from layernorm_torch import half_cpu
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 
 # The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
@@ -234,9 +235,8 @@ def layer_norm_backward(
     dtype = x.dtype
     if spec.compute_dtype != spec.dtype:
         if x.is_cpu:
-            dy, x, weight = dy.to(torch.float32), x.to(torch.float32), _as(weight, torch.float32)
-        else:
-            weight = _as(weight, dtype)
+            return _layer_norm_backward_half_cpu(dy, x, weight, spec, mean, rstd)
+        weight = _as(weight, dtype)
     if weight is None:
         weight = _ones(spec, x, x.dtype)
     if not spec.is_trailing:
@@ -253,6 +253,32 @@ def layer_norm_backward(
     if not spec.is_trailing:
         dx = dx.permute(inverse)
     return dx.to(dtype), dweight.to(dtype), dbias.to(dtype)
+
+
+def _layer_norm_backward_half_cpu(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    spec: NormSpec,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_norm_backward` of a half x on the CPU: the float32 gradients of `HalfLayerNormCPU`."""
+    dtype = x.dtype
+    if not spec.is_trailing:
+        perm, inverse = _perms(spec)
+        dy, x = dy.permute(perm), x.permute(perm)
+        if mean is not None and rstd is not None:
+            mean, rstd = mean.permute(perm), rstd.permute(perm)
+    shape = _sizes(spec.normalized_shape)
+    if mean is None or rstd is None:
+        mean, rstd = half_cpu.statistics(x, shape, spec.eps)
+    w32 = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
+    dx, dweight, dbias = half_cpu.backward_float32(dy, x, w32, mean, rstd, shape, (True, True, True))
+    assert dx is not None and dweight is not None and dbias is not None
+    if not spec.is_trailing:
+        dx = dx.permute(inverse)
+    return dx, dweight.to(dtype), dbias.to(dtype)
 
 
 def rms_norm_backward(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ pytest.importorskip("jax")
 
 import jax
 import jax.numpy as jnp
+from cases import HOST_DTYPES, shape_cases
 
 import layernorm
 from layernorm_core import check_forward, normalize_axes, reference
@@ -20,22 +20,8 @@ from layernorm_core.registry import registry
 from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
-DTYPES = {
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-}
-CASES = [
-    pytest.param((7, 33), -1, id="2d-trailing"),
-    pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
-    pytest.param((3, 8, 5, 4), 1, id="channels-first"),
-    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
-    pytest.param((5, 1), -1, id="size-1"),
-    pytest.param((2, 8192), -1, id="wide"),
-    pytest.param((0, 16), -1, id="empty-batch"),
-    pytest.param((6,), 0, id="1d"),
-]
+DTYPES = HOST_DTYPES
+CASES = shape_cases(8192)
 
 
 def _has_platform(platform: str) -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import pytest
+from cases import HOST_DTYPES, shape_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,22 +12,8 @@ import layernorm
 from layernorm_core import check_backward, check_forward, reference
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
-DTYPES = {
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-}
-CASES = [
-    pytest.param((7, 33), -1, id="2d-trailing"),
-    pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
-    pytest.param((3, 8, 5, 4), 1, id="channels-first"),
-    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
-    pytest.param((5, 1), -1, id="size-1"),
-    pytest.param((2, 65536), -1, id="wide"),
-    pytest.param((0, 16), -1, id="empty-batch"),
-    pytest.param((6,), 0, id="1d"),
-]
+DTYPES = HOST_DTYPES
+CASES = shape_cases(65536)
 
 
 def _inputs(shape: tuple[int, ...], axis: object, dtype: np.dtype, seed: int = 0) -> tuple[np.ndarray, ...]:

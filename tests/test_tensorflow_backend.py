@@ -6,33 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
+
+from cases import HOST_DTYPES, shape_cases  # noqa: E402
 
 import layernorm  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.registry import registry  # noqa: E402
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
 
-DTYPES = {
-    "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16,
-    "float32": np.float32,
-    "float64": np.float64,
-}
-CASES = [
-    pytest.param((7, 33), -1, id="2d-trailing"),
-    pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
-    pytest.param((3, 8, 5, 4), 1, id="channels-first"),
-    pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
-    pytest.param((5, 1), -1, id="size-1"),
-    pytest.param((2, 4096), -1, id="wide"),
-    pytest.param((0, 16), -1, id="empty-batch"),
-    pytest.param((6,), 0, id="1d"),
-]
+DTYPES = HOST_DTYPES
+CASES = shape_cases(4096)
 GRAD_CASES = [CASES[0], CASES[2], CASES[3]]
 MODES = ["eager", "function", "jit"]
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))

@@ -1,0 +1,31 @@
+"""The shape/axis cases and host dtypes every backend's numerics tests share."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+HOST_DTYPES = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+"""The four dtypes of the contract, as NumPy dtypes (bfloat16 from ml_dtypes)."""
+
+
+def shape_cases(wide: int, *extra: object) -> list[object]:
+    """(shape, axis) cases: trailing, two trailing, channels-first, non-adjacent, size 1, a ``wide`` row, the
+    ``extra`` cases, an empty batch, 1-D."""
+    return [
+        pytest.param((7, 33), -1, id="2d-trailing"),
+        pytest.param((4, 5, 6), (1, 2), id="3d-two-trailing"),
+        pytest.param((3, 8, 5, 4), 1, id="channels-first"),
+        pytest.param((3, 4, 5, 6), (0, 2), id="non-adjacent"),
+        pytest.param((5, 1), -1, id="size-1"),
+        pytest.param((2, wide), -1, id="wide"),
+        *extra,
+        pytest.param((0, 16), -1, id="empty-batch"),
+        pytest.param((6,), 0, id="1d"),
+    ]

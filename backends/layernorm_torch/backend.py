@@ -239,20 +239,14 @@ def layer_norm_backward(
         weight = _as(weight, dtype)
     if weight is None:
         weight = _ones(spec, x, x.dtype)
-    if not spec.is_trailing:
-        perm, inverse = _perms(spec)
-        dy, x = dy.permute(perm), x.permute(perm)
-        if mean is not None and rstd is not None:
-            mean, rstd = mean.permute(perm), rstd.permute(perm)
+    dy, x, mean, rstd = _normalized_last(spec, dy, x, mean, rstd)
     if mean is None or rstd is None:
         _, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, None, spec.eps)
     # The bias argument is only read for its dtype and shape, to allocate dbias: weight serves.
     dx, dweight, dbias = _native_layer_norm_backward(
         dy, x, spec.normalized_shape, mean, rstd, weight, weight, [True, True, True]
     )
-    if not spec.is_trailing:
-        dx = dx.permute(inverse)
-    return dx.to(dtype), dweight.to(dtype), dbias.to(dtype)
+    return _normalized_back(spec, dx).to(dtype), dweight.to(dtype), dbias.to(dtype)
 
 
 def _layer_norm_backward_half_cpu(
@@ -265,20 +259,14 @@ def _layer_norm_backward_half_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`layer_norm_backward` of a half x on the CPU: the float32 gradients of `HalfLayerNormCPU`."""
     dtype = x.dtype
-    if not spec.is_trailing:
-        perm, inverse = _perms(spec)
-        dy, x = dy.permute(perm), x.permute(perm)
-        if mean is not None and rstd is not None:
-            mean, rstd = mean.permute(perm), rstd.permute(perm)
+    dy, x, mean, rstd = _normalized_last(spec, dy, x, mean, rstd)
     shape = _sizes(spec.normalized_shape)
     if mean is None or rstd is None:
         mean, rstd = half_cpu.statistics(x, shape, spec.eps)
     w32 = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
     dx, dweight, dbias = half_cpu.backward_float32(dy, x, w32, mean, rstd, shape, (True, True, True))
     assert dx is not None and dweight is not None and dbias is not None
-    if not spec.is_trailing:
-        dx = dx.permute(inverse)
-    return dx, dweight.to(dtype), dbias.to(dtype)
+    return _normalized_back(spec, dx), dweight.to(dtype), dbias.to(dtype)
 
 
 def rms_norm_backward(
@@ -326,6 +314,19 @@ def _rms_norm_backward_fused(
 def _perms(spec: NormSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(perm, inverse_perm) of a non-trailing spec, computed once per spec."""
     return spec.perm, spec.inverse_perm
+
+
+def _normalized_last(spec: NormSpec, *tensors: Any) -> tuple[Any, ...]:
+    """The tensors (None kept) with the normalized axes moved last: views, no copies."""
+    if spec.is_trailing:
+        return tensors
+    perm = _perms(spec)[0]
+    return tuple(None if t is None else t.permute(perm) for t in tensors)
+
+
+def _normalized_back(spec: NormSpec, tensor: torch.Tensor) -> torch.Tensor:
+    """Undo `_normalized_last` for one tensor."""
+    return tensor if spec.is_trailing else tensor.permute(_perms(spec)[1])
 
 
 def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

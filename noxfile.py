@@ -1,8 +1,8 @@
 """nox sessions: unit tests, the conformance suite per backend (one framework per virtualenv), the matrix, lint,
 benchmarks.
 
-``nox`` runs the unit tests, every conformance session and the matrix; ``nox -s lint`` and ``nox -s bench`` on
-demand. Virtualenvs are reused; torch comes from the CPU constraints file (the CPU wheel, not the CUDA build).
+``nox`` runs lint, the unit tests, every conformance session and the matrix; ``nox -s bench`` on demand.
+Virtualenvs are reused; torch comes from the CPU constraints file (the CPU wheel, not the CUDA build).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ X64 = {"JAX_ENABLE_X64": "1"}
 """JAX runs float64 only with x64 enabled: the jax session checks float64 too."""
 MATRIX_DOC = "docs/conformance.md"
 
-nox.options.sessions = ["tests", *(f"conformance-{b}" for b in BACKENDS), "matrix"]
+nox.options.sessions = ["lint", "tests", *(f"conformance-{b}" for b in BACKENDS), "matrix"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "virtualenv"  # pip sees PIP_FIND_LINKS (a local torch wheel); uv does not
 
@@ -27,7 +27,7 @@ nox.options.default_venv_backend = "virtualenv"  # pip sees PIP_FIND_LINKS (a lo
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit tests (tests/), with every framework installed."""
-    session.install("-e", ".[test,all]", *CONSTRAINTS)
+    session.install("-e", ".[test,all,bench]", *CONSTRAINTS)
     session.run("python", "-m", "pytest", "tests", "-q", *session.posargs)
 
 
@@ -63,7 +63,7 @@ def matrix(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff (lint and format check) and mypy."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,all]", *CONSTRAINTS)  # mypy sees the frameworks' own types
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

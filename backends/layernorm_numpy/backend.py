@@ -7,7 +7,8 @@ by the blocked kernels in `layernorm_numpy.kernels`, and brought back to x's lay
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+import math
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -140,7 +141,7 @@ def _backward(
 
 
 def _to_rows(x: Array, spec: NormSpec) -> Array:
-    n = int(np.prod(_static(spec.normalized_shape)))
+    n = math.prod(_static(spec.normalized_shape))
     if not spec.is_trailing:
         x = np.ascontiguousarray(x.transpose(spec.perm))
     return x.reshape(-1, n) if x.size else x.reshape(x.size // n, n)
@@ -159,4 +160,5 @@ def _param(param: Array | None, compute: np.dtype[Any]) -> Array | None:
 
 
 def _static(shape: tuple[int | None, ...]) -> tuple[int, ...]:
-    return tuple(int(d) for d in shape if d is not None)
+    """A spec shape as ints: a NumPy array's sizes are always known (None is only for symbolic tensors)."""
+    return cast("tuple[int, ...]", shape)

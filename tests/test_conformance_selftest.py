@@ -49,15 +49,19 @@ def _n_minus_1(base: types.ModuleType) -> dict[str, Impl]:
         n = int(np.prod(_sizes(spec.normalized_shape)))
         var = ((x64 - mean) ** 2).sum(axis=spec.axes, keepdims=True) / max(n - 1, 1)
         rstd = 1 / np.sqrt(var + spec.eps)
-        y = (x64 - mean) * rstd
-        if weight is not None:
-            y = y * np.asarray(weight).reshape(spec.param_shape)
-        if bias is not None:
-            y = y + np.asarray(bias).reshape(spec.param_shape)
-        y = y.astype(x.dtype)
+        y = _affine((x64 - mean) * rstd, weight, bias, spec, x.dtype)
         return (y, mean, rstd) if return_stats else y
 
     return {"layer_norm": layer_norm}
+
+
+def _affine(xhat: Any, weight: Any, bias: Any, spec: NormSpec, dtype: Any) -> Any:
+    """xhat * weight + bias, cast to the output dtype: the tail the hand-written defective forwards share."""
+    if weight is not None:
+        xhat = xhat * np.asarray(weight).reshape(spec.param_shape)
+    if bias is not None:
+        xhat = xhat + np.asarray(bias).reshape(spec.param_shape)
+    return xhat.astype(dtype)
 
 
 def _naive_variance(base: types.ModuleType) -> dict[str, Impl]:
@@ -68,12 +72,7 @@ def _naive_variance(base: types.ModuleType) -> dict[str, Impl]:
         mean = xc.mean(axis=spec.axes, keepdims=True)
         var = np.maximum((xc * xc).mean(axis=spec.axes, keepdims=True) - mean * mean, 0)
         rstd = 1 / np.sqrt(var + spec.eps)
-        y = (xc - mean) * rstd
-        if weight is not None:
-            y = y * np.asarray(weight).reshape(spec.param_shape)
-        if bias is not None:
-            y = y + np.asarray(bias).reshape(spec.param_shape)
-        y = y.astype(x.dtype)
+        y = _affine((xc - mean) * rstd, weight, bias, spec, x.dtype)
         return (y, mean, rstd) if return_stats else y
 
     return {"layer_norm": layer_norm}

@@ -71,6 +71,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The quick cross-framework benchmark, written to bench-results/."""
+    """The quick cross-framework benchmark into bench-results/; arguments after -- replace the default."""
     session.install("-e", ".[bench,all]", *CONSTRAINTS)
-    session.run("python", "-m", "benchmarks", "--quick", "--out", "bench-results", *session.posargs)
+    args = session.posargs or ["--quick", "--out", "bench-results"]
+    session.run("python", "-m", "benchmarks", *args)

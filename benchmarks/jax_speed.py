@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import layernorm
-from benchmarks.timing import Clock, Timing, interleaved
+from benchmarks.timing import Clock, Timing, interleaved, print_timings
 
 EPS = 1e-6  # Flax's default; every candidate uses it
 SHAPES = ((4096, 768), (8192, 4096))
@@ -121,13 +121,8 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int, clock: Clock) -> d
 def report(shape: tuple[int, int], dtype: str, results: dict[str, dict[str, Timing]]) -> None:
     """Print one table per pass: median ms, p10-p90 over rounds, ratio to layernorm."""
     for label, timings in results.items():
-        base = timings["layernorm"].median
-        print(f"\n{shape} {dtype} {label} (median of {timings['layernorm'].repeats} rounds)")
-        for name, t in timings.items():
-            print(
-                f"  {name:16s} {t.median * 1e3:9.3f} ms  [{t.p10 * 1e3:8.3f} .. {t.p90 * 1e3:8.3f}]  "
-                f"ratio to layernorm {t.median / base:5.2f}"
-            )
+        heading = f"\n{shape} {dtype} {label} (median of {timings['layernorm'].repeats} rounds)"
+        print_timings(heading, timings, "layernorm")
 
 
 def main(argv: list[str] | None = None) -> None:

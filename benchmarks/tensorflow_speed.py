@@ -32,7 +32,7 @@ import tensorflow as tf
 
 import layernorm
 import layernorm.keras as layernorm_keras
-from benchmarks.timing import Timing, interleaved
+from benchmarks.timing import Timing, interleaved, print_timings
 
 EPS = 1e-3  # Keras's default; every candidate uses it
 SHAPES = ((4096, 768), (8192, 4096))
@@ -119,13 +119,8 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int, reverse: bool = Fa
 def report(shape: tuple[int, int], dtype: str, results: dict[str, dict[str, Timing]]) -> None:
     """Print one table per pass: median ms, p10..p90, ratio to keras's median."""
     for label, timings in results.items():
-        base = timings[BASELINE].median
-        print(f"\n{shape} {dtype} {label} (median of {timings[BASELINE].repeats} samples)")
-        for name, t in timings.items():
-            print(
-                f"  {name:16s} {t.median * 1e3:9.3f} ms  [{t.p10 * 1e3:8.3f} .. {t.p90 * 1e3:8.3f}]  "
-                f"ratio to keras {t.median / base:5.2f}"
-            )
+        heading = f"\n{shape} {dtype} {label} (median of {timings[BASELINE].repeats} samples)"
+        print_timings(heading, timings, BASELINE)
 
 
 def main(argv: list[str] | None = None) -> None:

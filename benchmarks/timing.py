@@ -155,3 +155,14 @@ def interleaved(
         if on_round is not None:
             on_round()
     return {name: summarize(values, calls[name]) for name, values in samples.items()}
+
+
+def print_timings(heading: str, timings: dict[str, Timing], baseline: str) -> None:
+    """Print ``heading``, then one line per candidate: median ms, p10..p90, ratio to ``baseline``'s median."""
+    base = timings[baseline].median
+    print(heading)
+    for name, t in timings.items():
+        print(
+            f"  {name:16s} {t.median * 1e3:9.3f} ms  [{t.p10 * 1e3:8.3f} .. {t.p90 * 1e3:8.3f}]  "
+            f"ratio to {baseline} {t.median / base:5.2f}"
+        )

@@ -158,15 +158,4 @@ class RMSNorm(nn.Module):
         )
 
 
-def _warm_up() -> None:
-    """Run one tiny call eagerly, so the registry has loaded the torch backend before torch.compile traces a call.
-
-    The registry's first lookup of an array type (here torch.Tensor and nn.Parameter, the types these modules
-    pass) takes a lock, which dynamo cannot trace.
-    """
-    layernorm.layer_norm(torch.zeros(1, 2), nn.Parameter(torch.ones(2), requires_grad=False))
-
-
-_warm_up()
-
 __all__ = ["LayerNorm", "RMSNorm"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
 import threading
 import warnings
 from collections.abc import Iterable
@@ -191,17 +192,16 @@ class Registry:
 
     def owning_engine(self, x: Any) -> tuple[ModuleType, str] | None:
         """The loaded backend that owns x's array type and its name, or None if no backend owns it (cached)."""
-        try:
-            return self._engine_by_type[type(x)]
-        except KeyError:
-            pass
-        owner = self.owner_of(x)
-        if owner is None:
-            return None
-        engine = (self.get(owner), owner)
-        self._engine_by_type[type(x)] = engine
-        if not self.multi_device(owner):
-            self.single_device_engines[type(x)] = engine[0]
+        engine = self._engine_by_type.get(type(x))
+        if engine is None:
+            owner = _load_owner(self, type(x))
+            if owner is None:
+                return None
+            engine = (self.get(owner), owner)
+            if not _dynamo_tracing():
+                self._engine_by_type[type(x)] = engine
+                if not self.multi_device(owner):
+                    self.single_device_engines[type(x)] = engine[0]
         return engine
 
     def multi_device(self, name: str) -> bool:
@@ -215,17 +215,14 @@ class Registry:
 
     def owner_of(self, x: Any) -> str | None:
         """The backend that owns x's array type (by ``type(x).__module__``), without importing anything."""
-        cls = type(x)
         try:
-            return self._owner_by_type[cls]
+            return self._owner_by_type[type(x)]
         except KeyError:
             pass
-        with self._lock:
-            self._discover()
-            root = cls.__module__.partition(".")[0]
-            owner = self._owner_by_module.get(root)
-            self._owner_by_type[cls] = owner
-            return owner
+        owner = _owner_of_module(self, type(x).__module__)
+        if not _dynamo_tracing():
+            self._owner_by_type[type(x)] = owner
+        return owner
 
     def status(self) -> list[BackendStatus]:
         """One `BackendStatus` per declared backend; loads each available backend to ask its devices."""
@@ -251,6 +248,36 @@ class Registry:
                 )
             )
         return rows
+
+
+def _owner_of_module(registry: Registry, module: str) -> str | None:
+    """The backend declared to own the arrays of ``module``'s package (entry points read under the lock), or None."""
+    with registry._lock:
+        registry._discover()
+        return registry._owner_by_module.get(module.partition(".")[0])
+
+
+def _load_owner(registry: Registry, array_type: type) -> str | None:
+    """The name of the backend that owns ``array_type``, loaded, with its device count known; None if unowned."""
+    owner = _owner_of_module(registry, array_type.__module__)
+    if owner is not None:
+        registry.multi_device(owner)  # loads it
+    return owner
+
+
+# torch.compile cannot trace locks or imports. These two run only when a cache misses and return a name that never
+# changes afterwards, so they carry the marker torch._dynamo.assume_constant_result sets (setting it imports
+# nothing): dynamo calls them eagerly while it traces. What they fill is keyed by name; the per-type caches are
+# filled outside traces only (`_dynamo_tracing`), since dynamo cannot guard on a type-keyed dict that changed
+# under it. So a compiled function may be the first layernorm call of a process.
+for _constant_for_dynamo in (_owner_of_module, _load_owner):
+    setattr(_constant_for_dynamo, "_dynamo_marked_constant", True)  # noqa: B010
+
+
+def _dynamo_tracing() -> bool:
+    """Whether torch.compile is tracing this call (False without importing torch when torch is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def _warn(message: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import layernorm  # noqa: E402
-import layernorm.torch as lt  # noqa: E402  (its import also warms the registry up, see _warm_up)
+import layernorm.torch as lt  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
 
@@ -70,17 +69,29 @@ def test_fullgraph_inductor_module() -> None:
     assert x.grad is not None and norm.weight.grad is not None
 
 
-def test_fullgraph_as_first_call_after_importing_layernorm_torch() -> None:
-    """A fresh process whose first layernorm call is inside torch.compile(fullgraph=True)."""
-    script = textwrap.dedent(
-        """
-        import torch, layernorm, layernorm.torch
-        f = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend="aot_eager")
-        x = torch.randn(3, 8)
-        torch.testing.assert_close(f(x), torch.nn.functional.layer_norm(x, (8,)) * 2)
-        print("ok")
-        """
-    )
+@pytest.mark.parametrize(
+    "first_call",
+    [
+        "f = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.layer_norm(x, (8,)) * 2)",
+        "import layernorm.torch as lt\n"
+        "norm = lt.LayerNorm(8)\n"
+        "f = torch.compile(norm, fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.layer_norm(x, (8,), norm.weight, norm.bias))",
+        "w = torch.nn.Parameter(torch.randn(8))\n"
+        "f = torch.compile(lambda x: layernorm.rms_norm(x, w), fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.rms_norm(x, (8,), w, 1e-5))",
+        "layernorm.layer_norm(np.ones((2, 8), np.float32))\n"
+        "f = torch.compile(lambda x: layernorm.layer_norm(x), fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.layer_norm(x, (8,)))\n"
+        "torch.testing.assert_close(layernorm.layer_norm(x), F.layer_norm(x, (8,)))",
+    ],
+    ids=["functional", "module", "parameter-weight", "after-a-numpy-call"],
+)
+def test_fullgraph_as_first_torch_call_of_a_process(first_call: str) -> None:
+    """A fresh process whose first layernorm call on a torch tensor is inside torch.compile(fullgraph=True)."""
+    script = "import numpy as np, torch, layernorm\nimport torch.nn.functional as F\nx = torch.randn(3, 8)\n"
+    script += first_call + "\nprint('ok')\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

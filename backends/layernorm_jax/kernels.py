@@ -122,7 +122,7 @@ def layer_norm_grads(
 def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
     """(sum of a, sum of b) over ``axes``, as one variadic reduction (the axes dropped)."""
     zero = jnp.zeros((), a.dtype)
-    return lax.reduce((a, b), (zero, zero), _add_pairs, axes)  # type: ignore[no-any-return]
+    return lax.reduce((a, b), (zero, zero), _add_pairs, axes)
 
 
 @_row_sums.defjvp

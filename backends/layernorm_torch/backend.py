@@ -124,20 +124,21 @@ def _layer_norm_half(
     """layer_norm of a float16/bfloat16 x: float32 statistics, output in x's dtype.
 
     On the CPU, torch's half kernel rounds mean and rstd to the half dtype, and its backward accumulates dweight
-    and dbias in half precision (errors of several half ulps over a few hundred rows). So: when gradients will be
-    taken, `HalfLayerNormCPU` runs the backward kernel in float32; when only the statistics are returned, float32
-    parameters select torch's mixed-type kernel (float32 statistics); otherwise the half kernel runs as is.
+    and dbias in half precision (errors of several half ulps over a few hundred rows). So: when weight or bias
+    gradients will be taken, `HalfLayerNormCPU` sums them in float32; when only x's gradient or the statistics
+    are wanted, float32 parameters select torch's mixed-type kernels (float32 statistics, and a dx whose row sums
+    are float32); otherwise the half kernel runs as is.
     On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
     """
     dtype = x.dtype
+    grad = torch.is_grad_enabled()
     if not x.is_cpu:
         weight, bias = _as(weight, dtype), _as(bias, dtype)
-    elif (
-        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
-    ) and torch.is_grad_enabled():
+    elif grad and ((weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)):
         return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
     elif (
         return_stats
+        or (grad and x.requires_grad)
         or (weight is not None and weight.dtype is not dtype)
         or (bias is not None and bias.dtype is not dtype)
     ):

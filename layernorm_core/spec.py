@@ -44,6 +44,8 @@ class NormSpec:
     """The axes that are not normalized, increasing."""
     is_trailing: bool
     """True when ``axes`` are the last ``len(axes)`` axes of x."""
+    mixed_params: bool = False
+    """True when weight or bias is in the compute dtype while x is half (mixed precision)."""
 
     @property
     def ndim(self) -> int:
@@ -170,6 +172,7 @@ def _forward_spec(
     normalized_shape = tuple(shape[a] for a in axes)
     if 0 in normalized_shape:
         raise ShapeError(f"the normalized size is 0 (x has shape {_fmt(shape)}, axis={axis}): nothing to normalize")
+    mixed_params = False
     for param, param_shape, param_dtype in (("weight", weight_shape, weight_dtype), ("bias", bias_shape, bias_dtype)):
         if param_shape is None:
             continue
@@ -179,6 +182,7 @@ def _forward_spec(
                 f"got {_fmt(param_shape)}"
             )
         param_name = dtype_name(param_dtype)
+        mixed_params = mixed_params or param_name != x_name
         if param_name not in (x_name, stats_dtype):
             allowed = x_name if x_name == stats_dtype else f"{x_name} or {stats_dtype}"
             raise DTypeError(f"{param} must have dtype {allowed} for a {x_name} x; got {param_name}")
@@ -196,6 +200,7 @@ def _forward_spec(
         param_shape=tuple(size if d in axes_set else 1 for d, size in enumerate(shape)),
         batch_axes=tuple(d for d in range(ndim) if d not in axes_set),
         is_trailing=axes == tuple(range(ndim - len(axes), ndim)),
+        mixed_params=mixed_params,
     )
 
 

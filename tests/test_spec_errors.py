@@ -9,6 +9,7 @@ import pytest
 
 import layernorm
 from layernorm import ArgumentError, BackendError, DTypeError, LayerNormError, ShapeError
+from layernorm_core import check_forward
 
 X = np.zeros((2, 3, 4), np.float32)
 W4 = np.ones(4, np.float32)
@@ -181,3 +182,21 @@ def test_half_x_accepts_float32_params() -> None:
     assert y.dtype == np.float16
     with pytest.raises(DTypeError, match="weight must have dtype float16 or float32 for a float16 x; got float64"):
         layernorm.layer_norm(x, W4.astype(np.float64))
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "weight_dtype", "bias_dtype", "mixed"),
+    [
+        (np.float16, np.float16, np.float16, False),
+        (np.float16, np.float32, None, True),
+        (np.float16, None, np.float32, True),
+        (np.float16, None, None, False),
+        (np.float32, np.float32, np.float32, False),
+    ],
+)
+def test_spec_says_whether_params_are_mixed_precision(
+    x_dtype: type, weight_dtype: type | None, bias_dtype: type | None, mixed: bool
+) -> None:
+    params = [None if dt is None else np.ones(4, dt) for dt in (weight_dtype, bias_dtype)]
+    spec = check_forward("layer_norm", np.ones((2, 4), x_dtype), *params, -1, 1e-5)
+    assert spec.mixed_params is mixed

@@ -130,26 +130,21 @@ def _layer_norm_half(
     are float32); otherwise the half kernel runs as is.
     On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
     """
-    dtype = x.dtype
-    grad = torch.is_grad_enabled()
-    if not x.is_cpu:
-        weight, bias = _as(weight, dtype), _as(bias, dtype)
-    elif grad and ((weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)):
-        return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
-    elif (
-        return_stats
-        or (grad and x.requires_grad)
-        or (weight is not None and weight.dtype is not dtype)
-        or (bias is not None and bias.dtype is not dtype)
-    ):
-        weight = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
-        bias = _as(bias, torch.float32)
+    if x.is_cpu:
+        grad = torch.is_grad_enabled()
+        if grad and ((weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)):
+            return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
+        if return_stats or spec.mixed_params or (grad and x.requires_grad):
+            weight = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
+            bias = _as(bias, torch.float32)
+    else:
+        weight, bias = _as(weight, x.dtype), _as(bias, x.dtype)
     if spec.is_trailing:
         y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
     else:
         y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
-    if y.dtype is not dtype:  # the float32 path, and CUDA autocast (layer_norm runs in float32 there)
-        y = y.to(dtype)
+    if not x.is_cpu and y.dtype is not x.dtype:  # CUDA autocast: layer_norm runs in float32 there
+        y = y.to(x.dtype)
     return (y, _stat(mean, spec), _stat(rstd, spec)) if return_stats else y
 
 
@@ -194,11 +189,11 @@ def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
     A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype.
     """
     dtype = x.dtype
-    if weight is not None and weight.dtype is not dtype and not x.is_cpu:
-        weight = weight.to(dtype)
+    if spec.mixed_params and not x.is_cpu:
+        weight = _as(weight, dtype)
     if not spec.is_trailing:
         y, rstd = _rms_norm_permuted(x, weight, spec)
-    elif return_stats or (weight is not None and weight.dtype is not dtype):
+    elif return_stats or spec.mixed_params:
         y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
     else:
         y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)

@@ -81,12 +81,14 @@ def test_fullgraph_inductor_module() -> None:
         "w = torch.nn.Parameter(torch.randn(8))\n"
         "f = torch.compile(lambda x: layernorm.rms_norm(x, w), fullgraph=True, backend='aot_eager')\n"
         "torch.testing.assert_close(f(x), F.rms_norm(x, (8,), w, 1e-5))",
+        "f = torch.compile(lambda x: layernorm.layer_norm(x, backend='torch'), fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.layer_norm(x, (8,)))",
         "layernorm.layer_norm(np.ones((2, 8), np.float32))\n"
         "f = torch.compile(lambda x: layernorm.layer_norm(x), fullgraph=True, backend='aot_eager')\n"
         "torch.testing.assert_close(f(x), F.layer_norm(x, (8,)))\n"
         "torch.testing.assert_close(layernorm.layer_norm(x), F.layer_norm(x, (8,)))",
     ],
-    ids=["functional", "module", "parameter-weight", "after-a-numpy-call"],
+    ids=["functional", "module", "parameter-weight", "backend-argument", "after-a-numpy-call"],
 )
 def test_fullgraph_as_first_torch_call_of_a_process(first_call: str) -> None:
     """A fresh process whose first layernorm call on a torch tensor is inside torch.compile(fullgraph=True)."""

@@ -28,7 +28,7 @@ DEVICES = [
 CASES = shape_cases(
     8192,
     pytest.param((512, 16), -1, id="many-rows"),  # dweight/dbias sum 512 rows: half accumulation fails here
-    pytest.param((700, 384), -1, id="blocked"),  # > 2**18 elements: half CPU gradients summed block by block
+    pytest.param((2800, 384), -1, id="blocked"),  # > 2**20 elements: half CPU gradients summed block by block
 )
 
 
@@ -142,6 +142,19 @@ def test_autograd_matches_reference(shape: tuple[int, ...], axis: Any, dtype: st
     leaves = [t.clone().requires_grad_() for t in (x, w)]
     layernorm.rms_norm(*leaves, axis=axis).backward(dy)
     check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("given", ["weight", "bias"])
+@pytest.mark.parametrize(("shape", "axis"), AUTOGRAD_CASES)
+def test_autograd_with_one_parameter(shape: tuple[int, ...], axis: Any, given: str, dtype: str, device: str) -> None:
+    """Only weight or only bias is given; it and x require grad."""
+    x, w, b, dy = make(shape, axis, dtype, device)
+    weight, bias = (w, None) if given == "weight" else (None, b)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in (x, weight, bias)]
+    layernorm.layer_norm(*leaves, axis=axis).backward(dy)
+    check_layer_norm_grads(tuple(None if t is None else t.grad for t in leaves), x, weight, dy, axis, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -23,7 +23,7 @@ from layernorm_conformance.ops import (
 )
 from layernorm_conformance.targets import Target
 
-GRAD_AFFINES: tuple[Affine, ...] = ("none", "full")
+GRAD_AFFINES: tuple[Affine, ...] = ("none", "weight", "full")
 
 
 @pytest.mark.parametrize("affine", GRAD_AFFINES)

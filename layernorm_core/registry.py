@@ -219,7 +219,7 @@ class Registry:
             return self._owner_by_type[type(x)]
         except KeyError:
             pass
-        owner = _owner_of_module(self, type(x).__module__)
+        owner = _owner_of_type(self, type(x))
         if not _dynamo_tracing():
             self._owner_by_type[type(x)] = owner
         return owner
@@ -250,16 +250,24 @@ class Registry:
         return rows
 
 
-def _owner_of_module(registry: Registry, module: str) -> str | None:
-    """The backend declared to own the arrays of ``module``'s package (entry points read under the lock), or None."""
+def _owner_of_type(registry: Registry, array_type: type) -> str | None:
+    """The backend that owns ``array_type``, or None; entry points are read under the lock.
+
+    That is the backend declared for the type's package or, failing that, for its nearest base class's (Keras 3's
+    TensorFlow variables subclass tf's Tensor).
+    """
     with registry._lock:
         registry._discover()
-        return registry._owner_by_module.get(module.partition(".")[0])
+        for cls in array_type.__mro__:
+            owner = registry._owner_by_module.get(cls.__module__.partition(".")[0])
+            if owner is not None:
+                return owner
+        return None
 
 
 def _load_owner(registry: Registry, array_type: type) -> str | None:
     """The name of the backend that owns ``array_type``, loaded, with its device count known; None if unowned."""
-    owner = _owner_of_module(registry, array_type.__module__)
+    owner = _owner_of_type(registry, array_type)
     if owner is not None:
         registry.multi_device(owner)  # loads it
     return owner
@@ -270,7 +278,7 @@ def _load_owner(registry: Registry, array_type: type) -> str | None:
 # nothing): dynamo calls them eagerly while it traces. What they fill is keyed by name; the per-type caches are
 # filled outside traces only (`_dynamo_tracing`), since dynamo cannot guard on a type-keyed dict that changed
 # under it. So a compiled function may be the first layernorm call of a process.
-for _constant_for_dynamo in (_owner_of_module, _load_owner):
+for _constant_for_dynamo in (_owner_of_type, _load_owner):
     setattr(_constant_for_dynamo, "_dynamo_marked_constant", True)  # noqa: B010
 
 

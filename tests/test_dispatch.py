@@ -134,6 +134,15 @@ def test_unowned_array_type_needs_an_engine() -> None:
     assert isinstance(y, np.ndarray) and y.shape == (2, 3)
 
 
+def test_subclass_of_an_owned_type_belongs_to_its_base_class_owner() -> None:
+    class Tagged(np.ndarray):  # defined in this test module, whose package no backend declares
+        pass
+
+    x = np.linspace(-1.0, 2.0, 8, dtype=np.float32).reshape(2, 4).view(Tagged)
+    assert type(x).__module__.partition(".")[0] != "numpy"
+    np.testing.assert_array_equal(layernorm.layer_norm(x), layernorm.layer_norm(np.asarray(x)))
+
+
 def test_weight_of_another_framework_is_rejected() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(DTypeError, match=r"x is a numpy array but another argument is a torch\.Tensor"):

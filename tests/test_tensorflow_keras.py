@@ -219,16 +219,6 @@ def test_functional_model_with_unknown_sizes_runs_in_tf_function() -> None:
     assert tuple(run(tf.constant(_x(11, (2, 9, 6)))).shape) == (2, 9, 6)
 
 
-def test_keras_variables_are_not_owned_by_a_backend_but_their_values_are() -> None:
-    variable = keras.Variable(np.ones((2, 4), np.float32))
-    assert type(variable).__module__.partition(".")[0] == "keras"  # not "tensorflow": the registry cannot own it
-    with pytest.raises(layernorm.BackendError, match="no backend owns"):
-        layernorm.layer_norm(variable)
-    y = layernorm.layer_norm(variable.value)
-    assert isinstance(y, tf.Tensor)
-    np.testing.assert_array_equal(y.numpy(), np.zeros((2, 4), np.float32))
-
-
 OTHER_KERAS_BACKEND = """
 import numpy as np, keras
 from layernorm.keras import LayerNormalization, RMSNormalization
@@ -258,3 +248,28 @@ def test_layers_run_on_other_keras_backends(backend: str, tmp_path: Path) -> Non
     env = {**os.environ, "KERAS_BACKEND": backend}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_keras_variables_are_tensorflow_arrays() -> None:
+    """A Keras 3 variable (a tf Tensor subclass) is owned by the tensorflow backend as x or as a parameter; tape
+    gradients reach it, and it crosses to another engine as a plain array when no tape records it."""
+    x = tf.constant(_x())
+    rng = np.random.default_rng(2)
+    w, b = (keras.Variable(rng.standard_normal(6).astype(np.float32)) for _ in range(2))
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    expected = reference.layer_norm(_x(), w.numpy(), b.numpy(), spec)[0]
+    cond = row_condition(_x(), spec)
+    assert error_ratio(layernorm.layer_norm(x, w, b).numpy(), expected, tolerance("float32", "output"), cond) <= 1
+    dy = rng.standard_normal(SHAPE).astype(np.float32)
+    with tf.GradientTape() as tape:
+        y = layernorm.layer_norm(x, w, b)
+    dweight, dbias = tape.gradient(y, [w, b], output_gradients=tf.constant(dy))
+    _, expected_dweight, expected_dbias = reference.layer_norm_backward(dy, _x(), w.numpy(), spec)
+    assert error_ratio(dweight.numpy(), expected_dweight, tolerance("float32", "grad"), cond) <= 1
+    assert error_ratio(dbias.numpy(), expected_dbias, tolerance("float32", "grad"), cond) <= 1
+    variable_x = keras.Variable(_x(), trainable=False)
+    expected = reference.layer_norm(_x(), None, None, spec)[0]
+    for backend in ("tensorflow", "numpy"):
+        y = layernorm.layer_norm(variable_x, backend=backend)
+        assert isinstance(y, tf.Tensor)
+        assert error_ratio(y.numpy(), expected, tolerance("float32", "output"), cond) <= 1

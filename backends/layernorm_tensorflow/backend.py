@@ -51,11 +51,12 @@ def info() -> BackendInfo:
 
 def device_of(x: Tensor) -> str:
     """The kind of device x lives on: "cpu", "gpu" or "tpu" (a graph tensor without one: where TF would place it)."""
-    return _device_kind(x.device)
+    return _device_kind(_variable(x).device)
 
 
 def is_tracked(x: Tensor) -> bool:
     """True inside a graph (symbolic tensors, variables), and for what an active GradientTape records."""
+    x = _variable(x)
     if isinstance(x, tf.Variable):
         return not tf.executing_eagerly() or (x.trainable and record.could_possibly_record())
     if tf.is_symbolic_tensor(x):
@@ -65,7 +66,7 @@ def is_tracked(x: Tensor) -> bool:
 
 def to_numpy(x: Tensor) -> np.ndarray:
     """A host NumPy copy of an eager tensor or variable (bfloat16 as ml_dtypes.bfloat16)."""
-    return np.array(x.numpy(), copy=True)
+    return np.array(_variable(x).numpy(), copy=True)
 
 
 def from_numpy(array: Any, device: str = "cpu") -> Tensor:
@@ -192,8 +193,16 @@ def _recording() -> bool:
 
 
 def _tensor(x: Tensor) -> Tensor:
-    """A tf.Variable read as a tensor (recorded by an active tape, so gradients reach the variable); else x."""
-    return tf.convert_to_tensor(x) if isinstance(x, tf.Variable) else x
+    """Return x as a tf.Tensor; a tensor or None as is.
+
+    A tf.Variable or Keras 3 variable is read, and an active tape records the read, so gradients reach it.
+    """
+    return x if x is None or isinstance(x, tf.Tensor) else tf.convert_to_tensor(x)
+
+
+def _variable(x: Any) -> Any:
+    """The tf.Variable inside a Keras 3 variable (owned by this backend through its tf Tensor base class); else x."""
+    return x if isinstance(x, (tf.Tensor, tf.Variable)) else x.value
 
 
 def _placed(x: Tensor) -> contextlib.AbstractContextManager[Any]:

@@ -26,7 +26,8 @@ from benchmarks.timing import Timing, interleaved
 EPS = 1e-5
 SHAPES = ((8, 64), (4096, 768), (8192, 4096))
 QUICK_SHAPES = ((8, 64), (4096, 768))
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_DTYPES = "float32,bfloat16"
 
 
 def sync_for(device: str) -> Callable[[Any], Any]:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", default="layer_norm,rms_norm")
-    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--dtypes", default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
     args = parser.parse_args(argv)

@@ -130,22 +130,25 @@ def _layer_norm_half(
     are float32); otherwise the half kernel runs as is.
     On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
     """
-    dtype = x.dtype
-    if x.is_cpu:
-        grad = torch.is_grad_enabled()
-        if grad and ((weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)):
-            return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
-        if return_stats or spec.mixed_params or (grad and x.requires_grad):
+    on_cpu = x.is_cpu
+    if on_cpu:
+        if torch.is_grad_enabled():
+            if (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad):
+                return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
+            widen = return_stats or spec.mixed_params or x.requires_grad
+        else:
+            widen = return_stats or spec.mixed_params
+        if widen:
             weight = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
             bias = _as(bias, torch.float32)
     else:
-        weight, bias = _as(weight, dtype), _as(bias, dtype)
+        weight, bias = _as(weight, x.dtype), _as(bias, x.dtype)
     if spec.is_trailing:
         y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
     else:
         y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
-    if y.dtype is not dtype:  # CUDA autocast: layer_norm runs in float32 there
-        y = y.to(dtype)
+    if not on_cpu and y.dtype is not x.dtype:  # CUDA autocast runs layer_norm in float32 (CPU autocast does not)
+        y = y.to(x.dtype)
     return (y, _stat(mean, spec), _stat(rstd, spec)) if return_stats else y
 
 

@@ -55,8 +55,9 @@ def info() -> BackendInfo:
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
-            "half on CPU": "float32 statistics always; when gradients are taken, torch's backward kernel runs in "
-            "float32 (its half backward accumulates dweight/dbias in half precision, outside the tolerances)",
+            "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
+            "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
+            "them in half precision, outside the tolerances)",
         },
     )
 

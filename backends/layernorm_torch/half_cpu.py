@@ -3,8 +3,10 @@
 torch's CPU backward for half inputs accumulates dweight and dbias in half precision (several half ulps off
 after a few hundred rows: outside the tolerance table). This autograd.Function keeps torch's forward (the
 mixed-type kernel: half y, float32 statistics, x saved in its half dtype). Its backward takes dx from torch's
-mixed-type backward kernel (float32 row sums, as accurate as a float32 backward) and sums dweight and dbias in
-float32 over cache-sized blocks of rows, casting each gradient back to its input's dtype.
+mixed-type backward kernel (float32 row sums, as accurate as a float32 backward); dweight and dbias come from
+torch's float32 backward kernel run on float32 copies of x and dy, a cache-sized block of rows at a time. Each
+gradient is cast back to its input's dtype. Measured with ``python -m benchmarks.torch_speed --dtypes bfloat16``:
+forward+backward within a few percent of torch's own (inaccurate) half path at (4096, 768) and (8192, 4096).
 """
 
 from __future__ import annotations

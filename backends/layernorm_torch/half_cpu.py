@@ -96,6 +96,7 @@ def backward_float32(
         )
         return (None if dx is None else dx.to(x.dtype)), dweight, dbias
     dx = None
+    x, dy = x.contiguous(), dy.contiguous()  # once: the kernel and the blocks would each copy permuted views
     if mask[0]:
         dx = _native_layer_norm_backward(dy, x, normalized_shape, mean, rstd, w32, w32, [True, False, False])[0]
     if not (mask[1] or mask[2]):

@@ -30,11 +30,15 @@ CASES = shape_cases(
     pytest.param((512, 16), -1, id="many-rows"),  # dweight/dbias sum 512 rows: half accumulation fails here
     pytest.param((600, 96), -1, id="one-block"),  # 2**15 to 2**20 elements: half CPU gradients in one block
     pytest.param((1100, 32, 32), (-2, -1), id="blocked"),  # > 2**20 elements: summed block by block
+    pytest.param((2, 64, 96, 96), 1, id="blocked-channels-first"),  # permuted views made contiguous first
 )
 
 
 AUTOGRAD_CASES = [
-    c for c in CASES if c.id in ("2d-trailing", "channels-first", "non-adjacent", "many-rows", "one-block", "blocked")
+    c
+    for c in CASES
+    if c.id
+    in ("2d-trailing", "channels-first", "non-adjacent", "many-rows", "one-block", "blocked", "blocked-channels-first")
 ]
 
 

@@ -31,6 +31,7 @@ CASES = shape_cases(
     pytest.param((600, 96), -1, id="one-block"),  # 2**15 to 2**20 elements: half CPU gradients in one block
     pytest.param((1100, 32, 32), (-2, -1), id="blocked"),  # > 2**20 elements: summed block by block
     pytest.param((2, 64, 96, 96), 1, id="blocked-channels-first"),  # permuted views made contiguous first
+    pytest.param((3, 2**20 + 16), -1, id="rows-over-a-block"),  # each row alone is over 2**20 elements
 )
 
 
@@ -38,7 +39,16 @@ AUTOGRAD_CASES = [
     c
     for c in CASES
     if c.id
-    in ("2d-trailing", "channels-first", "non-adjacent", "many-rows", "one-block", "blocked", "blocked-channels-first")
+    in (
+        "2d-trailing",
+        "channels-first",
+        "non-adjacent",
+        "many-rows",
+        "one-block",
+        "blocked",
+        "blocked-channels-first",
+        "rows-over-a-block",
+    )
 ]
 
 

@@ -145,11 +145,12 @@ def _widened(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """Copies of dy and x (same shape) in float32, into this thread's scratch buffer, reused by later calls.
 
     A fresh float32 copy costs a page fault per 4 KiB on every call (bfloat16 fwd+bwd at (1024, 1024) took
-    1.4x torch's time with fresh blocks, 1.0x with the scratch). A graph torch.compile traces gets fresh copies.
+    1.4x torch's time with fresh blocks, 1.0x with the scratch). The scratch holds one block at most (8 MiB): a
+    single row over `_BLOCK_ELEMENTS`, and a graph torch.compile traces, get fresh copies.
     """
-    if torch.compiler.is_compiling():
-        return dy.float(), x.float()
     elements = x.numel()
+    if elements > _BLOCK_ELEMENTS or torch.compiler.is_compiling():
+        return dy.float(), x.float()
     buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
     if buffer is None or buffer.numel() < 2 * elements:
         buffer = _scratch.buffer = torch.empty(2 * elements)

@@ -7,6 +7,7 @@ import pytest
 from cases import HOST_DTYPES, shape_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layernorm_numpy.kernels import BLOCK_BYTES, MIN_WIDTH, PARALLEL_MIN_BYTES, suits_3d_layout
 
 import layernorm
 from layernorm_core import check_backward, check_forward, reference
@@ -29,6 +30,11 @@ def _inputs(shape: tuple[int, ...], axis: object, dtype: np.dtype, seed: int = 0
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), CASES)
 def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    _assert_layer_norm_matches_reference(shape, axis, dtype)
+
+
+def _assert_layer_norm_matches_reference(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    """Forward (y, mean, rstd) and backward (given and recomputed statistics) against the float64 reference."""
     x, w, b, dy = _inputs(shape, axis, DTYPES[dtype])
     y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
     spec = check_forward("layer_norm", x, w, b, axis, 1e-5)  # type: ignore[arg-type]
@@ -57,6 +63,11 @@ def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: object, d
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), CASES)
 def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    _assert_rms_norm_matches_reference(shape, axis, dtype)
+
+
+def _assert_rms_norm_matches_reference(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    """Forward (y, rstd) and backward against the float64 reference."""
     x, w, _, dy = _inputs(shape, axis, DTYPES[dtype])
     y, rstd = layernorm.rms_norm(x, w, axis=axis, return_stats=True)
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)  # type: ignore[arg-type]
@@ -119,6 +130,67 @@ def test_rows_are_batch_invariant_and_deterministic() -> None:
     dy = np.ones_like(x)
     for got, again in zip(layernorm.layer_norm_backward(dy, x), layernorm.layer_norm_backward(dy, x), strict=True):
         np.testing.assert_array_equal(got, again)
+
+
+CHANNELS_FIRST = [
+    ((3, 40, 37, 71), 1),  # over PARALLEL_MIN_BYTES in float32; rows in chunks of inner columns, the last partial
+    ((300, 32, 70), 1),  # whole rows in a block, the last block partial
+    ((4, 6, 5, 64), (1, 2)),  # a run of two axes
+    ((2, 3, 1, 4), 1),  # an inner size below MIN_WIDTH: transposed to (rows, N)
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize(("shape", "axis"), CHANNELS_FIRST)
+def test_channels_first_layout_matches_reference(shape: tuple[int, ...], axis: object, dtype: str) -> None:
+    """Adjacent, non-trailing axes run on the (outer, N, inner) layout without a transpose."""
+    _assert_layer_norm_matches_reference(shape, axis, dtype)
+    _assert_rms_norm_matches_reference(shape, axis, dtype)
+
+
+def test_channels_first_case_spans_blocks_chunks_and_threads() -> None:
+    """The first CHANNELS_FIRST case is as large and as oddly sized as its comment says."""
+    (outer, n, *inner_sizes), _ = CHANNELS_FIRST[0]
+    inner, width = int(np.prod(inner_sizes)), BLOCK_BYTES // (n * 4)
+    assert suits_3d_layout(n, inner, 4) and outer * n * inner * 4 > PARALLEL_MIN_BYTES
+    assert MIN_WIDTH <= width < inner and inner % width != 0
+
+
+def test_channels_first_large_offset_small_spread() -> None:
+    """The shift by the first element along the normalized axis, on the (outer, N, inner) layout."""
+    x = (1e4 + np.random.default_rng(6).normal(0, 1e-2, (4, 1024, 300))).astype(np.float32)
+    y = layernorm.layer_norm(x, axis=1, eps=0.0)
+    spec = check_forward("layer_norm", x, None, None, 1, 0.0)
+    ref_y, _, _ = reference.layer_norm(x, None, None, spec)
+    assert error_ratio(y, ref_y, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+    np.testing.assert_allclose(y.astype(np.float64).std(axis=1), 1.0, rtol=1e-3)
+
+
+def test_channels_first_non_contiguous_input_is_not_mutated() -> None:
+    base = np.random.default_rng(7).standard_normal((6, 8, 10, 12)).astype(np.float32)
+    x = base[::2, :, ::-1, 1:]
+    contiguous = np.ascontiguousarray(x)
+    before = base.copy()
+    y = layernorm.layer_norm(x, axis=1)
+    grads = layernorm.layer_norm_backward(np.ones_like(x), x, axis=1)
+    np.testing.assert_array_equal(base, before)
+    np.testing.assert_array_equal(y, layernorm.layer_norm(contiguous, axis=1))
+    for got, again in zip(grads, layernorm.layer_norm_backward(np.ones_like(x), contiguous, axis=1), strict=True):
+        np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_channels_first_is_deterministic_across_runs_and_threads(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, axis = CHANNELS_FIRST[0]
+    x, w, b, dy = _inputs(shape, axis, DTYPES[dtype], seed=8)
+    results = []
+    for threads in ("1", "2", "2", "1"):
+        monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", threads)
+        y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
+        results.append((y, mean, rstd, *layernorm.layer_norm_backward(dy, x, w, axis=axis, mean=mean, rstd=rstd)))
+    for other in results[1:]:
+        for got, first in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, first)
 
 
 @settings(max_examples=40, deadline=None)

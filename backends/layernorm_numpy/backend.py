@@ -1,7 +1,9 @@
 """The NumPy backend: layer_norm and rms_norm, forward and backward, on the CPU.
 
-Arrays are brought to a (rows, N) layout with the normalized axes last (a view for trailing axes), normalized
-by the blocked kernels in `layernorm_numpy.kernels`, and brought back to x's layout.
+Arrays are viewed as a (rows, N) layout when the normalized axes are trailing, as (outer, N, inner) when they
+are another run of adjacent axes (channels-first), and are otherwise transposed to (rows, N) with the normalized
+axes last; the blocked kernels in `layernorm_numpy.kernels` normalize along N, and the result is brought back
+to x's layout.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy.typing as npt
 from layernorm_core.errors import DeviceError
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
-from layernorm_numpy.kernels import backward_rows, forward_rows
+from layernorm_numpy.kernels import backward, forward, suits_3d_layout
 
 Array = npt.NDArray[Any]
 _HAS_BFLOAT16 = importlib.util.find_spec("ml_dtypes") is not None
@@ -102,15 +104,14 @@ def _forward(
     x: Array, weight: Array | None, bias: Array | None, spec: NormSpec, rms: bool
 ) -> tuple[Array, Array | None, Array]:
     compute = np.dtype(spec.compute_dtype)
-    x2 = _to_rows(x, spec)
-    rows = x2.shape[0]
-    y2 = np.empty(x2.shape, dtype=x.dtype)
-    mean = None if rms else np.empty((rows, 1), dtype=compute)
-    rstd = np.empty((rows, 1), dtype=compute)
-    forward_rows(x2, _param(weight, compute), _param(bias, compute), spec.eps, compute, rms, y2, mean, rstd)
+    xl = _to_layout(x, spec)
+    yl = np.empty(xl.shape, dtype=x.dtype)
+    mean = None if rms else np.empty(_stats_layout(xl), dtype=compute)
+    rstd = np.empty(_stats_layout(xl), dtype=compute)
+    forward(xl, _param(weight, compute), _param(bias, compute), spec.eps, compute, rms, yl, mean, rstd)
     stats_shape = _static(spec.stats_shape)
     return (
-        _from_rows(y2, spec),
+        _from_layout(yl, spec),
         None if mean is None else mean.reshape(stats_shape),
         rstd.reshape(stats_shape),
     )
@@ -120,39 +121,62 @@ def _backward(
     dy: Array, x: Array, weight: Array | None, spec: NormSpec, mean: Array | None, rstd: Array
 ) -> tuple[Array, Array, Array]:
     compute = np.dtype(spec.compute_dtype)
-    x2 = _to_rows(x, spec)
-    dx2 = np.empty(x2.shape, dtype=x.dtype)
-    stats = (x2.shape[0], 1)
-    dweight, dbias = backward_rows(
-        _to_rows(dy, spec),
-        x2,
+    xl = _to_layout(x, spec)
+    dxl = np.empty(xl.shape, dtype=x.dtype)
+    stats = _stats_layout(xl)
+    dweight, dbias = backward(
+        _to_layout(dy, spec),
+        xl,
         _param(weight, compute),
         None if mean is None else np.asarray(mean, dtype=compute).reshape(stats),
         np.asarray(rstd, dtype=compute).reshape(stats),
         compute,
-        dx2,
+        dxl,
     )
     normalized = _static(spec.normalized_shape)
     return (
-        _from_rows(dx2, spec),
+        _from_layout(dxl, spec),
         dweight.astype(x.dtype).reshape(normalized),
         dbias.astype(x.dtype).reshape(normalized),
     )
 
 
-def _to_rows(x: Array, spec: NormSpec) -> Array:
-    n = math.prod(_static(spec.normalized_shape))
-    if not spec.is_trailing:
-        x = np.ascontiguousarray(x.transpose(spec.perm))
-    return x.reshape(-1, n) if x.size else x.reshape(x.size // n, n)
+def _to_layout(x: Array, spec: NormSpec) -> Array:
+    """The kernels' (rows, N) or (outer, N, inner) layout of x: a view where x's memory allows it."""
+    outer, n, inner = _sizes(spec)
+    if not _in_place(spec):
+        rows = math.prod(_static(spec.shape)[a] for a in spec.batch_axes)
+        return np.ascontiguousarray(x.transpose(spec.perm)).reshape(rows, n)
+    return x.reshape(outer, n) if inner == 1 else x.reshape(outer, n, inner)
 
 
-def _from_rows(y2: Array, spec: NormSpec) -> Array:
+def _from_layout(yl: Array, spec: NormSpec) -> Array:
     shape = _static(spec.shape)
-    if spec.is_trailing:
-        return y2.reshape(shape)
+    if _in_place(spec):
+        return yl.reshape(shape)
     permuted = tuple(shape[a] for a in spec.perm)
-    return np.ascontiguousarray(y2.reshape(permuted).transpose(spec.inverse_perm))
+    return np.ascontiguousarray(yl.reshape(permuted).transpose(spec.inverse_perm))
+
+
+def _in_place(spec: NormSpec) -> bool:
+    """Whether the kernels take x as it lies: trailing axes, or adjacent ones that suit the 3-D layout."""
+    if spec.is_trailing:
+        return True
+    _, n, inner = _sizes(spec)
+    adjacent = spec.axes[-1] - spec.axes[0] == len(spec.axes) - 1
+    return adjacent and suits_3d_layout(n, inner, np.dtype(spec.compute_dtype).itemsize)
+
+
+def _sizes(spec: NormSpec) -> tuple[int, int, int]:
+    """(outer, N, inner): the sizes of x's axes before the first normalized axis, normalized, after the last."""
+    shape = _static(spec.shape)
+    n = math.prod(_static(spec.normalized_shape))
+    return math.prod(shape[: spec.axes[0]]), n, math.prod(shape[spec.axes[-1] + 1 :])
+
+
+def _stats_layout(xl: Array) -> tuple[int, ...]:
+    """The shape of mean and rstd in the kernels' layout: ``xl``'s with N set to 1."""
+    return (xl.shape[0], 1, *xl.shape[2:])
 
 
 def _param(param: Array | None, compute: np.dtype[Any]) -> Array | None:

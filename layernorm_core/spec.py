@@ -75,6 +75,8 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
     """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input.
 
     A call whose signature (shapes, dtypes, axis, eps and their types) passed before is answered from a cache.
+    The key holds ``type(axis)``, not ``axis.__class__``: torch.compile can compare the first with the keys it has
+    seen in the trace, not the second, so a graph with two calls failed to compile.
     """
     try:
         key = (
@@ -82,9 +84,9 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
             x.shape,
             x.dtype,
             axis,
-            axis.__class__,
+            type(axis),
             eps,
-            eps.__class__,
+            type(eps),
             None if weight is None else weight.shape,
             None if weight is None else weight.dtype,
             None if bias is None else bias.shape,

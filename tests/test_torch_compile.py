@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from typing import Any
@@ -43,7 +44,8 @@ def test_fullgraph_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype
 
     def both(x: Any, w: Any, b: Any) -> Any:
         y, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, return_stats=True)
-        return y + layernorm.rms_norm(x, w, axis=axis), mean, rstd
+        y_alone = layernorm.layer_norm(x, w, b, axis=axis)  # the half CPU Function's one-output form
+        return y + y_alone + layernorm.rms_norm(x, w, axis=axis), mean, rstd
 
     compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
     eager_in, compiled_in = leaves([x, w, b]), leaves([x, w, b])
@@ -67,6 +69,38 @@ def test_fullgraph_inductor_module() -> None:
     assert error_ratio(f64(y), expected, tolerance("float32", "output"), row_condition(f64(x), spec)) <= 1
     y.square().sum().backward()
     assert x.grad is not None and norm.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_fullgraph_model_with_several_norms(dtype: Any) -> None:
+    """Several norms in one graph, with repeated and differing call signatures (shape, axis, kind, stats): the
+    core's signature cache is read again inside the trace."""
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = lt.LayerNorm(32), lt.LayerNorm(32)
+            self.linear = torch.nn.Linear(32, 32)
+            self.rms = lt.RMSNorm((4, 32), axis=(1, 2))
+
+        def forward(self, x: Any) -> Any:
+            h = self.second(self.linear(self.first(x)))
+            y, mean, _ = layernorm.layer_norm(h, axis=1, return_stats=True)
+            return self.rms(y + h) + layernorm.layer_norm(x, axis=(1, 2)) + mean
+
+    eager = Block().to(dtype)
+    compiled = copy.deepcopy(eager)
+    compiled_forward = torch.compile(compiled, fullgraph=True, backend="aot_eager")
+    x = inputs((3, 4, 32), 32)[0].to(dtype)
+    eager_x, compiled_x = leaves([x]) + leaves([x])
+    expected, got = eager(eager_x), compiled_forward(compiled_x)
+    torch.testing.assert_close(got, expected)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
+    for (name, e), c in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(c.grad, e.grad, msg=name)
 
 
 @pytest.mark.parametrize(

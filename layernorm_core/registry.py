@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import sys
 import threading
 import warnings
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ import pluggy
 from layernorm_core import hookspecs
 from layernorm_core.errors import BackendError
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
+from layernorm_core.tracing import dynamo_tracing
 
 
 class PluginWarning(UserWarning):
@@ -198,7 +198,7 @@ class Registry:
             if owner is None:
                 return None
             engine = (self.get(owner), owner)
-            if not _dynamo_tracing():
+            if not dynamo_tracing():
                 self._engine_by_type[type(x)] = engine
                 if not self.multi_device(owner):
                     self.single_device_engines[type(x)] = engine[0]
@@ -220,7 +220,7 @@ class Registry:
         except KeyError:
             pass
         owner = _owner_of_type(self, type(x))
-        if not _dynamo_tracing():
+        if not dynamo_tracing():
             self._owner_by_type[type(x)] = owner
         return owner
 
@@ -276,16 +276,10 @@ def _load_owner(registry: Registry, array_type: type) -> str | None:
 # torch.compile cannot trace locks or imports. These two run only when a cache misses and return a name that never
 # changes afterwards, so they carry the marker torch._dynamo.assume_constant_result sets (setting it imports
 # nothing): dynamo calls them eagerly while it traces. What they fill is keyed by name; the per-type caches are
-# filled outside traces only (`_dynamo_tracing`), since dynamo cannot guard on a type-keyed dict that changed
+# filled outside traces only (`dynamo_tracing`), since dynamo cannot guard on a type-keyed dict that changed
 # under it. So a compiled function may be the first layernorm call of a process.
 for _constant_for_dynamo in (_owner_of_type, _load_owner):
     setattr(_constant_for_dynamo, "_dynamo_marked_constant", True)  # noqa: B010
-
-
-def _dynamo_tracing() -> bool:
-    """Whether torch.compile is tracing this call (False without importing torch when torch is not loaded)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def _warn(message: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name
 from layernorm_core.errors import ArgumentError, DTypeError, ShapeError
+from layernorm_core.tracing import dynamo_tracing
 
 Kind = Literal["layer_norm", "rms_norm"]
 Axis = int | tuple[int, ...]
@@ -67,17 +68,19 @@ class NormSpec:
 
 
 _checked: dict[type, dict[tuple[Any, ...], NormSpec]] = {}
-"""Signatures that passed, by x's array type: a tracer (torch.compile) reads only its own framework's entries."""
+"""Signatures that passed, by x's array type."""
 _CHECKED_MAX = 4096
 
 
 def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
     """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input.
 
-    A call whose signature (shapes, dtypes, axis, eps and their types) passed before is answered from a cache.
-    The key holds ``type(axis)``, not ``axis.__class__``: torch.compile can compare the first with the keys it has
-    seen in the trace, not the second, so a graph with two calls failed to compile.
+    A call whose signature (shapes, dtypes, axis, eps and their types) passed before is answered from a cache,
+    except while torch.compile traces: a trace that read the cache would be invalidated by every later signature
+    (a recompile each) and would pin symbolic sizes to the values of the keys it compared.
     """
+    if dynamo_tracing():
+        return _spec_of(kind, x, weight, bias, axis, eps)
     try:
         key = (
             kind,
@@ -95,7 +98,19 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
         return _checked[x.__class__][key]
     except (KeyError, TypeError, AttributeError):
         pass
-    spec = _forward_spec(
+    spec = _spec_of(kind, x, weight, bias, axis, eps)
+    try:
+        checked = _checked.setdefault(x.__class__, {})
+        if len(checked) >= _CHECKED_MAX:
+            checked.clear()
+        checked[key] = spec
+    except (NameError, TypeError):  # no key (an attribute was missing) or an unhashable part (a list axis)
+        pass
+    return spec
+
+
+def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
+    return _forward_spec(
         kind,
         _shape_of(x, "x"),
         _dtype_of(x),
@@ -106,14 +121,6 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
         None if bias is None else _shape_of(bias, "bias"),
         None if bias is None else _dtype_of(bias),
     )
-    try:
-        checked = _checked.setdefault(x.__class__, {})
-        if len(checked) >= _CHECKED_MAX:
-            checked.clear()
-        checked[key] = spec
-    except (NameError, TypeError):  # no key (an attribute was missing) or an unhashable part (a list axis)
-        pass
-    return spec
 
 
 def check_backward(kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any) -> NormSpec:
@@ -246,7 +253,7 @@ def _checked_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise ArgumentError(f"eps must be a real number; got {eps!r}")
     value = float(eps)
-    if not math.isfinite(value) or value < 0:
+    if not 0 <= value < math.inf:  # also rejects NaN; comparisons trace where math.isfinite does not (SymFloat)
         raise ArgumentError(f"eps must be finite and >= 0; got {value!r}")
     return value
 

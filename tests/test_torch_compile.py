@@ -103,6 +103,54 @@ def test_fullgraph_model_with_several_norms(dtype: Any) -> None:
         torch.testing.assert_close(c.grad, e.grad, msg=name)
 
 
+class _Stack(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.linear, self.rms = lt.LayerNorm(32), torch.nn.Linear(32, 32), lt.RMSNorm(32)
+
+    def forward(self, x: Any) -> Any:
+        return self.rms(self.linear(self.norm(x)))
+
+
+def test_eager_calls_between_compiled_ones_cause_no_recompiles() -> None:
+    """Eager calls with new shapes add signatures to the core's cache; a graph that had read it would recompile
+    for each (here: past the limit of 2, an error under fullgraph). Ours compiles twice, as torch's own modules:
+    static, then with a dynamic batch size."""
+    torch._dynamo.reset()
+    model = _Stack()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for rows in range(3, 12):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("mode", ["dynamic=True", "mark_dynamic"])
+def test_dynamic_shapes_stay_symbolic(mode: str) -> None:
+    """Under dynamic=True eps is a symbolic float and the sizes are symbolic; mark_dynamic fails the compile if
+    anything pins the marked size to one value."""
+    torch._dynamo.reset()
+    model = _Stack()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=mode == "dynamic=True")
+    for rows in (3, 5, 9):
+        x = torch.randn(rows, 32, requires_grad=True)
+        if mode == "mark_dynamic":
+            torch._dynamo.mark_dynamic(x, 0)
+        y = compiled(x)
+        torch.testing.assert_close(y, model(x))
+        y.sum().backward()
+
+
+def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
+    """A traced tensor cannot go to another engine (the NumPy engine would be traced as torch ops): BackendError,
+    as for a tensor that requires grad."""
+    torch._dynamo.reset()
+    layernorm.layer_norm(np.ones((2, 3)))  # the numpy engine loaded, as in a process that used it before
+    compiled = torch.compile(lambda x: layernorm.layer_norm(x, backend="numpy"), backend="aot_eager")
+    with pytest.raises(layernorm.BackendError, match="cannot see that graph"):
+        compiled(torch.randn(4, 32))
+
+
 @pytest.mark.parametrize(
     "first_call",
     [

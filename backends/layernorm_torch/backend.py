@@ -72,8 +72,12 @@ def device_of(x: torch.Tensor) -> str:
 
 
 def is_tracked(x: torch.Tensor) -> bool:
-    """True when x takes part in autograd (requires_grad) or in a functorch transform (grad, vmap)."""
-    return bool(x.requires_grad) or torch._C._functorch.is_functorch_wrapped_tensor(x)
+    """True when x takes part in autograd (requires_grad), a functorch transform or a torch.compile trace."""
+    return (
+        torch.compiler.is_dynamo_compiling()  # first: dynamo cannot call the functorch query below
+        or bool(x.requires_grad)
+        or torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:

@@ -45,6 +45,10 @@ class NormSpec:
     """The axes that are not normalized, increasing."""
     is_trailing: bool
     """True when ``axes`` are the last ``len(axes)`` axes of x."""
+    perm: tuple[int, ...]
+    """Permutation that moves the normalized axes to the end (batch axes first, order kept)."""
+    inverse_perm: tuple[int, ...]
+    """Permutation that undoes ``perm``."""
     mixed_params: bool = False
     """True when weight or bias is in the compute dtype while x is half (mixed precision)."""
 
@@ -52,19 +56,6 @@ class NormSpec:
     def ndim(self) -> int:
         """Number of dimensions of x."""
         return len(self.shape)
-
-    @property
-    def perm(self) -> tuple[int, ...]:
-        """Permutation that moves the normalized axes to the end (batch axes first, order kept)."""
-        return self.batch_axes + self.axes
-
-    @property
-    def inverse_perm(self) -> tuple[int, ...]:
-        """Permutation that undoes ``perm``."""
-        inverse = [0] * self.ndim
-        for position, axis in enumerate(self.perm):
-            inverse[axis] = position
-        return tuple(inverse)
 
 
 _checked: dict[type, dict[tuple[Any, ...], NormSpec]] = {}
@@ -197,6 +188,8 @@ def _forward_spec(
             raise DTypeError(f"{param} must have dtype {allowed} for a {x_name} x; got {param_name}")
     ndim = len(shape)
     axes_set = set(axes)
+    batch_axes = tuple(d for d in range(ndim) if d not in axes_set)
+    perm = batch_axes + axes
     return NormSpec(
         kind=kind,
         shape=shape,
@@ -207,8 +200,10 @@ def _forward_spec(
         normalized_shape=normalized_shape,
         stats_shape=tuple(1 if d in axes_set else size for d, size in enumerate(shape)),
         param_shape=tuple(size if d in axes_set else 1 for d, size in enumerate(shape)),
-        batch_axes=tuple(d for d in range(ndim) if d not in axes_set),
+        batch_axes=batch_axes,
         is_trailing=axes == tuple(range(ndim - len(axes), ndim)),
+        perm=perm,
+        inverse_perm=tuple(perm.index(d) for d in range(ndim)),
         mixed_params=mixed_params,
     )
 

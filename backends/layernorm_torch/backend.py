@@ -13,7 +13,6 @@ against 1.7 µs a cast on a small tensor.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
@@ -167,7 +166,7 @@ def _layer_norm_half_cpu_autograd(
     """A half layer_norm on the CPU that autograd differentiates with float32 accumulation (`HalfLayerNormCPU`)."""
     if spec.is_trailing:
         return HalfLayerNormCPU.apply(x, weight, bias, spec.normalized_shape, spec.eps, return_stats)
-    perm, inverse = _perms(spec)
+    perm, inverse = spec.perm, spec.inverse_perm
     out = HalfLayerNormCPU.apply(x.permute(perm), weight, bias, spec.normalized_shape, spec.eps, return_stats)
     return tuple(t.permute(inverse) for t in out) if return_stats else out.permute(inverse)
 
@@ -176,7 +175,7 @@ def _layer_norm_permuted(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """native_layer_norm over non-trailing axes: moved to the end by a permute (a view), and moved back."""
-    perm, inverse = _perms(spec)
+    perm, inverse = spec.perm, spec.inverse_perm
     y, mean, rstd = _native_layer_norm(x.permute(perm), spec.normalized_shape, weight, bias, spec.eps)
     return y.permute(inverse), mean.permute(inverse), rstd.permute(inverse)
 
@@ -217,7 +216,7 @@ def _rms_norm_permuted(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """_fused_rms_norm over non-trailing axes: moved to the end by a permute (a view), and moved back."""
-    perm, inverse = _perms(spec)
+    perm, inverse = spec.perm, spec.inverse_perm
     y, rstd = _fused_rms_norm(x.permute(perm), spec.normalized_shape, weight, spec.eps)
     return y.permute(inverse), rstd.permute(inverse)
 
@@ -303,7 +302,7 @@ def _rms_norm_backward_fused(
     elif weight.dtype != x.dtype:
         weight = weight.to(dtype=x.dtype)
     if not spec.is_trailing:
-        perm, inverse = _perms(spec)
+        perm, inverse = spec.perm, spec.inverse_perm
         dy, x, rstd = dy.permute(perm), x.permute(perm), rstd.permute(perm)
     dx, dweight = _fused_rms_norm_backward(
         dy.contiguous(), x.contiguous(), list(spec.normalized_shape), rstd.contiguous(), weight, [True, True]
@@ -317,23 +316,17 @@ def _rms_norm_backward_fused(
 # Helpers
 
 
-@lru_cache(maxsize=1024)
-def _perms(spec: NormSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(perm, inverse_perm) of a non-trailing spec, computed once per spec."""
-    return spec.perm, spec.inverse_perm
-
-
 def _normalized_last(spec: NormSpec, *tensors: Any) -> tuple[Any, ...]:
     """The tensors (None kept) with the normalized axes moved last: views, no copies."""
     if spec.is_trailing:
         return tensors
-    perm = _perms(spec)[0]
+    perm = spec.perm
     return tuple(None if t is None else t.permute(perm) for t in tensors)
 
 
 def _normalized_back(spec: NormSpec, tensor: torch.Tensor) -> torch.Tensor:
     """Undo `_normalized_last` for one tensor."""
-    return tensor if spec.is_trailing else tensor.permute(_perms(spec)[1])
+    return tensor if spec.is_trailing else tensor.permute(spec.inverse_perm)
 
 
 def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

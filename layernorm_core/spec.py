@@ -72,13 +72,16 @@ def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: f
     """
     if dynamo_tracing():
         return _spec_of(kind, x, weight, bias, axis, eps)
+    axis_type: Any = type(axis)
+    if isinstance(axis, tuple):  # (0, True) == (0, 1.0) == (0, 1): element types keep invalid axes out of the cache
+        axis_type = tuple(map(type, axis))
     try:
         key = (
             kind,
             x.shape,
             x.dtype,
             axis,
-            type(axis),
+            axis_type,
             eps,
             type(eps),
             None if weight is None else weight.shape,

@@ -76,6 +76,22 @@ def test_layer_norm_bad_input(kwargs: dict, error: type[LayerNormError], message
 
 
 @pytest.mark.parametrize(
+    ("valid", "invalid"),
+    [
+        pytest.param(dict(axis=(0, 1)), dict(axis=(0, True)), id="bool-in-axis-tuple"),
+        pytest.param(dict(axis=(0, 1)), dict(axis=(0, 1.0)), id="float-in-axis-tuple"),
+        pytest.param(dict(axis=1), dict(axis=True), id="bool-axis"),
+        pytest.param(dict(eps=1), dict(eps=True), id="bool-eps"),
+    ],
+)
+def test_invalid_input_equal_to_a_valid_one_is_still_rejected(valid: dict, invalid: dict) -> None:
+    """(0, True) == (0, 1) and True == 1: a call that passed must not let its look-alike past the checks."""
+    layernorm.layer_norm(X, **valid)
+    with pytest.raises(ArgumentError):
+        layernorm.layer_norm(X, **invalid)
+
+
+@pytest.mark.parametrize(
     ("x", "message"),
     [
         pytest.param(np.zeros((2, 4), np.int64), "x must have a floating dtype .*; got int64", id="int64"),

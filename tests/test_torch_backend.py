@@ -176,6 +176,39 @@ def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> No
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+def test_torch_func_grad(axis: Any, dtype: str, device: str) -> None:
+    """torch.func.grad with respect to x, weight and bias (functorch transforms, not torch.autograd)."""
+    x, w, b, dy = make((6, 20, 12), axis, dtype, device)
+
+    def loss(*inputs: Any) -> Any:
+        return (layernorm.layer_norm(*inputs, axis=axis).double() * dy.double()).sum()
+
+    def rms_loss(*inputs: Any) -> Any:
+        return (layernorm.rms_norm(*inputs, axis=axis).double() * dy.double()).sum()
+
+    check_layer_norm_grads(torch.func.grad(loss, argnums=(0, 1, 2))(x, w, b), x, w, dy, axis, dtype)
+    check_rms_norm_grads(torch.func.grad(rms_loss, argnums=(0, 1))(x, w), x, w, dy, axis, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_func_per_sample_gradients(dtype: str, device: str) -> None:
+    """vmap(grad): the weight and bias gradients of each sample alone, against the reference per sample."""
+    x, w, b, dy = make((5, 24, 16), -1, dtype, device)
+
+    def sample_loss(w: Any, b: Any, x: Any, dy: Any) -> Any:
+        return (layernorm.layer_norm(x, w, b).double() * dy.double()).sum()
+
+    dweights, dbiases = torch.func.vmap(torch.func.grad(sample_loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))(
+        w, b, x, dy
+    )
+    for i in range(x.shape[0]):
+        check_layer_norm_grads((None, dweights[i], dbiases[i]), x[i], w, dy[i], -1, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["weight-only", "bias-only", "frozen", "none"])
 @pytest.mark.parametrize(("shape", "axis"), AUTOGRAD_CASES)
 def test_autograd_with_parameters_missing_or_frozen(

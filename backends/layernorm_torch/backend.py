@@ -58,7 +58,8 @@ def info() -> BackendInfo:
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
             "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
             "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
-            "them in half precision, outside the tolerances)",
+            "them in half precision, outside the tolerances); under torch.func transforms, torch's float32 kernel "
+            "on float32 copies",
         },
     )
 
@@ -141,7 +142,10 @@ def _layer_norm_half(
     on_cpu = x.is_cpu
     if on_cpu:
         if torch.is_grad_enabled():
-            if (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad):
+            train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+            if (train_params or x.requires_grad) and _in_torch_func(x, weight, bias):
+                return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
+            if train_params:
                 return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
             widen = return_stats or spec.mixed_params or x.requires_grad
         else:
@@ -169,6 +173,33 @@ def _layer_norm_half_cpu_autograd(
     perm, inverse = spec.perm, spec.inverse_perm
     out = HalfLayerNormCPU.apply(x.permute(perm), weight, bias, spec.normalized_shape, spec.eps, return_stats)
     return tuple(t.permute(inverse) for t in out) if return_stats else out.permute(inverse)
+
+
+def _in_torch_func(*tensors: torch.Tensor | None) -> bool:
+    """True when a tensor is wrapped by a torch.func transform (grad, vjp, vmap, jacrev).
+
+    False while dynamo traces: it cannot call the query.
+    """
+    if torch.compiler.is_dynamo_compiling():
+        return False
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _layer_norm_half_via_float32(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
+) -> Any:
+    """A half layer_norm on the CPU that torch.func differentiates: torch's float32 kernel on float32 copies.
+
+    `HalfLayerNormCPU` (an autograd.Function with a thread-local scratch) and the mixed-type backward have no
+    torch.func support; these ops each have a batching rule and a derivative, and their sums are float32.
+    """
+    x32, weight, bias = x.float(), _as(weight, torch.float32), _as(bias, torch.float32)
+    if spec.is_trailing:
+        y, mean, rstd = _native_layer_norm(x32, spec.normalized_shape, weight, bias, spec.eps)
+    else:
+        y, mean, rstd = _layer_norm_permuted(x32, weight, bias, spec)
+    y = y.to(dtype=x.dtype)
+    return (y, mean, rstd) if return_stats else y
 
 
 def _layer_norm_permuted(

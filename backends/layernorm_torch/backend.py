@@ -141,13 +141,13 @@ def _layer_norm_half(
     """
     on_cpu = x.is_cpu
     if on_cpu:
-        if torch.is_grad_enabled():
-            train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
-            if (train_params or x.requires_grad) and _in_torch_func(x, weight, bias):
+        train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+        if (train_params or x.requires_grad) and torch.is_grad_enabled():
+            if _in_torch_func(x, weight, bias):
                 return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
             if train_params:
                 return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
-            widen = return_stats or spec.mixed_params or x.requires_grad
+            widen = True  # x's gradient: the mixed-type backward sums its rows in float32
         else:
             widen = return_stats or spec.mixed_params
         if widen:

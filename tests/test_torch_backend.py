@@ -35,6 +35,7 @@ CASES = shape_cases(
 )
 
 
+TRAILING_OR_CHANNELS_FIRST = pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
 AUTOGRAD_CASES = [
     c
     for c in CASES
@@ -163,7 +164,7 @@ def test_autograd_matches_reference(shape: tuple[int, ...], axis: Any, dtype: st
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+@TRAILING_OR_CHANNELS_FIRST
 def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> None:
     """With return_stats, y is differentiated as without; mean and rstd are outputs outside the graph."""
     x, w, b, dy = make((6, 20, 12), axis, dtype, device)
@@ -176,7 +177,7 @@ def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> No
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+@TRAILING_OR_CHANNELS_FIRST
 def test_torch_func_grad(axis: Any, dtype: str, device: str) -> None:
     """torch.func.grad with respect to x, weight and bias (functorch transforms, not torch.autograd)."""
     x, w, b, dy = make((6, 20, 12), axis, dtype, device)
@@ -243,7 +244,7 @@ def test_gradcheck_float64(axis: Any, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+@TRAILING_OR_CHANNELS_FIRST
 def test_float32_params_with_half_x(axis: Any, dtype: str, device: str) -> None:
     x, w, b, dy = make((4, 6, 16), axis, dtype, device, mixed=True)
     spec = check_forward("layer_norm", x, w, b, axis, 1e-5)

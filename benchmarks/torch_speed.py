@@ -9,6 +9,7 @@ respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints median
     python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
     python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes
+    python -m benchmarks.torch_speed --shapes 64x768 --dtypes float16,bfloat16 --ops layer_norm
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def breakdown(rounds: int) -> dict[str, Timing]:
     return interleaved(fns, [None], rounds=rounds, repeats=3, min_time=0.05)
 
 
+def _parsed_shape(text: str) -> tuple[int, int]:
+    rows, columns = (int(size) for size in text.split("x"))
+    return rows, columns
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table per (op, mode)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", default="layer_norm,rms_norm")
+    parser.add_argument("--shapes", default=None, help="comma-separated rows x columns, e.g. 8x64,64x768")
     parser.add_argument("--dtypes", default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = tuple(_parsed_shape(text) for text in args.shapes.split(","))
     for op in args.ops.split(","):
         for backward in (False, True):
             mode = "forward+backward" if backward else "forward"

@@ -208,6 +208,20 @@ def test_torch_func_per_sample_gradients(dtype: str, device: str) -> None:
         check_layer_norm_grads((None, dweights[i], dbiases[i]), x[i], w, dy[i], -1, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
+    """Half CPU weight/bias gradients widen x and dy into one thread's scratch, with views kept per shape: a shape
+    seen again, a larger shape (a new buffer), and more shapes than are kept each give the reference's gradients."""
+    from layernorm_torch import half_cpu
+
+    rows = [100, 80, 300, 100, *range(65, 66 + half_cpu._SCRATCH_SHAPES), 80, 300]
+    for seed, n_rows in enumerate(rows):
+        x, w, b, dy = make((n_rows, 512), -1, dtype, "cpu", seed=seed)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        layernorm.layer_norm(*leaves).backward(dy)
+        check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["weight-only", "bias-only", "frozen", "none"])

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, t in timings.items():
             print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
         return
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes: tuple[tuple[int, int], ...] = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
         shapes = tuple(_parsed_shape(text) for text in args.shapes.split(","))
     for op in args.ops.split(","):

@@ -92,4 +92,10 @@ def test_parameters_follow_device_and_dtype() -> None:
     norm = lt.LayerNorm(8, dtype=torch.float64)
     assert norm.weight.dtype == norm.bias.dtype == torch.float64
     assert norm(torch.randn(2, 8, dtype=torch.float64)).dtype == torch.float64
-    assert "axis=(-1,)" in repr(norm)
+    assert "axis=-1" in repr(norm)
+
+
+def test_axis_attribute_is_an_int_for_one_axis() -> None:
+    assert lt.LayerNorm(8).axis == -1 and lt.RMSNorm([8]).axis == -1
+    assert lt.LayerNorm(6, axis=1).axis == 1 and lt.LayerNorm(6, axis=(1,)).axis == 1
+    assert lt.LayerNorm((4, 5)).axis == (-2, -1) and lt.RMSNorm((3, 5), axis=(1, 3)).axis == (1, 3)

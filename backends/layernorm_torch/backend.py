@@ -137,7 +137,7 @@ def _layer_norm_half(
     gradients will be taken, `HalfLayerNormCPU` sums them in float32; when only x's gradient or the statistics
     are wanted, float32 parameters select torch's mixed-type kernels (float32 statistics, and a dx whose row sums
     are float32); otherwise the half kernel runs as is.
-    On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype.
+    On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype: float32 ones are cast to it.
     """
     on_cpu = x.is_cpu
     if on_cpu:
@@ -153,7 +153,7 @@ def _layer_norm_half(
         if widen:
             weight = _ones(spec, x, torch.float32) if weight is None else weight.float()
             bias = _as(bias, torch.float32)
-    else:
+    elif spec.mixed_params:
         weight, bias = _as(weight, x.dtype), _as(bias, x.dtype)
     if spec.is_trailing:
         y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)

@@ -1,10 +1,14 @@
-"""The shape/axis cases and host dtypes every backend's numerics tests share."""
+"""The shape/axis cases, host dtypes and checks every backend's numerics tests share."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import ml_dtypes
 import numpy as np
 import pytest
+
+from layernorm_core.tolerances import Tolerance, error_ratio, tolerance
 
 HOST_DTYPES = {
     "float16": np.dtype(np.float16),
@@ -29,3 +33,18 @@ def shape_cases(wide: int, *extra: object) -> list[object]:
         pytest.param((0, 16), -1, id="empty-batch"),
         pytest.param((6,), 0, id="1d"),
     ]
+
+
+def check_second_order(got: Sequence[object], expected: Sequence[object], dtype: str) -> None:
+    """Second-order gradients (float64 host arrays, None where there is none) against an oracle's.
+
+    The first-order gradients they differentiate are rounded to ``dtype``, so the table's gradient tolerance
+    applies twice over (no condition term: the oracle is a float64 composite on the same values).
+    """
+    grad = tolerance(dtype, "grad")
+    twice = Tolerance(rtol=2 * grad.rtol, atol=2 * grad.atol, cond=0.0)
+    for name, g, e in zip(("x", "weight", "bias"), got, expected, strict=False):
+        if e is None:
+            continue
+        assert g is not None, f"second-order gradient of {name} is missing"
+        assert error_ratio(g, e, twice) <= 1, name

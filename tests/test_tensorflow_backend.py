@@ -11,7 +11,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from cases import HOST_DTYPES, shape_cases  # noqa: E402
+from cases import HOST_DTYPES, check_second_order, shape_cases  # noqa: E402
 
 import layernorm  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
@@ -136,6 +136,53 @@ def test_tape_gradients(kind: str, shape: tuple[int, ...], axis: Any, dtype: str
     got = _compiled(grads, mode)(x, w, b, dy)
     assert [g.dtype for g in got] == [x.dtype] * len(got)
     _check_grads(kind, got, host, axis, dtype)
+
+
+def _composite(kind: str, x: Any, w: Any, b: Any = None, *, axis: Any) -> Any:
+    """layer_norm / rms_norm in plain float64 TF ops, for nested tapes to differentiate twice (the oracle)."""
+    spec = check_forward(kind, x, w, b, axis, 1e-5)  # type: ignore[arg-type]
+    axes, param_shape = list(spec.axes), spec.param_shape
+    if kind == "layer_norm":
+        x = x - tf.reduce_mean(x, axes, keepdims=True)
+    y = x / tf.sqrt(tf.reduce_mean(x * x, axes, keepdims=True) + 1e-5) * tf.reshape(w, param_shape)
+    return y + tf.reshape(b, param_shape) if kind == "layer_norm" else y
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_second_order_through_nested_tapes(kind: str, axis: Any, dtype: str, mode: str) -> None:
+    """The gradient of a penalty on the gradients (nested tapes) against the float64 composite's; the first-order
+    gradients it squares are rounded to the dtype (`check_second_order`)."""
+    host = _host((5, 8, 6), axis, DTYPES[dtype], seed=3)
+    dy = tf.constant(host[3].astype(np.float64))
+    n_params = 2 if kind == "layer_norm" else 1
+
+    def second_order(fn: Callable[..., Any], *inputs: Any) -> list[Any]:
+        with tf.GradientTape() as outer:
+            outer.watch(inputs)
+            with tf.GradientTape() as inner:
+                inner.watch(inputs)
+                y = tf.cast(fn(*inputs), tf.float64)
+                loss = tf.reduce_sum(y * dy)
+            grads = inner.gradient(loss, inputs)
+            penalty = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float64) ** 2) for g in grads])
+        return outer.gradient(penalty, inputs)
+
+    def ours(x: Any, w: Any, b: Any = None) -> Any:
+        if kind == "layer_norm":
+            return layernorm.layer_norm(x, w, b, axis=axis)
+        return layernorm.rms_norm(x, w, axis=axis)
+
+    got = _compiled(lambda *inputs: second_order(ours, *inputs), mode)(*_tf(*host[: 1 + n_params]))
+    oracle_inputs = _tf(*(a.astype(np.float64) for a in host[: 1 + n_params]))
+    expected = second_order(lambda *inputs: _composite(kind, *inputs, axis=axis), *oracle_inputs)
+    check_second_order(
+        [None if g is None else _np(tf.cast(g, tf.float64)) for g in got],
+        [None if e is None else _np(e) for e in expected],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cases import shape_cases  # noqa: E402
+from cases import check_second_order, shape_cases  # noqa: E402
 
 import layernorm  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
@@ -56,6 +56,11 @@ AUTOGRAD_CASES = [
 def f64(t: Any) -> np.ndarray:
     """Exact float64 host copy of a tensor (every float dtype widens exactly)."""
     return t.detach().cpu().to(torch.float64).numpy()
+
+
+def f64_tensor(t: Any) -> Any:
+    """The same values in float64, as a tensor on t's device."""
+    return t.detach().to(torch.float64)
 
 
 def make(shape: tuple[int, ...], axis: Any, dtype: str, device: str, *, mixed: bool = False, seed: int = 0) -> tuple:
@@ -253,6 +258,67 @@ def test_gradcheck_float64(axis: Any, device: str) -> None:
     assert torch.autograd.gradcheck(lambda x, w: layernorm.rms_norm(x, w, axis=axis), (x, w))
     assert torch.autograd.gradcheck(
         lambda x, w, b: layernorm.layer_norm(x, w, b, axis=axis, return_stats=True), (x, w, b)
+    )
+    assert torch.autograd.gradgradcheck(lambda x, w, b: layernorm.layer_norm(x, w, b, axis=axis), (x, w, b))
+    assert torch.autograd.gradgradcheck(lambda x, w: layernorm.rms_norm(x, w, axis=axis), (x, w))
+
+
+def composite_reference(op: str, x: Any, w: Any, b: Any, axis: Any) -> Any:
+    """layer_norm / rms_norm in float64 torch ops (no fused kernel), for torch.autograd to differentiate twice."""
+    spec = check_forward(op, x, w, b, axis, 1e-5)
+    axes, param_shape = spec.axes, spec.param_shape
+    x = x.double()
+    if op == "layer_norm":
+        centred = x - x.mean(axes, keepdim=True)
+        y = centred / torch.sqrt((centred**2).mean(axes, keepdim=True) + 1e-5)
+    else:
+        y = x / torch.sqrt((x**2).mean(axes, keepdim=True) + 1e-5)
+    y = y * w.double().reshape(param_shape)
+    return y if b is None else y + b.double().reshape(param_shape)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", ["trained", "frozen"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        pytest.param((6, 20, 12), -1, id="trailing"),
+        pytest.param((6, 20, 12), 1, id="channels-first"),
+        pytest.param((70, 512), -1, id="over-2**15"),  # where first-order half CPU gradients use the scratch
+    ],
+)
+def test_second_order_gradient_penalty(
+    shape: tuple[int, ...], axis: Any, op: str, params: str, dtype: str, device: str
+) -> None:
+    """create_graph=True, then the gradient of a penalty on the gradients (as in WGAN-GP): every second-order
+    gradient the float64 composite has, against it. The first-order gradients it squares are rounded to the
+    dtype (`check_second_order`)."""
+    x, w, b, dy = make(shape, axis, dtype, device)
+    b = b if op == "layer_norm" else None
+    trained = params == "trained"
+
+    def second_order(fn: Any, x: Any, w: Any, b: Any) -> list[Any]:
+        leaves = [x.clone().requires_grad_()] + [
+            None if t is None else t.clone().requires_grad_(trained) for t in (w, b)
+        ]
+        inputs = [t for t in leaves if t is not None and t.requires_grad]
+        y = fn(*leaves)
+        grads = torch.autograd.grad((y.double() * dy.double()).sum(), inputs, create_graph=True)
+        penalty = sum((g.double() ** 2).sum() for g in grads)
+        return list(torch.autograd.grad(penalty, inputs, allow_unused=True))
+
+    def ours(x: Any, w: Any, b: Any) -> Any:
+        if op == "layer_norm":
+            return layernorm.layer_norm(x, w, b, axis=axis)
+        return layernorm.rms_norm(x, w, axis=axis)
+
+    got = second_order(ours, x, w, b)
+    reference_inputs = (None if t is None else f64_tensor(t) for t in (x, w, b))
+    expected = second_order(lambda x, w, b: composite_reference(op, x, w, b, axis), *reference_inputs)
+    check_second_order(
+        [None if g is None else f64(g) for g in got], [None if e is None else f64(e) for e in expected], dtype
     )
 
 

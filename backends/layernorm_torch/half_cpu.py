@@ -7,6 +7,8 @@ mixed-type backward kernel (float32 row sums, as accurate as a float32 backward)
 torch's float32 backward kernel run on float32 copies of x and dy, a cache-sized block of rows at a time. Each
 gradient is cast back to its input's dtype. Measured with ``python -m benchmarks.torch_speed --dtypes bfloat16``:
 forward+backward within a few percent of torch's own (inaccurate) half path at (4096, 768) and (8192, 4096).
+Under ``create_graph=True`` (a gradient penalty) the backward is made of differentiable ops, so second-order
+gradients reach x, weight and dy (`backward_float32`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class HalfLayerNormCPU(torch.autograd.Function):
         w32 = torch.ones(normalized_shape, dtype=torch.float32) if weight is None else weight.float()
         b32 = None if bias is None else bias.float()
         y, mean, rstd = _native_layer_norm(x, normalized_shape, w32, b32, eps)
-        ctx.save_for_backward(x, w32, mean, rstd)
+        ctx.save_for_backward(x, w32, mean, rstd, weight)
         ctx.normalized_shape = normalized_shape
         ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         if not return_stats:
@@ -66,11 +68,14 @@ class HalfLayerNormCPU(torch.autograd.Function):
         """Return each gradient (`backward_float32`) in its input's dtype."""
         if dy is None:
             return None, None, None, None, None, None
-        x, w32, mean, rstd = ctx.saved_tensors
+        x, w32, mean, rstd, weight = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.param_dtypes
         wanted = ctx.needs_input_grad
         mask = (wanted[0], weight_dtype is not None and wanted[1], bias_dtype is not None and wanted[2])
-        dx, dweight, dbias = backward_float32(dy, x, w32, mean, rstd, ctx.normalized_shape, mask)
+        differentiable = torch.is_grad_enabled()  # create_graph=True: autograd differentiates these gradients
+        if differentiable and weight is not None:
+            w32 = weight.float()  # recorded, so second-order gradients reach weight
+        dx, dweight, dbias = backward_float32(dy, x, w32, mean, rstd, ctx.normalized_shape, mask, differentiable)
         return (
             dx,
             None if dweight is None else dweight.to(dtype=weight_dtype),
@@ -95,13 +100,16 @@ def backward_float32(
     rstd: torch.Tensor,
     normalized_shape: tuple[int, ...],
     mask: tuple[bool, bool, bool],
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx in x's dtype, dweight and dbias in float32) of a half x over the trailing ``normalized_shape``.
 
-    ``mask`` says which are wanted. dx comes from torch's mixed-type kernel (its row sums are float32); dweight
-    and dbias from `_param_grads_float32`.
+    ``mask`` says which are wanted. Up to `_SMALL_ELEMENTS`, and whenever the gradients must be ``differentiable``
+    (every op then has a derivative: torch's layer_norm double backward for the kernel), one call of torch's
+    float32 kernel on fresh float32 copies of dy and x gives all three. Otherwise dx comes from torch's mixed-type
+    kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared scratch buffer).
     """
-    if x.numel() <= _SMALL_ELEMENTS:
+    if differentiable or x.numel() <= _SMALL_ELEMENTS:
         dx, dweight, dbias = _native_layer_norm_backward(
             dy.float(), x.float(), normalized_shape, mean, rstd, w32, w32, list(mask)
         )

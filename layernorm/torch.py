@@ -24,6 +24,12 @@ from layernorm.errors import ShapeError
 
 Axis = int | tuple[int, ...]
 
+_COMPUTE_EPSILON = {
+    dtype: torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
+"""x's dtype -> the machine epsilon of the dtype torch computes it in: `RMSNorm`'s eps when it is None."""
+
 
 def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) -> tuple[tuple[int, ...], Axis]:
     """normalized_shape as a tuple, and the axes it lies along: the trailing ones unless ``axis`` is given.
@@ -113,7 +119,9 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """RMS normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.RMSNorm.
 
-    ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses ``torch.finfo(x.dtype).eps``, as torch does.
+    ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses the machine epsilon of the dtype torch's kernels
+    compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (torch's docs say x's own, 64 times
+    larger for bfloat16, but its kernels take float32's), else x's.
     Arguments as `LayerNorm` (there is no bias); the state_dict holds ``weight`` only.
 
     Example:
@@ -151,7 +159,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize x over ``axis``: ``layernorm.rms_norm(x, weight, axis=axis, eps=eps)``."""
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        eps = _COMPUTE_EPSILON.get(x.dtype, 0.0) if self.eps is None else self.eps  # 0.0: the core rejects x
         return layernorm.rms_norm(x, self.weight, axis=self.axis, eps=eps)
 
     def extra_repr(self) -> str:

@@ -104,9 +104,10 @@ def test_fullgraph_model_with_several_norms(dtype: Any) -> None:
 
 
 class _Stack(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, dtype: Any = torch.float32) -> None:
         super().__init__()
-        self.norm, self.linear, self.rms = lt.LayerNorm(32), torch.nn.Linear(32, 32), lt.RMSNorm(32)
+        self.norm, self.rms = lt.LayerNorm(32, dtype=dtype), lt.RMSNorm(32, dtype=dtype)
+        self.linear = torch.nn.Linear(32, 32, dtype=dtype)
 
     def forward(self, x: Any) -> Any:
         return self.rms(self.linear(self.norm(x)))
@@ -125,20 +126,49 @@ def test_eager_calls_between_compiled_ones_cause_no_recompiles() -> None:
             torch.testing.assert_close(compiled(x), model(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("mode", ["dynamic=True", "mark_dynamic"])
-def test_dynamic_shapes_stay_symbolic(mode: str) -> None:
+def test_dynamic_shapes_stay_symbolic(mode: str, dtype: Any) -> None:
     """Under dynamic=True eps is a symbolic float and the sizes are symbolic; mark_dynamic fails the compile if
-    anything pins the marked size to one value."""
+    anything pins the marked size to one value (a branch on the size in the half CPU backward did)."""
     torch._dynamo.reset()
-    model = _Stack()
+    model = _Stack(dtype)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=mode == "dynamic=True")
     for rows in (3, 5, 9):
-        x = torch.randn(rows, 32, requires_grad=True)
+        x = torch.randn(rows, 32, dtype=dtype, requires_grad=True)
         if mode == "mark_dynamic":
             torch._dynamo.mark_dynamic(x, 0)
         y = compiled(x)
         torch.testing.assert_close(y, model(x))
         y.sum().backward()
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_export_with_a_dynamic_batch(dtype: Any, strict: bool) -> None:
+    """torch.export of a model with the three norms (trailing, channels-first): the exported program runs a new
+    batch size as the eager model does."""
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 16, dtype=dtype)
+            self.norm = lt.LayerNorm(16, dtype=dtype)
+            self.rms = lt.RMSNorm([16], dtype=dtype)
+            self.channels = lt.LayerNorm(6, axis=1, dtype=dtype)
+
+        def forward(self, x: Any) -> Any:
+            return self.channels(self.rms(self.norm(self.linear(x))))
+
+    model = Model()
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    x = inputs((3, 6, 16), 16)[0].to(dtype)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}, strict=strict)
+    for rows in (3, 5):
+        x_new = inputs((rows, 6, 16), 16, seed=rows)[0].to(dtype)
+        torch.testing.assert_close(program.module()(x_new), model(x_new))
 
 
 def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:

@@ -104,12 +104,14 @@ def backward_float32(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx in x's dtype, dweight and dbias in float32) of a half x over the trailing ``normalized_shape``.
 
-    ``mask`` says which are wanted. Up to `_SMALL_ELEMENTS`, and whenever the gradients must be ``differentiable``
-    (every op then has a derivative: torch's layer_norm double backward for the kernel), one call of torch's
-    float32 kernel on fresh float32 copies of dy and x gives all three. Otherwise dx comes from torch's mixed-type
-    kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared scratch buffer).
+    ``mask`` says which are wanted. One call of torch's float32 kernel on fresh float32 copies of dy and x gives
+    all three: up to `_SMALL_ELEMENTS`; whenever the gradients must be ``differentiable`` (every op then has a
+    derivative: torch's layer_norm double backward for the kernel); and in a torch.compile or torch.export trace,
+    where a branch on the size would pin a dynamic size (the compiler fuses the copies). Otherwise dx comes from
+    torch's mixed-type kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared
+    scratch buffer).
     """
-    if differentiable or x.numel() <= _SMALL_ELEMENTS:
+    if differentiable or torch.compiler.is_compiling() or x.numel() <= _SMALL_ELEMENTS:
         dx, dweight, dbias = _native_layer_norm_backward(
             dy.float(), x.float(), normalized_shape, mean, rstd, w32, w32, list(mask)
         )
@@ -165,9 +167,9 @@ def _widened(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
     A fresh float32 copy costs a page fault per 4 KiB on every call (bfloat16 fwd+bwd at (1024, 1024) took
     1.4x torch's time with fresh blocks, 1.0x with the scratch). The scratch holds one block at most (8 MiB): a
-    single row over `_BLOCK_ELEMENTS`, and a graph torch.compile traces, get fresh copies.
+    single row over `_BLOCK_ELEMENTS` gets fresh copies.
     """
-    if x.numel() > _BLOCK_ELEMENTS or torch.compiler.is_compiling():
+    if x.numel() > _BLOCK_ELEMENTS:
         return dy.float(), x.float()
     dy32, x32 = _scratch_views(x.shape)
     return dy32.copy_(dy), x32.copy_(x)

@@ -323,6 +323,37 @@ def test_second_order_gradient_penalty(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", ["trained", "frozen"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@TRAILING_OR_CHANNELS_FIRST
+def test_forward_mode_ad_dual_tensors(axis: Any, op: str, params: str, dtype: str, device: str) -> None:
+    """torch.autograd.forward_ad: tangents of x and weight through dual tensors, with the parameters requiring
+    grad or not, against the float64 composite's jvp."""
+    import torch.autograd.forward_ad as fwad
+
+    x, w, b, tx = make((6, 20, 12), axis, dtype, device)
+    tw = make((6, 20, 12), axis, dtype, device, seed=1)[1]
+    b = b if op == "layer_norm" else None
+    w, b = (None if t is None else t.clone().requires_grad_(params == "trained") for t in (w, b))
+    with fwad.dual_level():
+        dual_x, dual_w = fwad.make_dual(x, tx), fwad.make_dual(w, tw)
+        if op == "layer_norm":
+            y = layernorm.layer_norm(dual_x, dual_w, b, axis=axis)
+        else:
+            y = layernorm.rms_norm(dual_x, dual_w, axis=axis)
+        tangent = fwad.unpack_dual(y).tangent
+    b64 = None if b is None else f64_tensor(b)
+    _, expected = torch.func.jvp(
+        lambda x, w: composite_reference(op, x, w, b64, axis),
+        (f64_tensor(x), f64_tensor(w)),
+        (f64_tensor(tx), f64_tensor(tw)),
+    )
+    assert tangent is not None and tangent.dtype == x.dtype
+    assert error_ratio(f64(tangent), f64(expected), tolerance(dtype, "grad")) <= 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @TRAILING_OR_CHANNELS_FIRST
 def test_float32_params_with_half_x(axis: Any, dtype: str, device: str) -> None:

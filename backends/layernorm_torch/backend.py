@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec
 from layernorm_torch import half_cpu
@@ -58,8 +59,8 @@ def info() -> BackendInfo:
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
             "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
             "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
-            "them in half precision, outside the tolerances); under torch.func transforms, torch's float32 kernel "
-            "on float32 copies",
+            "them in half precision, outside the tolerances); under torch.func transforms and forward-mode AD, "
+            "torch's float32 kernel on float32 copies",
         },
     )
 
@@ -143,7 +144,7 @@ def _layer_norm_half(
     if on_cpu:
         train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
         if (train_params or x.requires_grad) and torch.is_grad_enabled():
-            if _in_torch_func():
+            if _in_transform():
                 return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
             if train_params:
                 return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
@@ -175,21 +176,24 @@ def _layer_norm_half_cpu_autograd(
     return tuple(t.permute(inverse) for t in out) if return_stats else out.permute(inverse)
 
 
-def _in_torch_func() -> bool:
-    """True inside a torch.func transform (grad, vjp, vmap, jacrev, functionalize): 30 ns, for any number of tensors.
+def _in_transform() -> bool:
+    """True inside a torch.func transform (grad, vjp, jvp, vmap, ...) or a forward-mode AD dual level: 60 ns.
 
-    False while dynamo traces: it cannot call the query.
+    One read for any number of tensors. False while dynamo traces: it cannot call the functorch query.
     """
-    return not torch.compiler.is_dynamo_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+    return not torch.compiler.is_dynamo_compiling() and (
+        torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0
+    )
 
 
 def _layer_norm_half_via_float32(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
-    """A half layer_norm on the CPU that torch.func differentiates: torch's float32 kernel on float32 copies.
+    """Half layer_norm on the CPU for torch.func and forward-mode AD: torch's float32 kernel on float32 copies.
 
-    `HalfLayerNormCPU` (an autograd.Function with a thread-local scratch) and the mixed-type backward have no
-    torch.func support; these ops each have a batching rule and a derivative, and their sums are float32.
+    `HalfLayerNormCPU` (an autograd.Function with a thread-local scratch and no jvp) and the mixed-type backward
+    have no torch.func support; these ops each have a batching rule, a derivative and a forward-mode derivative,
+    and their sums are float32.
     """
     x32, weight, bias = x.float(), _as(weight, torch.float32), _as(bias, torch.float32)
     if spec.is_trailing:

@@ -87,3 +87,27 @@ def rms_norm_backward(
     dx = rstd * (g - xhat * (g * xhat).mean(axis=spec.axes, keepdims=True))
     dweight = (dy64 * xhat).sum(axis=spec.batch_axes).reshape(spec.normalized_shape)
     return dx, dweight
+
+
+def statistics_backward(
+    x: npt.ArrayLike,
+    spec: NormSpec,
+    dmean: npt.ArrayLike | None,
+    drstd: npt.ArrayLike | None,
+) -> F64:
+    """The gradient of x, in float64, from gradients of the returned statistics (``spec.stats_shape``; None: none).
+
+    mean = mean(x) gives dmean / N; rstd = (var + eps)^-1/2 (layer_norm) or (mean(x^2) + eps)^-1/2 (rms_norm)
+    gives -drstd * rstd^2 * xhat / N, with xhat the normalized x of ``spec.kind`` and N the normalized size.
+    """
+    if spec.kind == "layer_norm":
+        xhat, _, rstd = layer_norm(x, None, None, spec)
+    else:
+        xhat, rstd = rms_norm(x, None, spec)
+    n = int(np.prod([xhat.shape[a] for a in spec.axes]))
+    dx = np.zeros_like(xhat)
+    if dmean is not None:
+        dx = dx + _f64(dmean) / n  # type: ignore[operator]
+    if drstd is not None:
+        dx = dx - _f64(drstd) * rstd * rstd * xhat / n  # type: ignore[operator]
+    return dx

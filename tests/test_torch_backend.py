@@ -171,13 +171,16 @@ def test_autograd_matches_reference(shape: tuple[int, ...], axis: Any, dtype: st
 @pytest.mark.parametrize("dtype", DTYPES)
 @TRAILING_OR_CHANNELS_FIRST
 def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> None:
-    """With return_stats, y is differentiated as without; mean and rstd are outputs outside the graph."""
+    """With return_stats, y is differentiated as without. mean and rstd are differentiable too (the conformance
+    check test_autodiff_through_statistics holds them to the reference); without x's gradient they are not."""
     x, w, b, dy = make((6, 20, 12), axis, dtype, device)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     y, mean, rstd = layernorm.layer_norm(*leaves, axis=axis, return_stats=True)
-    assert not (mean.requires_grad or rstd.requires_grad)
+    assert mean.requires_grad and rstd.requires_grad
     y.backward(dy)
     check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype)
+    _, mean, rstd = layernorm.layer_norm(x, *leaves[1:], axis=axis, return_stats=True)
+    assert not (mean.requires_grad or rstd.requires_grad)
 
 
 @pytest.mark.parametrize("device", DEVICES)

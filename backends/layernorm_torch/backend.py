@@ -118,14 +118,35 @@ def from_foreign(x: Any) -> torch.Tensor:
 def layer_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
-    """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm."""
+    """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm.
+
+    The kernels return mean and rstd outside the autograd graph; when x's gradient is taken they come from
+    `_differentiable_statistics` instead, so a loss on them reaches x.
+    """
     if spec.compute_dtype != spec.dtype:
-        return _layer_norm_half(x, weight, bias, spec, return_stats)
-    if spec.is_trailing:
-        y, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
+        out = _layer_norm_half(x, weight, bias, spec, return_stats)
+        if not return_stats:
+            return out
+    elif spec.is_trailing:
+        out = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
     else:
-        y, mean, rstd = _layer_norm_permuted(x, weight, bias, spec)
-    return (y, mean, rstd) if return_stats else y
+        out = _layer_norm_permuted(x, weight, bias, spec)
+    if not return_stats:
+        return out[0]
+    if x.requires_grad and torch.is_grad_enabled():
+        return (out[0], *_differentiable_statistics(x, spec))
+    return out
+
+
+def _differentiable_statistics(x: torch.Tensor, spec: NormSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and rstd of x in ``spec.compute_dtype`` from differentiable ops, two-pass as the spec asks.
+
+    Their values agree with the kernel's within the statistics tolerance. (torch.var_mean warns on an empty batch.)
+    """
+    x_c = x if spec.compute_dtype == spec.dtype else x.float()
+    mean = x_c.mean(dim=spec.axes, keepdim=True)
+    centred = x_c - mean
+    return mean, torch.rsqrt((centred * centred).mean(dim=spec.axes, keepdim=True) + spec.eps)
 
 
 def _layer_norm_half(

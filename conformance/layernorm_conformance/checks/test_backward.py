@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from layernorm_conformance.autodiff import vjp_for
-from layernorm_conformance.data import BACKWARD_CASES, Case
+from layernorm_conformance.data import BACKWARD_CASES, Case, random_array
 from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.ops import (
     OPS,
@@ -19,9 +19,12 @@ from layernorm_conformance.ops import (
     make_dy,
     make_problem,
     reference_backward,
+    stat_names,
     to_target,
 )
 from layernorm_conformance.targets import Target
+from layernorm_core import reference
+from layernorm_core.dtypes import compute_dtype
 
 GRAD_AFFINES: tuple[Affine, ...] = ("none", "weight", "full")
 
@@ -47,8 +50,8 @@ def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, ca
     numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
 
 
-def autodiff_params(target: Target, dtype: str) -> list[Any]:
-    """Cases x ops x affine when the backend differentiates through its framework; one skip otherwise."""
+def _when_differentiable(target: Target, dtype: str, params: list[Any]) -> list[Any]:
+    """``params`` when the backend differentiates through its framework here; else one skip with the reason."""
     if not target.info.autodiff:
         return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=f"backend "
                 f"{target.backend!r} declares no framework autodiff (info().autodiff is False)"))]  # fmt: skip
@@ -56,12 +59,29 @@ def autodiff_params(target: Target, dtype: str) -> list[Any]:
     if vjp_for(probe) is None:
         reason = f"no gradient hook for {type(probe).__module__} arrays in layernorm_conformance.autodiff"
         return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=reason))]
-    return [
+    return params
+
+
+def autodiff_params(target: Target, dtype: str) -> list[Any]:
+    """Cases x ops x affine, when the backend is differentiable here."""
+    params = [
         pytest.param(case, op, affine, id=f"{case.id}-{op}-{affine}")
         for case in BACKWARD_CASES
         for op in OPS
         for affine in GRAD_AFFINES
     ]
+    return _when_differentiable(target, dtype, params)
+
+
+def statistics_params(target: Target, dtype: str) -> list[Any]:
+    """Cases x ops x returned statistic, when the backend is differentiable here."""
+    params = [
+        pytest.param(case, op, stat, id=f"{case.id}-{op}-{stat}")
+        for case in BACKWARD_CASES
+        for op in OPS
+        for stat in stat_names(op)[1:]
+    ]
+    return _when_differentiable(target, dtype, params)
 
 
 @pytest.mark.conformance_params("case,op,affine", autodiff_params)
@@ -85,3 +105,27 @@ def test_autodiff(numerics: Numerics, target: Target, dtype: str, case: Case, op
     if weight is not None:
         assert "dweight" in actual, "no gradient reached weight"
     numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+
+
+@pytest.mark.conformance_params("case,op,stat", statistics_params)
+def test_autodiff_through_statistics(
+    numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, stat: str
+) -> None:
+    """A loss on a returned statistic (mean or rstd) sends its gradient to x through the framework's autodiff."""
+    problem = make_problem(op, case, dtype, "full", key="statistics")
+    spec = problem.spec
+    index = stat_names(op).index(stat)
+    dstat = random_array(tuple(int(d) for d in spec.stats_shape), compute_dtype(dtype), "dstat", op, stat)
+    x, weight, bias = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias))
+    vjp = vjp_for(x)
+    assert vjp is not None
+
+    def fn(x: Any, weight: Any, bias: Any) -> Any:
+        return call_forward(target.backend, problem, x, weight, bias, True)[index]
+
+    dx = vjp(fn, [x, weight, bias], to_target(target, dstat))[0]
+    assert dx is not None, f"no gradient reached x from {stat}"
+    expected = reference.statistics_backward(
+        problem.x, spec, dstat if stat == "mean" else None, dstat if stat == "rstd" else None
+    )
+    numerics.check({"dx": target.module.to_numpy(dx)}, {"dx": expected}, dtype, problem.condition())

@@ -21,14 +21,13 @@ from torch import nn
 
 import layernorm
 from layernorm.errors import ShapeError
+from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype
 
 Axis = int | tuple[int, ...]
 
-_COMPUTE_EPSILON = {
-    dtype: torch.finfo(torch.promote_types(dtype, torch.float32)).eps
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-}
-"""x's dtype -> the machine epsilon of the dtype torch computes it in: `RMSNorm`'s eps when it is None."""
+_COMPUTE_EPSILON = {getattr(torch, name): torch.finfo(getattr(torch, compute_dtype(name))).eps for name in FLOAT_DTYPES}
+"""x's dtype -> the machine epsilon of its compute dtype (the core's rule, which torch's kernels follow): `RMSNorm`'s
+eps when it is None."""
 
 
 def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) -> tuple[tuple[int, ...], Axis]:

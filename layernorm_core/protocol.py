@@ -15,12 +15,16 @@ class BackendDeclaration:
     ``array_modules`` are the top-level module names whose array types this backend owns (``type(x).__module__``
     starts with one of them, as in einops); auto dispatch sends such arrays to it. ``requires`` are the modules
     that must be importable for the backend to be available, and ``extra`` the pip extra that installs them.
+    ``excluded_modules`` are modules under those whose array types are not dense arrays (masked, sparse,
+    ragged): a dense kernel would misread them (a NumPy masked array's mask would be dropped), so an argument of
+    such a type, or of a subclass, is a DTypeError before any backend runs.
     ``implementation`` is the module (imported on first use) that implements `BackendModule`.
     """
 
     name: str
     implementation: str
     array_modules: tuple[str, ...] = ()
+    excluded_modules: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     extra: str | None = None
     description: str = ""

@@ -18,7 +18,7 @@ from typing import Any, cast
 import pluggy
 
 from layernorm_core import hookspecs
-from layernorm_core.errors import BackendError
+from layernorm_core.errors import BackendError, DTypeError
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
 from layernorm_core.tracing import dynamo_tracing
 
@@ -53,6 +53,7 @@ class Registry:
         self._plugin_of: dict[str, str] = {}
         self._loaded: dict[str, ModuleType] = {}
         self._owner_by_module: dict[str, str] = {}
+        self._excluded_by_module: dict[str, str] = {}
         self._owner_by_type: dict[type, str | None] = {}
         self._multi_device: dict[str, bool] = {}
         self._engine_by_type: dict[type, tuple[ModuleType, str]] = {}
@@ -131,9 +132,12 @@ class Registry:
         per-call path must not fall into the locked slow path while torch.compile traces it.
         """
         self._owner_by_module = {}
+        self._excluded_by_module = {}
         for declaration in self._declarations.values():
             for module in declaration.array_modules:
                 self._owner_by_module.setdefault(module, declaration.name)
+            for module in declaration.excluded_modules:
+                self._excluded_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
         self._engine_by_type = {
             cls: engine for cls, engine in self._engine_by_type.items() if engine[1] in self._declarations
@@ -254,15 +258,28 @@ def _owner_of_type(registry: Registry, array_type: type) -> str | None:
     """The backend that owns ``array_type``, or None; entry points are read under the lock.
 
     That is the backend declared for the type's package or, failing that, for its nearest base class's (Keras 3's
-    TensorFlow variables subclass tf's Tensor).
+    TensorFlow variables subclass tf's Tensor). A type that is, or derives from, a type of a module a backend
+    excludes (masked, sparse, ragged arrays) is a DTypeError.
     """
     with registry._lock:
         registry._discover()
+        for cls in array_type.__mro__:
+            _reject_excluded(registry, array_type, cls.__module__)
         for cls in array_type.__mro__:
             owner = registry._owner_by_module.get(cls.__module__.partition(".")[0])
             if owner is not None:
                 return owner
         return None
+
+
+def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
+    for excluded, name in registry._excluded_by_module.items():
+        if module == excluded or module.startswith(excluded + "."):
+            raise DTypeError(
+                f"{array_type.__module__}.{array_type.__qualname__} is not a dense array (the {name!r} backend "
+                f"excludes {excluded}: masked, sparse and ragged types); pass a dense array, such as a masked "
+                "array's .filled(value) or a sparse array's .todense()"
+            )
 
 
 def _load_owner(registry: Registry, array_type: type) -> str | None:

@@ -11,6 +11,7 @@ def layernorm_backends() -> list[BackendDeclaration]:
             name="numpy",
             implementation="layernorm_numpy.backend",
             array_modules=("numpy",),
+            excluded_modules=("numpy.ma",),  # masked arrays: a dense kernel would drop the mask
             requires=("numpy",),
             extra=None,
             description="NumPy on the CPU: blocked, multi-threaded, shifted two-pass statistics",

@@ -11,6 +11,7 @@ def layernorm_backends() -> list[BackendDeclaration]:
             name="tensorflow",
             implementation="layernorm_tensorflow.backend",
             array_modules=("tensorflow",),
+            excluded_modules=("tensorflow.python.ops.ragged", "tensorflow.python.framework.sparse_tensor"),
             requires=("tensorflow",),
             extra="tensorflow",
             description="TensorFlow (eager, tf.function, XLA): tf.custom_gradient with the analytic backward",

@@ -11,6 +11,7 @@ def layernorm_backends() -> list[BackendDeclaration]:
             name="torch",
             implementation="layernorm_torch.backend",
             array_modules=("torch",),
+            excluded_modules=("torch.masked",),  # MaskedTensor
             requires=("torch",),
             extra="torch",
             description="PyTorch (CPU, CUDA): native fused kernels, torch.autograd",

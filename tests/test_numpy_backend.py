@@ -122,13 +122,24 @@ def test_float32_params_with_half_x() -> None:
 
 
 def test_rows_are_batch_invariant_and_deterministic() -> None:
-    x = np.random.default_rng(5).standard_normal((3000, 700)).astype(np.float32)  # crosses block and thread splits
-    y = layernorm.layer_norm(x)
-    for rows in (slice(0, 1), slice(1234, 1235), slice(2999, 3000), slice(100, 900)):
-        np.testing.assert_array_equal(layernorm.layer_norm(x[rows]), y[rows])
-    np.testing.assert_array_equal(layernorm.layer_norm(x), y)
-    dy = np.ones_like(x)
-    for got, again in zip(layernorm.layer_norm_backward(dy, x), layernorm.layer_norm_backward(dy, x), strict=True):
+    # The batch crosses block and thread splits; a row alone, or up to BLOCK_BYTES of rows, is one block.
+    x = np.random.default_rng(5).standard_normal((3000, 700)).astype(np.float32)
+    dy = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    outputs = layernorm.layer_norm(x, return_stats=True)
+    rms_outputs = layernorm.rms_norm(x, return_stats=True)
+    dx = layernorm.layer_norm_backward(dy, x)[0]
+    for rows in (slice(0, 1), slice(1234, 1235), slice(2999, 3000), slice(100, 190), slice(100, 900)):
+        for got, full in zip(layernorm.layer_norm(x[rows], return_stats=True), outputs, strict=True):
+            np.testing.assert_array_equal(got, full[rows])
+        for got, full in zip(layernorm.rms_norm(x[rows], return_stats=True), rms_outputs, strict=True):
+            np.testing.assert_array_equal(got, full[rows])
+        np.testing.assert_array_equal(layernorm.layer_norm_backward(dy[rows], x[rows])[0], dx[rows])
+    np.testing.assert_array_equal(layernorm.layer_norm(x), outputs[0])
+    given_stats = layernorm.layer_norm_backward(dy, x, mean=outputs[1], rstd=outputs[2])
+    for got, again in zip(layernorm.layer_norm_backward(dy, x), given_stats, strict=True):
+        np.testing.assert_array_equal(got, again)  # recomputed statistics are the forward's, bit for bit
+    rms_given = layernorm.rms_norm_backward(dy, x, rstd=rms_outputs[1])
+    for got, again in zip(layernorm.rms_norm_backward(dy, x), rms_given, strict=True):
         np.testing.assert_array_equal(got, again)
 
 

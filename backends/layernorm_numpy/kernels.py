@@ -80,6 +80,8 @@ def _for_blocks(x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Blo
     """
     if x.size == 0:
         return []
+    if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block: skip making it
+        return [make_worker(x.shape)((slice(None),))]
     blocks = _grid(x.shape, item_bytes)
     results: list[Any] = [None] * len(blocks)
     largest = x[blocks[0]].shape
@@ -105,11 +107,13 @@ def forward(
     eps: float,
     compute: np.dtype[np.floating],
     rms: bool,
-    y: Array,
+    y: Array | None,
     mean_out: Array | None,
     rstd_out: Array,
 ) -> None:
     """Normalize ``x`` along axis 1 into ``y``; write the mean (layer_norm) and rstd along that axis.
+
+    With ``y`` None only the statistics are computed (for a backward that was not given them).
 
     ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
@@ -117,7 +121,7 @@ def forward(
     """
     n = x.shape[1]
     inv_n = 1.0 / n
-    same_dtype = x.dtype == compute and y.dtype == compute
+    same_dtype = x.dtype == compute  # y has x's dtype
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
@@ -149,6 +153,8 @@ def forward(
             np.sqrt(column, out=column)
             np.reciprocal(column, out=column)
             rstd_out[block] = column
+            if y is None:
+                return
             yb = y[block]
             last = yb if same_dtype else t
             if weight is None and bias is None:

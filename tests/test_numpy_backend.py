@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import numpy as np
 import pytest
 from cases import HOST_DTYPES, shape_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layernorm_numpy import kernels
 from layernorm_numpy.kernels import BLOCK_BYTES, MIN_WIDTH, PARALLEL_MIN_BYTES, suits_3d_layout
 
 import layernorm
@@ -234,3 +238,32 @@ def test_random_shapes_axes_dtypes(shape: tuple[int, ...], data: st.DataObject, 
         strict=True,
     ):
         assert error_ratio(got, expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1
+
+
+def test_kept_scratch_is_per_thread_reused_and_never_overlaps() -> None:
+    float32 = np.dtype(np.float32)
+    shapes = ((4, 8), (4, 8), (4, 1))
+    first = kernels._kept(shapes, float32)
+    assert all(a.shape == shape and a.dtype == float32 for a, shape in zip(first, shapes, strict=True))
+    assert [a.ctypes.data for a in kernels._kept(shapes, float32)] == [a.ctypes.data for a in first]  # reused
+    starts = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in first)
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(starts))  # disjoint
+    other_thread: list[int] = []
+    worker = threading.Thread(target=lambda: other_thread.append(kernels._kept(shapes, float32)[0].ctypes.data))
+    worker.start()
+    worker.join()
+    assert other_thread != [first[0].ctypes.data]
+    too_large = ((kernels.KEPT_MAX_BYTES // 4 + 1,),)
+    assert kernels._kept(too_large, float32)[0].base is None  # a fresh array, not a view of the kept buffer
+
+
+def test_backward_is_unchanged_by_the_calls_between() -> None:
+    """Kept scratch is reused, grown and replaced by other shapes and dtypes; results stay the same bits."""
+    x, w, _, dy = _inputs((64, 768), -1, np.dtype(np.float32))
+    first = layernorm.layer_norm_backward(dy, x, w)
+    for shape, axis, dtype in (((3, 5), -1, np.float16), ((700, 1000), -1, np.float32), ((2, 16, 8, 8), 1, np.float64)):
+        others = _inputs(shape, axis, np.dtype(dtype), seed=1)
+        layernorm.layer_norm_backward(others[3], others[0], others[1], axis=axis)
+        layernorm.rms_norm(others[0], others[1], axis=axis)
+        for got, again in zip(layernorm.layer_norm_backward(dy, x, w), first, strict=True):
+            np.testing.assert_array_equal(got, again)

@@ -10,6 +10,7 @@ respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints median
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
     python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes
     python -m benchmarks.torch_speed --shapes 64x768 --dtypes float16,bfloat16 --ops layer_norm
+    python -m benchmarks.torch_speed --shapes 4096x768 --sets 12   # 150 MB of inputs in rotation: cold caches
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ def forward_backward(fn: Callable[..., torch.Tensor]) -> Callable[..., Any]:
     return run
 
 
-def make_inputs(shape: tuple[int, int], dtype: torch.dtype, device: str, grad: bool) -> list[tuple[Any, ...]]:
-    """Two input sets (x, weight, bias, ct), rotated so small shapes are not flattered by caches."""
+def make_inputs(
+    shape: tuple[int, int], dtype: torch.dtype, device: str, grad: bool, count: int = 2
+) -> list[tuple[Any, ...]]:
+    """``count`` input sets (x, weight, bias, ct), rotated so small shapes are not flattered by caches."""
     sets = []
-    for seed in range(2):
+    for seed in range(count):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=g).to(device, dtype)
         w = torch.randn(shape[-1], generator=g).to(device, dtype)
@@ -94,10 +97,10 @@ def _timed(fn: Callable[..., torch.Tensor], backward: bool) -> Callable[[tuple[A
 
 
 def bench_case(
-    op: str, shape: tuple[int, int], dtype: str, device: str, backward: bool, rounds: int
+    op: str, shape: tuple[int, int], dtype: str, device: str, backward: bool, rounds: int, sets: int = 2
 ) -> dict[str, Timing]:
-    """Time ours, torch and copy side by side for one case."""
-    inputs = make_inputs(shape, DTYPES[dtype], device, backward)
+    """Time ours, torch and copy side by side for one case, on ``sets`` input sets in rotation."""
+    inputs = make_inputs(shape, DTYPES[dtype], device, backward, sets)
     fns = {name: _timed(fn, backward and name != "copy") for name, fn in candidates(op, shape[-1]).items()}
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
+    parser.add_argument("--sets", type=int, default=2, help="input sets in rotation; more than the caches hold: cold")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             print("  " + " ".join(f"{h:>11s}" for h in header))
             for shape in shapes:
                 for dtype in args.dtypes.split(","):
-                    case = bench_case(op, shape, dtype, args.device, backward, rounds)
+                    case = bench_case(op, shape, dtype, args.device, backward, rounds, args.sets)
                     ours, theirs, copy = (case[k].median * 1e6 for k in ("ours", "torch", "copy"))
                     dims = "x".join(map(str, shape))
                     low = case["ours"].p10 / case["torch"].p10  # the least disturbed runs: steadier on a busy machine

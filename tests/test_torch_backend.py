@@ -95,12 +95,15 @@ def check_layer_norm_grads(grads: tuple, x: Any, w: Any, dy: Any, axis: Any, dty
 
 
 def check_rms_norm_grads(grads: tuple, x: Any, w: Any, dy: Any, axis: Any, dtype: str) -> None:
-    """dx, dweight against the reference."""
+    """dx, dweight (each unless None) against the reference."""
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
     ref_rstd = reference.rms_norm(f64(x), None, spec)[1]
-    scales = (gradient_scale(f64(dy), f64(w), ref_rstd, spec), None)
-    expected = reference.rms_norm_backward(f64(dy), f64(x), f64(w), spec)
+    w64 = None if w is None else f64(w)
+    scales = (gradient_scale(f64(dy), w64, ref_rstd, spec), None)
+    expected = reference.rms_norm_backward(f64(dy), f64(x), w64, spec)
     for name, got, exp, scale in zip(("dx", "dweight"), grads, expected, scales, strict=True):
+        if got is None:
+            continue
         assert tuple(got.shape) == exp.shape, name
         assert error_ratio(f64(got), exp, tolerance(dtype, "grad"), scale=scale) <= 1, name
 
@@ -220,14 +223,110 @@ def test_torch_func_per_sample_gradients(dtype: str, device: str) -> None:
 def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
     """Half CPU weight/bias gradients widen x and dy into one thread's scratch, with views kept per shape: a shape
     seen again, a larger shape (a new buffer), and more shapes than are kept each give the reference's gradients."""
-    from layernorm_torch import half_cpu
+    from layernorm_torch import scratch
 
-    rows = [100, 80, 300, 100, *range(65, 66 + half_cpu._SCRATCH_SHAPES), 80, 300]
+    rows = [100, 80, 300, 100, *range(65, 66 + scratch.KEPT_SHAPES), 80, 300]
     for seed, n_rows in enumerate(rows):
         x, w, b, dy = make((n_rows, 512), -1, dtype, "cpu", seed=seed)
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         layernorm.layer_norm(*leaves).backward(dy)
         check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, dtype)
+
+
+@pytest.fixture
+def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route every CPU rms_norm that autograd differentiates through `RMSNormCPU`, in blocks of 3 rows of 24."""
+    from layernorm_torch import rms_cpu
+
+    monkeypatch.setattr(rms_cpu, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(rms_cpu, "_BLOCK_ELEMENTS", 72)
+
+
+def differentiated_by_rms_cpu(y: Any) -> bool:
+    """Whether autograd differentiates y with `RMSNormCPU` (under the permute back, for non-trailing axes)."""
+    node = y.grad_fn
+    if type(node).__name__ == "PermuteBackward0":
+        node = node.next_functions[0][0]
+    return type(node).__name__ == "RMSNormCPUBackward"
+
+
+RMS_CPU_CASES = [
+    pytest.param((37, 24), -1, id="trailing"),  # 12 blocks of 3 rows and one of 1
+    pytest.param((5, 24, 7), 1, id="channels-first"),
+    pytest.param((3, 4, 2, 6), (1, 3), id="non-adjacent"),
+    pytest.param((2, 200), -1, id="rows-over-a-block"),
+]
+
+
+@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", ["trained", "frozen-weight", "frozen-x", "no-weight", "float32-weight"])
+@pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
+def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, params: str, dtype: str) -> None:
+    """`RMSNormCPU` (block by block, several blocks and a short last one) against the reference, for each input
+    that requires grad; a float32 weight for a half x gets a float32 gradient."""
+    mixed = params == "float32-weight" and dtype in ("float16", "bfloat16")
+    x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
+    weight = None if params == "no-weight" else w.clone().requires_grad_(params != "frozen-weight")
+    x = x.clone().requires_grad_(params != "frozen-x")
+    y = layernorm.rms_norm(x, weight, axis=axis)
+    assert differentiated_by_rms_cpu(y)
+    y.backward(dy)
+    grads = (x.grad, None if weight is None else weight.grad)
+    assert (grads[0] is None) == (params == "frozen-x")
+    assert (grads[1] is None) == (params in ("frozen-weight", "no-weight"))
+    assert all(g is None or g.dtype == t.dtype for g, t in zip(grads, (x, weight), strict=True))
+    check_rms_norm_grads(grads, x, weight, dy, axis, dtype)
+
+
+@pytest.mark.parametrize(
+    ("shape", "grad", "return_stats", "analytic"),
+    [
+        pytest.param((64, 768), True, False, True, id="large"),
+        pytest.param((8, 64), True, False, False, id="small"),  # torch's autograd: fewer calls in Python
+        pytest.param((64, 768), False, False, False, id="no-grad"),
+        pytest.param((64, 768), True, True, False, id="return-stats"),  # rstd differentiable: torch's ops
+    ],
+)
+def test_rms_norm_cpu_analytic_backward_when(
+    shape: tuple[int, ...], grad: bool, return_stats: bool, analytic: bool
+) -> None:
+    """Which CPU rms_norm calls `RMSNormCPU` differentiates: from `rms_cpu.MIN_ELEMENTS` elements, with autograd
+    on and x or weight requiring grad, without return_stats."""
+    x, w, _, _ = make(shape, -1, "float32", "cpu")
+    w.requires_grad_()
+    with torch.set_grad_enabled(grad):
+        out = layernorm.rms_norm(x, w, return_stats=return_stats)
+    y = out[0] if return_stats else out
+    assert differentiated_by_rms_cpu(y) == analytic
+
+
+@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.parametrize("axis", [-1, 1, (0, 2)], ids=["trailing", "channels-first", "non-adjacent"])
+def test_rms_norm_cpu_analytic_backward_second_order(axis: Any) -> None:
+    """Under create_graph=True `RMSNormCPU`'s backward is differentiable, with rstd recomputed from x."""
+    x, w, _, _ = make((4, 5, 6), axis, "float64", "cpu")
+    x, w = x.requires_grad_(), w.requires_grad_()
+    assert differentiated_by_rms_cpu(layernorm.rms_norm(x, w, axis=axis))
+    assert torch.autograd.gradgradcheck(lambda x, w: layernorm.rms_norm(x, w, axis=axis), (x, w))
+
+
+@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_cpu_transforms_keep_torch_ops(dtype: str) -> None:
+    """torch.func and forward-mode AD cannot run an autograd.Function without a vmap or jvp rule: there rms_norm
+    keeps torch's ops, even above `rms_cpu.MIN_ELEMENTS` (lowered to 0 here)."""
+    import torch.autograd.forward_ad as fwad
+
+    x, w, _, dy = make((6, 20, 12), -1, dtype, "cpu")
+
+    def rms_loss(x: Any, w: Any) -> Any:
+        return (layernorm.rms_norm(x, w).double() * dy.double()).sum()
+
+    check_rms_norm_grads(torch.func.grad(rms_loss, argnums=(0, 1))(x, w), x, w, dy, -1, dtype)
+    with fwad.dual_level():
+        y = layernorm.rms_norm(fwad.make_dual(x, dy), w.clone().requires_grad_())
+        assert fwad.unpack_dual(y).tangent is not None
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -20,8 +20,9 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec
-from layernorm_torch import half_cpu
+from layernorm_torch import half_cpu, rms_cpu
 from layernorm_torch.half_cpu import HalfLayerNormCPU
+from layernorm_torch.rms_cpu import RMSNormCPU
 
 # The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
 _native_layer_norm: Any = torch.native_layer_norm
@@ -54,6 +55,9 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
+            "rms_norm backward on CPU": "analytic, block by block in per-thread scratch, for inputs of 2**15 "
+            "elements or more (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768)); "
+            "torch's own autograd below that, and under torch.compile, torch.export and torch.func",
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
@@ -235,7 +239,20 @@ def _layer_norm_permuted(
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch's rms_norm kernel."""
+    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch's rms_norm kernel.
+
+    On the CPU, when autograd will differentiate y of at least `rms_cpu.MIN_ELEMENTS`, `RMSNormCPU` gives it an
+    analytic backward (torch differentiates its CPU composite op by op, several times slower).
+    """
+    if (
+        (x.requires_grad or (weight is not None and weight.requires_grad))
+        and not return_stats
+        and x.is_cpu
+        and torch.is_grad_enabled()
+        and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_transform())
+        and x.numel() >= rms_cpu.MIN_ELEMENTS  # last: in a trace, a symbolic size would be pinned
+    ):
+        return _rms_norm_cpu_autograd(x, weight, spec)
     if spec.compute_dtype != spec.dtype:
         return _rms_norm_half(x, weight, spec, return_stats)
     if not spec.is_trailing:
@@ -245,6 +262,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
         return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
     return (y, rstd) if return_stats else y
+
+
+def _rms_norm_cpu_autograd(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> torch.Tensor:
+    """rms_norm of a CPU tensor that autograd differentiates with the analytic backward of `RMSNormCPU`."""
+    if spec.is_trailing:
+        return cast("torch.Tensor", RMSNormCPU.apply(x, weight, spec.normalized_shape, spec.eps))
+    y = RMSNormCPU.apply(x.permute(spec.perm), weight, spec.normalized_shape, spec.eps)
+    return cast("torch.Tensor", y.permute(spec.inverse_perm))
 
 
 def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
@@ -332,20 +357,19 @@ def _layer_norm_backward_half_cpu(
 def rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dweight): torch's fused rms_norm backward on CUDA, the same formula in torch ops elsewhere."""
+    """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere."""
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
-    compute = rstd.dtype
-    xhat = x.to(dtype=compute) * rstd
-    dy_c = dy.to(dtype=compute)
-    g = dy_c if weight is None else dy_c * weight.to(dtype=compute).reshape(_sizes(spec.param_shape))
-    dx = rstd * (g - xhat * (g * xhat).mean(spec.axes, keepdim=True))
-    dweight = dy_c * xhat
-    if spec.batch_axes:
-        dweight = dweight.sum(spec.batch_axes)
-    return dx.to(dtype=x.dtype), dweight.reshape(_sizes(spec.normalized_shape)).to(dtype=x.dtype)
+    if x.is_cpu:
+        dy, x, rstd = _normalized_last(spec, dy, x, rstd)
+        dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
+        assert dx is not None and dweight is not None
+        dx = _normalized_back(spec, dx)
+    else:
+        dx, dweight = rms_cpu.formula(dy, x, weight, rstd, spec.axes)
+    return dx, dweight.to(dtype=x.dtype)
 
 
 def _rms_norm_backward_fused(

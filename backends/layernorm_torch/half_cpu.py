@@ -13,11 +13,11 @@ gradients reach x, weight and dy (`backward_float32`).
 
 from __future__ import annotations
 
-import math
-import threading
 from typing import Any
 
 import torch
+
+from layernorm_torch import scratch
 
 _native_layer_norm: Any = torch.native_layer_norm
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
@@ -28,9 +28,6 @@ torch's per-op overhead more often, larger ones leave the cache."""
 _SMALL_ELEMENTS = 1 << 15
 """Up to this many elements, the backward widens dy and x whole (128 KiB of float32 each: malloc serves that
 without page faults) and one float32 kernel call gives dx, dweight and dbias: the fewest calls for tiny inputs."""
-_SCRATCH_SHAPES = 16
-"""Shapes whose scratch views a thread keeps (`_scratch_views`): a model's few layer shapes, and the blocks."""
-_scratch = threading.local()
 
 
 class HalfLayerNormCPU(torch.autograd.Function):
@@ -171,28 +168,5 @@ def _widened(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """
     if x.numel() > _BLOCK_ELEMENTS:
         return dy.float(), x.float()
-    dy32, x32 = _scratch_views(x.shape)
+    dy32, x32 = scratch.views(x.shape, 2)
     return dy32.copy_(dy), x32.copy_(x)
-
-
-def _scratch_views(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float32 tensors of ``shape`` over this thread's scratch buffer, made once per shape.
-
-    Making the views costs more than filling them at mid sizes (slice and view: 2.5 µs each, the copy of a
-    (64, 768) block 2 µs), so they are kept, `_SCRATCH_SHAPES` at most. A larger shape replaces the buffer.
-    """
-    views: dict[torch.Size, tuple[torch.Tensor, torch.Tensor]] | None = getattr(_scratch, "views", None)
-    if views is None:
-        views = _scratch.views = {}
-    pair = views.get(shape)
-    if pair is not None:
-        return pair
-    elements = math.prod(shape)
-    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < 2 * elements:
-        buffer = _scratch.buffer = torch.empty(2 * elements)
-        views.clear()
-    elif len(views) >= _SCRATCH_SHAPES:
-        views.clear()
-    pair = views[shape] = (buffer[:elements].view(shape), buffer[elements : 2 * elements].view(shape))
-    return pair

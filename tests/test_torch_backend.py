@@ -235,11 +235,13 @@ def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
 
 @pytest.fixture
 def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route every CPU rms_norm that autograd differentiates through `RMSNormCPU`, in blocks of 3 rows of 24."""
+    """Run every CPU rms_norm through `rms_cpu` (and `RMSNormCPU` when autograd records), in blocks of 72 elements."""
     from layernorm_torch import rms_cpu
 
     monkeypatch.setattr(rms_cpu, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(rms_cpu, "_BLOCK_ELEMENTS", 72)
+    monkeypatch.setattr(rms_cpu, "_FORWARD_BLOCK_ELEMENTS", 72)
+    monkeypatch.setattr(rms_cpu, "BLOCKED_FORWARD_ELEMENTS", 72)
 
 
 def differentiated_by_rms_cpu(y: Any) -> bool:
@@ -255,6 +257,7 @@ RMS_CPU_CASES = [
     pytest.param((5, 24, 7), 1, id="channels-first"),
     pytest.param((3, 4, 2, 6), (1, 3), id="non-adjacent"),
     pytest.param((2, 200), -1, id="rows-over-a-block"),
+    pytest.param((2, 3, 8), -1, id="under-a-block"),  # forward: torch's kernel; backward: `RMSNormCPU`
 ]
 
 
@@ -280,25 +283,49 @@ def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, param
 
 
 @pytest.mark.parametrize(
-    ("shape", "grad", "return_stats", "analytic"),
+    ("shape", "grad", "analytic"),
     [
-        pytest.param((64, 768), True, False, True, id="large"),
-        pytest.param((8, 64), True, False, False, id="small"),  # torch's autograd: fewer calls in Python
-        pytest.param((64, 768), False, False, False, id="no-grad"),
-        pytest.param((64, 768), True, True, False, id="return-stats"),  # rstd differentiable: torch's ops
+        pytest.param((64, 768), True, True, id="large"),
+        pytest.param((8, 64), True, False, id="small"),  # torch's rms_norm: fewer calls in Python
+        pytest.param((64, 768), False, False, id="no-grad"),
     ],
 )
+@pytest.mark.parametrize("return_stats", [False, True], ids=["y", "stats"])
 def test_rms_norm_cpu_analytic_backward_when(
-    shape: tuple[int, ...], grad: bool, return_stats: bool, analytic: bool
+    shape: tuple[int, ...], grad: bool, analytic: bool, return_stats: bool
 ) -> None:
     """Which CPU rms_norm calls `RMSNormCPU` differentiates: from `rms_cpu.MIN_ELEMENTS` elements, with autograd
-    on and x or weight requiring grad, without return_stats."""
+    on and x or weight requiring grad."""
     x, w, _, _ = make(shape, -1, "float32", "cpu")
     w.requires_grad_()
     with torch.set_grad_enabled(grad):
         out = layernorm.rms_norm(x, w, return_stats=return_stats)
     y = out[0] if return_stats else out
     assert differentiated_by_rms_cpu(y) == analytic
+
+
+@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
+def test_rms_norm_cpu_forward(shape: tuple[int, ...], axis: Any, dtype: str) -> None:
+    """`rms_cpu.forward` (several blocks and a short last one) against the reference: y and rstd, the same bits
+    with and without gradients, with and without return_stats; a loss on rstd reaches x."""
+    x, w, _, _ = make(shape, axis, dtype, "cpu")
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+    ref_y, ref_rstd = reference.rms_norm(f64(x), f64(w), spec)
+    y, rstd = layernorm.rms_norm(x, w, axis=axis, return_stats=True)
+    assert (y.dtype, rstd.dtype, tuple(rstd.shape)) == (x.dtype, DTYPES[spec.compute_dtype], spec.stats_shape)
+    assert error_ratio(f64(y), ref_y, tolerance(dtype, "output")) <= 1
+    assert error_ratio(f64(rstd), ref_rstd, tolerance(dtype, "stats")) <= 1
+    leaves = [t.clone().requires_grad_() for t in (x, w)]
+    y_grad, rstd_grad = layernorm.rms_norm(*leaves, axis=axis, return_stats=True)
+    for got in (layernorm.rms_norm(x, w, axis=axis), layernorm.rms_norm(*leaves, axis=axis), y_grad):
+        torch.testing.assert_close(got, y, rtol=0, atol=0)
+    assert error_ratio(f64(rstd_grad), ref_rstd, tolerance(dtype, "stats")) <= 1
+    x64 = f64_tensor(x).requires_grad_()
+    expected = torch.autograd.grad(torch.rsqrt((x64 * x64).mean(spec.axes, keepdim=True) + 1e-5).sum(), x64)[0]
+    rstd_grad.sum().backward()
+    assert error_ratio(f64(leaves[0].grad), f64(expected), tolerance(dtype, "grad")) <= 1
 
 
 @pytest.mark.usefixtures("rms_cpu_small_blocks")

@@ -239,20 +239,21 @@ def _layer_norm_permuted(
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch's rms_norm kernel.
+    """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``.
 
-    On the CPU, when autograd will differentiate y of at least `rms_cpu.MIN_ELEMENTS`, `RMSNormCPU` gives it an
-    analytic backward (torch differentiates its CPU composite op by op, several times slower).
+    On the CPU, outside traces and transforms, `rms_cpu` runs what autograd differentiates from
+    `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.BLOCKED_FORWARD_ELEMENTS` (torch's CPU rms_norm
+    is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
+    runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
     """
-    if (
-        (x.requires_grad or (weight is not None and weight.requires_grad))
-        and not return_stats
-        and x.is_cpu
-        and torch.is_grad_enabled()
-        and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_transform())
-        and x.numel() >= rms_cpu.MIN_ELEMENTS  # last: in a trace, a symbolic size would be pinned
-    ):
-        return _rms_norm_cpu_autograd(x, weight, spec)
+    if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
+        elements = x.numel()
+        if elements >= rms_cpu.MIN_ELEMENTS:
+            recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+            if (recorded or elements >= rms_cpu.BLOCKED_FORWARD_ELEMENTS) and not (
+                torch.jit.is_tracing() or _in_transform()
+            ):
+                return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
     if spec.compute_dtype != spec.dtype:
         return _rms_norm_half(x, weight, spec, return_stats)
     if not spec.is_trailing:
@@ -264,12 +265,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     return (y, rstd) if return_stats else y
 
 
-def _rms_norm_cpu_autograd(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> torch.Tensor:
-    """rms_norm of a CPU tensor that autograd differentiates with the analytic backward of `RMSNormCPU`."""
-    if spec.is_trailing:
-        return cast("torch.Tensor", RMSNormCPU.apply(x, weight, spec.normalized_shape, spec.eps))
-    y = RMSNormCPU.apply(x.permute(spec.perm), weight, spec.normalized_shape, spec.eps)
-    return cast("torch.Tensor", y.permute(spec.inverse_perm))
+def _rms_norm_cpu(
+    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, recorded: bool
+) -> Any:
+    """`rms_cpu.forward`, through `RMSNormCPU` when autograd ``recorded``; rstd differentiable when x requires grad."""
+    xt = x if spec.is_trailing else x.permute(spec.perm)
+    if recorded:
+        y, rstd = RMSNormCPU.apply(xt, weight, spec.normalized_shape, spec.eps)
+    else:
+        y, rstd = rms_cpu.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
+    if not spec.is_trailing:
+        y, rstd = y.permute(spec.inverse_perm), rstd.permute(spec.inverse_perm)
+    if not return_stats:
+        return y
+    if recorded and x.requires_grad:
+        rstd = rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
+    return y, rstd
 
 
 def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
@@ -357,7 +368,10 @@ def _layer_norm_backward_half_cpu(
 def rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere."""
+    """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
+
+    Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
+    """
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":

@@ -1,15 +1,17 @@
-"""rms_norm on the CPU with an analytic backward, computed block by block in per-thread scratch.
+"""rms_norm of CPU tensors, forward and analytic backward, a cache-sized block of rows at a time in scratch.
 
-torch's CPU rms_norm is a composite of aten ops that autograd differentiates op by op, into a dozen full-size
-temporaries (each page-faulted in anew, see `scratch`): forward+backward of a (4096, 768) float32 tensor took
-15 ms, against 1.8 ms for layer_norm. `RMSNormCPU` keeps torch's forward (``_fused_rms_norm``: the same y and
-rstd as a call without gradients) and computes, with ``xhat = x * rstd`` and ``g = dy * weight``,
+torch's CPU rms_norm is a composite of aten ops, each writing a fresh full-size temporary (page-faulted in anew on
+every call, see `scratch`), and autograd differentiates it op by op, into a dozen more: at (4096, 768) float32
+its forward took twice the time of layer_norm's and its forward+backward eight times. Here the forward reads x
+and writes y once (`forward`), and the backward (`gradients`) computes, with ``xhat = x * rstd`` and
+``g = dy * weight``,
 
     dx = rstd * (g - xhat * mean(g * xhat)),    dweight = sum over the rows of dy * xhat,
 
-a cache-sized block of rows at a time, in the compute dtype (float32 for half x). Under ``create_graph=True`` (a
-gradient penalty) the backward is differentiable ops on an rstd recomputed from x, so second-order gradients
-reach x, weight and dy.
+each pass over a block in the block's scratch, in the compute dtype (float32 for half x; row sums by torch's
+cascade summation). `RMSNormCPU` connects them to autograd. Under ``create_graph=True`` (a gradient penalty) its
+backward is differentiable ops on an rstd recomputed from x (`formula`), so second-order gradients reach x,
+weight and dy.
 """
 
 from __future__ import annotations
@@ -22,32 +24,39 @@ import torch
 from layernorm_torch import scratch
 
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
-_BLOCK_ELEMENTS = 1 << 18
-"""Elements per block (three scratch blocks of 1 MiB in float32). Of 2**14, 2**16, 2**18 and 2**20, 2**18 was
-fastest forward+backward at (4096, 768) and (8192, 4096), float32 and bfloat16."""
-
-
 MIN_ELEMENTS = 1 << 15
-"""Smaller inputs keep torch's own autograd: there the autograd.Function and a dozen op calls in Python cost more
+"""Smaller inputs keep torch's own rms_norm: there a dozen op calls from Python and an autograd.Function cost more
 than the temporaries (forward+backward of (8, 64): 62 µs against torch's 50 µs; parity near (32, 768))."""
+_BLOCK_ELEMENTS = 1 << 18
+"""Elements per block of the backward (three scratch blocks of 1 MiB in float32). Of 2**14, 2**16, 2**18 and
+2**20, 2**18 was fastest forward+backward at (4096, 768) and (8192, 4096), float32 and bfloat16."""
+BLOCKED_FORWARD_ELEMENTS = _BLOCK_ELEMENTS
+"""From this many elements the forward works block by block; below, torch's rms_norm kernel (`forward`)."""
+_FORWARD_BLOCK_ELEMENTS = 1 << 20
+"""Elements per block of the forward (one scratch block, 4 MiB in float32): of 2**18, 2**20 and 2**22, 2**20
+was fastest from (512, 768) to (1024, 4096): fewer calls than 2**18, and the block stays in the L3 cache."""
 
 
 class RMSNormCPU(torch.autograd.Function):
-    """y over the trailing ``normalized_shape`` of a CPU tensor; gradients for x and weight (`gradients`)."""
+    """(y, rstd) over the trailing ``normalized_shape``; gradients for x and weight. rstd is not differentiable."""
 
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
-    ) -> torch.Tensor:
-        """Run torch's rms_norm kernel; keep x, weight and rstd for the backward."""
-        y, rstd = _fused_rms_norm(x, normalized_shape, weight, eps)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run `forward`; keep x, weight and rstd for the backward."""
+        y, rstd = forward(x, weight, normalized_shape, eps)
         ctx.save_for_backward(x, weight, rstd)
         ctx.normalized_shape, ctx.eps = normalized_shape, eps
-        return y if y.dtype == x.dtype else y.to(dtype=x.dtype)  # a float32 weight promotes a half y
+        ctx.mark_non_differentiable(rstd)
+        ctx.set_materialize_grads(False)  # rstd gets no gradient: no zeros for it
+        return y, rstd
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, dy: torch.Tensor | None, _: Any) -> tuple[torch.Tensor | None, ...]:
         """Return dx in x's dtype and dweight in weight's dtype, each only when wanted."""
+        if dy is None:
+            return None, None, None, None
         x, weight, rstd = ctx.saved_tensors
         want_x, want_weight = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
         shape = ctx.normalized_shape
@@ -64,6 +73,47 @@ class RMSNormCPU(torch.autograd.Function):
             None,
             None,
         )
+
+
+def forward(
+    x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``.
+
+    rstd has x's shape with the normalized axes 1. Below `BLOCKED_FORWARD_ELEMENTS`, torch's rms_norm kernel: its
+    temporaries are then small enough to be reused without page faults, and its ops run in C++ (ours took 1.2-1.9x
+    its time there). From there on, block by block: ``sum(x * x)`` by cascade summation into rstd, then
+    ``y = x * rstd * weight``, rounded to x's dtype once.
+    """
+    if x.numel() < BLOCKED_FORWARD_ELEMENTS:
+        y, rstd = _fused_rms_norm(x, normalized_shape, weight, eps)
+        return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd  # a float32 weight promotes a half y
+    n = math.prod(normalized_shape)
+    rows = x.numel() // n
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x_rows = x.reshape(rows, n)
+    w = None if weight is None else weight.reshape(n).to(dtype=compute)
+    y = torch.empty((rows, n), dtype=x.dtype)
+    rstd = torch.empty((rows, 1), dtype=compute)
+    block = max(1, _FORWARD_BLOCK_ELEMENTS // n)
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        x_b, rstd_b, y_b = x_rows[start:stop], rstd[start:stop], y[start:stop]
+        (work,) = scratch.views((stop - start, n), 1, compute)
+        if x.dtype == compute:
+            torch.mul(x_b, x_b, out=work)
+        else:
+            work.copy_(x_b).mul_(work)
+        torch.mean(work, 1, keepdim=True, out=rstd_b)
+        rstd_b.add_(eps).rsqrt_()
+        out = y_b if x.dtype == compute else work  # a half y is rounded once, at the end
+        torch.mul(x_b, rstd_b, out=out)
+        if w is not None:
+            out.mul_(w)
+        if out is not y_b:
+            y_b.copy_(out)
+    stats_shape = (*x.shape[: x.ndim - len(normalized_shape)], *(1 for _ in normalized_shape))
+    return y.reshape(x.shape), rstd.reshape(stats_shape)
 
 
 def gradients(

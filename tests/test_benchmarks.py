@@ -71,7 +71,13 @@ def test_measure_rotates_inputs() -> None:
 def test_interleaved_alternates_functions_and_reports_percentiles_not_extremes() -> None:
     clock = FakeClock()
     order: list[str] = []
-    durations = {"a": iter([1.0] * 2 + [10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]), "b": iter([2.0] * 12)}
+    samples = [10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]
+    settle = 1000.0  # each round's untimed first call: in no sample
+    rounds_of_a = [[settle, samples[2 * k], samples[2 * k + 1]] for k in range(5)]
+    durations = {
+        "a": iter([1.0] * 2 + [d for r in rounds_of_a for d in r]),
+        "b": iter([2.0] * 2 + [settle, 2.0, 2.0] * 5),
+    }
 
     def timed(name: str) -> Callable[[Any], Any]:
         def fn(_: Any) -> None:
@@ -83,10 +89,9 @@ def test_interleaved_alternates_functions_and_reports_percentiles_not_extremes()
     result = interleaved(
         {"a": timed("a"), "b": timed("b")}, [None], rounds=5, repeats=2, min_time=0.5, warmup=1, clock=clock
     )
-    # warm-up and calibration of a, then of b; then rounds alternate a, a, b, b.
-    assert order[4:] == ["a", "a", "b", "b"] * 5
+    # warm-up and calibration of a, then of b; then rounds alternate a (untimed), a, a, b (untimed), b, b.
+    assert order[4:] == ["a", "a", "a", "b", "b", "b"] * 5
     a = result["a"]
-    samples = [10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]
     assert a.repeats == 10 and a.calls_per_repeat == 1
     assert a.median == pytest.approx(5.5)
     assert a.p10 == pytest.approx(percentile(samples, 10)) and a.p10 > min(samples)

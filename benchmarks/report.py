@@ -234,8 +234,9 @@ METHOD = """## Method
   pairs, rotated call after call so that together they overflow the caches; weight and bias of x's dtype.
 - Every function of the case (ours and native for layer_norm and rms_norm, forward and forward+backward, and
   the copy) is called once (compiling it where the framework compiles), warmed up, and calibrated to a number of
-  back-to-back calls lasting at least the minimum time; then, round after round, each function in turn runs its
-  repeats, so a burst of machine noise hits all of them alike. The device is synchronized before every clock
+  back-to-back calls lasting at least the minimum time; then, round after round, each function in turn makes one
+  untimed call (which pays for the switch from the function before) and runs its repeats, so a burst of machine
+  noise hits all of them alike. The device is synchronized before every clock
   read. Times are the median per call over all repeats, with the 10th-90th percentiles.
 - GB/s counts the bytes a call must move at the least: forward reads x and writes y (plus the parameters);
   forward+backward also reads x and dy and writes dx (5 tensors, plus parameters and their gradients).

@@ -33,15 +33,13 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
     found = kept.get(key)
     if found is not None:
         return found
-    elements = math.prod(shape)
-    item_bytes = torch.empty((), dtype=dtype).element_size()
-    size = count * elements * item_bytes
+    step = math.prod(shape) * dtype.itemsize
+    size = count * step
     buffer: torch.Tensor | None = getattr(_local, "buffer", None)
     if buffer is None or buffer.numel() < size:
         buffer = _local.buffer = torch.empty(size, dtype=torch.uint8)
         kept.clear()
     elif len(kept) >= KEPT_SHAPES:
         kept.clear()
-    step = elements * item_bytes
     found = kept[key] = tuple(buffer[k * step : (k + 1) * step].view(dtype).view(shape) for k in range(count))
     return found

@@ -62,9 +62,14 @@ def _checked_name(name: str) -> str | None:
     return name
 
 
+def _engine_name(backend: str | None) -> str:
+    """The engine name a call uses: ``backend``, else `current_backend` (the ContextVar read only in a block)."""
+    return backend or (_open_scopes and _scoped.get()) or _process_default or AUTO
+
+
 def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
     """Return (engine module, owner name of x's type or None, engine name) for a call on x."""
-    name = backend or (_open_scopes and _scoped.get()) or _process_default or AUTO
+    name = _engine_name(backend)
     owned = registry.owning_engine(x)
     if name == AUTO:
         if owned is None:
@@ -79,17 +84,20 @@ def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
 def local_engine(x: Any, params: Sequence[Any], backend: str | None) -> ModuleType | None:
     """The engine to call directly when x's own framework runs the call (params checked).
 
-    None when arrays must cross frameworks, which `run` does.
+    None when arrays must cross frameworks, which `run` does. Auto dispatch and a name of x's own backend
+    (``backend=``, `using`, `use`) take the same shortcut when its framework has one device and every array is of
+    x's type: 0.2 µs a call, where `resolve` and the companion checks take 0.4 µs.
     """
-    if backend is None and not _open_scopes and _process_default is None:
-        x_type = type(x)
-        engine = registry.single_device_engines.get(x_type)
-        if engine is not None:
+    x_type = type(x)
+    engine = registry.single_device_engines.get(x_type)
+    if engine is not None:
+        name = _engine_name(backend)
+        if name == AUTO or registry.get(name) is engine:
             for p in params:
                 if p is not None and type(p) is not x_type:
                     break
             else:
-                return engine  # auto dispatch, one device, every array of x's own type: nothing left to check
+                return engine  # x's own engine, one device, every array of x's own type: nothing left to check
     engine, owner, name = resolve(x, backend)
     if owner != name:
         return None

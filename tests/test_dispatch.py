@@ -63,6 +63,25 @@ def test_using_auto_restores_auto_inside_use(recording: list[str]) -> None:
         layernorm.use("auto")
 
 
+def test_naming_the_owner_of_x_takes_the_direct_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend=, using() and use() naming x's own backend run it as auto dispatch does, without `resolve`."""
+    from layernorm_core import dispatch
+
+    layernorm.layer_norm(X)  # the registry learns that numpy owns ndarray
+    monkeypatch.setattr(dispatch, "resolve", lambda *_: pytest.fail("resolve was called"))
+    expected = layernorm.layer_norm(X)
+    np.testing.assert_array_equal(layernorm.layer_norm(X, backend="numpy"), expected)
+    with layernorm.using("numpy"):
+        np.testing.assert_array_equal(layernorm.rms_norm(X), layernorm.rms_norm(X, backend="auto"))
+    try:
+        layernorm.use("numpy")
+        np.testing.assert_array_equal(layernorm.layer_norm_backward(X, X)[0], layernorm.layer_norm_backward(X, X)[0])
+    finally:
+        layernorm.use("auto")
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
+        layernorm.layer_norm(X, backend="nope")
+
+
 def test_use_rejects_unknown_names_at_once() -> None:
     with pytest.raises(BackendError, match="unknown backend 'nope'"):
         layernorm.use("nope")

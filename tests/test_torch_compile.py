@@ -126,6 +126,23 @@ def test_eager_calls_between_compiled_ones_cause_no_recompiles() -> None:
             torch.testing.assert_close(compiled(x), model(x))
 
 
+def test_eager_calls_with_new_dtypes_between_compiled_ones_cause_no_recompiles() -> None:
+    """The core's dtype names are cached outside traces only: a graph that had read that cache would recompile
+    after an eager call with a dtype not seen before."""
+    from layernorm_core import dtypes
+
+    torch._dynamo.reset()
+    dtypes._names.clear()
+    x, w = torch.randn(4, 8), torch.randn(8)
+    layernorm.rms_norm(x, w)  # the first call of a process sets up the core's probes: not what this test is about
+    compiled = torch.compile(lambda x, w: layernorm.rms_norm(x, w), fullgraph=True, backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        expected = compiled(x, w)
+        for dtype in (torch.float64, torch.float16):
+            layernorm.layer_norm_backward(x.to(dtype), x.to(dtype), w.to(dtype))
+        torch.testing.assert_close(compiled(x, w), expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("mode", ["dynamic=True", "mark_dynamic"])
 def test_dynamic_shapes_stay_symbolic(mode: str, dtype: Any) -> None:

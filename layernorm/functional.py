@@ -6,6 +6,7 @@ from typing import Any
 
 from layernorm_core.dispatch import local_engine, run
 from layernorm_core.spec import Axis, check_backward, check_forward
+from layernorm_core.tracing import dynamo_tracing
 
 
 def layer_norm(
@@ -49,8 +50,9 @@ def layer_norm(
         array([[-1.2247,  0.    ,  1.2247]])
 
     """
-    spec = check_forward("layer_norm", x, weight, bias, axis, eps)
-    engine = local_engine(x, (weight, bias), backend)
+    tracing = dynamo_tracing()
+    spec = check_forward("layer_norm", x, weight, bias, axis, eps, tracing)
+    engine = local_engine(x, (weight, bias), backend, tracing)
     if engine is not None:
         return engine.layer_norm(x, weight, bias, spec, return_stats)
     return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats))
@@ -76,8 +78,9 @@ def rms_norm(
         array([[0.8485, 1.1314]])
 
     """
-    spec = check_forward("rms_norm", x, weight, None, axis, eps)
-    engine = local_engine(x, (weight,), backend)
+    tracing = dynamo_tracing()
+    spec = check_forward("rms_norm", x, weight, None, axis, eps, tracing)
+    engine = local_engine(x, (weight,), backend, tracing)
     if engine is not None:
         return engine.rms_norm(x, weight, spec, return_stats)
     return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats))
@@ -116,8 +119,9 @@ def layer_norm_backward(
         (True, [1.0, 1.0, 1.0])
 
     """
-    spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd)
-    engine = local_engine(x, (dy, weight, mean, rstd), backend)
+    tracing = dynamo_tracing()
+    spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd, tracing)
+    engine = local_engine(x, (dy, weight, mean, rstd), backend, tracing)
     if engine is not None:
         return engine.layer_norm_backward(dy, x, weight, spec, mean, rstd)
     return run(
@@ -151,8 +155,9 @@ def rms_norm_backward(
         array([[ 0.0453, -0.0339]])
 
     """
-    spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd)
-    engine = local_engine(x, (dy, weight, rstd), backend)
+    tracing = dynamo_tracing()
+    spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd, tracing)
+    engine = local_engine(x, (dy, weight, rstd), backend, tracing)
     if engine is not None:
         return engine.rms_norm_backward(dy, x, weight, spec, rstd)
     return run(

@@ -20,7 +20,7 @@ import pluggy
 from layernorm_core import hookspecs
 from layernorm_core.errors import BackendError, DTypeError
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
-from layernorm_core.tracing import dynamo_tracing
+from layernorm_core.tracing import constant_for_dynamo
 
 
 class PluginWarning(UserWarning):
@@ -56,10 +56,10 @@ class Registry:
         self._excluded_by_module: dict[str, str] = {}
         self._owner_by_type: dict[type, str | None] = {}
         self._multi_device: dict[str, bool] = {}
-        self._engine_by_type: dict[type, tuple[ModuleType, str]] = {}
+        self._loaded_owner_by_type: dict[type, str] = {}
         self.single_device_engines: dict[type, ModuleType] = {}
         """Array type -> its owner's loaded module, for owners that report one device: the per-call fast path
-        (read-only outside the registry; filled by `owning_engine`)."""
+        (read-only outside the registry, and not read while torch.compile traces; filled by `loaded_owner`)."""
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -139,11 +139,11 @@ class Registry:
             for module in declaration.excluded_modules:
                 self._excluded_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
-        self._engine_by_type = {
-            cls: engine for cls, engine in self._engine_by_type.items() if engine[1] in self._declarations
+        self._loaded_owner_by_type = {
+            cls: owner for cls, owner in self._loaded_owner_by_type.items() if owner in self._declarations
         }
         self.single_device_engines = {
-            cls: engine for cls, engine in self.single_device_engines.items() if cls in self._engine_by_type
+            cls: engine for cls, engine in self.single_device_engines.items() if cls in self._loaded_owner_by_type
         }
 
     # -- lookups -----------------------------------------------------------------------------------------------
@@ -194,20 +194,29 @@ class Registry:
             self._loaded[name] = module
             return module
 
-    def owning_engine(self, x: Any) -> tuple[ModuleType, str] | None:
-        """The loaded backend that owns x's array type and its name, or None if no backend owns it (cached)."""
-        engine = self._engine_by_type.get(type(x))
-        if engine is None:
-            owner = _load_owner(self, type(x))
+    # The lookups by type or name that follow never change their answer once given. dynamo calls them eagerly
+    # while it traces (`constant_for_dynamo`), so traced code reads none of the caches behind them: a trace that
+    # read a cache would be guarded on it, and an eager call that then added an entry (a new array type, a
+    # backend loaded) would recompile every graph. They take locks and import, which dynamo cannot trace either.
+
+    @constant_for_dynamo
+    def loaded_owner(self, array_type: type) -> str | None:
+        """The name of the backend that owns ``array_type``, loaded, or None if no backend owns it.
+
+        Cached by type, with the device count known; fills `single_device_engines` for a one-device owner.
+        """
+        owner = self._loaded_owner_by_type.get(array_type)
+        if owner is None:
+            owner = _owner_of_type(self, array_type)
             if owner is None:
                 return None
-            engine = (self.get(owner), owner)
-            if not dynamo_tracing():
-                self._engine_by_type[type(x)] = engine
-                if not self.multi_device(owner):
-                    self.single_device_engines[type(x)] = engine[0]
-        return engine
+            engine = self.get(owner)
+            if not self.multi_device(owner):
+                self.single_device_engines[array_type] = engine
+            self._loaded_owner_by_type[array_type] = owner
+        return owner
 
+    @constant_for_dynamo
     def multi_device(self, name: str) -> bool:
         """Whether backend ``name`` reports more than one device here, so arrays of one call may disagree."""
         try:
@@ -219,14 +228,16 @@ class Registry:
 
     def owner_of(self, x: Any) -> str | None:
         """The backend that owns x's array type (by ``type(x).__module__``), without importing anything."""
+        return self.owner_of_type(type(x))
+
+    @constant_for_dynamo
+    def owner_of_type(self, array_type: type) -> str | None:
+        """The backend that owns ``array_type`` (by the module of it or of a base class), importing nothing."""
         try:
-            return self._owner_by_type[type(x)]
+            return self._owner_by_type[array_type]
         except KeyError:
-            pass
-        owner = _owner_of_type(self, type(x))
-        if not dynamo_tracing():
-            self._owner_by_type[type(x)] = owner
-        return owner
+            owner = self._owner_by_type[array_type] = _owner_of_type(self, array_type)
+            return owner
 
     def status(self) -> list[BackendStatus]:
         """One `BackendStatus` per declared backend; loads each available backend to ask its devices."""
@@ -280,23 +291,6 @@ def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
                 f"excludes {excluded}: masked, sparse and ragged types); pass a dense array, such as a masked "
                 "array's .filled(value) or a sparse array's .todense()"
             )
-
-
-def _load_owner(registry: Registry, array_type: type) -> str | None:
-    """The name of the backend that owns ``array_type``, loaded, with its device count known; None if unowned."""
-    owner = _owner_of_type(registry, array_type)
-    if owner is not None:
-        registry.multi_device(owner)  # loads it
-    return owner
-
-
-# torch.compile cannot trace locks or imports. These two run only when a cache misses and return a name that never
-# changes afterwards, so they carry the marker torch._dynamo.assume_constant_result sets (setting it imports
-# nothing): dynamo calls them eagerly while it traces. What they fill is keyed by name; the per-type caches are
-# filled outside traces only (`dynamo_tracing`), since dynamo cannot guard on a type-keyed dict that changed
-# under it. So a compiled function may be the first layernorm call of a process.
-for _constant_for_dynamo in (_owner_of_type, _load_owner):
-    setattr(_constant_for_dynamo, "_dynamo_marked_constant", True)  # noqa: B010
 
 
 def _warn(message: str) -> None:

@@ -63,14 +63,17 @@ _checked: dict[type, dict[tuple[Any, ...], NormSpec]] = {}
 _CHECKED_MAX = 4096
 
 
-def check_forward(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
+def check_forward(
+    kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float, tracing: bool | None = None
+) -> NormSpec:
     """Validate a forward call and return its `NormSpec`; raise a `LayerNormError` subclass on bad input.
 
     A call whose signature (shapes, dtypes, axis, eps and their types) passed before is answered from a cache,
     except while torch.compile traces: a trace that read the cache would be invalidated by every later signature
-    (a recompile each) and would pin symbolic sizes to the values of the keys it compared.
+    (a recompile each) and would pin symbolic sizes to the values of the keys it compared. ``tracing`` is
+    `dynamo_tracing`'s answer when the caller has it already; None asks.
     """
-    if dynamo_tracing():
+    if tracing or (tracing is None and dynamo_tracing()):
         return _spec_of(kind, x, weight, bias, axis, eps)
     axis_type: Any = type(axis)
     if isinstance(axis, tuple):  # (0, True) == (0, 1.0) == (0, 1): element types keep invalid axes out of the cache
@@ -117,9 +120,22 @@ def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float)
     )
 
 
-def check_backward(kind: Kind, dy: Any, x: Any, weight: Any, axis: Axis, eps: float, mean: Any, rstd: Any) -> NormSpec:
-    """Validate a backward call (dy, and saved mean/rstd when given) and return the forward's `NormSpec`."""
-    spec = check_forward(kind, x, weight, None, axis, eps)
+def check_backward(
+    kind: Kind,
+    dy: Any,
+    x: Any,
+    weight: Any,
+    axis: Axis,
+    eps: float,
+    mean: Any,
+    rstd: Any,
+    tracing: bool | None = None,
+) -> NormSpec:
+    """Validate a backward call (dy, and saved mean/rstd when given) and return the forward's `NormSpec`.
+
+    ``tracing`` as for `check_forward`.
+    """
+    spec = check_forward(kind, x, weight, None, axis, eps, tracing)
     if _shape_of(dy, "dy") != spec.shape:
         raise ShapeError(f"dy must have x's shape {_fmt(spec.shape)}; got {_fmt(_shape_of(dy, 'dy'))}")
     dy_dtype = dtype_name(_dtype_of(dy))

@@ -216,13 +216,21 @@ def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
         "f = torch.compile(lambda x: layernorm.layer_norm(x), fullgraph=True, backend='aot_eager')\n"
         "torch.testing.assert_close(f(x), F.layer_norm(x, (8,)))\n"
         "torch.testing.assert_close(layernorm.layer_norm(x), F.layer_norm(x, (8,)))",
+        "f = torch.compile(lambda x: layernorm.rms_norm(x), fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(f(x), F.rms_norm(x, (8,), None, 1e-5))\n"
+        "layernorm.layer_norm(np.ones((2, 8), np.float32))\n"
+        "layernorm.layer_norm(torch.nn.Parameter(x))\n"
+        "layernorm.layer_norm_backward(x.double(), x.double())",
     ],
-    ids=["functional", "module", "parameter-weight", "backend-argument", "after-a-numpy-call"],
+    ids=["functional", "module", "parameter-weight", "backend-argument", "after-a-numpy-call", "eager-calls-after"],
 )
 def test_fullgraph_as_first_torch_call_of_a_process(first_call: str) -> None:
-    """A fresh process whose first layernorm call on a torch tensor is inside torch.compile(fullgraph=True)."""
+    """A fresh process whose first layernorm call on a torch tensor is inside torch.compile(fullgraph=True); the
+    next call runs the same graph, after eager calls on new array types and dtypes too: a trace had read the core's
+    caches (a global set on the first call, the registry's per-type dicts), so each eager call that added to them
+    recompiled the graphs."""
     script = "import numpy as np, torch, layernorm\nimport torch.nn.functional as F\nx = torch.randn(3, 8)\n"
-    script += first_call + "\nprint('ok')\n"
+    script += first_call + "\nwith torch._dynamo.config.patch(error_on_recompile=True):\n    f(x)\nprint('ok')\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

@@ -1,7 +1,9 @@
-"""Whether torch.compile (dynamo) is tracing the current call, asked without importing torch.
+"""torch.compile (dynamo) and the core: is a call being traced, and which lookups dynamo calls as constants.
 
-Caches keyed by types or shapes are filled outside traces only: dynamo cannot guard on a dict that changed under
-it, and hashing a symbolic size (``dynamic=True``, ``mark_dynamic``) would pin it to one value.
+Traced code reads none of the core's caches: dynamo guards what a trace reads, so an eager call that later added
+an entry would recompile the graph, and hashing a symbolic size (``dynamic=True``, ``mark_dynamic``) would pin it
+to one value. The spec and dtype-name caches are skipped in a trace (`dynamo_tracing`); the registry's lookups
+are called by dynamo as constants (`constant_for_dynamo`).
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ class Registry:
         """
         owner = self._loaded_owner_by_type.get(array_type)
         if owner is None:
-            owner = _owner_of_type(self, array_type)
+            owner = self.owner_of_type(array_type)
             if owner is None:
                 return None
             engine = self.get(owner)

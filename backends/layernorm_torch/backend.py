@@ -286,11 +286,16 @@ def _rms_norm_cpu(
 def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
     """rms_norm of a float16/bfloat16 x: torch computes in float32 (CPU composite, CUDA kernel), y in x's dtype.
 
-    A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype.
+    A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype. Under forward-mode AD
+    and torch.func on CUDA, the float32 kernel runs on a float32 copy instead: the half kernel's tangent there is
+    float32 (torch 2.11).
     """
     dtype = x.dtype
-    if spec.mixed_params and not x.is_cpu:
-        weight = _as(weight, dtype)
+    if not x.is_cpu:
+        if _in_transform():
+            return _rms_norm_half_via_float32(x, weight, spec, return_stats)
+        if spec.mixed_params:
+            weight = _as(weight, dtype)
     if not spec.is_trailing:
         y, rstd = _rms_norm_permuted(x, weight, spec)
     elif return_stats or spec.mixed_params:
@@ -300,6 +305,17 @@ def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
     if y.dtype is not dtype:  # CUDA autocast runs rms_norm in float32
         y = y.to(dtype=dtype)
     return (y, _stat(rstd, spec)) if return_stats else y
+
+
+def _rms_norm_half_via_float32(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """Half rms_norm as torch's float32 kernel on a float32 copy of x, y cast back: tangents in x's dtype."""
+    x32, weight = x.float(), _as(weight, torch.float32)
+    if spec.is_trailing:
+        y, rstd = _fused_rms_norm(x32, spec.normalized_shape, weight, spec.eps)
+    else:
+        y, rstd = _rms_norm_permuted(x32, weight, spec)
+    y = y.to(dtype=x.dtype)
+    return (y, rstd) if return_stats else y
 
 
 def _rms_norm_permuted(

@@ -106,8 +106,6 @@ def layer_norm_grads(
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
     n = _count(x, axes)
-    # Both row sums in one variadic reduction: XLA:CPU then makes one pass over g and centered instead of two
-    # (forward+backward at (8192, 4096) float32: 108 ms against 126 ms with two jnp.mean calls).
     g_sum, gc_sum = _row_sums(g, g * centered, axes)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
     slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
@@ -121,9 +119,22 @@ def layer_norm_grads(
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
-    """(sum of a, sum of b) over ``axes``, as one variadic reduction (the axes dropped)."""
+    """(sum of a, sum of b) over ``axes`` (the axes dropped): one variadic reduction on XLA:CPU, two sums elsewhere.
+
+    XLA:CPU makes one pass over a and b for the variadic reduction instead of two (layer_norm forward+backward at
+    (8192, 4096) float32: 108 ms against 126 ms). XLA:GPU fuses two plain sums better: on an H200, 431 us against
+    595 us at (8192, 4096) float32 and 61 us against 95 us at (4096, 768).
+    """
+    return lax.platform_dependent(a, b, cpu=partial(_one_reduction, axes=axes), default=partial(_two_sums, axes=axes))
+
+
+def _one_reduction(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
     zero = jnp.zeros((), a.dtype)
     return lax.reduce((a, b), (zero, zero), _add_pairs, axes)
+
+
+def _two_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
+    return jnp.sum(a, axis=axes), jnp.sum(b, axis=axes)
 
 
 @_row_sums.defjvp
@@ -131,7 +142,7 @@ def _row_sums_jvp(
     axes: Axes, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     # Plain sums for the tangents: JAX cannot transpose a variadic reduce, and grad of grad needs to.
-    return _row_sums(*primals, axes), (jnp.sum(tangents[0], axis=axes), jnp.sum(tangents[1], axis=axes))
+    return _row_sums(*primals, axes), _two_sums(*tangents, axes)
 
 
 def _add_pairs(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:

@@ -87,8 +87,10 @@ def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: Axis, dty
         grads, recomputed, reference.layer_norm_backward(dy, x, w, spec), (dx_scale, None, None), strict=True
     ):
         assert got.dtype == x.dtype
-        assert error_ratio(np.asarray(got), expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(again))
+        for result in (got, again):
+            assert error_ratio(np.asarray(result), expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1
+        if device == "cpu":  # one XLA:CPU program gives the same bits for given statistics; GPU fusions may not
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(again))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -178,7 +180,7 @@ def test_info_and_ownership() -> None:
     assert info.version == jax.__version__ and "cpu" in info.devices and info.autodiff
     assert "float64" not in info.dtypes or jax.config.read("jax_enable_x64")
     assert registry.owner_of(jnp.ones(2)) == "jax"
-    assert backend.device_of(jnp.ones(2)) == "cpu"
+    assert backend.device_of(jnp.ones(2)) == jax.default_backend()
     assert not backend.is_tracked(jnp.ones(2))
 
 
@@ -248,7 +250,7 @@ def test_device_array_jax_cannot_import_is_a_device_error() -> None:
 
 def test_jax_array_on_another_engine_returns_jax() -> None:
     x, w, b, _ = _inputs((3, 10), -1, DTYPES["float32"])
-    y = layernorm.layer_norm(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), backend="numpy")
+    y = layernorm.layer_norm(*_put((x, w, b), "cpu"), backend="numpy")
     spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
     assert isinstance(y, jax.Array)
     assert error_ratio(np.asarray(y), reference.layer_norm(x, w, b, spec)[0], tolerance("float32", "output")) <= 1
@@ -261,6 +263,8 @@ def test_gpu_arrays_stay_on_the_gpu() -> None:
     y = layernorm.layer_norm(x)
     assert layernorm_device(y) == "gpu"
     assert registry.get("jax").device_of(registry.get("jax").from_numpy(np.ones(3, np.float32), "cuda")) == "gpu"
+    with pytest.raises(layernorm.DeviceError, match="the numpy backend cannot read"):
+        layernorm.layer_norm(x, backend="numpy")
 
 
 def test_unknown_device_is_a_device_error() -> None:

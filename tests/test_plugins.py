@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -91,7 +92,7 @@ def test_entry_point_that_fails_to_import_warns(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])), "PATH": ""},
     )
     assert (
         "plugin 'broken' (broken_layernorm_plugin) failed to load: ImportError('this plugin is broken')" in out.stdout

@@ -26,18 +26,17 @@ _torch_compiler: _Compiler | None = sys.modules.get("torch.compiler")
 def dynamo_tracing() -> bool:
     """True while torch.compile traces this call; False, importing nothing, when torch is not loaded.
 
-    Where torch was imported after layernorm, torch is found by an import statement once ``sys.modules`` holds it
-    (100 ns, against 31 ns): dynamo traces that statement in every torch release since 2.11, where it cannot call
-    ``sys.modules.get``. A global set at the first call instead would change what the first trace of a process
-    read, if that call was traced, and dynamo would recompile at the next call.
+    Where torch was imported after layernorm, torch is read from ``sys.modules`` by subscript (67 ns, against
+    31 ns): dynamo traces that in torch 2.11 as in 2.13, where it cannot call ``sys.modules.get``. A global set at
+    the first call instead would change what the first trace of a process read, if that call was traced, and
+    dynamo would recompile at the next call.
     """
     if _torch_compiler is not None:
         return _torch_compiler.is_dynamo_compiling()
     if "torch" not in sys.modules:
         return False
-    import torch
-
-    return torch.compiler.is_dynamo_compiling()
+    compiler: _Compiler = sys.modules["torch"].compiler
+    return compiler.is_dynamo_compiling()
 
 
 def constant_for_dynamo(function: F) -> F:

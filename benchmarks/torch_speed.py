@@ -8,7 +8,7 @@ respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints median
 
     python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
-    python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes
+    python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes, per dtype
     python -m benchmarks.torch_speed --shapes 64x768 --dtypes float16,bfloat16 --ops layer_norm
     python -m benchmarks.torch_speed --shapes 4096x768 --sets 12   # 150 MB of inputs in rotation: cold caches
 """
@@ -105,26 +105,32 @@ def bench_case(
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def breakdown(rounds: int) -> dict[str, Timing]:
-    """Per-call time of each piece of the public path on a (8, 64) float32 tensor, timed side by side."""
+def breakdown(rounds: int, device: str, dtype: str) -> dict[str, Timing]:
+    """Per-call time of each piece of the public path on a (8, 64) tensor, timed side by side.
+
+    On CUDA the calls run back to back with one synchronize per repeat, so a call's time is its host time while
+    the tiny kernels keep up.
+    """
     from layernorm_torch import backend
 
-    from layernorm_core import dispatch
+    from layernorm_core.dispatch import local_engine
     from layernorm_core.spec import check_forward
+    from layernorm_core.tracing import dynamo_tracing
 
-    x, w, b = (torch.randn(8, 64), torch.randn(64), torch.randn(64))
+    x, w, b = (torch.randn(size).to(device, DTYPES[dtype]) for size in ((8, 64), (64,), (64,)))
     spec = check_forward("layer_norm", x, w, b, -1, EPS)
     shape = (64,)
     fns: dict[str, Callable[[Any], Any]] = {
         "F.layer_norm": lambda _: F.layer_norm(x, shape, w, b, EPS),
         "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, shape, w, b, EPS),
         "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
+        "core: dynamo_tracing": lambda _: dynamo_tracing(),
         "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
-        "core: dispatch.run(no-op)": lambda _: dispatch.run(x, (w, b), None, lambda e, x_, p: x_),
+        "core: local_engine": lambda _: local_engine(x, (w, b), None, False),
         "layernorm.layer_norm": lambda _: layernorm.layer_norm(x, w, b, eps=EPS),
         "layernorm.layer_norm(backend=)": lambda _: layernorm.layer_norm(x, w, b, eps=EPS, backend="torch"),
     }
-    return interleaved(fns, [None], rounds=rounds, repeats=3, min_time=0.05)
+    return interleaved(fns, [None], sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
 def _parsed_shape(text: str) -> tuple[int, int]:
@@ -150,10 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
     if args.breakdown:
-        timings = breakdown(rounds)
-        base = timings["F.layer_norm"].median
-        for name, t in timings.items():
-            print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
+        for dtype in args.dtypes.split(","):
+            timings = breakdown(rounds, args.device, dtype)
+            base = timings["F.layer_norm"].median
+            print(f"\n{dtype}, (8, 64)")
+            for name, t in timings.items():
+                print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
         return
     shapes: tuple[tuple[int, int], ...] = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:

@@ -55,7 +55,7 @@ def layer_norm(
     engine = local_engine(x, (weight, bias), backend, tracing)
     if engine is not None:
         return engine.layer_norm(x, weight, bias, spec, return_stats)
-    return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats))
+    return run(x, (weight, bias), backend, lambda e, x_, p: e.layer_norm(x_, p[0], p[1], spec, return_stats), tracing)
 
 
 def rms_norm(
@@ -83,7 +83,7 @@ def rms_norm(
     engine = local_engine(x, (weight,), backend, tracing)
     if engine is not None:
         return engine.rms_norm(x, weight, spec, return_stats)
-    return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats))
+    return run(x, (weight,), backend, lambda e, x_, p: e.rms_norm(x_, p[0], spec, return_stats), tracing)
 
 
 def layer_norm_backward(
@@ -129,6 +129,7 @@ def layer_norm_backward(
         (dy, weight, mean, rstd),
         backend,
         lambda e, x_, p: e.layer_norm_backward(p[0], x_, p[1], spec, p[2], p[3]),
+        tracing,
     )
 
 
@@ -165,6 +166,7 @@ def rms_norm_backward(
         (dy, weight, rstd),
         backend,
         lambda e, x_, p: e.rms_norm_backward(p[0], x_, p[1], spec, p[2]),
+        tracing,
     )
 
 

@@ -22,9 +22,13 @@ ENV_VARIABLE = "LAYERNORM_BACKEND"
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
 _open_scopes = 0
 _scopes_lock = threading.Lock()
-"""using() blocks open in any thread: the hot path reads the ContextVar only when > 0 (torch.compile cannot)."""
+"""using() blocks open in any thread: the hot path reads the ContextVar only when > 0."""
 _process_default: str | None = os.environ.get(ENV_VARIABLE) or None
 """Set by `use`; starts as LAYERNORM_BACKEND (checked on first use, like a `use` call)."""
+_thread_scope = threading.local()
+"""``name``, where set: this thread's innermost using() block, for code that torch.compile traces. Dynamo cannot
+read a ContextVar; it reads a thread-local's attributes and guards them in each calling thread, so a compiled
+function is traced again in a block of another name. (asyncio tasks of one thread share it.)"""
 
 
 def use(name: str) -> None:
@@ -35,9 +39,15 @@ def use(name: str) -> None:
 
 @contextmanager
 def using(name: str) -> Iterator[str]:
-    """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar)."""
+    """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar).
+
+    Code compiled by torch.compile follows the block of the thread that calls it (traced again for each name).
+    """
     global _open_scopes
-    token = _scoped.set(_checked_name(name) or AUTO)
+    scope = _checked_name(name) or AUTO
+    token = _scoped.set(scope)
+    outer = getattr(_thread_scope, "name", None)
+    _thread_scope.name = scope
     with _scopes_lock:
         _open_scopes += 1
     try:
@@ -45,6 +55,10 @@ def using(name: str) -> Iterator[str]:
     finally:
         with _scopes_lock:
             _open_scopes -= 1
+        if outer is None:
+            del _thread_scope.name  # unset, as before the block: compiled code is not traced again
+        else:
+            _thread_scope.name = outer
         _scoped.reset(token)
 
 
@@ -62,14 +76,20 @@ def _checked_name(name: str) -> str | None:
     return name
 
 
-def _engine_name(backend: str | None) -> str:
-    """The engine name a call uses: ``backend``, else `current_backend` (the ContextVar read only in a block)."""
-    return backend or (_open_scopes and _scoped.get()) or _process_default or AUTO
+def _engine_name(backend: str | None, tracing: bool = False) -> str:
+    """The engine name a call uses: ``backend``, else `current_backend` (the ContextVar read only in a block).
+
+    While torch.compile traces (``tracing``), the block is read from `_thread_scope`.
+    """
+    if backend:
+        return backend
+    scope = getattr(_thread_scope, "name", None) if tracing else _open_scopes and _scoped.get()
+    return scope or _process_default or AUTO
 
 
-def resolve(x: Any, backend: str | None) -> tuple[ModuleType, str | None, str]:
+def resolve(x: Any, backend: str | None, tracing: bool = False) -> tuple[ModuleType, str | None, str]:
     """Return (engine module, owner name of x's type or None, engine name) for a call on x."""
-    name = _engine_name(backend)
+    name = _engine_name(backend, tracing)
     owner = registry.loaded_owner(type(x))
     if name == AUTO:
         if owner is None:
@@ -99,7 +119,7 @@ def local_engine(x: Any, params: Sequence[Any], backend: str | None, tracing: bo
                     break
             else:
                 return engine  # x's own engine, one device, every array of x's own type: nothing left to check
-    engine, owner, name = resolve(x, backend)
+    engine, owner, name = resolve(x, backend, tracing)
     if owner != name:
         return None
     _check_companions(engine, name, x, params)
@@ -117,13 +137,14 @@ def run(
     params: Sequence[Any],
     backend: str | None,
     call: Callable[[ModuleType, Any, Sequence[Any]], Any],
+    tracing: bool = False,
 ) -> Any:
     """Run ``call(engine, x, params)`` on the engine in force, crossing frameworks at the boundary if needed.
 
     ``params`` are the other arrays of the call (weight, bias, dy, stats; None where absent). They must belong to
-    x's framework and live on x's device. Outputs return in x's framework.
+    x's framework and live on x's device. Outputs return in x's framework. ``tracing``: `dynamo_tracing`'s answer.
     """
-    engine, owner, name = resolve(x, backend)
+    engine, owner, name = resolve(x, backend, tracing)
     if owner is not None:
         source = engine if owner == name else registry.get(owner)
         _check_companions(source, owner, x, params)

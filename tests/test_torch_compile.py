@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,43 @@ def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
     compiled = torch.compile(lambda x: layernorm.layer_norm(x, backend="numpy"), backend="aot_eager")
     with pytest.raises(layernorm.BackendError, match="cannot see that graph"):
         compiled(torch.randn(4, 32))
+
+
+@pytest.mark.parametrize("scope", ["torch", "auto"])
+def test_fullgraph_inside_a_using_block(scope: str) -> None:
+    """A using() block naming x's backend (or auto) holds compiled code as it holds eager calls: dynamo cannot read
+    the block's ContextVar, so the core hands it the block's name as a constant."""
+    torch._dynamo.reset()
+    x = inputs((4, 32), 32)[0]
+    compiled = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend="aot_eager")
+    with layernorm.using(scope):
+        torch.testing.assert_close(compiled(x), torch.nn.functional.layer_norm(x, (32,)) * 2)
+
+
+def test_fullgraph_while_another_thread_is_inside_a_using_block() -> None:
+    """Another thread's block does not apply here, and does not stop this thread's compiled code. A block of
+    another framework's backend in this thread then traces the function again, and the trace raises the
+    BackendError a tracked tensor gets in eager mode (fullgraph reports it inside torch's Unsupported)."""
+    torch._dynamo.reset()
+    x = inputs((4, 32), 32)[0]
+    compiled = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend="aot_eager")
+    opened, finished = threading.Event(), threading.Event()
+
+    def hold_a_numpy_block() -> None:
+        with layernorm.using("numpy"):
+            opened.set()
+            finished.wait(timeout=60)
+
+    other = threading.Thread(target=hold_a_numpy_block)
+    other.start()
+    try:
+        assert opened.wait(timeout=60)
+        torch.testing.assert_close(compiled(x), torch.nn.functional.layer_norm(x, (32,)) * 2)
+    finally:
+        finished.set()
+        other.join()
+    with layernorm.using("numpy"), pytest.raises(torch._dynamo.exc.Unsupported, match=r"BackendError.*cannot see"):
+        compiled(x)
 
 
 @pytest.mark.parametrize(

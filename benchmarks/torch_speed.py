@@ -4,11 +4,13 @@ Every candidate runs side by side on the same inputs (`benchmarks.timing.interle
 before each clock read on CUDA), forward and forward+backward (``torch.autograd.grad`` of ``sum(y * ct)`` with
 respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints medians and ratios to torch's median
 (ours / torch: 1.00 is parity, > 1 slower), and the ratio of the 10th percentiles, steadier on a busy machine.
-``--breakdown`` splits the per-call cost of a tiny call into the pieces of the public API's path.
+``--breakdown`` splits the per-call cost of a call (forward, and forward+backward) into the layers of the public
+API's path.
 
     python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
     python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes, per dtype
+    python -m benchmarks.torch_speed --breakdown --device cuda --shapes 8x64,4096x768
     python -m benchmarks.torch_speed --shapes 64x768 --dtypes float16,bfloat16 --ops layer_norm
     python -m benchmarks.torch_speed --shapes 4096x768 --sets 12   # 150 MB of inputs in rotation: cold caches
 """
@@ -105,11 +107,11 @@ def bench_case(
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def breakdown(rounds: int, device: str, dtype: str) -> dict[str, Timing]:
-    """Per-call time of each piece of the public path on a (8, 64) tensor, timed side by side.
+def breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+    """Per-call time of each piece of the public path, timed side by side.
 
     On CUDA the calls run back to back with one synchronize per repeat, so a call's time is its host time while
-    the tiny kernels keep up.
+    the kernels keep up.
     """
     from layernorm_torch import backend
 
@@ -117,12 +119,12 @@ def breakdown(rounds: int, device: str, dtype: str) -> dict[str, Timing]:
     from layernorm_core.spec import check_forward
     from layernorm_core.tracing import dynamo_tracing
 
-    x, w, b = (torch.randn(size).to(device, DTYPES[dtype]) for size in ((8, 64), (64,), (64,)))
+    x, w, b, _ = make_inputs(shape, DTYPES[dtype], device, grad=False, count=1)[0]
     spec = check_forward("layer_norm", x, w, b, -1, EPS)
-    shape = (64,)
+    normalized = shape[-1:]
     fns: dict[str, Callable[[Any], Any]] = {
-        "F.layer_norm": lambda _: F.layer_norm(x, shape, w, b, EPS),
-        "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, shape, w, b, EPS),
+        "F.layer_norm": lambda _: F.layer_norm(x, normalized, w, b, EPS),
+        "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, normalized, w, b, EPS),
         "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
         "core: dynamo_tracing": lambda _: dynamo_tracing(),
         "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
@@ -133,9 +135,30 @@ def breakdown(rounds: int, device: str, dtype: str) -> dict[str, Timing]:
     return interleaved(fns, [None], sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def _parsed_shape(text: str) -> tuple[int, int]:
-    rows, columns = (int(size) for size in text.split("x"))
-    return rows, columns
+def backward_breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+    """Forward+backward time of the public path and of the layers below it, timed side by side."""
+    from layernorm_torch import backend
+
+    from layernorm_core.spec import check_forward
+
+    inputs = make_inputs(shape, DTYPES[dtype], device, grad=True)
+    x, w, b, _ = inputs[0]
+    spec = check_forward("layer_norm", x, w, b, -1, EPS)
+    normalized = shape[-1:]
+    layers: dict[str, Callable[..., torch.Tensor]] = {
+        "F.layer_norm": lambda x, w, b: F.layer_norm(x, normalized, w, b, EPS),
+        "torch.native_layer_norm(...)[0]": lambda x, w, b: torch.native_layer_norm(x, normalized, w, b, EPS)[0],
+        "backend.layer_norm(spec)": lambda x, w, b: backend.layer_norm(x, w, b, spec, False),
+        "layernorm.layer_norm": lambda x, w, b: layernorm.layer_norm(x, w, b, eps=EPS),
+    }
+    fns = {name: _timed(fn, backward=True) for name, fn in layers.items()}
+    return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
+
+
+def _parsed_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """The shapes of ``--shapes``: "8x64,4096x768" as ((8, 64), (4096, 768))."""
+    pairs = [tuple(int(size) for size in shape.split("x")) for shape in text.split(",")]
+    return tuple((rows, columns) for rows, columns in pairs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,16 +179,18 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
     if args.breakdown:
-        for dtype in args.dtypes.split(","):
-            timings = breakdown(rounds, args.device, dtype)
-            base = timings["F.layer_norm"].median
-            print(f"\n{dtype}, (8, 64)")
-            for name, t in timings.items():
-                print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
+        for shape in _parsed_shapes(args.shapes) if args.shapes else ((8, 64),):
+            for dtype in args.dtypes.split(","):
+                for mode, timed in (("forward", breakdown), ("forward+backward", backward_breakdown)):
+                    timings = timed(rounds, args.device, dtype, shape)
+                    base = timings["F.layer_norm"].median
+                    print(f"\nlayer_norm {mode}, {dtype}, {shape}")
+                    for name, t in timings.items():
+                        print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
         return
     shapes: tuple[tuple[int, int], ...] = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
-        shapes = tuple(_parsed_shape(text) for text in args.shapes.split(","))
+        shapes = _parsed_shapes(args.shapes)
     for op in args.ops.split(","):
         for backward in (False, True):
             mode = "forward+backward" if backward else "forward"

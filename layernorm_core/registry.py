@@ -60,6 +60,8 @@ class Registry:
         self.single_device_engines: dict[type, ModuleType] = {}
         """Array type -> its owner's loaded module, for owners that report one device: the per-call fast path
         (read-only outside the registry, and not read while torch.compile traces; filled by `loaded_owner`)."""
+        self.multi_device_engines: dict[type, ModuleType] = {}
+        """As `single_device_engines`, for owners that report several devices (torch with CUDA)."""
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -145,6 +147,9 @@ class Registry:
         self.single_device_engines = {
             cls: engine for cls, engine in self.single_device_engines.items() if cls in self._loaded_owner_by_type
         }
+        self.multi_device_engines = {
+            cls: engine for cls, engine in self.multi_device_engines.items() if cls in self._loaded_owner_by_type
+        }
 
     # -- lookups -----------------------------------------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class Registry:
     def loaded_owner(self, array_type: type) -> str | None:
         """The name of the backend that owns ``array_type``, loaded, or None if no backend owns it.
 
-        Cached by type, with the device count known; fills `single_device_engines` for a one-device owner.
+        Cached by type, with the device count known; fills `single_device_engines` or `multi_device_engines`.
         """
         owner = self._loaded_owner_by_type.get(array_type)
         if owner is None:
@@ -211,8 +216,8 @@ class Registry:
             if owner is None:
                 return None
             engine = self.get(owner)
-            if not self.multi_device(owner):
-                self.single_device_engines[array_type] = engine
+            engines = self.multi_device_engines if self.multi_device(owner) else self.single_device_engines
+            engines[array_type] = engine
             self._loaded_owner_by_type[array_type] = owner
         return owner
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -166,3 +167,86 @@ def test_weight_of_another_framework_is_rejected() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(DTypeError, match=r"x is a numpy array but another argument is a torch\.Tensor"):
         layernorm.layer_norm(X, torch.ones(4))
+
+
+class _Placed(np.ndarray):
+    """An array of a framework with two devices: ``placement`` names the one it lives on."""
+
+    placement = "cpu"
+
+
+_Placed.__module__ = "twodevices.arrays"
+
+
+def _placed(values: np.ndarray, placement: str) -> _Placed:
+    array = np.array(values, copy=True).view(_Placed)
+    array.placement = placement
+    return array
+
+
+@pytest.fixture
+def two_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Register "twodevices": a backend of two devices (cpu, accel) that owns `_Placed` and records its calls."""
+    import types
+
+    from layernorm_numpy import backend as numpy_backend
+
+    from layernorm_core import BackendDeclaration, hookimpl
+    from layernorm_core.protocol import BackendInfo
+    from layernorm_core.registry import registry
+
+    calls: list[str] = []
+    module = types.ModuleType("twodevices_backend")
+    module.info = lambda: BackendInfo(version="0", devices=("cpu", "accel"), dtypes=("float32",))  # type: ignore[attr-defined]
+    module.device_of = lambda x: x.placement  # type: ignore[attr-defined]
+    for name in (
+        "is_tracked",
+        "to_numpy",
+        "from_numpy",
+        "from_foreign",
+        "rms_norm",
+        "layer_norm_backward",
+        "rms_norm_backward",
+    ):
+        setattr(module, name, getattr(numpy_backend, name))
+
+    def layer_norm(x: _Placed, *args: object) -> np.ndarray:
+        calls.append(x.placement)
+        return numpy_backend.layer_norm(np.asarray(x), *args)
+
+    module.layer_norm = layer_norm  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    class Plugin:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [
+                BackendDeclaration(name="twodevices", implementation=module.__name__, array_modules=("twodevices",))
+            ]
+
+    plugin_name = registry.register_plugin(Plugin(), name="twodevices-plugin")
+    try:
+        yield calls
+    finally:
+        registry.unregister_plugin(plugin_name)
+
+
+def test_a_framework_of_several_devices_compares_devices_on_every_call(two_devices: list[str]) -> None:
+    """The per-call shortcut of a framework with several devices (torch with CUDA) runs only when every array is on
+    x's device; otherwise the full checks raise DeviceError, however many calls went before."""
+    from layernorm_core.registry import registry
+
+    weight, bias = np.linspace(0.5, 1.5, 4, dtype=np.float32), np.linspace(-1.0, 1.0, 4, dtype=np.float32)
+    expected = layernorm.layer_norm(X, weight, bias)
+    for placement in ("accel", "cpu", "accel"):
+        x = _placed(X, placement)
+        y = layernorm.layer_norm(x, _placed(weight, placement), _placed(bias, placement))
+        np.testing.assert_array_equal(y, expected)
+        with pytest.raises(layernorm.DeviceError, match=f"x is on {placement} but another argument is on"):
+            layernorm.layer_norm(
+                x, _placed(weight, placement), _placed(bias, "cpu" if placement == "accel" else "accel")
+            )
+        with pytest.raises(DTypeError, match=r"x is a twodevices array but another argument is a numpy\.ndarray"):
+            layernorm.layer_norm(x, weight)
+    assert two_devices == ["accel", "cpu", "accel"]
+    assert _Placed in registry.multi_device_engines and _Placed not in registry.single_device_engines

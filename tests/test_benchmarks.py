@@ -398,3 +398,14 @@ def test_only_the_benchmarked_frameworks_are_imported() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip().splitlines()[-2:] == ["4", "[]"]
+
+
+def test_torch_speed_breakdown_times_every_piece(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from benchmarks import torch_speed
+
+    torch_speed.main(["--breakdown", "--rounds", "1", "--dtypes", "bfloat16", "--shapes", "4x32", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "layer_norm forward, bfloat16, (4, 32)" in out and "layer_norm forward+backward, bfloat16, (4, 32)" in out
+    pieces = ("core: check_forward", "core: local_engine", "torch.native_layer_norm(...)[0]", "layernorm.layer_norm(")
+    assert all(piece in out for piece in pieces)

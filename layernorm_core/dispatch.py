@@ -28,7 +28,8 @@ _process_default: str | None = os.environ.get(ENV_VARIABLE) or None
 _thread_scope = threading.local()
 """``name``, where set: this thread's innermost using() block, for code that torch.compile traces. Dynamo cannot
 read a ContextVar; it reads a thread-local's attributes and guards them in each calling thread, so a compiled
-function is traced again in a block of another name. (asyncio tasks of one thread share it.)"""
+function is traced again in a block of another name. asyncio tasks of one thread share it: while their blocks
+interleave, it holds the block in force in the task that last entered or left one."""
 
 
 def use(name: str) -> None:
@@ -46,7 +47,6 @@ def using(name: str) -> Iterator[str]:
     global _open_scopes
     scope = _checked_name(name) or AUTO
     token = _scoped.set(scope)
-    outer = getattr(_thread_scope, "name", None)
     _thread_scope.name = scope
     with _scopes_lock:
         _open_scopes += 1
@@ -55,11 +55,12 @@ def using(name: str) -> Iterator[str]:
     finally:
         with _scopes_lock:
             _open_scopes -= 1
-        if outer is None:
-            del _thread_scope.name  # unset, as before the block: compiled code is not traced again
+        _scoped.reset(token)
+        outer = _scoped.get()  # this task's block, not the last one entered on this thread
+        if outer is None:  # unset, as before the block: compiled code is not traced again
+            vars(_thread_scope).pop("name", None)
         else:
             _thread_scope.name = outer
-        _scoped.reset(token)
 
 
 def current_backend() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import sys
@@ -234,6 +235,25 @@ def test_fullgraph_while_another_thread_is_inside_a_using_block() -> None:
         other.join()
     with layernorm.using("numpy"), pytest.raises(torch._dynamo.exc.Unsupported, match=r"BackendError.*cannot see"):
         compiled(x)
+
+
+def test_fullgraph_after_interleaved_using_blocks_of_asyncio_tasks() -> None:
+    """Blocks of asyncio tasks on one thread, entered and left out of order, leave no block behind for compiled
+    code: once they are closed it dispatches by array type again."""
+
+    async def block(name: str, inside: float, after: float) -> None:
+        with layernorm.using(name):
+            await asyncio.sleep(inside)
+        await asyncio.sleep(after)
+
+    async def interleave() -> None:
+        await asyncio.gather(block("numpy", 0.01, 0.0), block("torch", 0.03, 0.0), block("numpy", 0.005, 0.01))
+
+    torch._dynamo.reset()
+    asyncio.run(interleave())
+    x = inputs((4, 32), 32)[0]
+    compiled = torch.compile(lambda x: layernorm.layer_norm(x) * 2, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), torch.nn.functional.layer_norm(x, (32,)) * 2)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,11 @@ class BackendModule(Protocol):
         """Version, devices, dtypes and promises of this backend on this machine."""
 
     def device_of(self, x: Any) -> str:
-        """The device kind x lives on ("cpu", "cuda", ...)."""
+        """The device x lives on: its kind ("cpu", "cuda", ...), with ":N" where there are several of that kind.
+
+        The core compares the answers for the arrays of one call (a DeviceError when they differ); the kind, the
+        part before ":", is what `BackendInfo.devices` lists and `from_numpy` takes.
+        """
 
     def is_tracked(self, x: Any) -> bool:
         """True when x takes part in its framework's autodiff or tracing, so it cannot cross frameworks."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
@@ -566,6 +567,25 @@ def test_backend_functions_convert_exactly() -> None:
     assert backend.device_of(torch.zeros(1)) == "cpu"
     assert backend.is_tracked(torch.zeros(1, requires_grad=True)) and not backend.is_tracked(torch.zeros(1))
     torch.testing.assert_close(backend.from_foreign(np.arange(4.0)), torch.arange(4.0, dtype=torch.float64))
+
+
+def test_device_of_names_the_cuda_index_where_there_are_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    from layernorm_torch import backend
+
+    on_second_gpu = types.SimpleNamespace(is_cpu=False, is_cuda=True, get_device=lambda: 1)  # a CUDA tensor's flags
+    monkeypatch.setattr(backend, "_CUDA_DEVICE_COUNT", 1)
+    assert backend.device_of(on_second_gpu) == "cuda"
+    monkeypatch.setattr(backend, "_CUDA_DEVICE_COUNT", 2)
+    assert backend.device_of(on_second_gpu) == "cuda:1" and backend.device_of(torch.zeros(1)) == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_arrays_on_two_cuda_devices_are_a_device_error() -> None:
+    x, weight = torch.randn(2, 3, device="cuda:0"), torch.ones(3, device="cuda:1")
+    for _ in range(2):  # the first call fills the dispatch caches; the second takes the per-call shortcut
+        with pytest.raises(layernorm.DeviceError, match="x is on cuda:0 but another argument is on cuda:1"):
+            layernorm.layer_norm(x, weight)
+    torch.testing.assert_close(layernorm.layer_norm(x, weight.to("cuda:0")), torch.nn.functional.layer_norm(x, (3,)))
 
 
 def test_numpy_input_on_the_torch_engine_returns_numpy() -> None:

@@ -69,11 +69,21 @@ def info() -> BackendInfo:
     )
 
 
+_CUDA_DEVICE_COUNT = torch.cuda.device_count()
+"""CUDA devices visible to this process (counted without initializing CUDA)."""
+
+
 def device_of(x: torch.Tensor) -> str:
-    """The device kind of x: "cpu", "cuda", or torch's name for another device type."""
+    """The device of x: "cpu"; "cuda", or "cuda:N" where the process sees several; torch's name for other types.
+
+    With several CUDA devices the index is part of the answer, so arrays of one call on two of them are a
+    DeviceError before any kernel runs.
+    """
     if x.is_cpu:  # two flag reads: x.device builds a torch.device, about 0.2 us, on every checked call
         return "cpu"
-    return "cuda" if x.is_cuda else x.device.type
+    if x.is_cuda:
+        return "cuda" if _CUDA_DEVICE_COUNT < 2 else f"cuda:{x.get_device()}"
+    return x.device.type
 
 
 def is_tracked(x: torch.Tensor) -> bool:

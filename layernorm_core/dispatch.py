@@ -29,7 +29,8 @@ _thread_scope = threading.local()
 """``name``, where set: this thread's innermost using() block, for code that torch.compile traces. Dynamo cannot
 read a ContextVar; it reads a thread-local's attributes and guards them in each calling thread, so a compiled
 function is traced again in a block of another name. asyncio tasks of one thread share it: while their blocks
-interleave, it holds the block in force in the task that last entered or left one."""
+interleave, it holds the block in force in the task that last entered or left one. A thread running a copied
+context (``asyncio.to_thread``) starts without it: compiled code there dispatches by array type."""
 
 
 def use(name: str) -> None:

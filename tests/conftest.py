@@ -4,16 +4,12 @@ from collections.abc import Iterator
 
 import pytest
 import recording_backend
-
-from layernorm_core.registry import registry
+from registered_plugin import registered
 
 
 @pytest.fixture
 def recording() -> Iterator[list[str]]:
     """Register the "recording" test backend for one test; yield the list of calls it received."""
-    name = registry.register_plugin(recording_backend.Plugin(), name="recording-plugin")
     recording_backend.calls.clear()
-    try:
+    with registered(recording_backend.Plugin(), "recording-plugin"):
         yield recording_backend.calls
-    finally:
-        registry.unregister_plugin(name)

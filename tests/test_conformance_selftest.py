@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from registered_plugin import registered
 
 from layernorm_core import BackendDeclaration, hookimpl
 from layernorm_core.registry import registry
@@ -223,10 +224,11 @@ def broken(request: pytest.FixtureRequest) -> Iterator[str]:
     """Register the backend named by the test's parameter for the duration of the test."""
     name: str = request.param
     module = _make_backend(name, DEFECTS[name][0] if name in DEFECTS else _faithful)
-    plugin_name = registry.register_plugin(_plugin(name, module), name=f"selftest-{name}")
-    yield name
-    registry.unregister_plugin(plugin_name)
-    sys.modules.pop(module.__name__, None)
+    try:
+        with registered(_plugin(name, module), f"selftest-{name}"):
+            yield name
+    finally:
+        sys.modules.pop(module.__name__, None)
 
 
 @pytest.mark.parametrize("broken", sorted(DEFECTS), indirect=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from registered_plugin import registered
 
 import layernorm
 from layernorm import BackendError, DTypeError
@@ -193,7 +194,6 @@ def two_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     from layernorm_core import BackendDeclaration, hookimpl
     from layernorm_core.protocol import BackendInfo
-    from layernorm_core.registry import registry
 
     calls: list[str] = []
     module = types.ModuleType("twodevices_backend")
@@ -224,11 +224,8 @@ def two_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
                 BackendDeclaration(name="twodevices", implementation=module.__name__, array_modules=("twodevices",))
             ]
 
-    plugin_name = registry.register_plugin(Plugin(), name="twodevices-plugin")
-    try:
+    with registered(Plugin(), "twodevices-plugin"):
         yield calls
-    finally:
-        registry.unregister_plugin(plugin_name)
 
 
 def test_a_framework_of_several_devices_compares_devices_on_every_call(two_devices: list[str]) -> None:

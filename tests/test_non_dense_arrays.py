@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from registered_plugin import registered
 
 import layernorm
 from layernorm import DTypeError
 from layernorm_core import BackendDeclaration, hookimpl
-from layernorm_core.registry import registry
 
 NotDense = Callable[[tuple[int, ...]], tuple[Any, Any]]
 """shape -> (an array of that shape that is not dense, a dense array of its framework and shape)."""
@@ -150,11 +150,8 @@ class _FakePlugin:
 
 @pytest.fixture
 def fake_plugin(recording: list[str]) -> Iterator[list[str]]:
-    name = registry.register_plugin(_FakePlugin(), name="fake-plugin")
-    try:
+    with registered(_FakePlugin(), "fake-plugin"):
         yield recording
-    finally:
-        registry.unregister_plugin(name)
 
 
 def test_plugin_excluded_modules_and_their_subclasses(fake_plugin: list[str]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from registered_plugin import registered
 
 import layernorm
 from layernorm import PluginWarning
@@ -34,10 +35,12 @@ def test_plugin_raising_in_its_hook_warns_and_the_rest_work() -> None:
         def layernorm_backends(self) -> list[BackendDeclaration]:
             raise RuntimeError("boom")
 
-    with pytest.warns(PluginWarning, match="plugin 'broken' failed to declare its backends: RuntimeError"):
-        registry.register_plugin(Broken(), name="broken")
-    assert "broken" not in registry.names()
-    assert layernorm.layer_norm(np.ones((2, 3))).shape == (2, 3)
+    with (
+        pytest.warns(PluginWarning, match="plugin 'broken' failed to declare its backends: RuntimeError"),
+        registered(Broken(), "broken"),
+    ):
+        assert "broken" not in registry.names()
+        assert layernorm.layer_norm(np.ones((2, 3))).shape == (2, 3)
 
 
 def test_duplicate_backend_name_warns_and_keeps_the_first() -> None:
@@ -46,12 +49,11 @@ def test_duplicate_backend_name_warns_and_keeps_the_first() -> None:
         def layernorm_backends(self) -> list[BackendDeclaration]:
             return [BackendDeclaration(name="numpy", implementation="nowhere")]
 
-    with pytest.warns(PluginWarning, match="declares backend 'numpy', already declared by plugin 'numpy'"):
-        registry.register_plugin(Impostor(), name="impostor")
-    try:
+    with (
+        pytest.warns(PluginWarning, match="declares backend 'numpy', already declared by plugin 'numpy'"),
+        registered(Impostor(), "impostor"),
+    ):
         assert registry.declaration("numpy").implementation == "layernorm_numpy.backend"
-    finally:
-        registry.unregister_plugin("impostor")
 
 
 def test_backend_missing_functions_is_a_backend_error() -> None:
@@ -60,14 +62,11 @@ def test_backend_missing_functions_is_a_backend_error() -> None:
         def layernorm_backends(self) -> list[BackendDeclaration]:
             return [BackendDeclaration(name="hollow", implementation="json")]
 
-    registry.register_plugin(Hollow(), name="hollow-plugin")
-    try:
+    with registered(Hollow(), "hollow-plugin"):
         with pytest.raises(layernorm.BackendError, match=r"backend 'hollow' \(json\) lacks info, device_of"):
             layernorm.layer_norm(np.ones(3), backend="hollow")
         status = {s.name: s for s in layernorm.backends()}["hollow"]
         assert not status.available and "lacks" in (status.reason or "")
-    finally:
-        registry.unregister_plugin("hollow-plugin")
 
 
 def test_entry_point_that_fails_to_import_warns(tmp_path: Path) -> None:

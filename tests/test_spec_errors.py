@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from registered_plugin import registered
 
 import layernorm
 from layernorm import ArgumentError, BackendError, DTypeError, LayerNormError, ShapeError
@@ -124,7 +125,6 @@ def test_errors_are_also_builtin_exceptions() -> None:
 
 def test_not_installed_backend_names_its_extra(recording: list[str]) -> None:
     from layernorm_core import BackendDeclaration, hookimpl
-    from layernorm_core.registry import registry
 
     class Missing:
         @hookimpl
@@ -133,14 +133,11 @@ def test_not_installed_backend_names_its_extra(recording: list[str]) -> None:
                 BackendDeclaration(name="missing", implementation="x", requires=("no_such_framework_zz",), extra="zz")
             ]
 
-    registry.register_plugin(Missing(), name="missing-plugin")
-    try:
+    with registered(Missing(), "missing-plugin"):
         with pytest.raises(BackendError, match=r"no_such_framework_zz is not installed: pip install 'layernorm\[zz\]'"):
             layernorm.layer_norm(X, backend="missing")
         with pytest.raises(BackendError, match="backend 'missing' is not available"):
             layernorm.use("missing")
-    finally:
-        registry.unregister_plugin("missing-plugin")
 
 
 def test_checks_run_before_the_backend(recording: list[str]) -> None:

@@ -409,3 +409,17 @@ def test_torch_speed_breakdown_times_every_piece(capsys: pytest.CaptureFixture[s
     assert "layer_norm forward, bfloat16, (4, 32)" in out and "layer_norm forward+backward, bfloat16, (4, 32)" in out
     pieces = ("core: check_forward", "core: local_engine", "torch.native_layer_norm(...)[0]", "layernorm.layer_norm(")
     assert all(piece in out for piece in pieces)
+
+
+def test_torch_speed_times_a_half_layer_norm_against_torch_on_float32_copies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("torch")
+    from benchmarks import torch_speed
+
+    args = ["--rounds", "1", "--ops", "layer_norm", "--dtypes", "float32,bfloat16", "--shapes", "4x32"]
+    torch_speed.main([*args, "--device", "cpu"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("4x32")]
+    assert [row[1] for row in rows] == ["float32", "bfloat16"] * 2  # forward, then forward+backward
+    assert all(row[-1] == "-" for row in rows if row[1] == "float32")
+    assert all(float(row[-1]) > 0 for row in rows if row[1] == "bfloat16")

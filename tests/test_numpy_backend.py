@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -98,6 +99,28 @@ def test_large_offset_small_spread_normalizes(dtype: str) -> None:
     ref_y, _, _ = reference.layer_norm(x, None, None, spec)
     assert error_ratio(y, ref_y, tolerance(dtype, "output"), row_condition(x, spec)) <= 1
     np.testing.assert_allclose(y.astype(np.float64).std(axis=-1), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("rows", [4, 2 * PARALLEL_MIN_BYTES // (4 * 256)], ids=["one-block", "threaded"])
+def test_eps_zero_constant_rows_are_nan_without_warnings(rows: int) -> None:
+    """eps = 0 (docs/spec.md): a constant row's y and dx are NaN and its rstd inf, with no NumPy RuntimeWarning.
+
+    The constant row is the last, so a large input has it in a worker thread's share. Every other row is finite.
+    """
+    x, w, b, dy = _inputs((rows, 256), -1, np.dtype(np.float32))
+    last = rows - 1
+    x[last] = 3.0
+    zero_last = x.copy()
+    zero_last[last] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        y, mean, rstd = layernorm.layer_norm(x, w, b, eps=0.0, return_stats=True)
+        dx, dweight, dbias = layernorm.layer_norm_backward(dy, x, w, eps=0.0)
+        y_rms, rstd_rms = layernorm.rms_norm(zero_last, eps=0.0, return_stats=True)
+    assert np.isnan(y[last]).all() and np.isnan(dx[last]).all() and np.isnan(y_rms[last]).all()
+    assert np.isposinf(rstd[last]).all() and np.isposinf(rstd_rms[last]).all() and mean[last] == 3.0
+    assert np.isfinite(y[:last]).all() and np.isfinite(dx[:last]).all() and np.isfinite(y_rms[:last]).all()
+    assert np.isnan(dweight).all() and np.isfinite(dbias).all()  # dweight sums the NaN row's dy * xhat
 
 
 def test_constant_rows_give_the_bias() -> None:

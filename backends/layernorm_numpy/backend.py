@@ -144,6 +144,7 @@ def _backward(
         np.asarray(rstd, dtype=compute).reshape(stats),
         compute,
         dxl,
+        quiet=spec.eps == 0,
     )
     normalized = _static(spec.normalized_shape)
     return (

@@ -109,15 +109,20 @@ def _scratch(buffer: Array, shape: tuple[int, ...]) -> Array:
     return buffer if buffer.shape == shape else buffer.reshape(-1)[: math.prod(shape)].reshape(shape)
 
 
-def _for_blocks(x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]], item_bytes: int) -> list[T]:
+def _for_blocks(
+    x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]], item_bytes: int, quiet: bool
+) -> list[T]:
     """Run workers over the cache-sized blocks of layout ``x``, split across threads for large inputs.
 
     ``make_worker(shape)`` is called once per thread (to allocate that thread's scratch for blocks of at most
     ``shape``) and returns ``work(block)``, called for each of that thread's blocks. Returns what ``work``
-    returned, in the grid's order (the same for any number of threads).
+    returned, in the grid's order (the same for any number of threads). With ``quiet`` the workers run without
+    NumPy's floating-point warnings (`_quiet`).
     """
     if x.size == 0:
         return []
+    if quiet:
+        make_worker = _quiet(make_worker)
     if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block: skip making it
         return [make_worker(x.shape)((slice(None),))]
     blocks = _grid(x.shape, item_bytes)
@@ -138,6 +143,27 @@ def _for_blocks(x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Blo
     return results
 
 
+def _quiet(
+    make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]],
+) -> Callable[[tuple[int, ...]], Callable[[Block], T]]:
+    """``make_worker`` whose workers run each block without NumPy's divide-by-zero and invalid-value warnings.
+
+    For eps = 0, where a constant row's infinite rstd and NaN output are the spec's answer (the other backends
+    give it silently). NumPy keeps this state per thread, so it is set in the thread that runs the block.
+    """
+
+    def make_quiet_worker(largest: tuple[int, ...]) -> Callable[[Block], T]:
+        work = make_worker(largest)
+
+        def quiet_work(block: Block) -> T:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return work(block)
+
+        return quiet_work
+
+    return make_quiet_worker
+
+
 def forward(
     x: Array,
     weight: Array | None,
@@ -151,7 +177,8 @@ def forward(
 ) -> None:
     """Normalize ``x`` along axis 1 into ``y``; write the mean (layer_norm) and rstd along that axis.
 
-    With ``y`` None only the statistics are computed (for a backward that was not given them).
+    With ``y`` None only the statistics are computed (for a backward that was not given them). With ``eps`` 0 a
+    constant row's rstd is inf and its y NaN, without a NumPy warning.
 
     ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
@@ -211,7 +238,7 @@ def forward(
 
         return work
 
-    _for_blocks(x, make_worker, compute.itemsize)
+    _for_blocks(x, make_worker, compute.itemsize, quiet=eps == 0)
 
 
 def backward(
@@ -222,10 +249,12 @@ def backward(
     rstd: Array,
     compute: np.dtype[np.floating],
     dx: Array,
+    quiet: bool,
 ) -> tuple[Array, Array]:
     """Write dx into ``dx``; return the sums over all axes but axis 1 (dweight, dbias) in float64.
 
     Layouts as in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`.
+    ``quiet`` (eps = 0, where rstd may be inf) silences NumPy's floating-point warnings.
     """
     n = x.shape[1]
     inv_n = 1.0 / n
@@ -278,7 +307,7 @@ def backward(
     dweight = np.zeros(n, dtype=np.float64)
     dbias = np.zeros(n, dtype=np.float64)
     # in the grid's fixed order: the sums are the same bitwise on every run and for any number of threads
-    for block_dweight, block_dbias in _for_blocks(x, make_worker, compute.itemsize):
+    for block_dweight, block_dbias in _for_blocks(x, make_worker, compute.itemsize, quiet):
         dweight += block_dweight
         dbias += block_dbias
     return dweight, dbias

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,31 @@ def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: fl
     actual = forward(target, problem)
     assert all(np.isfinite(v.astype(np.float64)).all() for v in actual.values()), "NaN or Inf for a constant row"
     numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_constant_row_without_eps(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """A constant row (a zero row for rms_norm) with eps = 0 gives rstd inf and y NaN, without a RuntimeWarning.
+
+    As the formula says (docs/spec.md); the other rows stay finite and correct.
+    """
+    problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", eps=0.0, key="no-eps")
+    row, value = 2, (3.0 if op == "layer_norm" else 0.0)
+    x = problem.x.copy()
+    x[row] = cast(np.full(x.shape[1:], value), dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        actual = forward(target, problem.with_x(x))
+    assert np.isnan(actual["y"][row].astype(np.float64)).all(), "y of a constant row is not NaN with eps = 0"
+    assert np.isposinf(actual["rstd"][row].astype(np.float64)).all(), "rstd of a constant row is not inf with eps = 0"
+    if op == "layer_norm":
+        assert (actual["mean"][row] == value).all(), "mean of a constant row is not its value"
+    keep = np.array([k for k in range(x.shape[0]) if k != row])
+    others = problem.with_x(x[keep])
+    numerics.check(
+        {name: value[keep] for name, value in actual.items()},
+        reference_forward(others),
+        dtype,
+        others.condition(),
+        scales=others.scales(),
+    )

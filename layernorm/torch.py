@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import layernorm
-from layernorm.errors import ShapeError
+from layernorm.errors import BackendError, ShapeError
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype
 
 Axis = int | tuple[int, ...]
@@ -47,7 +47,24 @@ def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) ->
     return shape, axes[0] if len(axes) == 1 else axes
 
 
-class LayerNorm(nn.Module):
+class _Norm(nn.Module):
+    """What both modules share: torch.jit.script is refused with a BackendError naming what traces instead."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Raise BackendError: torch.jit.script calls this on every submodule before it compiles a model.
+
+        TorchScript compiles Python source, and layernorm's dispatch is Python it cannot compile; its own error
+        would point at a keyword-only argument of `layernorm.layer_norm`.
+        """
+        name = type(self).__name__
+        raise BackendError(
+            f"layernorm.torch.{name} cannot be compiled by torch.jit.script (TorchScript cannot compile layernorm's "
+            f"Python dispatch): use torch.compile or torch.export, which trace it, or torch.nn.{name} in a "
+            "TorchScript model"
+        )
+
+
+class LayerNorm(_Norm):
     """Layer normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.LayerNorm.
 
     Args:
@@ -115,7 +132,7 @@ class LayerNorm(nn.Module):
         )
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(_Norm):
     """RMS normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.RMSNorm.
 
     ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses the machine epsilon of the dtype torch's kernels

@@ -105,3 +105,15 @@ def test_axis_attribute_is_an_int_for_one_axis() -> None:
     assert lt.LayerNorm(8).axis == -1 and lt.RMSNorm([8]).axis == -1
     assert lt.LayerNorm(6, axis=1).axis == 1 and lt.LayerNorm(6, axis=(1,)).axis == 1
     assert lt.LayerNorm((4, 5)).axis == (-2, -1) and lt.RMSNorm((3, 5), axis=(1, 3)).axis == (1, 3)
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_torch_jit_script_is_a_backend_error_naming_what_traces(module: str) -> None:
+    """TorchScript cannot compile the Python dispatch: refused up front, with the tracers that work named."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), getattr(lt, module)(8))
+    refused = rf"layernorm.torch.{module} cannot be compiled by torch.jit.script.*torch.compile or torch.export"
+    with pytest.raises(layernorm.BackendError, match=rf"{refused}.*torch.nn.{module} in a TorchScript model"):
+        torch.jit.script(model)
+    x = torch.randn(3, 8)
+    traced = torch.jit.trace(model, x, check_trace=False)  # tracing records the ops instead: unaffected
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)

@@ -14,14 +14,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_checks import f64  # noqa: E402
+
 import layernorm  # noqa: E402
 import layernorm.torch as lt  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
-
-
-def f64(t: Any) -> np.ndarray:
-    return t.detach().cpu().to(torch.float64).numpy()
 
 
 def inputs(shape: tuple[int, ...], n: int, seed: int = 0) -> list[Any]:

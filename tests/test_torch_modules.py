@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from torch_checks import f64  # noqa: E402
 
 import layernorm  # noqa: E402
 import layernorm.torch as lt  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
-
-
-def f64(t: Any) -> np.ndarray:
-    return t.detach().cpu().to(torch.float64).numpy()
 
 
 def randomize(module: Any, seed: int) -> Any:

@@ -255,13 +255,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.BLOCKED_FORWARD_ELEMENTS` (torch's CPU rms_norm
     is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
     runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
+    So do tensor subclasses (a DTensor): their ops dispatch through the subclass, which `rms_cpu`'s plain scratch
+    tensors would bypass.
     """
     if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
         elements = x.numel()
         if elements >= rms_cpu.MIN_ELEMENTS:
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
             if (recorded or elements >= rms_cpu.BLOCKED_FORWARD_ELEMENTS) and not (
-                torch.jit.is_tracing() or _in_transform()
+                type(x) is not torch.Tensor or torch.jit.is_tracing() or _in_transform()
             ):
                 return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
     if spec.compute_dtype != spec.dtype:
@@ -396,13 +398,14 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
+    A tensor subclass (a DTensor) on the CPU takes `rms_cpu.formula` too: its ops dispatch through the subclass.
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
-    if x.is_cpu:
+    if x.is_cpu and type(x) is torch.Tensor:
         dy, x, rstd = _normalized_last(spec, dy, x, rstd)
         dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
         assert dx is not None and dweight is not None
@@ -452,7 +455,8 @@ def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def _ones(spec: NormSpec, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.ones(_sizes(spec.normalized_shape), dtype=dtype, device=x.device)
+    """Ones of the normalized shape, as a parameter of x: on x's device, of x's tensor type (a DTensor: replicated)."""
+    return x.new_ones(_sizes(spec.normalized_shape), dtype=dtype)
 
 
 def _sizes(shape: tuple[int | None, ...]) -> tuple[int, ...]:

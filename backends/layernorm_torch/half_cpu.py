@@ -48,7 +48,7 @@ class HalfLayerNormCPU(torch.autograd.Function):
         return_stats: bool,
     ) -> Any:
         """Run torch's mixed-type forward: float32 parameters (ones for a missing weight), float32 statistics."""
-        w32 = torch.ones(normalized_shape, dtype=torch.float32) if weight is None else weight.float()
+        w32 = x.new_ones(normalized_shape, dtype=torch.float32) if weight is None else weight.float()
         b32 = None if bias is None else bias.float()
         y, mean, rstd = _native_layer_norm(x, normalized_shape, w32, b32, eps)
         ctx.save_for_backward(x, w32, mean, rstd, weight)
@@ -85,7 +85,9 @@ class HalfLayerNormCPU(torch.autograd.Function):
 
 def statistics(x: torch.Tensor, normalized_shape: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 mean and rstd of a half x over the trailing ``normalized_shape``, as the forward computes them."""
-    _, mean, rstd = _native_layer_norm(x, normalized_shape, torch.ones(normalized_shape), None, eps)
+    _, mean, rstd = _native_layer_norm(
+        x, normalized_shape, x.new_ones(normalized_shape, dtype=torch.float32), None, eps
+    )
     return mean, rstd
 
 
@@ -103,12 +105,13 @@ def backward_float32(
 
     ``mask`` says which are wanted. One call of torch's float32 kernel on fresh float32 copies of dy and x gives
     all three: up to `_SMALL_ELEMENTS`; whenever the gradients must be ``differentiable`` (every op then has a
-    derivative: torch's layer_norm double backward for the kernel); and in a torch.compile or torch.export trace,
-    where a branch on the size would pin a dynamic size (the compiler fuses the copies). Otherwise dx comes from
+    derivative: torch's layer_norm double backward for the kernel); in a torch.compile or torch.export trace,
+    where a branch on the size would pin a dynamic size (the compiler fuses the copies); and for a tensor subclass
+    (a DTensor), whose ops must dispatch through the subclass, not into plain scratch tensors. Otherwise dx comes from
     torch's mixed-type kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared
     scratch buffer).
     """
-    if differentiable or torch.compiler.is_compiling() or x.numel() <= _SMALL_ELEMENTS:
+    if differentiable or torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.numel() <= _SMALL_ELEMENTS:
         dx, dweight, dbias = _native_layer_norm_backward(
             dy.float(), x.float(), normalized_shape, mean, rstd, w32, w32, list(mask)
         )

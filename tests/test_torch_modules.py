@@ -114,3 +114,32 @@ def test_torch_jit_script_is_a_backend_error_naming_what_traces(module: str) -> 
     x = torch.randn(3, 8)
     traced = torch.jit.trace(model, x, check_trace=False)  # tracing records the ops instead: unaffected
     torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+@pytest.mark.parametrize("rows", [8, 4096], ids=["small", "blocked"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_activation_checkpointing_gives_the_same_gradients(dtype: str, rows: int, reentrant: bool) -> None:
+    """torch.utils.checkpoint recomputes the forward during the backward: the gradients are the same bits.
+
+    4096 rows take the CPU routes of our own autograd Functions (the half backward, rms_norm's).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    dt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(64, 64), lt.LayerNorm(64), lt.RMSNorm(64)).to(dt)
+    x = torch.randn(rows, 64, dtype=dt, requires_grad=True)
+    inputs = [x, *block.parameters()]
+
+    def gradients(output: Any) -> list[Any]:
+        output.square().sum().backward()  # reentrant checkpointing refuses torch.autograd.grad
+        grads = [t.grad for t in inputs]
+        for t in inputs:
+            t.grad = None
+        return grads
+
+    plain = gradients(block(x))
+    checkpointed = gradients(checkpoint(block, x, use_reentrant=reentrant))
+    for ours, theirs in zip(checkpointed, plain, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

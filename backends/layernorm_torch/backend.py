@@ -20,7 +20,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec
-from layernorm_torch import half_cpu, rms_cpu
+from layernorm_torch import half_cpu, rms_cpu, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 from layernorm_torch.rms_cpu import RMSNormCPU
 
@@ -255,15 +255,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.BLOCKED_FORWARD_ELEMENTS` (torch's CPU rms_norm
     is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
     runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
-    So do tensor subclasses (a DTensor): their ops dispatch through the subclass, which `rms_cpu`'s plain scratch
-    tensors would bypass.
+    So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass.
     """
     if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
         elements = x.numel()
         if elements >= rms_cpu.MIN_ELEMENTS:
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
             if (recorded or elements >= rms_cpu.BLOCKED_FORWARD_ELEMENTS) and not (
-                type(x) is not torch.Tensor or torch.jit.is_tracing() or _in_transform()
+                not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
             ):
                 return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
     if spec.compute_dtype != spec.dtype:
@@ -398,14 +397,14 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
-    A tensor subclass (a DTensor) on the CPU takes `rms_cpu.formula` too: its ops dispatch through the subclass.
+    A tensor subclass (a DTensor) on the CPU takes `rms_cpu.formula` too (`scratch.usable_for`).
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
-    if x.is_cpu and type(x) is torch.Tensor:
+    if x.is_cpu and scratch.usable_for(x):
         dy, x, rstd = _normalized_last(spec, dy, x, rstd)
         dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
         assert dx is not None and dweight is not None

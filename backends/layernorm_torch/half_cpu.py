@@ -107,11 +107,11 @@ def backward_float32(
     all three: up to `_SMALL_ELEMENTS`; whenever the gradients must be ``differentiable`` (every op then has a
     derivative: torch's layer_norm double backward for the kernel); in a torch.compile or torch.export trace,
     where a branch on the size would pin a dynamic size (the compiler fuses the copies); and for a tensor subclass
-    (a DTensor), whose ops must dispatch through the subclass, not into plain scratch tensors. Otherwise dx comes from
+    (a DTensor: `scratch.usable_for`). Otherwise dx comes from
     torch's mixed-type kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared
     scratch buffer).
     """
-    if differentiable or torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.numel() <= _SMALL_ELEMENTS:
+    if differentiable or torch.compiler.is_compiling() or not scratch.usable_for(x) or x.numel() <= _SMALL_ELEMENTS:
         dx, dweight, dbias = _native_layer_norm_backward(
             dy.float(), x.float(), normalized_shape, mean, rstd, w32, w32, list(mask)
         )

@@ -18,6 +18,14 @@ KEPT_SHAPES = 16
 _local = threading.local()
 
 
+def usable_for(x: torch.Tensor) -> bool:
+    """Whether x may be computed on in plain scratch tensors: a plain tensor, not a subclass.
+
+    A subclass (a DTensor) dispatches its ops through itself; mixed with plain tensors, torch refuses the op.
+    """
+    return type(x) is torch.Tensor
+
+
 def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """``count`` disjoint contiguous tensors of ``shape`` and ``dtype`` over this thread's scratch buffer.
 

@@ -148,6 +148,31 @@ def test_saved_model_loads_without_layernorm_as_keras_layers(tmp_path: Path) -> 
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
 
 
+SERVE_EXPORTED = """
+import sys, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])  # kept: its variables die with it
+served = loaded.serve(np.load(sys.argv[2]))
+assert "layernorm" not in sys.modules
+np.save(sys.argv[3], served.numpy())
+"""
+
+
+def test_exported_model_serves_without_layernorm(tmp_path: Path) -> None:
+    """``model.export`` (a TF SavedModel for serving): plain TensorFlow runs it, without layernorm's Python code."""
+    model = keras.Sequential([keras.Input((4,)), lk.LayerNormalization(name="ln"), lk.RMSNormalization(name="rms")])
+    _random_weights(model.get_layer("ln"), seed=14)
+    x = _x(15, (3, 4))
+    np.save(tmp_path / "x.npy", x)
+    model.export(tmp_path / "served", verbose=False)
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_EXPORTED)
+    command = [sys.executable, str(script), *(str(tmp_path / n) for n in ("served", "x.npy", "y.npy"))]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the served graph is optimized as a whole (grappler, oneDNN): float32 roundings, not bits, may differ
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("axis", AXES)
 def test_gradients_match_keras_layer(axis: Any) -> None:
     theirs, ours = _pair(axis)

@@ -161,6 +161,43 @@ def test_per_example_gradients_with_vmap_of_grad() -> None:
         assert error_ratio(np.asarray(dws[row]), expected, tolerance("float32", "grad")) <= 1
 
 
+def test_vmap_over_per_example_weights_matches_the_reference() -> None:
+    """Weights batched with x (an ensemble, in_axes=0 for both): each example normalized with its own weight."""
+    x, w, b, dy = _inputs((5, 12), -1, seed=6)
+    ws = np.stack([w * (k + 1) for k in range(5)])
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array, dy: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, w, b) * dy)
+
+    ys = jax.vmap(lambda x, w: layernorm.layer_norm(x, w, jnp.asarray(b)))(jnp.asarray(x), jnp.asarray(ws))
+    batched_grad = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), in_axes=(0, 0, None, 0))
+    grads = batched_grad(*(jnp.asarray(a) for a in (x, ws, b, dy)))
+    spec = check_forward("layer_norm", x[:1], w, b, -1, 1e-5)
+    for row in range(5):
+        one = slice(row, row + 1)
+        expected_y = reference.layer_norm(x[one], ws[row], b, spec)[0]
+        assert error_ratio(np.asarray(ys[row : row + 1]), expected_y, tolerance("float32", "output")) <= 1
+        _check_grads((grads[0][one], grads[1][row], grads[2][row]), x[one], ws[row], dy[one], -1)
+
+
+def test_jax_export_round_trip_serves_forward_and_vjp() -> None:
+    """jax.export (serialized StableHLO, with ``vjp_order=1``) runs the same function and gradients after loading."""
+    from jax import export
+
+    x, w, b, dy = (jnp.asarray(a) for a in _inputs((4, 6, 16), -1, seed=7))
+    f = jax.jit(lambda x, w, b: layernorm.layer_norm(x, w, b))
+    served = export.deserialize(export.export(f)(x, w, b).serialize(vjp_order=1))
+
+    def loss(g: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        return lambda x, w, b: jnp.sum(g(x, w, b) * dy)
+
+    np.testing.assert_array_equal(np.asarray(served.call(x, w, b)), np.asarray(f(x, w, b)))
+    for got, expected in zip(
+        jax.grad(loss(served.call), (0, 1, 2))(x, w, b), jax.grad(loss(f), (0, 1, 2))(x, w, b), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 def test_checkpoint_and_jit_compose() -> None:
     x, w, b, dy = (jnp.asarray(a) for a in _inputs((4, 6, 16), -1, seed=5))
 

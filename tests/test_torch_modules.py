@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_checks import f64  # noqa: E402
+from torch_checks import check_layer_norm_grads, check_rms_norm_grads, f64  # noqa: E402
 
 import layernorm  # noqa: E402
 import layernorm.torch as lt  # noqa: E402
@@ -143,3 +143,41 @@ def test_activation_checkpointing_gives_the_same_gradients(dtype: str, rows: int
     checkpointed = gradients(checkpoint(block, x, use_reentrant=reentrant))
     for ours, theirs in zip(checkpointed, plain, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_torch_func_ensemble_of_modules_matches_the_reference(module: str, dtype: str) -> None:
+    """An ensemble: three modules' parameters stacked (torch.func.stack_module_state), called under vmap.
+
+    Each member's output and parameter gradients are the reference's for its own parameters.
+    """
+    import copy
+
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    dt = getattr(torch, dtype)
+    members = [randomize(getattr(lt, module)(16).to(dt), seed) for seed in range(3)]
+    params, buffers = stack_module_state(members)
+    skeleton = copy.deepcopy(members[0]).to("meta")
+    generator = torch.Generator().manual_seed(7)
+    x, dy = (torch.randn(5, 16, generator=generator).to(dt) for _ in range(2))
+
+    def call(p: Any, b: Any) -> Any:
+        return functional_call(skeleton, (p, b), (x,))
+
+    def loss(p: Any, b: Any) -> Any:
+        return (call(p, b) * dy).sum()
+
+    ys = vmap(call)(params, buffers)
+    grads = vmap(grad(loss))(params, buffers)
+    spec = check_forward("layer_norm" if module == "LayerNorm" else "rms_norm", x, None, None, -1, 1e-5)
+    for k, member in enumerate(members):
+        weight = member.weight
+        if module == "LayerNorm":
+            expected = reference.layer_norm(f64(x), f64(weight), f64(member.bias), spec)[0]
+            check_layer_norm_grads((None, grads["weight"][k], grads["bias"][k]), x, weight, dy, -1, dtype)
+        else:
+            expected = reference.rms_norm(f64(x), f64(weight), spec)[0]
+            check_rms_norm_grads((None, grads["weight"][k]), x, weight, dy, -1, dtype)
+        assert error_ratio(f64(ys[k]), expected, tolerance(dtype, "output"), row_condition(f64(x), spec)) <= 1

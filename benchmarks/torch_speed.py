@@ -214,9 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                     ours, theirs, copy = (case[k].median * 1e6 for k in ("ours", "torch", "copy"))
                     dims = "x".join(map(str, shape))
                     low = case["ours"].p10 / case["torch"].p10  # the least disturbed runs: steadier on a busy machine
-                    accurate = (
-                        f"{ours / (case['torch f32'].median * 1e6):11.3f}" if "torch f32" in case else f"{'-':>11s}"
-                    )
+                    f32 = case.get("torch f32")
+                    accurate = f"{case['ours'].median / f32.median:11.3f}" if f32 else f"{'-':>11s}"
                     print(
                         f"  {dims:>11s} {dtype:>11s} {ours:11.2f} {theirs:11.2f} {copy:11.2f} {ours / theirs:11.3f}"
                         f" {low:11.3f} {accurate}"

@@ -177,7 +177,7 @@ def run(
                 f"x is a {owner} array that takes part in {owner}'s autodiff or tracing; the {name!r} backend "
                 f"cannot see that graph. Use backend={owner!r}, or detach the array first."
             )
-    device = source.device_of(x)
+    device = source.device_of(x).partition(":")[0]
     outputs = call(
         engine,
         _convert(source, engine, x, device),
@@ -197,19 +197,31 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) ->
 
 def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:
     x_type = type(x)
-    devices_differ = registry.multi_device(owner)
-    x_device: str | None = None
     for array in params:
-        if array is None:
-            continue
-        if type(array) is not x_type and registry.owner_of(array) != owner:
+        if array is not None and type(array) is not x_type and registry.owner_of(array) != owner:
             raise DTypeError(
                 f"x is a {owner} array but another argument is a {type(array).__module__}."
                 f"{type(array).__qualname__}; pass arrays of one framework"
             )
-        if devices_differ:
-            if x_device is None:
-                x_device = source.device_of(x)
-            device = source.device_of(array)
-            if device != x_device:
-                raise DeviceError(f"x is on {x_device} but another argument is on {device}; move them to one device")
+    if registry.multi_device(owner):
+        _check_devices(source, x, params)
+
+
+def _check_devices(source: ModuleType, x: Any, params: Sequence[Any]) -> None:
+    """A DeviceError unless x and params are of one device kind and those bound to a device name the same one.
+
+    A bare kind is an array bound to no device of it (see `BackendModule.device_of`): it goes with any of them.
+    """
+    x_device = source.device_of(x)
+    kind = x_device.partition(":")[0]
+    bound, bound_by = x_device, "x"
+    for array in params:
+        if array is None:
+            continue
+        device = source.device_of(array)
+        if device == bound:
+            continue
+        if device.partition(":")[0] != kind or (bound != kind and device != kind):
+            raise DeviceError(f"{bound_by} is on {bound} but another argument is on {device}; move them to one device")
+        if bound == kind:
+            bound, bound_by = device, "an argument"

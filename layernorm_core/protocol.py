@@ -43,6 +43,9 @@ class BackendInfo:
     """Devices where two runs on the same input are promised to be bitwise identical."""
     autodiff: bool = False
     """True when the framework's own autodiff differentiates through layer_norm and rms_norm."""
+    device_count: int | None = None
+    """Devices this process can address, of every kind; None: one of each kind in ``devices``. Above one, the
+    core compares the `device_of` answers of each call's arrays."""
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -57,10 +60,14 @@ class BackendModule(Protocol):
         """Version, devices, dtypes and promises of this backend on this machine."""
 
     def device_of(self, x: Any) -> str:
-        """The device x lives on: its kind ("cpu", "cuda", ...), with ":N" where there are several of that kind.
+        """The device x lives on: its kind ("cpu", "cuda", ...), with ":" and the device where there are several.
 
-        The core compares the answers for the arrays of one call (a DeviceError when they differ); the kind, the
-        part before ":", is what `BackendInfo.devices` lists and `from_numpy` takes.
+        Torch says "cuda:1"; JAX says "cpu:0,1" for an array committed to CPU devices 0 and 1.
+
+        The core refuses (DeviceError) a call whose arrays name two kinds, or two devices. The bare kind, where
+        there are several of that kind, is an array bound to none of them, which goes where the others are (JAX's
+        uncommitted arrays). The kind, the part before ":", is what `BackendInfo.devices` lists and `from_numpy`
+        takes.
         """
 
     def is_tracked(self, x: Any) -> bool:

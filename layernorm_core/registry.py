@@ -61,7 +61,7 @@ class Registry:
         """Array type -> its owner's loaded module, for owners that report one device: the per-call fast path
         (read-only outside the registry, and not read while torch.compile traces; filled by `loaded_owner`)."""
         self.multi_device_engines: dict[type, ModuleType] = {}
-        """As `single_device_engines`, for owners that report several devices (torch with CUDA)."""
+        """As `single_device_engines`, for owners that report several devices (torch with CUDA, JAX with two)."""
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -227,7 +227,8 @@ class Registry:
         try:
             return self._multi_device[name]
         except KeyError:
-            many = len(self.get(name).info().devices) > 1
+            info = self.get(name).info()
+            many = (len(info.devices) if info.device_count is None else info.device_count) > 1
             self._multi_device[name] = many
             return many
 

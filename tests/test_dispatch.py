@@ -247,3 +247,25 @@ def test_a_framework_of_several_devices_compares_devices_on_every_call(two_devic
             layernorm.layer_norm(x, weight)
     assert two_devices == ["accel", "cpu", "accel"]
     assert _Placed in registry.multi_device_engines and _Placed not in registry.single_device_engines
+
+
+def test_an_array_bound_to_no_device_goes_with_the_bound_ones(two_devices: list[str]) -> None:
+    """A bare kind ("accel") where a framework has several devices of it (JAX's uncommitted arrays) goes with any
+    one of them; arrays bound to two ("accel:0", "accel:1"), or of two kinds, are a DeviceError."""
+    weight, bias = np.linspace(0.5, 1.5, 4, dtype=np.float32), np.linspace(-1.0, 1.0, 4, dtype=np.float32)
+    expected = layernorm.layer_norm(X, weight, bias)
+    for placements in (("accel:0", "accel", "accel:0"), ("accel", "accel:1", "accel"), ("accel", "accel", "accel:1")):
+        x, w, b = (_placed(v, p) for v, p in zip((X, weight, bias), placements, strict=True))
+        np.testing.assert_array_equal(layernorm.layer_norm(x, w, b), expected)
+    refused = {
+        ("accel:0", "accel:1", "accel"): "x is on accel:0 but another argument is on accel:1",
+        ("accel:0", "accel", "accel:1"): "x is on accel:0 but another argument is on accel:1",
+        ("accel", "accel:0", "accel:1"): "an argument is on accel:0 but another argument is on accel:1",
+        ("accel", "accel", "cpu"): "x is on accel but another argument is on cpu",
+        ("accel:1", "cpu", "accel:1"): "x is on accel:1 but another argument is on cpu",
+    }
+    for placements, message in refused.items():
+        x, w, b = (_placed(v, p) for v, p in zip((X, weight, bias), placements, strict=True))
+        with pytest.raises(layernorm.DeviceError, match=message):
+            layernorm.layer_norm(x, w, b)
+    assert two_devices == ["accel:0", "accel", "accel"]

@@ -1,4 +1,5 @@
-"""Sharded inputs under jit on a Mesh of 8 CPU devices give the unsharded result (and the reference's).
+"""Sharded inputs under jit on a Mesh of 8 CPU devices give the unsharded result (and the reference's); arrays
+committed to different devices are a DeviceError.
 
 XLA fixes the CPU device count when JAX starts, so the mesh tests run in a child pytest process started with
 XLA_FLAGS=--xla_force_host_platform_device_count=8; `test_mesh_tests_pass_in_an_8_device_process` starts it and
@@ -23,11 +24,12 @@ from jax.sharding import PartitionSpec as P
 
 import layernorm
 from layernorm_core import check_forward, normalize_axes, reference
+from layernorm_core.registry import registry
 from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 8  # 3 layouts x (forward, gradients) + 2 single tests
+MESH_TESTS = 10  # 3 layouts x (forward, gradients) + 4 single tests
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -121,6 +123,45 @@ def test_explicit_backward_under_jit_with_sharded_inputs() -> None:
     scale = gradient_scale(dy, None, reference.rms_norm(x, None, spec)[1], spec)
     assert error_ratio(np.asarray(dx), ref_dx, tolerance("float32", "grad"), scale=scale) <= 1
     assert error_ratio(np.asarray(dw), ref_dw, tolerance("float32", "grad")) <= 1
+
+
+@needs_mesh
+def test_arrays_committed_to_different_devices_are_a_device_error() -> None:
+    x, w, b, dy = (jnp.asarray(a) for a in _inputs((16, 64), -1))
+    cpu = jax.devices("cpu")
+    assert registry.multi_device("jax")
+    committed = {
+        "x is on cpu:1 but another argument is on cpu:0": (jax.device_put(x, cpu[1]), jax.device_put(w, cpu[0]), b),
+        "an argument is on cpu:2 but another argument is on cpu:3": (
+            x,
+            jax.device_put(w, cpu[2]),
+            jax.device_put(b, cpu[3]),
+        ),
+        "x is on cpu:0,1,2,3,4,5,6,7 but another argument is on cpu:0": (
+            jax.device_put(x, NamedSharding(_mesh(), P("batch", None))),
+            jax.device_put(w, cpu[0]),
+            b,
+        ),
+    }
+    for message, (xa, wa, ba) in committed.items():
+        with pytest.raises(layernorm.DeviceError, match=message):
+            layernorm.layer_norm(xa, wa, ba)
+    with pytest.raises(layernorm.DeviceError, match="x is on cpu:0 but another argument is on cpu:1"):
+        layernorm.layer_norm_backward(jax.device_put(dy, cpu[1]), jax.device_put(x, cpu[0]), w)
+
+
+@needs_mesh
+def test_uncommitted_arrays_go_to_the_committed_ones_device() -> None:
+    x, w, b, dy = _inputs((16, 64), -1)
+    on_3 = jax.devices("cpu")[3]
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    expected = reference.layer_norm(x, w, b, spec)[0]
+    for xa, wa, ba in ((jax.device_put(x, on_3), w, jax.device_put(b, on_3)), (x, jax.device_put(w, on_3), b)):
+        y = layernorm.layer_norm(jnp.asarray(xa), jnp.asarray(wa), jnp.asarray(ba))
+        assert y.devices() == {on_3}
+        assert error_ratio(np.asarray(y), expected, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+    dx, dw, db = layernorm.layer_norm_backward(jnp.asarray(dy), jax.device_put(x, on_3), jnp.asarray(w))
+    assert {next(iter(g.devices())) for g in (dx, dw, db)} == {on_3}
 
 
 @pytest.mark.skipif(len(jax.devices("cpu")) >= DEVICES, reason="this is the 8-device child process")

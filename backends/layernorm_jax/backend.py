@@ -7,6 +7,7 @@ the public API; the explicit ``*_backward`` functions run the same analytic grad
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -31,19 +32,28 @@ _layer_norm_backward = jax.jit(kernels.layer_norm_backward, static_argnums=(4, 5
 _rms_norm_backward = jax.jit(kernels.rms_norm_backward, static_argnums=(4, 5))
 
 
-def info() -> BackendInfo:
-    """Version, device kinds, dtypes and promises of the JAX backend here."""
-    platforms = []
+@functools.cache
+def _device_counts() -> dict[str, int]:
+    """Platform ("cpu", "gpu", "tpu") -> how many devices of it JAX addresses here, for the platforms it has."""
+    counts = {}
     for platform in ("cpu", "gpu", "tpu"):
         try:
-            if jax.devices(platform):
-                platforms.append(platform)
+            devices = jax.devices(platform)
         except RuntimeError:
             continue
+        if devices:
+            counts[platform] = len(devices)
+    return counts
+
+
+def info() -> BackendInfo:
+    """Version, device kinds, dtypes and promises of the JAX backend here."""
+    counts = _device_counts()
     x64 = bool(jax.config.read("jax_enable_x64"))
     return BackendInfo(
         version=jax.__version__,
-        devices=tuple(platforms),
+        devices=tuple(counts),
+        device_count=sum(counts.values()),
         dtypes=FLOAT_DTYPES if x64 else tuple(d for d in FLOAT_DTYPES if d != "float64"),
         deterministic_devices=(),
         autodiff=True,
@@ -58,10 +68,19 @@ def info() -> BackendInfo:
 
 
 def device_of(x: Any) -> str:
-    """The platform x lives on ("cpu", "gpu" or "tpu"); for a tracer, the platform of JAX's default backend."""
+    """The platform x lives on ("cpu", "gpu", "tpu"), with its devices' ids where it is committed to them.
+
+    The ids ("gpu:1", "cpu:0,1,2,3") come where the platform has several devices. Uncommitted arrays, which JAX
+    moves to the devices of the committed ones, and tracers answer the platform alone (for a tracer, that of
+    JAX's default backend).
+    """
     if isinstance(x, jax.core.Tracer):
         return jax.default_backend()
-    return str(next(iter(x.devices())).platform)
+    devices = x.sharding.device_set
+    platform = str(next(iter(devices)).platform)
+    if not x.committed or _device_counts()[platform] < 2:
+        return platform
+    return f"{platform}:{','.join(str(i) for i in sorted(device.id for device in devices))}"
 
 
 def is_tracked(x: Any) -> bool:

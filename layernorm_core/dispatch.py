@@ -177,11 +177,12 @@ def run(
                 f"x is a {owner} array that takes part in {owner}'s autodiff or tracing; the {name!r} backend "
                 f"cannot see that graph. Use backend={owner!r}, or detach the array first."
             )
-    device = source.device_of(x).partition(":")[0]
+    device = source.device_of(x)
+    kind = device.partition(":")[0]
     outputs = call(
         engine,
-        _convert(source, engine, x, device),
-        [None if p is None else _convert(source, engine, p, device) for p in params],
+        _convert(source, engine, x, kind),
+        [None if p is None else _convert(source, engine, p, kind) for p in params],
     )
     if isinstance(outputs, tuple):
         return tuple(None if out is None else _convert(engine, source, out, device) for out in outputs)
@@ -189,9 +190,12 @@ def run(
 
 
 def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) -> Any:
-    """Move an array between frameworks: through NumPy on the CPU (keeps bfloat16), DLPack on a device."""
-    if device == "cpu":
-        return target.from_numpy(source.to_numpy(array), "cpu")
+    """Move an array between frameworks: through NumPy on the CPU (keeps bfloat16), DLPack on a device.
+
+    ``device``: the kind, or, for arrays going back to x's framework, x's own `device_of` answer.
+    """
+    if device.partition(":")[0] == "cpu":
+        return target.from_numpy(source.to_numpy(array), device)
     return target.from_foreign(array)
 
 

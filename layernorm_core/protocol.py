@@ -66,8 +66,7 @@ class BackendModule(Protocol):
 
         The core refuses (DeviceError) a call whose arrays name two kinds, or two devices. The bare kind, where
         there are several of that kind, is an array bound to none of them, which goes where the others are (JAX's
-        uncommitted arrays). The kind, the part before ":", is what `BackendInfo.devices` lists and `from_numpy`
-        takes.
+        uncommitted arrays). The kind, the part before ":", is what `BackendInfo.devices` lists.
         """
 
     def is_tracked(self, x: Any) -> bool:
@@ -77,7 +76,10 @@ class BackendModule(Protocol):
         """A host NumPy copy of x with its dtype (bfloat16 as ml_dtypes.bfloat16)."""
 
     def from_numpy(self, array: Any, device: str = "cpu") -> Any:
-        """A new array of this framework on ``device`` holding a NumPy array's values and dtype."""
+        """A new array of this framework on ``device`` holding a NumPy array's values and dtype.
+
+        ``device`` is a kind, or one of this backend's own `device_of` answers (outputs going back to x's device).
+        """
 
     def from_foreign(self, x: Any) -> Any:
         """x, an array of another framework, as this framework's array (DLPack, else the array protocol)."""

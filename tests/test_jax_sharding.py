@@ -29,7 +29,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 10  # 3 layouts x (forward, gradients) + 4 single tests
+MESH_TESTS = 11  # 3 layouts x (forward, gradients) + 5 single tests
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -162,6 +162,22 @@ def test_uncommitted_arrays_go_to_the_committed_ones_device() -> None:
         assert error_ratio(np.asarray(y), expected, tolerance("float32", "output"), row_condition(x, spec)) <= 1
     dx, dw, db = layernorm.layer_norm_backward(jnp.asarray(dy), jax.device_put(x, on_3), jnp.asarray(w))
     assert {next(iter(g.devices())) for g in (dx, dw, db)} == {on_3}
+
+
+@needs_mesh
+def test_outputs_of_another_engine_come_back_to_x_devices() -> None:
+    """backend="numpy" runs on host copies; y, mean and rstd return committed to x's device, or, for an x sharded
+    over several, uncommitted on one of them: either way they combine with x."""
+    x, w, b, _ = _inputs((16, 64), -1)
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    expected = reference.layer_norm(x, w, b, spec)
+    for placement in (jax.devices("cpu")[3], NamedSharding(_mesh(), P("batch", None))):
+        xa = jax.device_put(x, placement)
+        outputs = layernorm.layer_norm(xa, jnp.asarray(w), jnp.asarray(b), return_stats=True, backend="numpy")
+        for out, ref in zip(outputs, expected, strict=True):
+            assert out.committed == (len(xa.devices()) == 1) and out.devices() <= xa.devices()
+            np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(outputs[0] + xa), np.asarray(outputs[0]) + x)
 
 
 @pytest.mark.skipif(len(jax.devices("cpu")) >= DEVICES, reason="this is the 8-device child process")

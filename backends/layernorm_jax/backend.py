@@ -94,14 +94,26 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def from_numpy(array: Any, device: str = "cpu") -> jax.Array:
-    """A jax.Array on the first ``device`` ("cpu", "gpu"/"cuda", "tpu") holding ``array``'s values and dtype.
+    """A jax.Array holding ``array``'s values and dtype on ``device``.
 
-    A float64 array needs x64 (``jax.config.update('jax_enable_x64', True)``): without it, DTypeError rather than
-    a silent cast to float32.
+    A kind ("cpu", "gpu"/"cuda", "tpu") commits it to the first device of that kind, a `device_of` answer of one
+    device ("cpu:1") to that one. An answer of several ("cpu:0,1", an array sharded over them) leaves it
+    uncommitted on the first, so that it combines with arrays on those devices whatever their mesh. A float64
+    array needs x64 (``jax.config.update('jax_enable_x64', True)``): without it, DTypeError rather than a silent
+    cast to float32.
     """
     array = np.asarray(array)
     _check_representable(array.dtype)
-    return jax.device_put(array, _device(device))
+    kind, _, ids = device.partition(":")
+    devices = _devices(kind)
+    if not ids:
+        return jax.device_put(array, devices[0])
+    wanted = {int(i) for i in ids.split(",")}
+    named = [d for d in devices if d.id in wanted]
+    if len(named) == 1:
+        return jax.device_put(array, named[0])
+    with jax.default_device(named[0]):
+        return jax.device_put(array)
 
 
 def from_foreign(x: Any) -> jax.Array:
@@ -155,9 +167,8 @@ def _check_representable(dtype: Any) -> None:
         )
 
 
-def _device(kind: str) -> jax.Device:
-    platform = _DEVICE_ALIASES.get(kind, kind)
+def _devices(kind: str) -> list[jax.Device]:
     try:
-        return jax.devices(platform)[0]
+        return jax.devices(_DEVICE_ALIASES.get(kind, kind))
     except RuntimeError as exc:
         raise DeviceError(f"JAX has no {kind!r} device here: {exc}") from None

@@ -9,11 +9,10 @@ fails unless every mesh test passed there. In this (parent) process the mesh tes
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from child_pytest import assert_child_passes
 
 pytest.importorskip("jax")
 
@@ -182,16 +181,6 @@ def test_outputs_of_another_engine_come_back_to_x_devices() -> None:
 
 @pytest.mark.skipif(len(jax.devices("cpu")) >= DEVICES, reason="this is the 8-device child process")
 def test_mesh_tests_pass_in_an_8_device_process() -> None:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "not in_an_8_device"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert child.returncode == 0, child.stdout + child.stderr
-    assert f"{MESH_TESTS} passed" in child.stdout and "skipped" not in child.stdout, child.stdout
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
+    env = {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    assert_child_passes(__file__, env, deselect="in_an_8_device", tests=MESH_TESTS)

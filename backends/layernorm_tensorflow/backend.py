@@ -31,7 +31,6 @@ from layernorm_tensorflow import _math  # noqa: E402
 
 Tensor = Any
 _DEVICE_KINDS = {"CPU": "cpu", "GPU": "gpu", "TPU": "tpu"}
-_DEVICE_NAMES = {"cpu": "/CPU:0", "gpu": "/GPU:0", "cuda": "/GPU:0", "tpu": "/TPU:0"}
 
 
 def info() -> BackendInfo:
@@ -39,6 +38,7 @@ def info() -> BackendInfo:
     return BackendInfo(
         version=tf.__version__,
         devices=_device_kinds(),
+        device_count=_device_count(),
         dtypes=("float16", "bfloat16", "float32", "float64"),
         autodiff=True,
         notes={
@@ -50,8 +50,11 @@ def info() -> BackendInfo:
 
 
 def device_of(x: Tensor) -> str:
-    """The kind of device x lives on: "cpu", "gpu" or "tpu" (a graph tensor without one: where TF would place it)."""
-    return _device_kind(_variable(x).device)
+    """The kind of device x lives on, "cpu", "gpu" or "tpu", with its index where TF sees several of that kind.
+
+    A graph tensor without a device answers the kind where TF would place it.
+    """
+    return _device_name(_variable(x).device)
 
 
 def is_tracked(x: Tensor) -> bool:
@@ -70,11 +73,15 @@ def to_numpy(x: Tensor) -> np.ndarray:
 
 
 def from_numpy(array: Any, device: str = "cpu") -> Tensor:
-    """A new eager tensor on ``device`` ("cpu", "gpu"/"cuda", "tpu") with ``array``'s values and dtype."""
-    name = _DEVICE_NAMES.get(device)
-    if name is None or device.replace("cuda", "gpu") not in _device_kinds():
+    """A new eager tensor with ``array``'s values and dtype on ``device``.
+
+    That is the first device of a kind ("cpu", "gpu"/"cuda", "tpu"), or the one a `device_of` answer names ("gpu:1").
+    """
+    kind, _, index = device.partition(":")
+    kind = "gpu" if kind == "cuda" else kind
+    if kind not in _device_kinds():
         raise DeviceError(f"tensorflow has no {device!r} device here; it sees {', '.join(_device_kinds())}")
-    with tf.device(name):
+    with tf.device(f"/{kind.upper()}:{index or 0}"):
         return tf.identity(tf.constant(np.array(array, copy=True)))
 
 
@@ -206,8 +213,8 @@ def _variable(x: Any) -> Any:
 
 
 def _placed(x: Tensor) -> contextlib.AbstractContextManager[Any]:
-    """Run on x's device: eagerly, TensorFlow would otherwise prefer a GPU even for a tensor on the CPU."""
-    if len(_device_kinds()) == 1 or not x.device or not tf.executing_eagerly():
+    """Run on x's device: eagerly, TensorFlow would otherwise prefer a GPU, or its first CPU, whatever x's."""
+    if _device_count() == 1 or not x.device or not tf.executing_eagerly():
         return contextlib.nullcontext()
     return tf.device(x.device)
 
@@ -216,6 +223,19 @@ def _placed(x: Tensor) -> contextlib.AbstractContextManager[Any]:
 def _device_kinds() -> tuple[str, ...]:
     kinds = {_DEVICE_KINDS[d.device_type] for d in tf.config.list_logical_devices() if d.device_type in _DEVICE_KINDS}
     return tuple(kind for kind in ("cpu", "gpu", "tpu") if kind in kinds)
+
+
+@lru_cache(maxsize=1)
+def _device_count() -> int:
+    return sum(len(tf.config.list_logical_devices(kind.upper())) for kind in _device_kinds())
+
+
+@lru_cache(maxsize=64)
+def _device_name(device: str) -> str:
+    kind = _device_kind(device)
+    if not device or len(tf.config.list_logical_devices(kind.upper())) < 2:
+        return kind
+    return f"{kind}:{tf.DeviceSpec.from_string(device).device_index or 0}"
 
 
 @lru_cache(maxsize=64)

@@ -9,6 +9,8 @@ fails unless every mesh test passed there. In this (parent) process the mesh tes
 from __future__ import annotations
 
 import os
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+try:
+    from jax import shard_map
+except ImportError:  # JAX before shard_map left jax.experimental
+    from jax.experimental.shard_map import shard_map
+
 import layernorm
 from layernorm_core import check_forward, normalize_axes, reference
 from layernorm_core.registry import registry
@@ -28,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 11  # 3 layouts x (forward, gradients) + 5 single tests
+MESH_TESTS = 14  # 3 layouts x (forward, gradients) + 3 under shard_map + 5 single tests
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -99,6 +106,35 @@ def test_sharded_gradients_match_unsharded_and_reference(layout: P) -> None:
     for got, again, ref, s in zip(sharded, unsharded, expected, (scale, None, None), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(again), rtol=1e-5, atol=1e-5)
         assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), row_condition(x, spec), scale=s) <= 1
+
+
+@needs_mesh
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "layer_norm stats"])
+def test_shard_map_gradients_match_unsharded(op: str) -> None:
+    """Inside shard_map each device normalizes its rows with the replicated parameters; their gradients are the
+    per-device sums, which the parameters' cast to varying sums across devices (as for JAX's own ops)."""
+    x, w, b, dy = _inputs((16, 64), -1)
+    mesh = jax.make_mesh((8,), ("batch",))
+    rows, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+
+    def norm(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        if op == "rms_norm":
+            return layernorm.rms_norm(x, w)
+        if op == "layer_norm":
+            return layernorm.layer_norm(x, w, b)
+        y, mean, rstd = layernorm.layer_norm(x, w, b, return_stats=True)
+        return y + mean * rstd
+
+    def loss(f: Any, x: jax.Array, w: jax.Array, b: jax.Array, dy: jax.Array) -> jax.Array:
+        return jnp.sum(f(x, w, b) * dy)
+
+    mapped = shard_map(norm, mesh=mesh, in_specs=(P("batch"), P(), P()), out_specs=P("batch"))
+    grad = jax.jit(jax.grad(partial(loss, mapped), argnums=(0, 1, 2)))
+    placed = zip((x, w, b, dy), (rows, replicated, replicated, rows), strict=True)
+    sharded = grad(*(jax.device_put(a, s) for a, s in placed))
+    unsharded = jax.grad(partial(loss, norm), argnums=(0, 1, 2))(*map(jnp.asarray, (x, w, b, dy)))
+    for got, expected in zip(sharded, unsharded, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
 
 
 @needs_mesh

@@ -138,14 +138,39 @@ def from_foreign(x: Any) -> jax.Array:
 
 def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    if isinstance(x, jax.core.Tracer):
+        x, weight, bias = _varying_alike(x, weight, bias)
     y, mean, rstd = _layer_norm(x, weight, bias, spec.axes, spec.eps)
     return (y, mean, rstd) if return_stats else y
 
 
 def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    if isinstance(x, jax.core.Tracer):
+        x, weight = _varying_alike(x, weight)
     y, rstd = _rms_norm(x, weight, spec.axes, spec.eps)
     return (y, rstd) if return_stats else y
+
+
+def _varying_alike(*arrays: Any) -> tuple[Any, ...]:
+    """Inside shard_map, the arrays cast to vary over every manual axis that any of them varies over.
+
+    JAX's own ops insert these casts themselves; a custom_vjp needs them on its inputs, since its backward gives
+    each cotangent x's varying axes. A replicated weight's gradient is then a per-shard sum, which the cast's
+    transpose (a psum) adds up.
+    """
+    varying = [frozenset() if a is None else _varying_axes(a) for a in arrays]
+    every = frozenset().union(*varying)
+    return tuple(
+        a if a is None or axes == every else _cast_to_varying(a, tuple(sorted(every - axes)))
+        for a, axes in zip(arrays, varying, strict=True)
+    )
+
+
+def _cast_to_varying(a: Any, axes: tuple[str, ...]) -> Any:
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(a, axes, to="varying")
+    return jax.lax.pvary(a, axes)  # type: ignore[attr-defined,unused-ignore]  # JAX before pcast
 
 
 def layer_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
@@ -156,6 +181,16 @@ def layer_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec
 def rms_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, rstd: Any) -> Any:
     """(dx, dweight) in x's dtype; rstd is recomputed when None."""
     return _rms_norm_backward(dy, x, weight, rstd, spec.axes, spec.eps)
+
+
+def _varying_axes(a: Any) -> frozenset[str]:
+    """The shard_map axes a varies over: JAX has no public accessor (``aval.vma`` up to 0.9, then ``aval.mat``)."""
+    typeof = getattr(jax, "typeof", None)  # JAX without it types no varying axes
+    if typeof is None:
+        return frozenset()
+    aval = typeof(a)
+    mat = getattr(aval, "mat", None)
+    return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
 
 
 def _check_representable(dtype: Any) -> None:

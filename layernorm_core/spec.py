@@ -107,9 +107,11 @@ def check_forward(
 
 
 def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:
+    shape = _shape_of(x, "x")
     return _forward_spec(
         kind,
-        _shape_of(x, "x"),
+        shape,
+        _ragged_axes(x, shape),
         _dtype_of(x),
         _hashable_axis(axis),
         _checked_eps(eps),
@@ -175,6 +177,7 @@ def normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
 def _forward_spec(
     kind: Kind,
     shape: Shape,
+    ragged: tuple[int, ...],
     x_dtype: Any,
     axis: Axis,
     eps: float,
@@ -188,6 +191,11 @@ def _forward_spec(
         raise DTypeError(f"x must have a floating dtype ({', '.join(FLOAT_DTYPES)}); got {x_name}")
     stats_dtype = compute_dtype(x_name)
     axes = normalize_axes(axis, len(shape))
+    if ragged and axes[0] <= ragged[-1]:
+        raise ShapeError(
+            f"axis {ragged[-1]} of x is ragged (its size differs from row to row: a nested tensor); only the axes "
+            f"after it can be normalized; got axis={axis}"
+        )
     normalized_shape = tuple(shape[a] for a in axes)
     if 0 in normalized_shape:
         raise ShapeError(f"the normalized size is 0 (x has shape {_fmt(shape)}, axis={axis}): nothing to normalize")
@@ -225,6 +233,16 @@ def _forward_spec(
         inverse_perm=tuple(perm.index(d) for d in range(ndim)),
         mixed_params=mixed_params,
     )
+
+
+def _ragged_axes(x: Any, shape: Shape) -> tuple[int, ...]:
+    """The axes of x whose size varies along its batch (ragged axes).
+
+    torch's nested (jagged) tensors, the only arrays with such axes, report their sizes as symbols.
+    """
+    if not getattr(x, "is_nested", False):
+        return ()
+    return tuple(d for d, size in enumerate(shape) if not isinstance(size, int))
 
 
 def _shape_of(array: Any, what: str) -> Shape:

@@ -135,7 +135,8 @@ def layer_norm(
     """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm.
 
     The kernels return mean and rstd outside the autograd graph; when x's gradient is taken they come from
-    `_differentiable_statistics` instead, so a loss on them reaches x.
+    `_differentiable_statistics` instead, so a loss on them reaches x. So they do for a nested (jagged) x, whose
+    kernels return them for the packed rows: these ops give them x's nested layout.
     """
     if spec.compute_dtype != spec.dtype:
         out = _layer_norm_half(x, weight, bias, spec, return_stats)
@@ -147,7 +148,7 @@ def layer_norm(
         out = _layer_norm_permuted(x, weight, bias, spec)
     if not return_stats:
         return out[0]
-    if x.requires_grad and torch.is_grad_enabled():
+    if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested:
         return (out[0], *_differentiable_statistics(x, spec))
     return out
 
@@ -255,8 +256,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.BLOCKED_FORWARD_ELEMENTS` (torch's CPU rms_norm
     is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
     runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
-    So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass.
+    So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
+    (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     """
+    if return_stats and x.is_nested:
+        return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
     if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
         elements = x.numel()
         if elements >= rms_cpu.MIN_ELEMENTS:
@@ -356,6 +360,8 @@ def layer_norm_backward(
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype.
     """
     dtype = x.dtype
+    if x.is_nested:
+        mean, rstd = _packed_rows(mean), _packed_rows(rstd)
     if spec.compute_dtype != spec.dtype:
         if x.is_cpu:
             return _layer_norm_backward_half_cpu(dy, x, weight, spec, mean, rstd)
@@ -444,6 +450,11 @@ def _normalized_last(spec: NormSpec, *tensors: Any) -> tuple[Any, ...]:
     return tuple(None if t is None else t.permute(perm) for t in tensors)
 
 
+def _packed_rows(stat: torch.Tensor | None) -> torch.Tensor | None:
+    """A statistic of a nested x as the kernels take it: one row per packed row of x (its values)."""
+    return stat.values() if stat is not None and stat.is_nested else stat
+
+
 def _normalized_back(spec: NormSpec, tensor: torch.Tensor) -> torch.Tensor:
     """Undo `_normalized_last` for one tensor."""
     return tensor if spec.is_trailing else tensor.permute(spec.inverse_perm)
@@ -454,8 +465,8 @@ def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def _ones(spec: NormSpec, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Ones of the normalized shape, as a parameter of x: on x's device, of x's tensor type (a DTensor: replicated)."""
-    return x.new_ones(_sizes(spec.normalized_shape), dtype=dtype)
+    """Ones of the normalized shape, as a parameter of x (`scratch.parameter_ones`)."""
+    return scratch.parameter_ones(x, _sizes(spec.normalized_shape), dtype)
 
 
 def _sizes(shape: tuple[int | None, ...]) -> tuple[int, ...]:

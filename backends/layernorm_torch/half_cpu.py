@@ -48,7 +48,7 @@ class HalfLayerNormCPU(torch.autograd.Function):
         return_stats: bool,
     ) -> Any:
         """Run torch's mixed-type forward: float32 parameters (ones for a missing weight), float32 statistics."""
-        w32 = x.new_ones(normalized_shape, dtype=torch.float32) if weight is None else weight.float()
+        w32 = scratch.parameter_ones(x, normalized_shape, torch.float32) if weight is None else weight.float()
         b32 = None if bias is None else bias.float()
         y, mean, rstd = _native_layer_norm(x, normalized_shape, w32, b32, eps)
         ctx.save_for_backward(x, w32, mean, rstd, weight)
@@ -86,7 +86,7 @@ class HalfLayerNormCPU(torch.autograd.Function):
 def statistics(x: torch.Tensor, normalized_shape: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 mean and rstd of a half x over the trailing ``normalized_shape``, as the forward computes them."""
     _, mean, rstd = _native_layer_norm(
-        x, normalized_shape, x.new_ones(normalized_shape, dtype=torch.float32), None, eps
+        x, normalized_shape, scratch.parameter_ones(x, normalized_shape, torch.float32), None, eps
     )
     return mean, rstd
 

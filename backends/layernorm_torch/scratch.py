@@ -26,6 +26,16 @@ def usable_for(x: torch.Tensor) -> bool:
     return type(x) is torch.Tensor
 
 
+def parameter_ones(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Ones of ``shape`` to stand for a missing weight of x, on x's device.
+
+    Of x's tensor type (a DTensor gets a replicated one); plain for a nested x, whose parameters are plain.
+    """
+    if x.is_nested:
+        return torch.ones(shape, dtype=dtype, device=x.device)
+    return x.new_ones(shape, dtype=dtype)
+
+
 def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """``count`` disjoint contiguous tensors of ``shape`` and ``dtype`` over this thread's scratch buffer.
 

@@ -11,6 +11,7 @@ Importing this module sets ``TF_CPP_MIN_LOG_LEVEL=1`` when neither the user nor 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -220,20 +221,26 @@ def _placed(x: Tensor) -> contextlib.AbstractContextManager[Any]:
 
 
 @lru_cache(maxsize=1)
+def _device_counts() -> dict[str, int]:
+    """Device kind ("cpu", "gpu", "tpu") -> how many logical devices of it TensorFlow has, for the kinds it has."""
+    counts = Counter(_DEVICE_KINDS.get(d.device_type) for d in tf.config.list_logical_devices())
+    return {kind: counts[kind] for kind in ("cpu", "gpu", "tpu") if counts[kind]}
+
+
+@lru_cache(maxsize=1)
 def _device_kinds() -> tuple[str, ...]:
-    kinds = {_DEVICE_KINDS[d.device_type] for d in tf.config.list_logical_devices() if d.device_type in _DEVICE_KINDS}
-    return tuple(kind for kind in ("cpu", "gpu", "tpu") if kind in kinds)
+    return tuple(_device_counts())
 
 
 @lru_cache(maxsize=1)
 def _device_count() -> int:
-    return sum(len(tf.config.list_logical_devices(kind.upper())) for kind in _device_kinds())
+    return sum(_device_counts().values())
 
 
 @lru_cache(maxsize=64)
 def _device_name(device: str) -> str:
     kind = _device_kind(device)
-    if not device or len(tf.config.list_logical_devices(kind.upper())) < 2:
+    if not device or _device_counts().get(kind, 0) < 2:
         return kind
     return f"{kind}:{tf.DeviceSpec.from_string(device).device_index or 0}"
 

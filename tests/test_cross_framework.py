@@ -25,6 +25,19 @@ def test_numpy_arrays_on_the_torch_engine() -> None:
     assert error_ratio(y, _expected(), tolerance("float32", "output")) <= 1
 
 
+@pytest.mark.parametrize("engine", ["torch", "jax", "tensorflow"])
+def test_big_endian_numpy_arrays_cross_to_every_engine(engine: str) -> None:
+    """Big-endian arrays (a FITS file's) cross in native byte order: torch and JAX refuse any other."""
+    pytest.importorskip(engine)
+    x, w = X.astype(">f4"), W.astype(">f4")
+    y, mean, rstd = layernorm.layer_norm(x, w, return_stats=True, backend=engine)
+    assert all(out.dtype == np.float32 and out.dtype.isnative for out in (y, mean, rstd))  # as NumPy's ufuncs give
+    assert error_ratio(y, _expected(), tolerance("float32", "output")) <= 1
+    dx, dw = layernorm.rms_norm_backward(x, x, w, backend=engine)
+    assert error_ratio(dw, layernorm.rms_norm_backward(X, X, W)[1], tolerance("float32", "grad")) <= 1
+    assert x.dtype.str == ">f4" and dx.dtype.isnative
+
+
 def test_torch_tensors_on_the_numpy_engine() -> None:
     torch = pytest.importorskip("torch")
     with layernorm.using("numpy"):

@@ -48,8 +48,8 @@ def is_tracked(x: Any) -> bool:
 
 
 def to_numpy(x: Array) -> Array:
-    """A copy of x."""
-    return np.array(x, copy=True)
+    """A copy of x in native byte order: other frameworks take no other (a big-endian array from a FITS file)."""
+    return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True)
 
 
 def from_numpy(array: Array, device: str = "cpu") -> Array:

@@ -11,6 +11,7 @@ from layernorm_core.errors import (
     DTypeError,
     LayerNormError,
     ShapeError,
+    not_dense_error,
 )
 from layernorm_core.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspec
 from layernorm_core.protocol import BackendDeclaration, BackendInfo, BackendModule
@@ -37,4 +38,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "normalize_axes",
+    "not_dense_error",
 ]

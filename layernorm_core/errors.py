@@ -25,3 +25,15 @@ class BackendError(LayerNormError, RuntimeError):
 
 class DeviceError(LayerNormError, RuntimeError):
     """Arrays of one call live on different devices, or a device is not available."""
+
+
+def not_dense_error(array: str, backend: str, excluded: str, remedy: str) -> DTypeError:
+    """The DTypeError for an argument that is not a dense array, worded alike by the core and every backend.
+
+    ``array`` names it (its type, with its layout where the type alone does not tell), ``excluded`` what the
+    ``backend`` excludes that it belongs to, ``remedy`` how to make it dense.
+    """
+    return DTypeError(
+        f"{array} is not a dense array (the {backend!r} backend excludes {excluded}: masked, sparse and ragged "
+        f"types); pass a dense array, such as {remedy}"
+    )

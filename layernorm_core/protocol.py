@@ -17,7 +17,8 @@ class BackendDeclaration:
     that must be importable for the backend to be available, and ``extra`` the pip extra that installs them.
     ``excluded_modules`` are modules under those whose array types are not dense arrays (masked, sparse,
     ragged): a dense kernel would misread them (a NumPy masked array's mask would be dropped), so an argument of
-    such a type, or of a subclass, is a DTypeError before any backend runs.
+    such a type, or of a subclass, is a DTypeError before any backend runs. Non-dense variants of an owned type
+    (torch's sparse layouts) are the backend's to refuse, with `not_dense_error`, before it computes anything.
     ``implementation`` is the module (imported on first use) that implements `BackendModule`.
     """
 

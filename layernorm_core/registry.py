@@ -18,7 +18,7 @@ from typing import Any, cast
 import pluggy
 
 from layernorm_core import hookspecs
-from layernorm_core.errors import BackendError, DTypeError
+from layernorm_core.errors import BackendError, not_dense_error
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
 from layernorm_core.tracing import constant_for_dynamo
 
@@ -292,10 +292,11 @@ def _owner_of_type(registry: Registry, array_type: type) -> str | None:
 def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
     for excluded, name in registry._excluded_by_module.items():
         if module == excluded or module.startswith(excluded + "."):
-            raise DTypeError(
-                f"{array_type.__module__}.{array_type.__qualname__} is not a dense array (the {name!r} backend "
-                f"excludes {excluded}: masked, sparse and ragged types); pass a dense array, such as a masked "
-                "array's .filled(value) or a sparse array's .todense()"
+            raise not_dense_error(
+                f"{array_type.__module__}.{array_type.__qualname__}",
+                name,
+                excluded,
+                "a masked array's .filled(value) or a sparse array's .todense()",
             )
 
 

@@ -1,4 +1,4 @@
-"""Masked, sparse and ragged arrays are a DTypeError before any backend runs, on every engine.
+"""Masked, sparse and ragged arrays are a DTypeError before anything is computed, on every engine.
 
 A dense kernel would misread them: NumPy's masked arrays lost their mask silently (the masked values were
 normalized with the rest), and the other frameworks failed deep inside their kernels with their own errors.
@@ -37,6 +37,28 @@ def _torch_masked(shape: tuple[int, ...]) -> tuple[Any, Any]:
         return masked_tensor(dense, torch.ones(shape, dtype=torch.bool)), dense
 
 
+def _torch_sparse_coo(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    torch = pytest.importorskip("torch")
+    dense = torch.ones(shape)
+    return dense.to_sparse(), dense
+
+
+def _torch_sparse_csr(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    torch = pytest.importorskip("torch")
+    dense = torch.ones(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
+        return dense.to_sparse_csr(), dense
+
+
+def _torch_mkldnn(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    torch = pytest.importorskip("torch")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch was built without MKLDNN (oneDNN)")
+    dense = torch.ones(shape)
+    return dense.to_mkldnn(), dense
+
+
 def _jax_sparse(shape: tuple[int, ...]) -> tuple[Any, Any]:
     jnp = pytest.importorskip("jax.numpy")
     sparse = pytest.importorskip("jax.experimental.sparse")
@@ -59,6 +81,9 @@ def _tensorflow_sparse(shape: tuple[int, ...]) -> tuple[Any, Any]:
 NOT_DENSE = {
     "numpy-masked": _numpy_masked,
     "torch-masked": _torch_masked,
+    "torch-sparse-coo": _torch_sparse_coo,  # the layouts below are torch.Tensor too: the backend checks them
+    "torch-sparse-csr": _torch_sparse_csr,
+    "torch-mkldnn": _torch_mkldnn,
     "jax-sparse": _jax_sparse,
     "tensorflow-ragged": _tensorflow_ragged,
     "tensorflow-sparse": _tensorflow_sparse,
@@ -90,7 +115,7 @@ def test_weight_bias_or_dy_that_is_not_dense_is_a_dtype_error(not_dense: NotDens
         lambda: layernorm.layer_norm_backward(block, dense),
         lambda: layernorm.rms_norm_backward(block, dense),
     ]
-    if not_dense is not _tensorflow_ragged:  # weight and bias have one dimension; a ragged tensor has two at least
+    if not_dense not in (_tensorflow_ragged, _torch_sparse_csr):  # 1-D weight and bias: these two need 2-D
         row, dense_row = not_dense((4,))
         calls += [
             lambda: layernorm.layer_norm(dense, row),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
-from layernorm_core import BackendInfo, NormSpec
+from layernorm_core import BackendInfo, NormSpec, not_dense_error
 from layernorm_torch import half_cpu, rms_cpu, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 from layernorm_torch.rms_cpu import RMSNormCPU
@@ -31,6 +31,9 @@ _rms_norm: Any = torch.rms_norm
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
+
+_STRIDED = torch.strided
+"""The dense layout. Sparse layouts and MKLDNN's opaque one are a DTypeError (`_require_dense`)."""
 
 _TORCH_DTYPES = {
     "float16": torch.float16,
@@ -97,6 +100,7 @@ def is_tracked(x: torch.Tensor) -> bool:
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
     """A host NumPy copy of x with its dtype; bfloat16 becomes ml_dtypes.bfloat16 (bit for bit)."""
+    _require_dense(x)
     host = x.detach().cpu()
     if host.dtype == torch.bfloat16:
         import ml_dtypes
@@ -138,19 +142,23 @@ def layer_norm(
     `_differentiable_statistics` instead, so a loss on them reaches x. So they do for a nested (jagged) x, whose
     kernels return them for the packed rows: these ops give them x's nested layout.
     """
-    if spec.compute_dtype != spec.dtype:
-        out = _layer_norm_half(x, weight, bias, spec, return_stats)
+    try:
+        if spec.compute_dtype != spec.dtype:
+            out = _layer_norm_half(x, weight, bias, spec, return_stats)
+            if not return_stats:
+                return out
+        elif spec.is_trailing:
+            out = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
+        else:
+            out = _layer_norm_permuted(x, weight, bias, spec)
         if not return_stats:
-            return out
-    elif spec.is_trailing:
-        out = _native_layer_norm(x, spec.normalized_shape, weight, bias, spec.eps)
-    else:
-        out = _layer_norm_permuted(x, weight, bias, spec)
-    if not return_stats:
-        return out[0]
-    if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested:
-        return (out[0], *_differentiable_statistics(x, spec))
-    return out
+            return out[0]
+        if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested:
+            return (out[0], *_differentiable_statistics(x, spec))
+        return out
+    except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
+        _require_dense(x, weight, bias)  # torch refuses a sparse or MKLDNN tensor at the first kernel
+        raise
 
 
 def _differentiable_statistics(x: torch.Tensor, spec: NormSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,6 +267,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     """
+    if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):
+        _require_dense(x, weight)
     if return_stats and x.is_nested:
         return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
     if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
@@ -359,6 +369,7 @@ def layer_norm_backward(
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype.
     """
+    _require_dense(x, weight, dy, mean, rstd)
     dtype = x.dtype
     if x.is_nested:
         mean, rstd = _packed_rows(mean), _packed_rows(rstd)
@@ -406,6 +417,7 @@ def rms_norm_backward(
     A tensor subclass (a DTensor) on the CPU takes `rms_cpu.formula` too (`scratch.usable_for`).
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
+    _require_dense(x, weight, dy, rstd)
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
@@ -440,6 +452,19 @@ def _rms_norm_backward_fused(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _require_dense(*tensors: torch.Tensor | None) -> None:
+    """DTypeError where a tensor is sparse or MKLDNN's; nested (jagged) ones pass (the core checks their axes).
+
+    Their type is torch.Tensor, so the core's check by type cannot tell them; torch's kernels would fail on them
+    with errors of their own. Called before anything is computed, or (`layer_norm`) when the first kernel failed.
+    """
+    for t in tensors:
+        if t is not None and t.layout is not _STRIDED and not t.is_nested:
+            raise not_dense_error(
+                f"torch.Tensor of layout {t.layout}", "torch", str(t.layout), "the tensor's .to_dense()"
+            )
 
 
 def _normalized_last(spec: NormSpec, *tensors: Any) -> tuple[Any, ...]:

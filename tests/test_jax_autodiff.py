@@ -103,6 +103,34 @@ def test_the_gradient_is_the_custom_vjp_not_autodiff_of_the_forward(monkeypatch:
     assert calls == ["layer_norm_grads", "rms_norm_grads"]
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two-sums", "one-pass"])
+def test_both_forms_of_the_backward_row_sums_give_the_reference_gradients(
+    monkeypatch: pytest.MonkeyPatch, one_pass: bool
+) -> None:
+    """Large float32 inputs sum a row's two backward sums in one variadic reduction on the CPU, others in two."""
+    from layernorm_jax import kernels
+
+    monkeypatch.setattr(kernels, "ONE_PASS_MIN_ELEMENTS", 0 if one_pass else 1 << 62)
+    x, w, b, dy = _inputs((7, 13 + one_pass), -1, seed=11)  # shapes no other test traces: no cached trace
+    xj, wj, bj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, w, b) * dy)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    assert ("reduce[" in str(jax.make_jaxpr(grad)(xj, wj, bj))) == one_pass  # the variadic reduction, or not
+    _check_grads(grad(xj, wj, bj), x, w, dy, -1)
+    v = jnp.asarray(np.random.default_rng(12).standard_normal(x.shape), jnp.float32)
+
+    def second(fn: Callable[[jax.Array], jax.Array]) -> jax.Array:  # grad of grad transposes the row sums
+        inner = jax.grad(lambda x: jnp.sum(fn(x) * dy))
+        return jax.grad(lambda x: jnp.sum(inner(x) * v))(xj)
+
+    ours = second(lambda x: layernorm.layer_norm(x, wj, bj))
+    oracle = second(lambda x: plain_layer_norm(x, wj, bj, (1,))[0])
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=2e-3, atol=2e-4)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_half_gradients_have_the_input_dtype(dtype: str) -> None:
     x = jnp.linspace(-2, 3, 64, dtype=jnp.float32).reshape(4, 16).astype(dtype)

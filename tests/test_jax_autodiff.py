@@ -226,6 +226,20 @@ def test_jax_export_round_trip_serves_forward_and_vjp() -> None:
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+def test_jax_export_with_a_symbolic_batch_serves_gradients() -> None:
+    """Gradients exported for any number of rows (shape polymorphism) equal those of a concrete trace."""
+    from jax import export
+
+    x, w, b, _ = (jnp.asarray(a) for a in _inputs((5, 16), -1, seed=8))
+    grad = jax.jit(jax.grad(lambda x, w, b: jnp.sum(layernorm.layer_norm(x, w, b) ** 2), (0, 1, 2)))
+    (rows,) = export.symbolic_shape("rows")
+    exported = export.export(grad)(
+        jax.ShapeDtypeStruct((rows, 16), jnp.float32), *(jax.ShapeDtypeStruct((16,), jnp.float32),) * 2
+    )
+    for got, expected in zip(exported.call(x, w, b), grad(x, w, b), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 def test_checkpoint_and_jit_compose() -> None:
     x, w, b, dy = (jnp.asarray(a) for a in _inputs((4, 6, 16), -1, seed=5))
 

@@ -106,7 +106,7 @@ def layer_norm_grads(
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
     n = _count(x, axes)
-    one_pass = isinstance(g.size, int) and g.size >= ONE_PASS_MIN_ELEMENTS and jnp.dtype(dy.dtype).itemsize >= 4
+    one_pass = isinstance(g.size, int) and g.size >= ONE_PASS_MIN_ELEMENTS
     g_sum, gc_sum = _row_sums(g, g * centered, axes, one_pass)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
     slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
@@ -118,15 +118,18 @@ def layer_norm_grads(
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
 
 
-ONE_PASS_MIN_ELEMENTS = 1 << 24
-"""From this many elements of a float32/float64 dy, XLA:CPU sums a row's two backward sums in one pass.
+ONE_PASS_MIN_ELEMENTS = 1 << 21
+"""From this many elements, XLA:CPU takes a row's two backward sums in one pass (one variadic reduction).
 
-The one-pass (variadic) reduction reads g and the centred x once instead of twice, which pays where they stream
-from memory, and costs more than two plain sums where they are cache-resident. Side by side on the 2-core EPYC
-(32 MiB L3; forward+backward, jax 0.10.2): float32 at (8192, 4096) 108 ms one pass against 128 ms two sums, and
-(4096, 4096) 56 against 66 ms; but (3072, 4096) 59 against 56 ms, (2048, 768) 2.1 against 1.5 ms, (1024, 768)
-0.93 against 0.53 ms. With a bfloat16 dy, whose reads are half as long, two sums were as fast or faster at every
-size tried, up to (8192, 4096): 167 against 152 ms. A symbolic size (jax.export) gets two sums."""
+The summands, g and g times the centred x, are float32 (float64 with x64) whatever x's dtype. One pass reads them
+once instead of twice, which pays once they no longer sit in the cache (the 2-core EPYC's L3 is 32 MiB, filled
+by the two at 2**22 elements); below, two plain sums were faster. Side by side, forward+backward with inputs
+rotated so that caches start cold (`benchmarks`' method), jax 0.10.2, two sums' time over one pass's:
+- trailing axes, 0.8M-1.6M elements (1024x768, 2048x768, 1536x1024, 8x128x768, 12x128x768): 0.66-0.85 in float32,
+  0.73-0.99 in bfloat16 (one run of 1024x768: 1.18);
+- 4096x1024, 16384x256, 6144x768, 32x128x1024 float32: 2.0-2.4; 16x256x768 bfloat16: 1.22-1.29;
+- 4096x768: 0.86-1.07 (either form); 8x64x56x56 over axis 1 (1.6M elements): 0.94-1.19, noisy.
+Sizes only known symbolically (jax.export) get two sums."""
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))

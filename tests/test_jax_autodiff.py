@@ -131,6 +131,29 @@ def test_both_forms_of_the_backward_row_sums_give_the_reference_gradients(
     np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=2e-3, atol=2e-4)
 
 
+def test_per_example_gradients_choose_the_row_sums_by_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under vmap the backward's one-pass choice sees the whole batch (5 x 119 elements), not one example (119)."""
+    from layernorm_jax import kernels
+
+    monkeypatch.setattr(kernels, "ONE_PASS_MIN_ELEMENTS", 300)
+    x, w, b, dy = _inputs((5, 7, 17), -1, seed=13)  # shapes no other test traces: no cached trace
+    xj, wj, bj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+
+    def loss(x: jax.Array, dy: jax.Array) -> jax.Array:
+        return jnp.sum(layernorm.layer_norm(x, wj, bj) * dy)
+
+    per_example = jax.vmap(jax.grad(loss))
+    assert "reduce[" not in str(jax.make_jaxpr(jax.grad(loss))(xj[0], jnp.asarray(dy[0])))
+    assert "reduce[" in str(jax.make_jaxpr(per_example)(xj, jnp.asarray(dy)))
+    grads = per_example(xj, jnp.asarray(dy))
+    spec = check_forward("layer_norm", x[0], w, None, -1, 1e-5)
+    for k in range(5):
+        expected = reference.layer_norm_backward(dy[k], x[k], w, spec)[0]
+        scale = gradient_scale(dy[k], w, reference.layer_norm(x[k], None, None, spec)[2], spec)
+        cond = row_condition(x[k], spec)
+        assert error_ratio(np.asarray(grads[k]), expected, tolerance("float32", "grad"), cond, scale=scale) <= 1
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_half_gradients_have_the_input_dtype(dtype: str) -> None:
     x = jnp.linspace(-2, 3, 64, dtype=jnp.float32).reshape(4, 16).astype(dtype)

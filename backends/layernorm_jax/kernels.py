@@ -8,8 +8,10 @@ backward rules call the same two gradient functions, ``layer_norm_grads`` and ``
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,8 +108,7 @@ def layer_norm_grads(
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
     n = _count(x, axes)
-    one_pass = isinstance(g.size, int) and g.size >= ONE_PASS_MIN_ELEMENTS
-    g_sum, gc_sum = _row_sums(g, g * centered, axes, one_pass)
+    g_sum, gc_sum = _row_sums(g, g * centered, axes)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
     slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
     if drstd is not None:
@@ -132,14 +133,42 @@ rotated so that caches start cold (`benchmarks`' method), jax 0.10.2, two sums' 
 Sizes only known symbolically (jax.export) get two sums."""
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _row_sums(a: jax.Array, b: jax.Array, axes: Axes, one_pass: bool) -> tuple[jax.Array, jax.Array]:
-    """(sum of a, sum of b) over ``axes`` (the axes dropped); ``one_pass``: one variadic reduction on XLA:CPU.
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
+    """(sum of a, sum of b) over ``axes`` (the axes dropped), in one pass or two (`_sums_by_size`)."""
+    return _sized_sums(axes)(a, b)
 
-    Two sums elsewhere: XLA:GPU fuses two plain sums better (on an H200, 431 us against 595 us at (8192, 4096)
-    float32 and 61 us against 95 us at (4096, 768)). See `ONE_PASS_MIN_ELEMENTS` for the CPU.
+
+@functools.cache
+def _sized_sums(axes: Axes) -> Any:
+    """`_sums_by_size` over ``axes``, deciding under jax.vmap by the size of the whole batch, not of one member.
+
+    Per-example code (``vmap(grad(loss))``) would otherwise pick two sums for a batch that one pass serves faster.
     """
-    if not one_pass:
+
+    @jax.custom_batching.custom_vmap
+    def sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _sums_by_size(a, b, axes)
+
+    @sums.def_vmap
+    def batched(
+        axis_size: int, in_batched: list[bool], a: jax.Array, b: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], tuple[bool, bool]]:
+        a, b = (
+            t if was else jnp.broadcast_to(t, (axis_size, *t.shape)) for t, was in zip((a, b), in_batched, strict=True)
+        )
+        return _sized_sums(tuple(d + 1 for d in axes))(a, b), (True, True)
+
+    return sums
+
+
+def _sums_by_size(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Array]:
+    """One variadic reduction on XLA:CPU from `ONE_PASS_MIN_ELEMENTS`; two plain sums below, and on other platforms.
+
+    XLA:GPU fuses two plain sums better (on an H200, 431 us against 595 us at (8192, 4096) float32 and 61 us
+    against 95 us at (4096, 768)).
+    """
+    if not (isinstance(a.size, int) and a.size >= ONE_PASS_MIN_ELEMENTS):
         return _two_sums(a, b, axes)
     return lax.platform_dependent(a, b, cpu=partial(_one_reduction, axes=axes), default=partial(_two_sums, axes=axes))
 
@@ -155,10 +184,10 @@ def _two_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Ar
 
 @_row_sums.defjvp
 def _row_sums_jvp(
-    axes: Axes, one_pass: bool, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+    axes: Axes, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     # Plain sums for the tangents: JAX cannot transpose a variadic reduce, and grad of grad needs to.
-    return _row_sums(*primals, axes, one_pass), _two_sums(*tangents, axes)
+    return _row_sums(*primals, axes), _two_sums(*tangents, axes)
 
 
 def _add_pairs(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:

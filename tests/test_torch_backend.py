@@ -210,6 +210,7 @@ def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rms_cpu, "_BLOCK_ELEMENTS", 72)
     monkeypatch.setattr(rms_cpu, "_FORWARD_BLOCK_ELEMENTS", 72)
     monkeypatch.setattr(rms_cpu, "BLOCKED_FORWARD_ELEMENTS", 72)
+    monkeypatch.setattr(rms_cpu, "UNRECORDED_FORWARD_ELEMENTS", 72)
 
 
 def differentiated_by_rms_cpu(y: Any) -> bool:

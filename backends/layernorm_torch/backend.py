@@ -261,7 +261,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``.
 
     On the CPU, outside traces and transforms, `rms_cpu` runs what autograd differentiates from
-    `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.BLOCKED_FORWARD_ELEMENTS` (torch's CPU rms_norm
+    `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm
     is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
     runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
@@ -275,7 +275,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
         elements = x.numel()
         if elements >= rms_cpu.MIN_ELEMENTS:
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-            if (recorded or elements >= rms_cpu.BLOCKED_FORWARD_ELEMENTS) and not (
+            if (recorded or elements >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
                 not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
             ):
                 return _rms_norm_cpu(x, weight, spec, return_stats, recorded)

@@ -36,7 +36,7 @@ UNRECORDED_FORWARD_ELEMENTS = 1 << 19
 """From this many elements a forward that autograd does not record runs here (`forward`); below, torch's rms_norm.
 
 Forward alone against ``F.rms_norm``, side by side, inputs rotated through 96 MiB: ours took 1.09-1.37x its time
-at (256, 1024) and 1.01-1.33x at (384, 1024), float32 and bfloat16, one and two threads; 0.97-1.18x at
+at (256, 1024) and 0.90-1.33x at (384, 1024), float32 and bfloat16, one and two threads; 0.97-1.18x at
 (512, 1024); at (1024, 768) 0.97-0.98x in float32 and 0.21-0.35x in bfloat16, where torch's temporaries fault
 pages in on every call. A recorded forward keeps the blocks from `BLOCKED_FORWARD_ELEMENTS`: forward+backward
 at (256, 1024) took 0.32x and 0.56x torch's time with them, 0.40x and 0.68x with torch's forward."""

@@ -8,9 +8,8 @@ backward rules call the same two gradient functions, ``layer_norm_grads`` and ``
 
 from __future__ import annotations
 
-import functools
 import math
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import jax
@@ -139,7 +138,7 @@ def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Ar
     return _sized_sums(axes)(a, b)
 
 
-@functools.cache
+@cache
 def _sized_sums(axes: Axes) -> Any:
     """`_sums_by_size` over ``axes``, deciding under jax.vmap by the size of the whole batch, not of one member.
 

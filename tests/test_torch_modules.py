@@ -91,6 +91,45 @@ def test_axis_and_shape_must_agree() -> None:
         norm(torch.randn(2, 4, 4, 5))
 
 
+@pytest.mark.parametrize(
+    ("module", "shape", "axis", "fits", "other"),
+    [
+        ("LayerNorm", 4, None, (3, 4), (3, 5)),
+        ("RMSNorm", 4, None, (3, 4), (3, 5)),
+        ("LayerNorm", (3, 4), None, (2, 3, 4), (3, 5)),
+        ("RMSNorm", (3, 4), (0, 2), (3, 5, 4), (3, 4, 5)),
+    ],
+    ids=["layer_norm", "rms_norm", "layer_norm-2-axes", "rms_norm-axis"],
+)
+def test_module_without_parameters_refuses_an_input_of_other_sizes(
+    module: str, shape: Any, axis: Any, fits: tuple[int, ...], other: tuple[int, ...]
+) -> None:
+    """Without weight or bias, nothing else ties x to normalized_shape: torch.nn refuses such an x, so must we."""
+    ours = getattr(lt, module)(shape, elementwise_affine=False, axis=axis)
+    x = torch.randn(fits)
+    assert ours(x).shape == x.shape
+    with pytest.raises(layernorm.ShapeError, match=r"normalized_shape \(.*\); got \(.*5.*\)"):
+        ours(torch.randn(other))
+    if axis is None:
+        with pytest.raises(RuntimeError):  # torch's own module refuses it too
+            getattr(torch.nn, module)(shape, elementwise_affine=False)(torch.randn(other))
+    with pytest.raises(layernorm.ShapeError, match="out of range"):  # x's own errors first, in the core's words
+        ours(torch.randn(()))
+    with pytest.raises(layernorm.DTypeError):
+        ours(torch.ones(fits, dtype=torch.int64))
+
+
+def test_module_without_parameters_compiles_with_dynamic_batch() -> None:
+    torch._dynamo.reset()
+    norm = lt.LayerNorm(8, elementwise_affine=False)
+    compiled = torch.compile(norm, fullgraph=True, dynamic=True)
+    for rows in (3, 5):
+        x = torch.randn(rows, 8)
+        torch.testing.assert_close(compiled(x), torch.nn.functional.layer_norm(x, (8,)))
+    with pytest.raises(Exception, match="normalized_shape"):
+        compiled(torch.randn(3, 6))
+
+
 def test_parameters_follow_device_and_dtype() -> None:
     norm = lt.LayerNorm(8, dtype=torch.float64)
     assert norm.weight.dtype == norm.bias.dtype == torch.float64

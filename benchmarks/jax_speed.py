@@ -2,8 +2,9 @@
 
 Every candidate is jitted and timed side by side (`benchmarks.timing.interleaved`, ``block_until_ready`` as the
 sync), forward and forward+backward (gradients of ``sum(y * ct)`` with respect to x, weight and bias), on the
-same inputs, with a plain copy of x as the memory floor. Prints medians and the ratios to layernorm's median
-(ratio > 1: the other candidate is slower).
+same inputs, with a plain copy of x as the memory floor. The forward also times layernorm called outside jit
+("layernorm eager": the backend's own compiled program, and the Python dispatch around it). Prints medians and
+the ratios to layernorm's median (ratio > 1: the other candidate is slower).
 
     python -m benchmarks.jax_speed                # (4096, 768) and (8192, 4096), float32 and bfloat16
     python -m benchmarks.jax_speed --quick        # smaller shapes, fewer rounds
@@ -109,6 +110,7 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int, clock: Clock) -> d
         return lambda x: f(x, w, b, *extra)
 
     forward: dict[str, Callable[[jax.Array], Any]] = {name: bind(jax.jit(f)) for name, f in fns.items()}
+    forward["layernorm eager"] = bind(ours)  # called outside jit: the backend's own jitted program, plus dispatch
     forward["copy"] = jax.jit(jnp.copy)
     backward = {name: bind(forward_and_backward(f), ct) for name, f in fns.items()}
     sync = jax.block_until_ready

@@ -28,6 +28,8 @@ _DLPACK_HOST = frozenset({_DLPACK_CPU, 3})  # kDLCPU, kDLCUDAHost (pinned host m
 # outer jit they inline; the custom_vjp rules stay attached.
 _layer_norm = jax.jit(kernels.layer_norm, static_argnums=(3, 4))
 _rms_norm = jax.jit(kernels.rms_norm, static_argnums=(2, 3))
+_layer_norm_output = jax.jit(kernels.layer_norm_output, static_argnums=(3, 4))
+_rms_norm_output = jax.jit(kernels.rms_norm_output, static_argnums=(2, 3))
 _layer_norm_backward = jax.jit(kernels.layer_norm_backward, static_argnums=(4, 5))
 _rms_norm_backward = jax.jit(kernels.rms_norm_backward, static_argnums=(4, 5))
 
@@ -140,16 +142,18 @@ def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stat
     """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_vjp)."""
     if isinstance(x, jax.core.Tracer):
         x, weight, bias = _varying_alike(x, weight, bias)
-    y, mean, rstd = _layer_norm(x, weight, bias, spec.axes, spec.eps)
-    return (y, mean, rstd) if return_stats else y
+    if return_stats:
+        return _layer_norm(x, weight, bias, spec.axes, spec.eps)
+    return _layer_norm_output(x, weight, bias, spec.axes, spec.eps)
 
 
 def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable (custom_vjp)."""
     if isinstance(x, jax.core.Tracer):
         x, weight = _varying_alike(x, weight)
-    y, rstd = _rms_norm(x, weight, spec.axes, spec.eps)
-    return (y, rstd) if return_stats else y
+    if return_stats:
+        return _rms_norm(x, weight, spec.axes, spec.eps)
+    return _rms_norm_output(x, weight, spec.axes, spec.eps)
 
 
 def _varying_alike(*arrays: Any) -> tuple[Any, ...]:

@@ -65,6 +65,22 @@ def _assert_layer_norm_matches_reference(shape: tuple[int, ...], axis: object, d
         np.testing.assert_array_equal(got, again)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("shape", "axis"), [((85, 768), -1), ((4, 3, 64), (0, 2))], ids=["2d-block", "3d-layout"])
+def test_numpy_1_row_sums_without_vecdot(
+    shape: tuple[int, ...], axis: object, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NumPy 1.x has no np.vecdot: every block sums its rows with einsum, as under NumPy 1.24 (pyproject's floor)."""
+    monkeypatch.setattr(kernels, "_vecdot", None)
+    _assert_layer_norm_matches_reference(shape, axis, dtype)
+    x = _inputs(shape, axis, DTYPES[dtype])[0]
+    spec = check_forward("rms_norm", x, None, None, axis, 1e-5)  # type: ignore[arg-type]
+    assert (
+        error_ratio(layernorm.rms_norm(x, axis=axis), reference.rms_norm(x, None, spec)[0], tolerance(dtype, "output"))
+        <= 1
+    )
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), CASES)
 def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: object, dtype: str) -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("jax")
 import jax
 import jax.numpy as jnp
 from cases import HOST_DTYPES, shape_cases
+from jax_compat import enable_x64
 
 import layernorm
 from layernorm_core import check_forward, normalize_axes, reference
@@ -44,7 +45,7 @@ def device(request: pytest.FixtureRequest) -> str:
 @contextlib.contextmanager
 def x64_if(dtype: str) -> Iterator[None]:
     """float64 needs JAX's x64 mode; every other dtype runs in the default mode."""
-    with jax.enable_x64(dtype == "float64"):
+    with enable_x64(dtype == "float64"):
         yield
 
 
@@ -223,7 +224,7 @@ def test_float64_without_x64_is_a_dtype_error_not_a_downcast() -> None:
         backend.from_numpy(np.ones((2, 3)))
     with pytest.raises(layernorm.DTypeError, match="jax_enable_x64"):
         layernorm.layer_norm(np.ones((2, 3)), backend="jax")
-    with jax.enable_x64(True):
+    with enable_x64(True):
         y = layernorm.layer_norm(np.ones((2, 3)), backend="jax")
         assert isinstance(y, np.ndarray) and y.dtype == np.float64
 

@@ -138,8 +138,9 @@ def check_backward(
     ``tracing`` as for `check_forward`.
     """
     spec = check_forward(kind, x, weight, None, axis, eps, tracing)
-    if _shape_of(dy, "dy") != spec.shape:
-        raise ShapeError(f"dy must have x's shape {_fmt(spec.shape)}; got {_fmt(_shape_of(dy, 'dy'))}")
+    dy_shape = _shape_of(dy, "dy")
+    if not _shapes_match(dy_shape, spec.shape):
+        raise ShapeError(f"dy must have x's shape {_fmt(spec.shape)}; got {_fmt(dy_shape)}")
     dy_dtype = dtype_name(_dtype_of(dy))
     if dy_dtype != spec.dtype:
         raise DTypeError(f"dy must have x's dtype {spec.dtype}; got {dy_dtype}")

@@ -282,6 +282,97 @@ def test_unknown_sizes_in_input_signature(
     _check_grads("layer_norm", grads, host, axis, "float32")
 
 
+def _signature(*sizes_per_argument: int) -> list[Any]:
+    return [tf.TensorSpec((None,) * n, tf.float32) for n in sizes_per_argument]
+
+
+def _wrong_sizes_cases() -> list[Any]:
+    """(what, function, arguments, the role the run-time message names): each argument's static sizes unknown."""
+    x, x3 = np.ones((3, 4), np.float32), np.ones((3, 2, 4), np.float32)
+
+    def ln(x: Any, w: Any, b: Any) -> Any:
+        return layernorm.layer_norm(x, w, b)
+
+    def ln_first_last(x: Any, w: Any) -> Any:
+        return layernorm.layer_norm(x, w, axis=(0, 2))
+
+    def rms(x: Any, w: Any) -> Any:
+        return layernorm.rms_norm(x, w)
+
+    def ln_grads(x: Any, w: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = layernorm.layer_norm(x, w)
+        return tape.gradient(y, [x, w])
+
+    def ln_backward(dy: Any, x: Any) -> Any:
+        return layernorm.layer_norm_backward(dy, x)
+
+    def ln_backward_stats(x: Any, mean: Any, rstd: Any) -> Any:
+        return layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd)
+
+    def rms_backward(dy: Any, x: Any, rstd: Any) -> Any:
+        return layernorm.rms_norm_backward(dy, x, rstd=rstd)
+
+    col = np.ones((3, 1), np.float32)
+    return [
+        pytest.param(ln, (2, 1, 1), (x, np.ones(1, np.float32), None), "weight", id="weight-of-size-1"),
+        pytest.param(ln, (2, 1, 1), (x, None, np.ones(5, np.float32)), "bias", id="bias-too-long"),
+        pytest.param(ln_first_last, (3, 2), (x3, np.ones((4, 3), np.float32)), "weight", id="weight-transposed"),
+        pytest.param(rms, (2, 1), (x, np.ones(1, np.float32)), "weight", id="rms-weight-of-size-1"),
+        pytest.param(ln_grads, (2, 1), (x, np.ones(1, np.float32)), "weight", id="tape-weight-of-size-1"),
+        pytest.param(ln_backward, (2, 2), (np.ones((3, 1), np.float32), x), "dy", id="dy-one-column"),
+        pytest.param(ln_backward_stats, (2, 2, 2), (x, col, np.ones((1, 4), np.float32)), "rstd", id="rstd-a-row"),
+        pytest.param(rms_backward, (2, 2, 2), (x, x, np.ones((3, 4), np.float32)), "rstd", id="rms-rstd-full"),
+    ]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "jit"])
+@pytest.mark.parametrize(("function", "ranks", "arguments", "role"), _wrong_sizes_cases())
+def test_sizes_unknown_when_traced_are_checked_when_run(
+    function: Callable[..., Any], ranks: tuple[int, ...], arguments: tuple[Any, ...], role: str, jit: bool
+) -> None:
+    """A wrong size the core could not see (None in the signature) fails when the graph runs; it never broadcasts."""
+    given = [a for a in arguments if a is not None]
+    present = [i for i, a in enumerate(arguments) if a is not None]
+
+    def call(*tensors: Any) -> Any:
+        full: list[Any] = [None] * len(arguments)
+        for i, t in zip(present, tensors, strict=True):
+            full[i] = t
+        return function(*full)
+
+    compiled = tf.function(call, jit_compile=jit, input_signature=_signature(*(ranks[i] for i in present)))
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        compiled(*(tf.constant(a) for a in given))
+    if not jit:  # XLA drops assertions: there the error is its own, from the reshape or the broadcast
+        assert f"{role} must have the s" in str(raised.value)
+
+
+def test_sizes_unknown_when_traced_pass_when_right() -> None:
+    """Right sizes pass the run-time checks, gradients reach a weight whose sizes were unknown, and a dy of known
+    sizes goes with an x of unknown ones."""
+    host = _host((3, 2, 4), (0, 2), np.float32, seed=6)
+    x, w, b, dy = _tf(*host)
+
+    @tf.function(input_signature=_signature(3, 2, 2, 3))
+    def run(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            y = layernorm.layer_norm(x, w, b, axis=(0, 2))
+        return tape.gradient(y, [x, w, b], output_gradients=dy)
+
+    _check_grads("layer_norm", run(x, w, b, dy), host, (0, 2), "float32")
+    explicit = tf.function(
+        lambda dy, x, w: layernorm.layer_norm_backward(dy, x, w, axis=(0, 2)), input_signature=_signature(3, 3, 2)
+    )
+    _check_grads("layer_norm", list(explicit(dy, x, w)), host, (0, 2), "float32")
+    known_dy = tf.function(
+        lambda x: layernorm.layer_norm_backward(dy, x, w, axis=(0, 2)), input_signature=_signature(3)
+    )
+    _check_grads("layer_norm", list(known_dy(x)), host, (0, 2), "float32")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_variables_get_gradients_and_stay_unchanged(mode: str) -> None:
     host = _host((4, 6), -1, np.float32, seed=5)

@@ -28,7 +28,7 @@ quiet_tensorflow_logs()
 import tensorflow as tf  # noqa: E402 - must follow quiet_tensorflow_logs()
 from tensorflow.python.eager import record  # noqa: E402 - no public API says whether a tape is recording
 
-from layernorm_tensorflow import _math  # noqa: E402
+from layernorm_tensorflow import _math, _sizes  # noqa: E402
 
 Tensor = Any
 _DEVICE_KINDS = {"CPU": "cpu", "GPU": "gpu", "TPU": "tpu"}
@@ -98,7 +98,8 @@ def from_foreign(x: Any) -> Tensor:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, mean, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
-    x, weight, bias = _tensor(x), _tensor(weight), _tensor(bias)
+    x = _tensor(x)
+    weight, bias = _checked(weight, "weight", x, spec), _checked(bias, "bias", x, spec)
     with _placed(x):
         if _recording():
             y, mean, rstd = _layer_norm_differentiable(x, weight, bias, spec)
@@ -109,7 +110,8 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_s
 
 def rms_norm(x: Tensor, weight: Tensor, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
-    x, weight = _tensor(x), _tensor(weight)
+    x = _tensor(x)
+    weight = _checked(weight, "weight", x, spec)
     with _placed(x):
         if _recording():
             y, rstd = _rms_norm_differentiable(x, weight, spec)
@@ -122,7 +124,9 @@ def layer_norm_backward(
     dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
-    dy, x, weight, mean, rstd = _tensor(dy), _tensor(x), _tensor(weight), _tensor(mean), _tensor(rstd)
+    x = _tensor(x)
+    dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
+    mean, rstd = _checked(mean, "mean", x, spec), _checked(rstd, "rstd", x, spec)
     with _placed(x):
         dx, dweight, dbias = _math.layer_norm_grads(dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec))
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype), _math.cast_to(dbias, x.dtype)
@@ -130,7 +134,9 @@ def layer_norm_backward(
 
 def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, rstd: Tensor) -> tuple[Tensor, Tensor]:
     """(dx, dweight) in x's dtype; rstd is recomputed when None."""
-    dy, x, weight, rstd = _tensor(dy), _tensor(x), _tensor(weight), _tensor(rstd)
+    x = _tensor(x)
+    dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
+    rstd = _checked(rstd, "rstd", x, spec)
     with _placed(x):
         dx, dweight = _math.rms_norm_grads(dy, x, weight, spec, rstd)
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype)
@@ -198,6 +204,11 @@ def _recording() -> bool:
 
 
 # -- tensors and devices -------------------------------------------------------------------------------------------
+
+
+def _checked(t: Tensor, role: _sizes.Role, x: Tensor, spec: NormSpec) -> Tensor:
+    """`_tensor` of t, an argument of x in ``role``, with a run-time check of the sizes the core could not see."""
+    return _sizes.checked(_tensor(t), role, x, spec)
 
 
 def _tensor(x: Tensor) -> Tensor:

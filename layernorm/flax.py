@@ -1,14 +1,19 @@
 """Flax NNX modules running layernorm's JAX backend: `LayerNorm` and `RMSNorm`.
 
-Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm`` in the common case: the same constructor arguments
-(``num_features``, ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``,
-``scale_init``, ``reduction_axes``, ``rngs``) and the same parameter names (``scale``, ``bias``), so a state
-saved from one loads into the other. The statistics are always two-pass (Flax's ``use_fast_variance`` is not
-offered) and the gradient is layernorm's analytic custom_vjp.
+Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor arguments (``num_features``,
+``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
+``reduction_axes``, ``feature_axes``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same parameter names and
+shapes (``scale``, ``bias``: ``(num_features,)``, laid along ``feature_axes``), so a state saved from one loads into
+the other. The gradient is layernorm's analytic custom_vjp.
 
-One difference: the parameters have the normalized shape, x's sizes along ``reduction_axes`` (``num_features``
-may be a tuple for several axes), where Flax broadcasts a ``feature_axes`` vector. With the default
-``reduction_axes=-1`` the two are the same.
+What Flax offers and these refuse, with a ValueError at construction: cross-device statistics (``axis_name``,
+``axis_index_groups``; under ``jax.jit``, arrays sharded over a mesh get whole-row statistics from XLA instead),
+and LayerNorm's ``use_fast_variance=True``, Flax's default, which computes ``E[x^2] - E[x]^2`` (layernorm's variance
+is always two-pass, as ``use_fast_variance=False`` asks; RMSNorm has no mean, so the flag changes nothing there and
+either value is taken). ``__call__`` takes no ``mask``, and no ``promote_dtype`` function: x is promoted with the
+parameters as Flax's default does.
+
+``num_features`` may also be a tuple, the parameters' shape, for several ``feature_axes``.
 
 Needs flax: ``pip install 'layernorm[flax]'``.
 
@@ -22,7 +27,9 @@ Needs flax: ``pip install 'layernorm[flax]'``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 try:
@@ -36,18 +43,37 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import layernorm
 from layernorm_core.dtypes import compute_dtype
+from layernorm_core.errors import ShapeError
+from layernorm_core.spec import normalize_axes
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
 Initializer = Any
+Axes = int | Sequence[int]
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _param(
+    wanted: bool, init: Initializer, rngs: nnx.Rngs, shape: tuple[int, ...], dtype: Any, metadata: Mapping[str, Any]
+) -> nnx.Param | None:
+    return nnx.Param(init(rngs.params(), shape, dtype), **metadata) if wanted else None
 
 
 def _param_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
     return (num_features,) if isinstance(num_features, int) else tuple(num_features)
 
 
-def _axis(reduction_axes: int | Sequence[int]) -> int | tuple[int, ...]:
-    return reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+def _axis(axes: Axes) -> int | tuple[int, ...]:
+    return axes if isinstance(axes, int) else tuple(axes)
+
+
+def _refuse(axis_name: str | None, axis_index_groups: Any) -> None:
+    """ValueError for Flax's cross-device statistics, which layernorm does not compute."""
+    if axis_name is not None or axis_index_groups is not None:
+        raise ValueError(
+            "layernorm.flax computes the statistics of each device's rows: axis_name and axis_index_groups are not "
+            "offered (under jax.jit, arrays sharded over a mesh get whole-row statistics from XLA)"
+        )
 
 
 def _cast(x: jax.Array, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
@@ -61,17 +87,52 @@ def _cast(x: jax.Array, params: Sequence[nnx.Param | None], dtype: Any) -> tuple
     return x.astype(target), [v if v is None or v.dtype in allowed else v.astype(target) for v in values]
 
 
+def _as_weights(
+    x: jax.Array, values: Sequence[jax.Array | None], reduction_axes: Axes, feature_axes: Axes
+) -> list[jax.Array | None]:
+    """The parameters, laid along ``feature_axes``, as layernorm's weight and bias: x's sizes along the reduction axes.
+
+    Flax reshapes them to x's sizes along ``feature_axes`` and broadcasts them over the other axes; the feature axes
+    must be among the reduction axes here, where the parameters broadcast over those the features leave out.
+    """
+    reduced = normalize_axes(_axis(reduction_axes), x.ndim)
+    features = normalize_axes(_axis(feature_axes), x.ndim)
+    if not set(features) <= set(reduced):
+        raise ShapeError(
+            f"feature_axes={feature_axes} must be among reduction_axes={reduction_axes} (of an x with {x.ndim} "
+            "dimensions): layernorm's weight and bias have x's sizes along the normalized axes"
+        )
+    laid = tuple(x.shape[a] if a in features else 1 for a in reduced)
+    normalized = tuple(x.shape[a] for a in reduced)
+    weights: list[jax.Array | None] = []
+    for value in values:
+        if value is None or value.shape == normalized:  # the common case: no op to dispatch
+            weights.append(value)
+            continue
+        if value.size != math.prod(laid):
+            raise ShapeError(
+                f"a parameter of shape {value.shape} does not fit feature_axes={feature_axes} of an x of shape "
+                f"{x.shape}: they take {math.prod(laid)} values"
+            )
+        weights.append(jnp.broadcast_to(value.reshape(laid), normalized))
+    return weights
+
+
 class LayerNorm(nnx.Module):
     """Layer normalization over ``reduction_axes`` with parameters ``scale`` and ``bias`` (as flax.nnx.LayerNorm).
 
     Args:
-        num_features: size of the normalized axis (a tuple for several ``reduction_axes``): the params' shape.
+        num_features: the size of ``feature_axes`` (a tuple: the parameters' shape for several feature axes).
         epsilon: added to the variance (Flax's default 1e-6).
         dtype: dtype of the computation's input and output; None promotes x with the params, as Flax does.
         param_dtype: dtype of ``scale`` and ``bias``.
         use_bias, use_scale: create ``bias`` / ``scale`` (else they are None and not applied).
         bias_init, scale_init: initializers ``(key, shape, dtype)``.
         reduction_axes: the normalized axes of x.
+        feature_axes: the axes of x the parameters lie along, among ``reduction_axes``; broadcast over the others.
+        axis_name, axis_index_groups: must be None (cross-device statistics are not offered).
+        use_fast_variance: must be False: the variance is always two-pass (Flax's default, True, is refused).
+        bias_metadata, scale_metadata: metadata of the parameters (``sharding`` names, for instance).
         rngs: the module's random streams (``rngs.params`` seeds the initializers).
 
     """
@@ -87,10 +148,22 @@ class LayerNorm(nnx.Module):
         use_scale: bool = True,
         bias_init: Initializer = nnx.initializers.zeros,
         scale_init: Initializer = nnx.initializers.ones,
-        reduction_axes: int | Sequence[int] = -1,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = False,
         rngs: nnx.Rngs,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
         """Create the parameters; see the class docstring."""
+        _refuse(axis_name, axis_index_groups)
+        if use_fast_variance:
+            raise ValueError(
+                "use_fast_variance=True (E[x^2] - E[x]^2, Flax's default) is not offered: layernorm's variance is "
+                "two-pass, as use_fast_variance=False asks"
+            )
         shape = _param_shape(num_features)
         self.num_features = num_features
         self.epsilon = epsilon
@@ -99,19 +172,23 @@ class LayerNorm(nnx.Module):
         self.use_bias = use_bias
         self.use_scale = use_scale
         self.reduction_axes = reduction_axes
-        self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
-        self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+        self.feature_axes = feature_axes
+        self.use_fast_variance = use_fast_variance
+        self.scale = _param(use_scale, scale_init, rngs, shape, param_dtype, scale_metadata)
+        self.bias = _param(use_bias, bias_init, rngs, shape, param_dtype, bias_metadata)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalize x over ``reduction_axes``; output in ``dtype`` (or x promoted with the params)."""
-        x, (scale, bias) = _cast(x, (self.scale, self.bias), self.dtype)
+        x, values = _cast(x, (self.scale, self.bias), self.dtype)
+        scale, bias = _as_weights(x, values, self.reduction_axes, self.feature_axes)
         return layernorm.layer_norm(x, scale, bias, axis=_axis(self.reduction_axes), eps=self.epsilon, backend="jax")
 
 
 class RMSNorm(nnx.Module):
     """RMS normalization over ``reduction_axes`` with the parameter ``scale`` (as flax.nnx.RMSNorm).
 
-    Arguments as `LayerNorm`, without ``use_bias`` and ``bias_init``.
+    Arguments as `LayerNorm`, without ``use_bias``, ``bias_init`` and ``bias_metadata``; ``use_fast_variance``
+    (default True, as Flax's) changes nothing, since there is no mean.
     """
 
     def __init__(
@@ -123,21 +200,28 @@ class RMSNorm(nnx.Module):
         param_dtype: Any = jnp.float32,
         use_scale: bool = True,
         scale_init: Initializer = nnx.initializers.ones,
-        reduction_axes: int | Sequence[int] = -1,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
         rngs: nnx.Rngs,
+        scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
         """Create the parameter; see the class docstring."""
+        _refuse(axis_name, axis_index_groups)
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.use_scale = use_scale
         self.reduction_axes = reduction_axes
-        self.scale = (
-            nnx.Param(scale_init(rngs.params(), _param_shape(num_features), param_dtype)) if use_scale else None
-        )
+        self.feature_axes = feature_axes
+        self.use_fast_variance = use_fast_variance
+        self.scale = _param(use_scale, scale_init, rngs, _param_shape(num_features), param_dtype, scale_metadata)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalize x by its root mean square over ``reduction_axes``."""
-        x, (scale,) = _cast(x, (self.scale,), self.dtype)
+        x, values = _cast(x, (self.scale,), self.dtype)
+        (scale,) = _as_weights(x, values, self.reduction_axes, self.feature_axes)
         return layernorm.rms_norm(x, scale, axis=_axis(self.reduction_axes), eps=self.epsilon, backend="jax")

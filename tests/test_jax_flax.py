@@ -18,6 +18,7 @@ pytest.importorskip("flax.nnx", reason="flax is not installed (pip install 'laye
 
 from flax import nnx
 
+import layernorm
 from layernorm.flax import LayerNorm, RMSNorm
 from layernorm_core import check_forward, reference
 from layernorm_core.tolerances import error_ratio, row_condition, tolerance
@@ -96,11 +97,78 @@ def test_rms_norm_matches_flax_over_two_axes() -> None:
     nnx.update(ours, nnx.state(theirs))
     x = _x((4, 5, 16), seed=3)
     np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-6)
-    both = RMSNorm((5, 16), reduction_axes=(1, 2), rngs=nnx.Rngs(0))
+    both = RMSNorm((5, 16), reduction_axes=(1, 2), feature_axes=(1, 2), rngs=nnx.Rngs(0))
     assert both.scale is not None and both.scale[...].shape == (5, 16)
     xn = np.asarray(x)
     spec = check_forward("rms_norm", xn, None, None, (1, 2), 1e-6)
     assert error_ratio(np.asarray(both(x)), reference.rms_norm(xn, None, spec)[0], tolerance("float32", "output")) <= 1
+
+
+@pytest.mark.parametrize(
+    ("num_features", "feature_axes"),
+    [
+        pytest.param(16, -1, id="channels-of-two-reduced-axes"),
+        pytest.param(5, 1, id="the-first-reduced-axis"),
+        pytest.param(80, (1, 2), id="both-reduced-axes-flat"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_feature_axes_lay_parameters_as_flax_does(kind: str, num_features: int, feature_axes: Any) -> None:
+    """A Flax state with parameters along ``feature_axes`` loads unchanged; outputs and gradients match Flax's."""
+    kwargs = {"epsilon": 1e-5, "reduction_axes": (1, 2), "feature_axes": feature_axes}
+    if kind == "layer_norm":
+        theirs: nnx.Module = nnx.LayerNorm(num_features, use_fast_variance=False, rngs=nnx.Rngs(0), **kwargs)
+        ours: nnx.Module = LayerNorm(num_features, rngs=nnx.Rngs(1), **kwargs)
+    else:
+        theirs, ours = (
+            nnx.RMSNorm(num_features, rngs=nnx.Rngs(0), **kwargs),
+            RMSNorm(num_features, rngs=nnx.Rngs(1), **kwargs),
+        )
+    _random_params(theirs, seed=7)
+    assert _param_names(ours) == _param_names(theirs)
+    nnx.update(ours, nnx.state(theirs))
+    x, target = _x((4, 5, 16), seed=8), _x((4, 5, 16), seed=9)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
+
+    def loss(m: nnx.Module) -> jax.Array:
+        return jnp.mean((m(x) - target) ** 2)
+
+    for got, want in zip(jax.tree.leaves(nnx.grad(loss)(ours)), jax.tree.leaves(nnx.grad(loss)(theirs)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+def test_feature_axes_outside_the_reduction_or_of_another_size_are_shape_errors() -> None:
+    x = _x((4, 5, 16))
+    with pytest.raises(layernorm.ShapeError, match="must be among reduction_axes"):
+        LayerNorm(5, reduction_axes=-1, feature_axes=1, rngs=nnx.Rngs(0))(x)
+    with pytest.raises(layernorm.ShapeError, match="does not fit feature_axes"):
+        RMSNorm(15, reduction_axes=(1, 2), rngs=nnx.Rngs(0))(x)
+
+
+def test_parameter_metadata_reaches_the_params() -> None:
+    layer = LayerNorm(8, scale_metadata={"tag": "s"}, bias_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
+    assert layer.scale is not None and layer.bias is not None
+    assert (layer.scale.tag, layer.bias.tag) == ("s", "b")
+    rms = RMSNorm(8, scale_metadata={"tag": "r"}, rngs=nnx.Rngs(0))
+    assert rms.scale is not None and rms.scale.tag == "r"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"axis_name": "batch"}, id="axis-name"),
+        pytest.param({"axis_index_groups": [[0, 1]]}, id="axis-index-groups"),
+        pytest.param({"use_fast_variance": True}, id="fast-variance"),
+    ],
+)
+def test_what_flax_offers_and_layernorm_does_not_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="not offered"):
+        LayerNorm(8, rngs=nnx.Rngs(0), **kwargs)
+    if "use_fast_variance" in kwargs:  # no mean, so the flag changes nothing for rms_norm
+        assert RMSNorm(8, rngs=nnx.Rngs(0), **kwargs)(_x((2, 8))).shape == (2, 8)
+    else:
+        with pytest.raises(ValueError, match="not offered"):
+            RMSNorm(8, rngs=nnx.Rngs(0), **kwargs)
 
 
 def test_module_trains_under_nnx_jit_and_grad() -> None:

@@ -37,7 +37,8 @@ def checked(t: Tensor, role: Role, x: Tensor, spec: NormSpec) -> Tensor:
     expected, message = _expected(role, x, spec)
     assertion = tf.debugging.assert_equal(tf.shape(t), expected, message=message)
     with tf.control_dependencies([assertion]):
-        return tf.reshape(t, tf.shape(tf.broadcast_to(t, expected)))
+        t = tf.identity(t)  # what reads t waits for the assertion (grappler keeps an op's own control inputs)
+    return tf.reshape(t, tf.shape(tf.broadcast_to(t, expected)))
 
 
 def _static_expected(role: Role, spec: NormSpec) -> tuple[int | None, ...]:

@@ -106,7 +106,7 @@ def _as_weights(
     normalized = tuple(x.shape[a] for a in reduced)
     weights: list[jax.Array | None] = []
     for value in values:
-        if value is None or value.shape == normalized:  # the common case: no op to dispatch
+        if value is None or (features == reduced and value.shape == normalized):  # no op to dispatch
             weights.append(value)
             continue
         if value.size != math.prod(laid):

@@ -143,6 +143,8 @@ def test_feature_axes_outside_the_reduction_or_of_another_size_are_shape_errors(
         LayerNorm(5, reduction_axes=-1, feature_axes=1, rngs=nnx.Rngs(0))(x)
     with pytest.raises(layernorm.ShapeError, match="does not fit feature_axes"):
         RMSNorm(15, reduction_axes=(1, 2), rngs=nnx.Rngs(0))(x)
+    with pytest.raises(layernorm.ShapeError, match="does not fit feature_axes"):  # (5, 16) is not along axis -1
+        RMSNorm((5, 16), reduction_axes=(1, 2), rngs=nnx.Rngs(0))(x)
 
 
 def test_parameter_metadata_reaches_the_params() -> None:

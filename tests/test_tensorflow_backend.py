@@ -287,7 +287,10 @@ def _signature(*sizes_per_argument: int) -> list[Any]:
 
 
 def _wrong_sizes_cases() -> list[Any]:
-    """(what, function, arguments, the role the run-time message names): each argument's static sizes unknown."""
+    """(function, the rank of each argument, arguments with one of a wrong size, the role the message names).
+
+    Each argument's sizes are unknown (None) in the signature; None arguments are left out of it.
+    """
     x, x3 = np.ones((3, 4), np.float32), np.ones((3, 2, 4), np.float32)
 
     def ln(x: Any, w: Any, b: Any) -> Any:

@@ -67,15 +67,6 @@ def _axis(axes: Axes) -> int | tuple[int, ...]:
     return axes if isinstance(axes, int) else tuple(axes)
 
 
-def _refuse(axis_name: str | None, axis_index_groups: Any) -> None:
-    """ValueError for Flax's cross-device statistics, which layernorm does not compute."""
-    if axis_name is not None or axis_index_groups is not None:
-        raise ValueError(
-            "layernorm.flax computes the statistics of each device's rows: axis_name and axis_index_groups are not "
-            "offered (under jax.jit, arrays sharded over a mesh get whole-row statistics from XLA)"
-        )
-
-
 def _cast(x: jax.Array, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
     """Cast x to the module's dtype (given, else x promoted with the params, as Flax does).
 
@@ -118,7 +109,47 @@ def _as_weights(
     return weights
 
 
-class LayerNorm(nnx.Module):
+class _Norm(nnx.Module):
+    """What both modules share: the settings Flax keeps as attributes, and the refusal of cross-device statistics."""
+
+    num_features: int | Sequence[int]
+    epsilon: float
+    dtype: Any
+    param_dtype: Any
+    use_scale: bool
+    reduction_axes: Axes
+    feature_axes: Axes
+    use_fast_variance: bool
+
+    def _keep_settings(
+        self,
+        num_features: int | Sequence[int],
+        epsilon: float,
+        dtype: Any,
+        param_dtype: Any,
+        use_scale: bool,
+        reduction_axes: Axes,
+        feature_axes: Axes,
+        axis_name: str | None,
+        axis_index_groups: Any,
+        use_fast_variance: bool,
+    ) -> None:
+        if axis_name is not None or axis_index_groups is not None:
+            raise ValueError(
+                "layernorm.flax computes the statistics of each device's rows: axis_name and axis_index_groups are "
+                "not offered (under jax.jit, arrays sharded over a mesh get whole-row statistics from XLA)"
+            )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.use_fast_variance = use_fast_variance
+
+
+class LayerNorm(_Norm):
     """Layer normalization over ``reduction_axes`` with parameters ``scale`` and ``bias`` (as flax.nnx.LayerNorm).
 
     Args:
@@ -158,22 +189,15 @@ class LayerNorm(nnx.Module):
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
         """Create the parameters; see the class docstring."""
-        _refuse(axis_name, axis_index_groups)
         if use_fast_variance:
             raise ValueError(
                 "use_fast_variance=True (E[x^2] - E[x]^2, Flax's default) is not offered: layernorm's variance is "
                 "two-pass, as use_fast_variance=False asks"
             )
-        shape = _param_shape(num_features)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self._keep_settings(num_features, epsilon, dtype, param_dtype, use_scale, reduction_axes, feature_axes,
+                            axis_name, axis_index_groups, use_fast_variance)  # fmt: skip
         self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.reduction_axes = reduction_axes
-        self.feature_axes = feature_axes
-        self.use_fast_variance = use_fast_variance
+        shape = _param_shape(num_features)
         self.scale = _param(use_scale, scale_init, rngs, shape, param_dtype, scale_metadata)
         self.bias = _param(use_bias, bias_init, rngs, shape, param_dtype, bias_metadata)
 
@@ -184,7 +208,7 @@ class LayerNorm(nnx.Module):
         return layernorm.layer_norm(x, scale, bias, axis=_axis(self.reduction_axes), eps=self.epsilon, backend="jax")
 
 
-class RMSNorm(nnx.Module):
+class RMSNorm(_Norm):
     """RMS normalization over ``reduction_axes`` with the parameter ``scale`` (as flax.nnx.RMSNorm).
 
     Arguments as `LayerNorm`, without ``use_bias``, ``bias_init`` and ``bias_metadata``; ``use_fast_variance``
@@ -209,15 +233,8 @@ class RMSNorm(nnx.Module):
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
         """Create the parameter; see the class docstring."""
-        _refuse(axis_name, axis_index_groups)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_scale = use_scale
-        self.reduction_axes = reduction_axes
-        self.feature_axes = feature_axes
-        self.use_fast_variance = use_fast_variance
+        self._keep_settings(num_features, epsilon, dtype, param_dtype, use_scale, reduction_axes, feature_axes,
+                            axis_name, axis_index_groups, use_fast_variance)  # fmt: skip
         self.scale = _param(use_scale, scale_init, rngs, _param_shape(num_features), param_dtype, scale_metadata)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -152,7 +152,8 @@ class LayerNorm(_Norm):
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
         return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, axis={self.axis}"
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None}, axis={self.axis}"
         )
 
 

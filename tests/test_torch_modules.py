@@ -35,6 +35,7 @@ def test_layer_norm_loads_a_torch_checkpoint(shape: tuple[int, ...], kwargs: dic
     ours = lt.LayerNorm(shape, **kwargs)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert repr(ours) == f"{repr(theirs)[:-1]}, axis={ours.axis})"
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1)) * 2 + 1
     y = ours(x)
@@ -59,6 +60,7 @@ def test_rms_norm_loads_a_torch_checkpoint(eps: float | None, affine: bool, dtyp
     theirs = randomize(torch.nn.RMSNorm([16], eps=eps, elementwise_affine=affine), 0).to(DTYPES[dtype])
     ours = lt.RMSNorm([16], eps=eps, elementwise_affine=affine, dtype=DTYPES[dtype])
     assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert repr(ours) == f"{repr(theirs)[:-1]}, axis={ours.axis})"
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = (torch.randn(5, 16, generator=torch.Generator().manual_seed(1)) * 0.02).to(DTYPES[dtype])
     y = ours(x)

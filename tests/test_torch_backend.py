@@ -325,6 +325,44 @@ def test_rms_norm_cpu_transforms_keep_torch_ops(dtype: str) -> None:
         assert fwad.unpack_dual(y).tangent is not None
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [8, 128], ids=["torch-kernel", "analytic"])
+def test_rms_norm_trains_a_weight_on_an_inference_tensor(rows: int, dtype: str) -> None:
+    """As with torch.nn.RMSNorm, an x made under torch.inference_mode feeds a weight that autograd trains, below
+    and from `rms_cpu.MIN_ELEMENTS` (autograd cannot save an inference tensor: `RMSNormCPU` keeps a copy)."""
+    x, w, _, dy = make((rows, 512), -1, dtype, "cpu")
+    with torch.inference_mode():
+        x_inference = x.clone()
+    weight = w.clone().requires_grad_()
+    y = layernorm.rms_norm(x_inference, weight)
+    assert differentiated_by_rms_cpu(y) == (rows == 128)
+    y.backward(dy)
+    check_rms_norm_grads((None, weight.grad), x, w, dy, -1, dtype)
+
+
+def test_scratch_made_in_inference_mode_serves_calls_outside_it() -> None:
+    """A thread's first blocked call, here an rms_norm forward of 2**19 elements, makes its scratch buffer; made
+    inside torch.inference_mode, it stays writable outside it: rms_norm forward and backward and a bfloat16
+    layer_norm backward then run in the same thread and give the reference's values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def in_a_new_thread() -> None:
+        x, w, _, dy = make((1024, 512), -1, "float32", "cpu")
+        with torch.inference_mode():
+            y_inference = layernorm.rms_norm(x, w)
+        torch.testing.assert_close(layernorm.rms_norm(x, w), y_inference, rtol=0, atol=0)
+        leaves = [t.clone().requires_grad_() for t in (x, w)]
+        layernorm.rms_norm(*leaves).backward(dy)
+        check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, "float32")
+        x, w, b, dy = make((100, 512), -1, "bfloat16", "cpu")
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        layernorm.layer_norm(*leaves).backward(dy)
+        check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, "bfloat16")
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(in_a_new_thread).result()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["weight-only", "bias-only", "frozen", "none"])

@@ -52,9 +52,9 @@ class RMSNormCPU(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run `forward`; keep x, weight and rstd for the backward."""
+        """Run `forward`; keep x (a copy of an inference tensor, which autograd cannot save), weight and rstd."""
         y, rstd = forward(x, weight, normalized_shape, eps)
-        ctx.save_for_backward(x, weight, rstd)
+        ctx.save_for_backward(x.clone() if x.is_inference() else x, weight, rstd)
         ctx.normalized_shape, ctx.eps = normalized_shape, eps
         ctx.mark_non_differentiable(rstd)
         ctx.set_materialize_grads(False)  # rstd gets no gradient: no zeros for it

@@ -53,11 +53,13 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
         return found
     step = math.prod(shape) * dtype.itemsize
     size = count * step
-    buffer: torch.Tensor | None = getattr(_local, "buffer", None)
-    if buffer is None or buffer.numel() < size:
-        buffer = _local.buffer = torch.empty(size, dtype=torch.uint8)
-        kept.clear()
-    elif len(kept) >= KEPT_SHAPES:
-        kept.clear()
-    found = kept[key] = tuple(buffer[k * step : (k + 1) * step].view(dtype).view(shape) for k in range(count))
+    # Normal tensors even inside torch.inference_mode: outside it, torch refuses writes to an inference tensor.
+    with torch.inference_mode(False):
+        buffer: torch.Tensor | None = getattr(_local, "buffer", None)
+        if buffer is None or buffer.numel() < size:
+            buffer = _local.buffer = torch.empty(size, dtype=torch.uint8)
+            kept.clear()
+        elif len(kept) >= KEPT_SHAPES:
+            kept.clear()
+        found = kept[key] = tuple(buffer[k * step : (k + 1) * step].view(dtype).view(shape) for k in range(count))
     return found

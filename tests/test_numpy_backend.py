@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
 
@@ -306,3 +310,39 @@ def test_backward_is_unchanged_by_the_calls_between() -> None:
         layernorm.rms_norm(others[0], others[1], axis=axis)
         for got, again in zip(layernorm.layer_norm_backward(dy, x, w), first, strict=True):
             np.testing.assert_array_equal(got, again)
+
+
+FORKED_CHILD = textwrap.dedent(
+    """
+    import os, signal, time
+    import numpy as np
+    import layernorm
+    from layernorm_numpy.kernels import PARALLEL_MIN_BYTES
+
+    x = np.random.default_rng(0).standard_normal((PARALLEL_MIN_BYTES // 1024, 1024)).astype(np.float32)
+    y = layernorm.layer_norm(x)  # 4 MiB: split across the thread pool
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if np.array_equal(layernorm.layer_norm(x), y) else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("exit", os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print("hung")
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_runs_the_threaded_kernels() -> None:
+    """A child forked after the parent used the thread pool (a DataLoader worker, a multiprocessing pool) has the
+    pool but not its threads; it makes its own pool and gets the parent's bits, rather than waiting forever."""
+    env = {**os.environ, "LAYERNORM_NUMPY_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", FORKED_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["exit", "0"], out.stdout + out.stderr

@@ -41,6 +41,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="layernorm-numpy")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its threads: its work would wait forever
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _thread_count() -> int:
     configured = os.environ.get("LAYERNORM_NUMPY_THREADS")
     return max(1, int(configured)) if configured else max(1, len(os.sched_getaffinity(0)))

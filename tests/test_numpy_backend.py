@@ -346,3 +346,33 @@ def test_a_forked_child_runs_the_threaded_kernels() -> None:
     env = {**os.environ, "LAYERNORM_NUMPY_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", FORKED_CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["exit", "0"], out.stdout + out.stderr
+
+
+AT_EXIT = textwrap.dedent(
+    """
+    import atexit, sys
+    import numpy as np
+    import layernorm
+
+    x = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)  # 4 MiB: threaded
+    before = layernorm.layer_norm(x) if sys.argv[1] == "used" else None
+
+    def at_exit():
+        y = layernorm.layer_norm(x)
+        dx, _, _ = layernorm.layer_norm_backward(x, x)
+        print("same" if before is None or np.array_equal(y, before) else "differ", dx.shape)
+
+    atexit.register(at_exit)
+    """
+)
+
+
+@pytest.mark.parametrize("backend_before_exit", ["used", "unloaded"])
+def test_threaded_calls_run_in_an_atexit_handler(backend_before_exit: str) -> None:
+    """Once the interpreter shuts down, no thread can start and concurrent.futures cannot be imported: a large call
+    from an atexit handler runs its blocks on the calling thread, whether or not the backend ran before."""
+    env = {**os.environ, "LAYERNORM_NUMPY_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", AT_EXIT, backend_before_exit], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["same", "(1024,", "1024)"], out.stdout + out.stderr

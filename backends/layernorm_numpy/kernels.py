@@ -14,12 +14,14 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 Array = npt.NDArray[Any]
 
@@ -38,6 +40,12 @@ _thread_scratch = threading.local()
 
 @lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
+    """The worker threads; RuntimeError once the interpreter shuts down (in an atexit handler).
+
+    Imported here: importing concurrent.futures.thread registers an exit hook, which raises during shutdown.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="layernorm-numpy")
 
 
@@ -140,7 +148,12 @@ def _for_blocks(
         for k in range(first, min(first + share, len(blocks))):
             results[k] = work(blocks[k])
 
-    futures = [_pool().submit(run_share, first) for first in range(share, len(blocks), share)]
+    futures = []
+    for first in range(share, len(blocks), share):
+        try:
+            futures.append(_pool().submit(run_share, first))
+        except RuntimeError:  # no new threads (interpreter shutdown, a thread limit): the same results on this one
+            run_share(first)
     run_share(0)
     for future in futures:
         future.result()

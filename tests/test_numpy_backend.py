@@ -251,6 +251,26 @@ def test_channels_first_is_deterministic_across_runs_and_threads(dtype: str, mon
             np.testing.assert_array_equal(got, first)
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "two"])
+def test_a_bad_thread_count_is_a_backend_error_naming_the_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", value)
+    x = np.ones((PARALLEL_MIN_BYTES // 1024, 256), np.float32)  # 1 MiB: the size that is split across threads
+    with pytest.raises(layernorm.BackendError, match=f"^LAYERNORM_NUMPY_THREADS must be .*; got '{value}'$"):
+        layernorm.layer_norm(x)
+
+
+def test_without_sched_getaffinity_a_call_uses_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: the thread count is os.cpu_count()."""
+    x, w, b, _ = _inputs((PARALLEL_MIN_BYTES // 256, 64), -1, np.dtype(np.float32), seed=3)
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "1")
+    one_thread = layernorm.layer_norm(x, w, b)
+    monkeypatch.delenv("LAYERNORM_NUMPY_THREADS")
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert kernels._thread_count() == 3
+    np.testing.assert_array_equal(layernorm.layer_norm(x, w, b), one_thread)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple),

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from layernorm_core.errors import BackendError
+
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +37,8 @@ KEPT_MAX_BYTES = 8 * BLOCK_BYTES
 """Most scratch a thread keeps between calls (`_kept`); a worker that needs more gets fresh arrays."""
 _KEPT_LAYOUTS = 16
 """Scratch layouts (shapes and dtype) whose views a thread keeps: a program's few array shapes, and the blocks."""
+THREADS_VARIABLE = "LAYERNORM_NUMPY_THREADS"
+"""Environment variable: how many threads share a call of `PARALLEL_MIN_BYTES` or more (default: one per core)."""
 _thread_scratch = threading.local()
 
 
@@ -54,8 +58,17 @@ if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its t
 
 
 def _thread_count() -> int:
-    configured = os.environ.get("LAYERNORM_NUMPY_THREADS")
-    return max(1, int(configured)) if configured else max(1, len(os.sched_getaffinity(0)))
+    """`THREADS_VARIABLE` when set, else the cores this process may run on (where the OS cannot say: all)."""
+    configured = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not configured:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        threads = int(configured)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise BackendError(f"{THREADS_VARIABLE} must be a whole number of threads, 1 or more; got {configured!r}")
+    return threads
 
 
 Block = tuple[slice, ...]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from layernorm_core.cpus import usable_cores
 from layernorm_core.errors import BackendError
 
 if TYPE_CHECKING:
@@ -58,10 +59,10 @@ if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its t
 
 
 def _thread_count() -> int:
-    """`THREADS_VARIABLE` when set, else the cores this process may run on (where the OS cannot say: all)."""
+    """`THREADS_VARIABLE` when set, else the cores this process may run on."""
     configured = os.environ.get(THREADS_VARIABLE, "").strip()
     if not configured:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cores()
     try:
         threads = int(configured)
     except ValueError:

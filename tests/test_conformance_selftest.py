@@ -79,6 +79,20 @@ def _naive_variance(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _running_sum(base: types.ModuleType) -> dict[str, Impl]:
+    """rms_norm's mean of squares by one running sum in the compute dtype (np.cumsum), as a plain loop sums it."""
+
+    def rms_norm(x: Any, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
+        xc = np.asarray(x, dtype=spec.compute_dtype)
+        rows = xc.transpose(spec.perm).reshape(-1, int(np.prod(_sizes(spec.normalized_shape))))
+        squares = np.cumsum(rows * rows, axis=1, dtype=spec.compute_dtype)[:, -1] / rows.shape[1]
+        rstd = (1 / np.sqrt(squares + spec.eps)).reshape(spec.stats_shape)
+        y = _affine(xc * rstd, weight, None, spec, x.dtype)
+        return (y, rstd) if return_stats else y
+
+    return {"rms_norm": rms_norm}
+
+
 def _missing_eps(base: types.ModuleType) -> dict[str, Impl]:
     """Forgets eps in the forward (rstd = 1 / sqrt(var))."""
 
@@ -154,6 +168,7 @@ def _faithful(base: types.ModuleType) -> dict[str, Impl]:
 DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set[str]]] = {
     "n-minus-1": (_n_minus_1, "test_forward", {"float32"}),
     "naive-variance": (_naive_variance, "test_large_offset", {"float32"}),
+    "running-sum": (_running_sum, "test_long_row", {"float32"}),
     "missing-eps": (_missing_eps, "test_eps", {"float32"}),
     "wrong-dbias": (_wrong_dbias, "test_backward", {"float32"}),
     "modifies-input": (_modifies_input, "test_inputs_unchanged", {"float32"}),

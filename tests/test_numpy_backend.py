@@ -70,7 +70,11 @@ def _assert_layer_norm_matches_reference(shape: tuple[int, ...], axis: object, d
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("shape", "axis"), [((85, 768), -1), ((4, 3, 64), (0, 2))], ids=["2d-block", "3d-layout"])
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((85, 768), -1), ((4, 3, 64), (0, 2)), ((2, 2**20 + 5), -1)],
+    ids=["2d-block", "3d-layout", "long-rows"],  # long rows: dots of chunks, and of the rest
+)
 def test_numpy_1_row_sums_without_vecdot(
     shape: tuple[int, ...], axis: object, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""Numerical stability: large offsets with small spread, large half-precision magnitudes, constant rows."""
+"""Numerical stability: large offsets with small spread, large half-precision magnitudes, long rows, constant rows."""
 
 from __future__ import annotations
 
@@ -59,6 +59,26 @@ def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op
     numerics.check(
         forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
     )
+
+
+LONG_ROW = Case((1, 2**22 + 5), (-1,))
+"""One row of 4M elements, as when every axis of a large array is normalized."""
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_long_row(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """A row of 4M values near 1000, forward and backward.
+
+    A sum of squares kept in one running sum (a plain loop, one BLAS dot) drifts with the row's length: rms_norm
+    lands 4x outside the float32 tolerance here. Pairwise or cascade summation stays within it.
+    """
+    problem = make_problem(op, LONG_ROW, dtype, "full", loc=1e3, key="long-row")
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
+    dy = make_dy(problem)
+    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-2], ids=lambda e: f"eps={e:g}")

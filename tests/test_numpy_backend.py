@@ -255,6 +255,39 @@ def test_channels_first_is_deterministic_across_runs_and_threads(dtype: str, mon
             np.testing.assert_array_equal(got, first)
 
 
+LONG_ROWS = [
+    pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns and a short last one
+    pytest.param((9, 35, 2003), (1, 2), id="row-groups"),  # 70105 columns; groups of rows, the last one short
+    pytest.param((2, 3, 40000), (0, 2), id="transposed"),  # rows of 80000 made by moving the axes last
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize(("shape", "axis"), LONG_ROWS)
+def test_long_rows_match_the_reference_with_any_number_of_threads(
+    shape: tuple[int, ...], axis: object, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows longer than a block: the backward runs in blocks of rows and columns, two passes, and gives the same
+    bits for one, two or three threads."""
+    _assert_layer_norm_matches_reference(shape, axis, dtype)
+    x, w, _, dy = _inputs(shape, axis, DTYPES[dtype], seed=9)
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)  # type: ignore[arg-type]
+    ref_rstd = reference.rms_norm(x, w, spec)[1]
+    scales = (gradient_scale(dy, w, ref_rstd, spec), None)
+    expected = reference.rms_norm_backward(dy, x, w, spec)
+    for got, want, scale in zip(layernorm.rms_norm_backward(dy, x, w, axis=axis), expected, scales, strict=True):
+        assert error_ratio(got, want, tolerance(dtype, "grad"), scale=scale) <= 1
+    results = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", threads)
+        results.append(
+            (*layernorm.layer_norm_backward(dy, x, w, axis=axis), *layernorm.rms_norm_backward(dy, x, w, axis=axis))
+        )
+    for other in results[1:]:
+        for got, first in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, first)
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "1.5", "two"])
 def test_a_bad_thread_count_is_a_backend_error_naming_the_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", value)

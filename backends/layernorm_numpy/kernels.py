@@ -36,6 +36,8 @@ PARALLEL_MIN_BYTES = 1 << 20
 """Below this many input bytes a call runs on the calling thread: a thread hand-off would cost more."""
 KEPT_MAX_BYTES = 8 * BLOCK_BYTES
 DOT_CHUNK = 1 << 12
+LONG_ROW_WIDTH = 1 << 14
+"""Columns in a block of the backward of rows longer than a block (`_long_rows_backward`)."""
 """Longest run of elements that one dot product sums in a row's variance and backward sums (`_long_row_dot`)."""
 """Most scratch a thread keeps between calls (`_kept`); a worker that needs more gets fresh arrays."""
 _KEPT_LAYOUTS = 16
@@ -138,22 +140,28 @@ def _scratch(buffer: Array, shape: tuple[int, ...]) -> Array:
 
 
 def _for_blocks(
-    x: Array, make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]], item_bytes: int, quiet: bool
+    x: Array,
+    make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]],
+    item_bytes: int,
+    quiet: bool,
+    blocks: list[Block] | None = None,
 ) -> list[T]:
-    """Run workers over the cache-sized blocks of layout ``x``, split across threads for large inputs.
+    """Run workers over the cache-sized ``blocks`` of layout ``x`` (default `_grid`'s), split across threads.
 
-    ``make_worker(shape)`` is called once per thread (to allocate that thread's scratch for blocks of at most
-    ``shape``) and returns ``work(block)``, called for each of that thread's blocks. Returns what ``work``
-    returned, in the grid's order (the same for any number of threads). With ``quiet`` the workers run without
-    NumPy's floating-point warnings (`_quiet`).
+    Inputs under `PARALLEL_MIN_BYTES` run on the calling thread. ``make_worker(shape)`` is called once per thread
+    (to allocate that thread's scratch for blocks of at most ``shape``, the first block's) and returns
+    ``work(block)``, called for each of that thread's blocks. Returns what ``work`` returned, in the grid's order
+    (the same for any number of threads). With ``quiet`` the workers run without NumPy's floating-point warnings
+    (`_quiet`).
     """
     if x.size == 0:
         return []
     if quiet:
         make_worker = _quiet(make_worker)
-    if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block: skip making it
-        return [make_worker(x.shape)((slice(None),))]
-    blocks = _grid(x.shape, item_bytes)
+    if blocks is None:
+        if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block: skip making it
+            return [make_worker(x.shape)((slice(None),))]
+        blocks = _grid(x.shape, item_bytes)
     results: list[Any] = [None] * len(blocks)
     largest = x[blocks[0]].shape
     threads = _thread_count() if x.size * item_bytes >= PARALLEL_MIN_BYTES else 1
@@ -286,14 +294,16 @@ def backward(
 ) -> tuple[Array, Array]:
     """Write dx into ``dx``; return the sums over all axes but axis 1 (dweight, dbias) in float64.
 
-    Layouts as in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`.
-    ``quiet`` (eps = 0, where rstd may be inf) silences NumPy's floating-point warnings.
+    Layouts as in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`;
+    rows longer than a block go by `_long_rows_backward`. ``quiet`` (eps = 0, where rstd may be inf) silences
+    NumPy's floating-point warnings.
     """
     n = x.shape[1]
+    if x.ndim == 2 and n * compute.itemsize > BLOCK_BYTES:
+        return _long_rows_backward(dy, x, weight, mean, rstd, compute, dx, quiet)
     inv_n = 1.0 / n
     weight = _along_axis_1(weight, x.ndim)
     batch_axes = (0, *range(2, x.ndim))
-    dy_in_compute = dy.dtype == compute
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], tuple[Array, Array]]:
         kept = _kept((largest,) * 5 + (_column(largest),) * 2, compute)
@@ -305,30 +315,13 @@ def backward(
             else:
                 xhat, dyb, g, dxb, product = (_scratch(buffer, xb.shape) for buffer in kept[:5])
                 g_mean, gx_mean = (_scratch(buffer, rstd_b.shape) for buffer in kept[5:])
-            np.copyto(xhat, xb, casting="unsafe")
+            dyb, g = _xhat_and_g(xb, dy[block], None if mean is None else mean[block], rstd_b, weight, xhat, dyb, g)
             if mean is not None:
-                xhat -= mean[block]
-            xhat *= rstd_b
-            if dy_in_compute:
-                dyb = dy[block]  # only read: no copy
-            else:
-                np.copyto(dyb, dy[block], casting="unsafe")
-            if weight is None:
-                g = dyb
-            else:
-                np.multiply(dyb, weight, out=g)
-            if mean is None:
-                np.copyto(dxb, g)
-            else:
                 np.add.reduce(g, axis=1, keepdims=True, out=g_mean)
                 g_mean *= inv_n
-                np.subtract(g, g_mean, out=dxb)
             _row_dot(g, xhat, gx_mean[:, 0])
             gx_mean *= inv_n
-            np.multiply(xhat, gx_mean, out=product)
-            dxb -= product
-            dxb *= rstd_b
-            np.copyto(dx[block], dxb, casting="unsafe")
+            _write_dx(dx[block], g, None if mean is None else g_mean, xhat, gx_mean, rstd_b, dxb, product)
             np.multiply(dyb, xhat, out=product)
             return (
                 np.add.reduce(product, axis=batch_axes, dtype=np.float64),
@@ -344,6 +337,151 @@ def backward(
         dweight += block_dweight
         dbias += block_dbias
     return dweight, dbias
+
+
+def _long_rows_backward(
+    dy: Array,
+    x: Array,
+    weight: Array | None,
+    mean: Array | None,
+    rstd: Array,
+    compute: np.dtype[np.floating],
+    dx: Array,
+    quiet: bool,
+) -> tuple[Array, Array]:
+    """`backward` of a 2-D layout of rows longer than a block: blocks of a few rows and `LONG_ROW_WIDTH` columns.
+
+    A row's dx needs two sums over the whole row. The first pass sums, in each block, its rows (g, and g * xhat)
+    and its columns (dweight, dbias); the sums of a row's blocks are added in float64, in the grid's order (the
+    same bits for any number of threads). The second pass writes dx. x and dy are read twice, each time into
+    cache-sized scratch: with one block per row, the backward of a (1, 2**22) float32 row took 4x the time of
+    NumPy's own formula, mostly spent allocating and page-faulting full-row temporaries.
+    """
+    rows, n = x.shape
+    width = min(n, LONG_ROW_WIDTH)
+    group = max(1, BLOCK_BYTES // (width * compute.itemsize))
+    blocks: list[Block] = [
+        (slice(r0, min(r0 + group, rows)), slice(c0, min(c0 + width, n)))
+        for r0 in range(0, rows, group)
+        for c0 in range(0, n, width)
+    ]
+    weight = None if weight is None else weight.reshape(n)
+
+    def inputs_of(block: Block, kept: tuple[Array, ...]) -> tuple[Array, Array, Array, Array]:
+        """(xhat, dy, g, rstd) of ``block``, in scratch views sized for it."""
+        row, columns = block
+        xb = x[block]
+        xhat, dyb, g = (_scratch(buffer, xb.shape) for buffer in kept[:3])
+        dyb, g = _xhat_and_g(
+            xb,
+            dy[block],
+            None if mean is None else mean[row],
+            rstd[row],
+            None if weight is None else weight[columns],
+            xhat,
+            dyb,
+            g,
+        )
+        return xhat, dyb, g, rstd[row]
+
+    def make_summing_worker(largest: tuple[int, ...]) -> Callable[[Block], tuple[Array | None, Array, Array, Array]]:
+        kept = _kept((largest,) * 4, compute)
+
+        def work(block: Block) -> tuple[Array | None, Array, Array, Array]:
+            xhat, dyb, g, _ = inputs_of(block, kept)
+            product = _scratch(kept[3], xhat.shape)
+            g_sum = None if mean is None else np.add.reduce(g, axis=1)
+            gx_sum = np.empty(g.shape[0], dtype=compute)
+            _row_dot(g, xhat, gx_sum)
+            np.multiply(dyb, xhat, out=product)
+            # A few rows each (`group`): summed in the compute dtype, 5-10x faster than a float64 sum of so few
+            return g_sum, gx_sum, np.add.reduce(product, axis=0), np.add.reduce(dyb, axis=0)
+
+        return work
+
+    g_sums = None if mean is None else np.zeros(rows, dtype=np.float64)
+    gx_sums = np.zeros(rows, dtype=np.float64)
+    dweight = np.zeros(n, dtype=np.float64)
+    dbias = np.zeros(n, dtype=np.float64)
+    for (row, columns), (g_sum, gx_sum, block_dweight, block_dbias) in zip(
+        blocks, _for_blocks(x, make_summing_worker, compute.itemsize, quiet, blocks), strict=True
+    ):
+        if g_sums is not None and g_sum is not None:
+            g_sums[row] += g_sum
+        gx_sums[row] += gx_sum
+        dweight[columns] += block_dweight
+        dbias[columns] += block_dbias
+    g_means = None if g_sums is None else (g_sums / n).astype(compute).reshape(rows, 1)
+    gx_means = (gx_sums / n).astype(compute).reshape(rows, 1)
+
+    def make_dx_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
+        kept = _kept((largest,) * 5, compute)
+
+        def work(block: Block) -> None:
+            xhat, _, g, rstd_b = inputs_of(block, kept)
+            dxb, product = (_scratch(buffer, xhat.shape) for buffer in kept[3:])
+            row = block[0]
+            g_mean = None if g_means is None else g_means[row]
+            _write_dx(dx[block], g, g_mean, xhat, gx_means[row], rstd_b, dxb, product)
+
+        return work
+
+    _for_blocks(x, make_dx_worker, compute.itemsize, quiet, blocks)
+    return dweight, dbias
+
+
+def _xhat_and_g(
+    xb: Array,
+    dy_b: Array,
+    mean_b: Array | None,
+    rstd_b: Array,
+    weight_b: Array | None,
+    xhat: Array,
+    dy_scratch: Array,
+    g_scratch: Array,
+) -> tuple[Array, Array]:
+    """Fill ``xhat`` with ``(x - mean) * rstd`` (``x * rstd`` without a mean); return (dy, g = dy * weight).
+
+    dy is ``dy_b`` itself in the compute dtype (only read), else widened into ``dy_scratch``; g is dy itself
+    without a weight, else ``g_scratch``. All in the compute dtype.
+    """
+    np.copyto(xhat, xb, casting="unsafe")
+    if mean_b is not None:
+        xhat -= mean_b
+    xhat *= rstd_b
+    if dy_b.dtype == xhat.dtype:
+        dyb = dy_b
+    else:
+        dyb = dy_scratch
+        np.copyto(dyb, dy_b, casting="unsafe")
+    if weight_b is None:
+        return dyb, dyb
+    np.multiply(dyb, weight_b, out=g_scratch)
+    return dyb, g_scratch
+
+
+def _write_dx(
+    dx_b: Array,
+    g: Array,
+    g_mean: Array | None,
+    xhat: Array,
+    gx_mean: Array,
+    rstd_b: Array,
+    dxb: Array,
+    product: Array,
+) -> None:
+    """Write ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (no ``mean(g)`` for rms_norm) into ``dx_b``.
+
+    Computed in the scratch ``dxb`` and ``product``, in the compute dtype, and cast to dx's dtype once.
+    """
+    if g_mean is None:
+        np.copyto(dxb, g)
+    else:
+        np.subtract(g, g_mean, out=dxb)
+    np.multiply(xhat, gx_mean, out=product)
+    dxb -= product
+    dxb *= rstd_b
+    np.copyto(dx_b, dxb, casting="unsafe")
 
 
 _vecdot: Any = getattr(np, "vecdot", None)

@@ -340,6 +340,27 @@ def test_rms_norm_trains_a_weight_on_an_inference_tensor(rows: int, dtype: str) 
     check_rms_norm_grads((None, weight.grad), x, w, dy, -1, dtype)
 
 
+def test_rows_longer_than_a_block_leave_no_scratch_held() -> None:
+    """rms_norm over rows of 3 * 2**20 elements (forward and backward one row at a time, each over
+    `scratch.KEPT_MAX_BYTES`) gives the reference's gradients, and its thread keeps no scratch that large."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from layernorm_torch import scratch
+
+    def in_a_new_thread() -> int:
+        x, w, _, dy = make((2, 3 * 2**20), -1, "float32", "cpu")
+        leaves = [t.clone().requires_grad_() for t in (x, w)]
+        y = layernorm.rms_norm(*leaves)
+        assert differentiated_by_rms_cpu(y)
+        y.backward(dy)
+        check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, "float32")
+        buffer = getattr(scratch._local, "buffer", None)
+        return 0 if buffer is None else buffer.numel()
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(in_a_new_thread).result() <= scratch.KEPT_MAX_BYTES
+
+
 def test_scratch_made_in_inference_mode_serves_calls_outside_it() -> None:
     """A thread's first blocked call, here an rms_norm forward of 2**19 elements, makes its scratch buffer; made
     inside torch.inference_mode, it stays writable outside it: rms_norm forward and backward and a bfloat16

@@ -15,6 +15,9 @@ import torch
 
 KEPT_SHAPES = 16
 """Layouts whose views a thread keeps: a model's few layer shapes, and the blocks."""
+KEPT_MAX_BYTES = 16 << 20
+"""Most scratch a thread keeps. The blocks take 8 MiB at most; one row longer than a block takes more, and gets
+fresh tensors: a single call on huge rows would otherwise hold their size for the thread's life."""
 _local = threading.local()
 
 
@@ -42,7 +45,8 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
     Their contents are whatever the last user left. The next call in this thread may return the same memory, so
     a caller is done with them before it calls again (and before it returns). Making the views costs more than
     filling them at mid sizes (a slice and two views: about 2.5 µs each, the copy of a (64, 768) block 2 µs), so
-    they are kept per layout, `KEPT_SHAPES` at most. A larger layout replaces the buffer.
+    they are kept per layout, `KEPT_SHAPES` at most. A larger layout replaces the buffer; over `KEPT_MAX_BYTES`
+    they are fresh tensors, kept by no one.
     """
     kept: dict[tuple[object, ...], tuple[torch.Tensor, ...]] | None = getattr(_local, "views", None)
     if kept is None:
@@ -53,6 +57,8 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
         return found
     step = math.prod(shape) * dtype.itemsize
     size = count * step
+    if size > KEPT_MAX_BYTES:
+        return tuple(torch.empty(shape, dtype=dtype) for _ in range(count))
     # Normal tensors even inside torch.inference_mode: outside it, torch refuses writes to an inference tensor.
     with torch.inference_mode(False):
         buffer: torch.Tensor | None = getattr(_local, "buffer", None)

@@ -15,9 +15,9 @@ import torch
 
 KEPT_SHAPES = 16
 """Layouts whose views a thread keeps: a model's few layer shapes, and the blocks."""
-KEPT_MAX_BYTES = 16 << 20
-"""Most scratch a thread keeps. The blocks take 8 MiB at most; one row longer than a block takes more, and gets
-fresh tensors: a single call on huge rows would otherwise hold their size for the thread's life."""
+KEPT_MAX_BYTES = 8 << 20
+"""Most scratch a thread keeps: what a block takes at most. One row longer than a block takes more, and gets fresh
+tensors: a single call on huge rows would otherwise hold their size for the thread's life."""
 _local = threading.local()
 
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 class LayerNormError(Exception):
     """Base class of every error this library raises on purpose."""
 
+    # Exception's own, so that every subclass's __init__ is Exception.__init__ (not ValueError's or TypeError's:
+    # the same C function, another object). TensorFlow's AutoGraph re-raises an error from inside a tf.function
+    # as its own type only then; otherwise it raises a StagingError, which is no LayerNormError.
+    __init__ = Exception.__init__
+
 
 class ShapeError(LayerNormError, ValueError):
     """An array has the wrong shape, or ``axis`` names axes that do not fit ``x``."""

@@ -198,6 +198,15 @@ def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
         compiled(torch.randn(4, 32))
 
 
+def test_fullgraph_reports_a_bad_input_as_dynamo_does_naming_ours() -> None:
+    """fullgraph=True: dynamo's Unsupported names our ShapeError and its message (docs/spec.md, Errors); without
+    fullgraph the graph breaks and the ShapeError itself comes out (the conformance suite's traced errors)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: layernorm.layer_norm(x, torch.ones(3)), backend="aot_eager", fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.weight must have shape \(8,\)"):
+        compiled(torch.randn(4, 8))
+
+
 @pytest.mark.parametrize("scope", ["torch", "auto"])
 def test_fullgraph_inside_a_using_block(scope: str) -> None:
     """A using() block naming x's backend (or auto) holds compiled code as it holds eager calls: dynamo cannot read

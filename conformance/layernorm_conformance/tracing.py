@@ -57,6 +57,10 @@ def _wrappers(framework: str) -> dict[str, Wrap]:
     return WRAPPERS.get({"jaxlib": "jax", "keras": "tensorflow"}.get(framework, framework), {})
 
 
+MAPPING_TRACERS = frozenset({"jax.vmap"})
+"""Tracers that map over x's axis 0 with weight and bias broadcast: they take only ``fn(x, weight, bias)``."""
+
+
 def tracer_names(framework: str) -> list[str]:
     """Names of the tracing wrappers for arrays of ``framework`` (a top-level module name); [] when none."""
     return list(_wrappers(framework))

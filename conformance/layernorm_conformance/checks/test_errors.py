@@ -1,6 +1,8 @@
 """Errors: every bad input of the spec raises the spec's error class, with the same message on every backend.
 
-Each case is run twice: with NumPy arrays (the core's message) and with the target's arrays on its device.
+Each case is run twice: with NumPy arrays (the core's message) and with the target's arrays on its device; and
+once more inside each tracer of the target's framework (torch.compile, jax.jit, tf.function), which must let the
+error out as the spec's class.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import numpy as np
 import pytest
 
 import layernorm
+from layernorm_conformance.autodiff import framework_of
 from layernorm_conformance.data import cast
 from layernorm_conformance.targets import Target
+from layernorm_conformance.tracing import MAPPING_TRACERS, tracer_names, wrapper
 from layernorm_core.errors import ArgumentError, BackendError, DeviceError, DTypeError, ShapeError
 
 Make = Callable[[np.ndarray], Any]
@@ -97,16 +101,24 @@ BAD_CALLS = (
 """Every bad input of docs/spec.md, with the class it raises."""
 
 
-def _dtypes_used(bad: BadCall) -> set[str]:
-    seen: set[str] = set()
-    with contextlib.suppress(Exception):  # the call fails by design; only the dtypes it builds are wanted
-        bad.call(lambda array: _note(seen, array), "numpy")
-    return seen
+def _arrays_made(bad: BadCall) -> list[np.ndarray]:
+    """The NumPy arrays the call builds, in the order it builds them."""
+    made: list[np.ndarray] = []
+    with contextlib.suppress(Exception):  # the call fails by design; only the arrays it builds are wanted
+        bad.call(lambda array: _note(made, array), "numpy")
+    return made
 
 
-def _note(seen: set[str], array: np.ndarray) -> np.ndarray:
-    seen.add(str(array.dtype))
+def _note(made: list[np.ndarray], array: np.ndarray) -> np.ndarray:
+    made.append(array)
     return array
+
+
+def _skip_undeclared(target: Target, bad: BadCall) -> None:
+    needed = {str(a.dtype) for a in _arrays_made(bad) if str(a.dtype).startswith(("float", "bfloat"))}
+    needed -= set(target.info.dtypes)
+    if needed:
+        pytest.skip(f"backend {target.backend!r} does not declare {sorted(needed)}")
 
 
 def _raised(call: Callable[[], Any]) -> BaseException:
@@ -120,14 +132,43 @@ def _raised(call: Callable[[], Any]) -> BaseException:
 @pytest.mark.parametrize("bad", BAD_CALLS, ids=lambda c: c.name)
 def test_bad_input(target: Target, bad: BadCall) -> None:
     """The target raises the spec's class, with the message the core gives for the same NumPy input."""
-    needed = {d for d in _dtypes_used(bad) if d.startswith(("float", "bfloat"))} - set(target.info.dtypes)
-    if needed:
-        pytest.skip(f"backend {target.backend!r} does not declare {sorted(needed)}")
+    _skip_undeclared(target, bad)
     expected = _raised(lambda: bad.call(lambda array: array, target.backend))
     assert type(expected) is bad.error, f"the core raises {type(expected).__name__}, the spec says {bad.error}"
     got = _raised(lambda: bad.call(lambda array: target.module.from_numpy(array, target.device), target.backend))
     assert type(got) is bad.error, f"{type(got).__name__}: {got} (expected {bad.error.__name__})"
     assert str(got) == str(expected)
+
+
+def traced_bad_calls(target: Target, dtype: str | None) -> list[Any]:
+    """Each tracer of the target's framework that takes any arguments x `BAD_CALLS`; one skip when there is none."""
+    framework = framework_of(target.module.from_numpy(_f(1), "cpu"))
+    names = [name for name in tracer_names(framework) if name not in MAPPING_TRACERS]
+    if not names:
+        reason = f"no tracing for {framework} arrays in layernorm_conformance.tracing"
+        return [pytest.param(None, None, id="traced", marks=pytest.mark.skip(reason=reason))]
+    return [pytest.param(name, bad, id=f"{name}-{bad.name}") for name in names for bad in BAD_CALLS]
+
+
+@pytest.mark.conformance_params("tracer,bad", traced_bad_calls)
+def test_bad_input_traced(target: Target, tracer: str, bad: BadCall) -> None:
+    """Inside a traced function the target raises the spec's class, its message holding the core's.
+
+    The tracer may add its own lines (AutoGraph names the frames of the traced function).
+    """
+    _skip_undeclared(target, bad)
+    expected = _raised(lambda: bad.call(lambda array: array, target.backend))
+    arrays = [target.module.from_numpy(a, target.device) for a in _arrays_made(bad)]
+    wrap = wrapper(framework_of(target.module.from_numpy(_f(1), "cpu")), tracer)
+    assert wrap is not None
+
+    def call(*given: Any) -> Any:
+        feed = iter(given)
+        return bad.call(lambda _: next(feed), target.backend)
+
+    got = _raised(lambda: wrap(call)(*arrays))
+    assert type(got) is bad.error, f"{type(got).__name__}: {got} (expected {bad.error.__name__})"
+    assert str(expected) in str(got)
 
 
 def test_foreign_weight(target: Target) -> None:

@@ -12,7 +12,9 @@ keras.layers.RMSNormalization}``: the configs have the same keys.
 
 Defaults are Keras's, not layernorm's: ``epsilon=1e-3`` for LayerNormalization (layernorm.layer_norm: 1e-5) and
 ``epsilon=1e-6`` for RMSNormalization. Like Keras, half inputs are normalized with float32 statistics, the weights
-are not autocast, and the output has the layer's compute dtype.
+are not autocast, and the output has the layer's compute dtype. Unlike Keras, integer inputs are refused with
+layernorm's DTypeError, as by the functions (keras.layers.LayerNormalization normalizes them in float32, and its
+RMSNormalization returns them as integers): cast them first.
 
 Example:
     >>> import numpy as np

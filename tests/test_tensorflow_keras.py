@@ -298,3 +298,14 @@ def test_keras_variables_are_tensorflow_arrays() -> None:
         y = layernorm.layer_norm(variable_x, backend=backend)
         assert isinstance(y, tf.Tensor)
         assert error_ratio(y.numpy(), expected, tolerance("float32", "output"), cond) <= 1
+
+
+@pytest.mark.parametrize("layer", [lk.LayerNormalization, lk.RMSNormalization], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "model.predict"])
+def test_integer_input_is_layernorms_dtype_error(layer: Any, traced: bool) -> None:
+    """Keras would normalize an integer input (LayerNormalization) or return integers (RMSNormalization): ours
+    refuse it with the functions' DTypeError, also inside the tf.function that Keras's predict traces."""
+    x = np.arange(12, dtype=np.int32).reshape(2, 6)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), layer()])
+    with pytest.raises(layernorm.DTypeError, match="x must have a floating dtype"):
+        model.predict(x, verbose=0) if traced else model(x)

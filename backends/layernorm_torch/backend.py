@@ -1,8 +1,8 @@
 """The PyTorch backend: torch's own fused kernels, forward and backward, on CPU and CUDA.
 
 layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
-rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the op behind ``F.rms_norm``: a fused kernel on CUDA, torch's
-composite on CPU). Gradients go through torch.autograd with torch's own derivative formulas, so gradcheck,
+rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
+op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Gradients go through torch.autograd with torch's own derivative formulas, so gradcheck,
 ``torch.compile(fullgraph=True)`` and ``torch.autocast`` see ordinary aten ops. Axes that are not trailing are
 moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 

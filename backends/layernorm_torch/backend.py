@@ -2,9 +2,10 @@
 
 layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
 rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
-op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Gradients go through torch.autograd with torch's own derivative formulas, so gradcheck,
-``torch.compile(fullgraph=True)`` and ``torch.autocast`` see ordinary aten ops. Axes that are not trailing are
-moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
+op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Gradients go through torch.autograd
+with torch's own derivative formulas, so gradcheck, ``torch.compile(fullgraph=True)`` and ``torch.autocast`` see
+ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the kernel makes
+it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no Python loops.
 Casts name the dtype by keyword (``t.to(dtype=d)``), which skips ``Tensor.to``'s overload resolution: 1.3 µs

@@ -59,19 +59,6 @@ def summarize(samples: Sequence[float], calls_per_repeat: int) -> Timing:
     )
 
 
-def calibrate(
-    fn: Callable[[Any], Any],
-    inputs: Sequence[Any],
-    sync: Callable[[Any], Any] = lambda out: out,
-    *,
-    min_time: float = 0.05,
-    warmup: int = 3,
-    clock: Clock = time.perf_counter,
-) -> int:
-    """Warm ``fn`` up, then return how many calls (a power of two) last at least ``min_time`` seconds."""
-    return _calibrate(fn, itertools.cycle(inputs), sync, min_time, warmup, clock)[0]
-
-
 def _calibrate(
     fn: Callable[[Any], Any],
     feed: Iterator[Any],
@@ -99,26 +86,6 @@ def _run(fn: Callable[[Any], Any], feed: Iterator[Any], sync: Callable[[Any], An
         out = fn(next(feed))
     sync(out)
     return (clock() - start) / calls
-
-
-def measure(
-    fn: Callable[[Any], Any],
-    inputs: Sequence[Any],
-    sync: Callable[[Any], Any] = lambda out: out,
-    *,
-    repeats: int = 15,
-    min_time: float = 0.05,
-    warmup: int = 3,
-    clock: Clock = time.perf_counter,
-) -> Timing:
-    """Time ``fn(inputs[i])``, rotating through ``inputs`` (across repeats) so caches do not flatter small shapes.
-
-    ``sync(out)`` must block until the device finished (``block_until_ready``, ``torch.cuda.synchronize``).
-    Each repeat runs enough calls to last about ``min_time`` seconds; the result is per call.
-    """
-    feed = itertools.cycle(inputs)
-    calls = _calibrate(fn, feed, sync, min_time, warmup, clock)[0]
-    return summarize([_run(fn, feed, sync, calls, clock) for _ in range(repeats)], calls)
 
 
 def interleaved(

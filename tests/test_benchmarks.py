@@ -17,7 +17,7 @@ from benchmarks import plots, report, runner
 from benchmarks.cases import QUICK_SHAPES, Case, Shape, copy_bytes, select_shapes, traffic_bytes
 from benchmarks.frameworks import load
 from benchmarks.frameworks.base import FrameworkAdapter
-from benchmarks.timing import interleaved, measure, percentile
+from benchmarks.timing import interleaved, percentile
 
 TINY = (Shape("2x8", (2, 8), -1), Shape("2x3x4", (2, 3, 4), 1))
 
@@ -49,23 +49,24 @@ def test_percentile_interpolates_between_order_statistics() -> None:
         percentile([], 50)
 
 
-def test_measure_doubles_calls_until_min_time_and_reports_per_call() -> None:
+def test_interleaved_doubles_calls_until_min_time_and_reports_per_call() -> None:
     clock = FakeClock()
 
     def fn(x: float) -> float:
         clock.now += 0.01
         return x
 
-    timing = measure(fn, [1.0], repeats=4, min_time=0.05, warmup=1, clock=clock)
+    timing = interleaved({"fn": fn}, [1.0], rounds=2, repeats=2, min_time=0.05, warmup=1, clock=clock)["fn"]
     assert timing.calls_per_repeat == 8  # 4 calls last 0.04 s < 0.05 s, 8 calls 0.08 s
     assert timing.median == pytest.approx(0.01)
     assert timing.repeats == 4
 
 
-def test_measure_rotates_inputs() -> None:
+def test_interleaved_rotates_inputs() -> None:
     seen: list[int] = []
-    measure(seen.append, [0, 1, 2], repeats=4, min_time=0.0, warmup=1, clock=FakeClock(1.0))
-    assert seen == [0, 1, 2, 0, 1, 2]  # warm-up, calibration, then 4 repeats of one call: never restarting at 0
+    interleaved({"append": seen.append}, [0, 1, 2], rounds=2, repeats=1, min_time=0.0, warmup=1, clock=FakeClock(1.0))
+    # warm-up, calibration, then per round an untimed call and one repeat of one call: never restarting at 0
+    assert seen == [0, 1, 2, 0, 1, 2]
 
 
 def test_interleaved_alternates_functions_and_reports_percentiles_not_extremes() -> None:

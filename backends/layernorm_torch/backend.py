@@ -138,9 +138,9 @@ def from_foreign(x: Any) -> torch.Tensor:
 def layer_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
-    """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm
-    (y alone over trailing axes: torch.layer_norm, the same kernel, which returns Python one tensor, not three).
+    """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm.
 
+    y alone over trailing axes comes from torch.layer_norm: the same kernel, which hands Python one tensor, not three.
     The kernels return mean and rstd outside the autograd graph; when x's gradient is taken they come from
     `_differentiable_statistics` instead, so a loss on them reaches x. So they do for a nested (jagged) x, whose
     kernels return them for the packed rows: these ops give them x's nested layout.

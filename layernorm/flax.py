@@ -32,14 +32,14 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from layernorm_core.errors import missing_framework_error
+
 try:
     import jax
     import jax.numpy as jnp
     from flax import nnx
-except ImportError as exc:  # pragma: no cover - exercised by a test that hides flax
-    raise ImportError(
-        f"layernorm.flax needs flax and jax ({exc.name} is missing): pip install 'layernorm[flax]'"
-    ) from exc
+except ImportError as exc:
+    raise missing_framework_error("layernorm.flax", "flax and jax", exc, "pip install 'layernorm[flax]'") from exc
 
 import layernorm
 from layernorm_core.dtypes import compute_dtype

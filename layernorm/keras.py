@@ -30,10 +30,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-from keras import constraints, initializers, ops, regularizers
+from layernorm_core.errors import missing_framework_error
+
+try:
+    import keras
+    from keras import constraints, initializers, ops, regularizers
+except ImportError as exc:
+    install = "pip install keras (with JAX or torch), or pip install 'layernorm[tensorflow]', which brings it"
+    raise missing_framework_error("layernorm.keras", "Keras 3", exc, install) from exc
 
 from layernorm.functional import layer_norm, rms_norm
+
+__all__ = ["LayerNormalization", "RMSNormalization"]
 
 _HALF = ("float16", "bfloat16")
 

@@ -16,8 +16,13 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
-import torch
-from torch import nn
+from layernorm_core.errors import missing_framework_error
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:
+    raise missing_framework_error("layernorm.torch", "torch", exc, "pip install 'layernorm[torch]'") from exc
 
 import layernorm
 from layernorm.errors import BackendError, ShapeError

@@ -42,3 +42,12 @@ def not_dense_error(array: str, backend: str, excluded: str, remedy: str) -> DTy
         f"{array} is not a dense array (the {backend!r} backend excludes {excluded}: masked, sparse and ragged "
         f"types); pass a dense array, such as {remedy}"
     )
+
+
+def missing_framework_error(module: str, needs: str, missing: ImportError, install: str) -> ImportError:
+    """The ImportError of a layer module (``layernorm.torch``, ``.flax``, ``.keras``) whose framework is missing.
+
+    ``needs`` names what the module needs, ``missing`` is the import's own error (its ``name`` is the module not
+    found), ``install`` says how to get it.
+    """
+    return ImportError(f"{module} needs {needs} ({missing.name} is missing): {install}", name=missing.name)

@@ -29,10 +29,12 @@ def backends_table(statuses: Sequence[BackendStatus]) -> str:
             ",".join(s.dtypes) or "-",
             s.plugin,
             s.reason or "",
+            s.description,
         ]
         for s in statuses
     ]
-    return format_table(["backend", "available", "version", "devices", "dtypes", "plugin", "reason"], rows)
+    header = ["backend", "available", "version", "devices", "dtypes", "plugin", "reason", "description"]
+    return format_table(header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

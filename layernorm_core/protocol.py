@@ -29,6 +29,7 @@ class BackendDeclaration:
     requires: tuple[str, ...] = ()
     extra: str | None = None
     description: str = ""
+    """One line on what the backend is, shown by ``python -m layernorm backends``."""
 
 
 @dataclass(frozen=True)

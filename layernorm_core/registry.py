@@ -38,6 +38,8 @@ class BackendStatus:
     dtypes: tuple[str, ...]
     reason: str | None
     plugin: str
+    description: str
+    """The declaration's one line on what the backend is (`BackendDeclaration.description`)."""
 
 
 class Registry:
@@ -266,6 +268,7 @@ class Registry:
                     dtypes=() if info is None else info.dtypes,
                     reason=reason,
                     plugin=plugin,
+                    description=self._declarations[name].description,
                 )
             )
         return rows

@@ -123,3 +123,4 @@ def test_cli_backends_table() -> None:
     assert header.split()[:5] == ["backend", "available", "version", "devices", "dtypes"]
     numpy_row = next(r for r in rows if r.startswith("numpy "))
     assert numpy_row.split()[1:3] == ["yes", np.__version__]
+    assert numpy_row.endswith(registry.declaration("numpy").description) and header.split()[-1] == "description"

@@ -197,9 +197,9 @@ def _layer_norm_half(
 
     On the CPU, torch's half kernel rounds mean and rstd to the half dtype, and its backward accumulates dweight
     and dbias in half precision (errors of several half ulps over a few hundred rows). So: when weight or bias
-    gradients will be taken, `HalfLayerNormCPU` sums them in float32; when only x's gradient, the statistics or
-    float32 parameters are, float32 parameters select torch's mixed-type kernels (float32 statistics, and a dx
-    whose row sums are float32). `layer_norm` runs the half kernel as is when none of these is wanted.
+    gradients will be taken, `HalfLayerNormCPU` sums them in float32; when x's gradient alone, the statistics or
+    float32 parameters come in, float32 parameters select torch's mixed-type kernels (float32 statistics, and a dx
+    whose row sums are float32). When none of these does, `layer_norm` runs the half kernel as is.
     On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype: float32 ones are cast to it.
     """
     on_cpu = x.is_cpu

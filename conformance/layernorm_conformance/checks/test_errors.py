@@ -140,9 +140,13 @@ def test_bad_input(target: Target, bad: BadCall) -> None:
     assert str(got) == str(expected)
 
 
+def _framework(target: Target) -> str:
+    return framework_of(target.module.from_numpy(_f(1), "cpu"))
+
+
 def traced_bad_calls(target: Target, dtype: str | None) -> list[Any]:
     """Each tracer of the target's framework that takes any arguments x `BAD_CALLS`; one skip when there is none."""
-    framework = framework_of(target.module.from_numpy(_f(1), "cpu"))
+    framework = _framework(target)
     names = [name for name in tracer_names(framework) if name not in MAPPING_TRACERS]
     if not names:
         reason = f"no tracing for {framework} arrays in layernorm_conformance.tracing"
@@ -159,7 +163,7 @@ def test_bad_input_traced(target: Target, tracer: str, bad: BadCall) -> None:
     _skip_undeclared(target, bad)
     expected = _raised(lambda: bad.call(lambda array: array, target.backend))
     arrays = [target.module.from_numpy(a, target.device) for a in _arrays_made(bad)]
-    wrap = wrapper(framework_of(target.module.from_numpy(_f(1), "cpu")), tracer)
+    wrap = wrapper(_framework(target), tracer)
     assert wrap is not None
 
     def call(*given: Any) -> Any:

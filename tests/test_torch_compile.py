@@ -76,6 +76,7 @@ def test_fullgraph_model_with_several_norms(dtype: Any) -> None:
     """Several norms in one graph, with repeated and differing call signatures (shape, axis, kind, stats): the
     core's signature cache is read again inside the trace."""
     torch._dynamo.reset()
+    torch.manual_seed(0)  # the Linear's initial weights
 
     class Block(torch.nn.Module):
         def __init__(self) -> None:
@@ -98,9 +99,17 @@ def test_fullgraph_model_with_several_norms(dtype: Any) -> None:
     torch.testing.assert_close(got, expected)
     expected.square().sum().backward()
     got.square().sum().backward()
-    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
-    for (name, e), c in zip(eager.named_parameters(), compiled.parameters(), strict=True):
-        torch.testing.assert_close(c.grad, e.grad, msg=name)
+    # Eager rms_norm gradients come from layernorm's formulas, compiled ones from torch's composite: float32 ulps
+    # apart, held to the tolerance table's float32 gradient tolerance (atol relative to the gradient's RMS).
+    for name, got_grad, eager_grad in [
+        ("x", compiled_x.grad, eager_x.grad),
+        *((name, c.grad, e.grad) for (name, e), c in zip(eager.named_parameters(), compiled.parameters(), strict=True)),
+    ]:
+        if dtype == torch.float32:
+            rms = eager_grad.square().mean().sqrt().item()
+            torch.testing.assert_close(got_grad, eager_grad, rtol=1e-4, atol=2e-5 * rms, msg=name)
+        else:
+            torch.testing.assert_close(got_grad, eager_grad, msg=name)
 
 
 class _Stack(torch.nn.Module):

@@ -92,11 +92,16 @@ def device_of(x: torch.Tensor) -> str:
 
 
 def is_tracked(x: torch.Tensor) -> bool:
-    """True when x takes part in autograd (requires_grad), a functorch transform or a torch.compile trace."""
+    """True when x takes part in autograd, a functorch transform, forward-mode AD or a compile or jit trace.
+
+    Autograd: requires_grad; forward-mode AD: a dual tensor; traces: torch.compile's and torch.jit.trace's.
+    """
     return (
         torch.compiler.is_dynamo_compiling()  # first: dynamo cannot call the functorch query below
         or bool(x.requires_grad)
         or torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or torch.jit.is_tracing()
+        or (_forward_ad._current_level >= 0 and _forward_ad.unpack_dual(x).tangent is not None)
     )
 
 
@@ -141,9 +146,10 @@ def layer_norm(
     """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm.
 
     y alone over trailing axes comes from torch.layer_norm: the same kernel, which hands Python one tensor, not three.
-    The kernels return mean and rstd outside the autograd graph; when x's gradient is taken they come from
-    `_differentiable_statistics` instead, so a loss on them reaches x. So they do for a nested (jagged) x, whose
-    kernels return them for the packed rows: these ops give them x's nested layout.
+    The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode); when
+    x's gradient is taken, and inside torch.func transforms and forward-mode AD, they come from
+    `_differentiable_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
+    for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout.
     """
     try:
         if spec.compute_dtype != spec.dtype and (
@@ -171,7 +177,7 @@ def layer_norm(
             out = _layer_norm_permuted(x, weight, bias, spec)
         if not return_stats:
             return out[0]
-        if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested:
+        if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested or _in_transform():
             return (out[0], *_differentiable_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
@@ -204,12 +210,11 @@ def _layer_norm_half(
     """
     on_cpu = x.is_cpu
     if on_cpu:
+        if _in_transform():  # the mixed-type kernel's tangent is float32; HalfLayerNormCPU has none
+            return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
         train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
-        if (train_params or x.requires_grad) and torch.is_grad_enabled():
-            if _in_transform():
-                return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
-            if train_params:
-                return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
+        if train_params and torch.is_grad_enabled():
+            return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
         weight = _ones(spec, x, torch.float32) if weight is None else weight.float()
         bias = _as(bias, torch.float32)
     elif spec.mixed_params:
@@ -276,10 +281,11 @@ def _layer_norm_permuted(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``.
 
-    On the CPU, outside traces and transforms, `rms_cpu` runs what autograd differentiates from
-    `rms_cpu.MIN_ELEMENTS` elements, and every call from `rms_cpu.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm
-    is a composite that writes a fresh temporary per op, and autograd differentiates it op by op); everything else
-    runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the same bits either way.
+    On the CPU, outside traces and transforms, `rms_cpu` runs what autograd differentiates, and every call from
+    `rms_cpu.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm is a composite that writes a fresh temporary per op,
+    and autograd differentiates it op by op, through an rstd**3 that leaves float32's range for rows of RMS beyond
+    1e+-13); everything else runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the
+    same bits either way.
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     """
@@ -288,13 +294,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     if return_stats and x.is_nested:
         return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
     if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
-        elements = x.numel()
-        if elements >= rms_cpu.MIN_ELEMENTS:
-            recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-            if (recorded or elements >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
-                not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
-            ):
-                return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
+        recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+        if (recorded or x.numel() >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
+            not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
+        ):
+            return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
     if spec.compute_dtype != spec.dtype:
         return _rms_norm_half(x, weight, spec, return_stats)
     if not spec.is_trailing:
@@ -395,7 +399,7 @@ def layer_norm_backward(
         weight = _as(weight, dtype)
     if weight is None:
         weight = _ones(spec, x, x.dtype)
-    dy, x, mean, rstd = _normalized_last(spec, dy, x, mean, rstd)
+    dy, x, mean, rstd = _normalized_last(spec, dy, x, *_kernel_stats(mean, rstd))
     if mean is None or rstd is None:
         _, mean, rstd = _native_layer_norm(x, spec.normalized_shape, weight, None, spec.eps)
     # The bias argument is only read for its dtype and shape, to allocate dbias: weight serves.
@@ -415,12 +419,13 @@ def _layer_norm_backward_half_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`layer_norm_backward` of a half x on the CPU: the float32 gradients of `HalfLayerNormCPU`."""
     dtype = x.dtype
-    dy, x, mean, rstd = _normalized_last(spec, dy, x, mean, rstd)
+    dy, x, mean, rstd = _normalized_last(spec, dy, x, *_kernel_stats(mean, rstd))
     shape = _sizes(spec.normalized_shape)
     if mean is None or rstd is None:
         mean, rstd = half_cpu.statistics(x, shape, spec.eps)
     w32 = _ones(spec, x, torch.float32) if weight is None else weight.float()
-    dx, dweight, dbias = half_cpu.backward_float32(dy, x, w32, mean, rstd, shape, (True, True, True))
+    recorded = _recorded(dy, x, weight, mean, rstd)
+    dx, dweight, dbias = half_cpu.backward_float32(dy, x, w32, mean, rstd, shape, (True, True, True), recorded)
     assert dx is not None and dweight is not None and dbias is not None
     return _normalized_back(spec, dx), dweight.to(dtype=dtype), dbias.to(dtype=dtype)
 
@@ -430,7 +435,9 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
-    A tensor subclass (a DTensor) on the CPU takes `rms_cpu.formula` too (`scratch.usable_for`).
+    On the CPU, a tensor subclass (a DTensor: `scratch.usable_for`) takes `rms_cpu.formula` too, and so do
+    tensors that autograd records (`_recorded`): the gradients are then differentiable, as torch's kernels make
+    them on CUDA and for layer_norm.
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     _require_dense(x, weight, dy, rstd)
@@ -438,7 +445,7 @@ def rms_norm_backward(
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
-    if x.is_cpu and scratch.usable_for(x):
+    if x.is_cpu and scratch.usable_for(x) and not _recorded(dy, x, weight, rstd):
         dy, x, rstd = _normalized_last(spec, dy, x, rstd)
         dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
         assert dx is not None and dweight is not None
@@ -483,12 +490,27 @@ def _require_dense(*tensors: torch.Tensor | None) -> None:
             )
 
 
+def _recorded(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records ops on these tensors: grad mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _normalized_last(spec: NormSpec, *tensors: Any) -> tuple[Any, ...]:
     """The tensors (None kept) with the normalized axes moved last: views, no copies."""
     if spec.is_trailing:
         return tensors
     perm = spec.perm
     return tuple(None if t is None else t.permute(perm) for t in tensors)
+
+
+def _kernel_stats(*stats: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Given statistics as native_layer_norm_backward reads them: contiguous, in x's layout.
+
+    Its kernels index mean and rstd as one flat row-major array whatever their strides (a slice of saved
+    statistics gave a wrong dx). The normalized axes are size 1 in them, so moving those last keeps them
+    contiguous.
+    """
+    return tuple(None if s is None else s.contiguous() for s in stats)
 
 
 def _packed_rows(stat: torch.Tensor | None) -> torch.Tensor | None:

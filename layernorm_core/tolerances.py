@@ -1,10 +1,11 @@
 """The tolerance table: how far a backend's result may be from the float64 reference. Documented in docs/spec.md.
 
-An element passes when ``|actual - expected| <= atol * scale + rtol * |expected| + cond * kappa`` where
+An element passes when ``|actual - expected| <= (atol + cond * kappa) * scale + rtol * |expected|`` where
 ``scale`` is the RMS of the expected array (so atol is relative to the data's magnitude) and ``kappa`` is the
 condition number of the element's row, ``|mean| / sqrt(var + eps)`` (0 for rms_norm). A two-pass or Welford
-implementation errs by about ``u * kappa`` (u the unit roundoff of the compute dtype), well inside ``cond``; the
-single-pass E[x^2] - E[x]^2 errs by about ``u * kappa**2`` and fails as soon as kappa is large.
+implementation errs by about ``u * kappa`` times the result's magnitude (u the unit roundoff of the compute
+dtype), well inside ``cond``; the single-pass E[x^2] - E[x]^2 errs by about ``u * kappa**2`` and fails as soon as
+kappa is large.
 """
 
 from __future__ import annotations
@@ -95,11 +96,11 @@ def error_ratio(
     same_special = (~finite) & ((a == e) | (np.isnan(a) & np.isnan(e)))
     if scale is None:
         scale = float(np.sqrt(np.mean(np.square(e[finite])))) if finite.any() else 1.0
-    allowed = tol.atol * (scale if scale > 0 else 1.0) + tol.rtol * np.abs(np.where(finite, e, 0.0))
     kappa = np.asarray(condition, dtype=np.float64)
     if not _broadcasts_to(kappa.shape, e.shape):
         kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
-    allowed = allowed + tol.cond * kappa
+    magnitude = scale if scale > 0 else 1.0
+    allowed = (tol.atol + tol.cond * kappa) * magnitude + tol.rtol * np.abs(np.where(finite, e, 0.0))
     with np.errstate(invalid="ignore"):
         diff = np.abs(a - e)
     ratio = np.where(same_special, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))

@@ -109,10 +109,10 @@ def layer_norm_grads(
     n = _count(x, axes)
     g_sum, gc_sum = _row_sums(g, g * centered, axes)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
-    slope = rstd * rstd * rstd * gc_mean  # rstd * mean(g * xhat) * rstd, per row
     if drstd is not None:
-        slope = slope + drstd.astype(dtype) * rstd * rstd * rstd / n
-    dx = rstd * (g - g_mean) - centered * slope
+        gc_mean = gc_mean + drstd.astype(dtype) / n
+    # rstd applied one factor at a time: rstd**3 alone under- or overflows for spreads beyond 1e+-13 in float32
+    dx = rstd * (g - g_mean - centered * (rstd * (rstd * gc_mean)))
     if dmean is not None:
         dx = dx + dmean.astype(dtype) / n
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)

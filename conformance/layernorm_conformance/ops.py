@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 import layernorm
+from layernorm_conformance.autodiff import vjp_for
 from layernorm_conformance.data import Array, Case, cast, param_dtype, random_array
 from layernorm_conformance.targets import Target
 from layernorm_core import reference
@@ -162,6 +163,24 @@ def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> 
         rstd = call_forward(target.backend, problem, x, weight, None, True)[1] if saved_stats else None
         grads = layernorm.rms_norm_backward(dy_t, x, weight, rstd=rstd, **common)
     return {name: to.to_numpy(g) for name, g in zip(grad_names(problem.op), grads, strict=True)}
+
+
+def autodiff_backward(target: Target, problem: Problem, dy: Array) -> dict[str, Array] | None:
+    """The gradients of ``sum(y * dy)`` that the target's framework autodiff gives (None: it has no hook here).
+
+    Named as `backward` names them; only those that reached an input (no bias gradient without a bias).
+    """
+    x, weight, bias, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, dy))
+    vjp = vjp_for(x)
+    if vjp is None:
+        return None
+
+    def fn(x: Any, weight: Any, bias: Any) -> Any:
+        return call_forward(target.backend, problem, x, weight, bias, False)
+
+    grads = vjp(fn, [x, weight, bias], dy_t)
+    names = grad_names(problem.op)
+    return {n: target.module.to_numpy(g) for n, g in zip(names, grads, strict=False) if g is not None}
 
 
 def reference_backward(problem: Problem, dy: Array) -> dict[str, npt.NDArray[np.float64]]:

@@ -12,6 +12,7 @@ from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.ops import (
     OPS,
     Op,
+    autodiff_backward,
     backward,
     forward,
     make_dy,
@@ -59,6 +60,34 @@ def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op
     numerics.check(
         forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
     )
+
+
+SPREADS = {"float64": (1e120, 1e-120), "float32": (1e15, 1e-15), "bfloat16": (1e15, 1e-15)}
+"""Per dtype, row spreads far from 1 whose squares stay normal in the compute dtype (float32 for bfloat16;
+float16 cannot hold them): rstd**3 under- or overflows there, so a backward that forms it loses the
+``xhat * mean(g * xhat)`` term of dx, or makes it inf."""
+
+
+@pytest.mark.conformance_dtypes("bfloat16", "float32", "float64")
+@pytest.mark.parametrize("spread", ["large", "small"])
+@pytest.mark.parametrize("op", OPS)
+def test_extreme_spread(numerics: Numerics, target: Target, dtype: str, op: Op, spread: str) -> None:
+    """Rows of spread 1e15 or 1e-15 (1e120, 1e-120 in float64), eps = 0: forward, backward, autodiff.
+
+    The autodiff gradients where the framework differentiates here.
+    """
+    large, small = SPREADS[dtype]
+    scale = large if spread == "large" else small
+    problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", eps=0.0, scale=scale, key="spread")
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
+    dy = make_dy(problem)
+    expected, scales = reference_backward(problem, dy), problem.scales(dy)
+    numerics.check(backward(target, problem, dy, False), expected, dtype, problem.condition(), scales=scales)
+    through_autodiff = autodiff_backward(target, problem, dy) if target.info.autodiff else None
+    if through_autodiff is not None:
+        numerics.check(through_autodiff, expected, dtype, problem.condition(), scales=scales)
 
 
 LONG_ROW = Case((1, 2**22 + 5), (-1,))

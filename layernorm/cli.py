@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from layernorm_core.registry import BackendStatus, registry
 
+DESCRIPTION = "The layernorm command line: list the registered backends, or check them against the conformance suite."
+
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table with columns padded to their widest cell."""
@@ -39,7 +41,7 @@ def backends_table(statuses: Sequence[BackendStatus]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m layernorm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m layernorm", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list every registered backend, available or not")
     commands.add_parser(

@@ -44,7 +44,7 @@ except ImportError as exc:
 import layernorm
 from layernorm_core.dtypes import compute_dtype
 from layernorm_core.errors import ShapeError
-from layernorm_core.spec import normalize_axes
+from layernorm_core.spec import checked_axis, normalize_axes
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
@@ -64,16 +64,21 @@ def _param_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _axis(axes: Axes) -> int | tuple[int, ...]:
-    return axes if isinstance(axes, int) else tuple(axes)
+    return checked_axis(tuple(axes) if isinstance(axes, Sequence) else axes)
 
 
-def _cast(x: jax.Array, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
-    """Cast x to the module's dtype (given, else x promoted with the params, as Flax does).
+def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
+    """Return x (any array-like) as a JAX array of the module's dtype, and the params' values.
 
-    Params keep that dtype or its compute dtype (float32 parameters stay float32 for a half x).
+    The dtype is the module's, else x promoted with the params, and an integer result to floating point, as
+    Flax's ``promote_dtype(..., inexact=True)`` does. Params keep that dtype or its compute dtype (float32
+    parameters stay float32 for a half x).
     """
+    x = jnp.asarray(x)
     values = [None if p is None else p[...] for p in params]
     target = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, *[v for v in values if v is not None])
+    if not jnp.issubdtype(target, jnp.inexact):
+        target = jnp.promote_types(jnp.float32, target)
     allowed = {target, jnp.dtype(compute_dtype(target.name))}
     return x.astype(target), [v if v is None or v.dtype in allowed else v.astype(target) for v in values]
 

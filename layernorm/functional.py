@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from layernorm_core.dispatch import local_engine, run
+from layernorm_core.errors import not_a_bool_error
 from layernorm_core.spec import Axis, check_backward, check_forward
 from layernorm_core.tracing import dynamo_tracing
 
@@ -39,7 +40,7 @@ def layer_norm(
     Raises:
         ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.
         DTypeError: x not floating (int, bool, complex), weight/bias of another dtype or framework.
-        ArgumentError: eps negative, NaN or infinite; axis not an int or tuple of ints.
+        ArgumentError: eps negative, NaN or infinite; axis not an int or tuple of ints; return_stats not a bool.
         BackendError: unknown or not-installed engine, or a tracked array asked to cross frameworks.
         DeviceError: weight or bias on another device than x.
 
@@ -52,6 +53,8 @@ def layer_norm(
     """
     tracing = dynamo_tracing()
     spec = check_forward("layer_norm", x, weight, bias, axis, eps, tracing)
+    if return_stats is not True and return_stats is not False:
+        raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight, bias), backend, tracing)
     if engine is not None:
         return engine.layer_norm(x, weight, bias, spec, return_stats)
@@ -80,6 +83,8 @@ def rms_norm(
     """
     tracing = dynamo_tracing()
     spec = check_forward("rms_norm", x, weight, None, axis, eps, tracing)
+    if return_stats is not True and return_stats is not False:
+        raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight,), backend, tracing)
     if engine is not None:
         return engine.rms_norm(x, weight, spec, return_stats)

@@ -27,7 +27,7 @@ except ImportError as exc:
 import layernorm
 from layernorm.errors import BackendError, ShapeError
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype
-from layernorm_core.spec import Kind, check_forward
+from layernorm_core.spec import Kind, check_forward, checked_axis
 
 Axis = int | tuple[int, ...]
 
@@ -47,7 +47,8 @@ def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) ->
         shape = tuple(normalized_shape)  # type: ignore[arg-type]
     if axis is None:
         return shape, -1 if len(shape) == 1 else tuple(range(-len(shape), 0))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    checked = checked_axis(axis)
+    axes = (checked,) if isinstance(checked, int) else checked
     if len(axes) != len(shape):
         raise ShapeError(f"axis {axis} names {len(axes)} axes but normalized_shape {shape} has {len(shape)}")
     return shape, axes[0] if len(axes) == 1 else axes

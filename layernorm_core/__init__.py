@@ -15,7 +15,7 @@ from layernorm_core.errors import (
 )
 from layernorm_core.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspec
 from layernorm_core.protocol import BackendDeclaration, BackendInfo, BackendModule
-from layernorm_core.spec import NormSpec, check_backward, check_forward, normalize_axes
+from layernorm_core.spec import NormSpec, check_backward, check_forward, checked_axis, normalize_axes
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -33,6 +33,7 @@ __all__ = [
     "ShapeError",
     "check_backward",
     "check_forward",
+    "checked_axis",
     "compute_dtype",
     "dtype_name",
     "hookimpl",

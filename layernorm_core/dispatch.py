@@ -83,7 +83,7 @@ def _engine_name(backend: str | None, tracing: bool = False) -> str:
 
     While torch.compile traces (``tracing``), the block is read from `_thread_scope`.
     """
-    if backend:
+    if backend is not None:
         return backend
     scope = getattr(_thread_scope, "name", None) if tracing else _open_scopes and _scoped.get()
     return scope or _process_default or AUTO
@@ -174,7 +174,8 @@ def run(
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
             raise BackendError(
-                f"x is a {owner} array that takes part in {owner}'s autodiff or tracing; the {name!r} backend "
+                f"{'x' if array is x else 'an argument'} is a {owner} array that takes part in {owner}'s autodiff "
+                f"or tracing; the {name!r} backend "
                 f"cannot see that graph. Use backend={owner!r}, or detach the array first."
             )
     device = source.device_of(x)

@@ -51,3 +51,8 @@ def missing_framework_error(module: str, needs: str, missing: ImportError, insta
     found), ``install`` says how to get it.
     """
     return ImportError(f"{module} needs {needs} ({missing.name} is missing): {install}", name=missing.name)
+
+
+def not_a_bool_error(name: str, value: object) -> ArgumentError:
+    """The error for a flag given anything but True or False (a string, None, a traced or NumPy boolean)."""
+    return ArgumentError(f"{name} must be True or False; got {value!r}")

@@ -3,6 +3,9 @@
 Every backend is checked against these functions. Inputs are NumPy arrays of any float dtype (bfloat16 as
 ml_dtypes.bfloat16); they are converted to float64 first, so the reference sees exactly the values the backend
 saw. Outputs are float64.
+
+Where the formula itself gives inf or NaN (eps = 0 on a constant row, or on a zero row for rms_norm: rstd = inf
+and y = NaN, docs/spec.md), the reference returns them without a RuntimeWarning, as every backend must.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from layernorm_core.spec import NormSpec
 
 F64 = npt.NDArray[np.float64]
 
+_formula_quiet = np.errstate(divide="ignore", invalid="ignore")
+"""Decorates each public function: 1 / sqrt(0) and 0 * inf are the formula's answer there, not an accident."""
+
 
 def _f64(array: npt.ArrayLike | None) -> F64 | None:
     return None if array is None else np.asarray(array).astype(np.float64)
@@ -24,6 +30,7 @@ def _param(array: npt.ArrayLike | None, spec: NormSpec) -> F64 | None:
     return None if value is None else value.reshape(spec.param_shape)
 
 
+@_formula_quiet
 def layer_norm(
     x: npt.ArrayLike, weight: npt.ArrayLike | None, bias: npt.ArrayLike | None, spec: NormSpec
 ) -> tuple[F64, F64, F64]:
@@ -43,6 +50,7 @@ def layer_norm(
     return y, mean, rstd
 
 
+@_formula_quiet
 def rms_norm(x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec) -> tuple[F64, F64]:
     """Return (y, rstd) in float64, with y = x / sqrt(mean(x^2) + eps) * weight."""
     x64 = _f64(x)
@@ -53,6 +61,7 @@ def rms_norm(x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec) -> 
     return (y if w is None else y * w), rstd
 
 
+@_formula_quiet
 def layer_norm_backward(
     dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
 ) -> tuple[F64, F64, F64]:
@@ -75,6 +84,7 @@ def layer_norm_backward(
     return dx, dweight, dbias
 
 
+@_formula_quiet
 def rms_norm_backward(
     dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
 ) -> tuple[F64, F64]:
@@ -89,6 +99,7 @@ def rms_norm_backward(
     return dx, dweight
 
 
+@_formula_quiet
 def statistics_backward(
     x: npt.ArrayLike,
     spec: NormSpec,

@@ -22,6 +22,9 @@ from layernorm_core.errors import BackendError, not_dense_error
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
 from layernorm_core.tracing import constant_for_dynamo
 
+_HOOK = hookspecs.layernorm_backends.__name__
+_UNUSABLE_NAMES = ("", "auto")
+
 
 class PluginWarning(UserWarning):
     """A plugin failed to load or declared something unusable; every other backend keeps working."""
@@ -71,9 +74,14 @@ class Registry:
         """Register a plugin object or module at run time, exactly as an entry point would be; return its name."""
         with self._lock:
             self._discover()
-            plugin_name = self._manager.register(plugin, name=name)
-            if plugin_name is None:
+            if name is not None and self._manager.get_plugin(name) is not None:
                 raise BackendError(f"plugin {name!r} is already registered")
+            try:
+                plugin_name = self._manager.register(plugin, name=name)
+            except (ValueError, pluggy.PluginValidationError) as exc:
+                raise BackendError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+            if plugin_name is None:
+                raise BackendError(f"plugin {name!r} is blocked")
             self._collect(plugin_name, plugin)
             return plugin_name
 
@@ -88,11 +96,19 @@ class Registry:
             self._rebuild_owners()
 
     def _discover(self) -> None:
+        """Load and register every entry point of the group, in `_load_order`; a clash of names keeps the first."""
         if self._discovered:
             return
         self._discovered = True
-        for entry_point in importlib.metadata.entry_points(group=self._group):
-            if self._manager.get_plugin(entry_point.name) is not None:
+        kept: dict[str, importlib.metadata.EntryPoint] = {}
+        for entry_point in _load_order(importlib.metadata.entry_points(group=self._group)):
+            first = kept.setdefault(entry_point.name, entry_point)
+            if first is not entry_point:
+                if first != entry_point:  # the same entry point found twice is no clash
+                    _warn(
+                        f"plugin {entry_point.name!r} ({_origin(entry_point)}) is not loaded: plugin "
+                        f"{first.name!r} ({_origin(first)}) has that entry-point name and is kept"
+                    )
                 continue
             try:
                 plugin = entry_point.load()
@@ -103,30 +119,72 @@ class Registry:
             self._collect(entry_point.name, plugin)
 
     def _collect(self, plugin_name: str, plugin: Any) -> None:
+        """Record the backends ``plugin`` declares; a plugin that declares none is warned about and dropped."""
+        impls = self._hookimpls(plugin_name, plugin)
         try:
-            declared = [
-                declaration
-                for impl in self._manager.hook.layernorm_backends.get_hookimpls()
-                if impl.plugin is plugin
-                for declaration in cast(Iterable[Any], impl.function())
-            ]
+            declared = [declaration for impl in impls for declaration in cast(Iterable[Any], impl.function())]
         except Exception as exc:
             _warn(f"plugin {plugin_name!r} failed to declare its backends: {exc!r}")
+            impls = []
+        if not impls:
             self._manager.unregister(plugin)
             return
         for declaration in declared:
-            if not isinstance(declaration, BackendDeclaration):
-                _warn(f"plugin {plugin_name!r} declared {declaration!r}, which is not a BackendDeclaration")
-                continue
-            if declaration.name in self._declarations:
-                _warn(
-                    f"plugin {plugin_name!r} declares backend {declaration.name!r}, already declared by plugin "
-                    f"{self._plugin_of[declaration.name]!r}; the first one is kept"
-                )
-                continue
+            self._add(plugin_name, declaration)
+        self._rebuild_owners()
+
+    def _hookimpls(self, plugin_name: str, plugin: Any) -> list[pluggy.HookImpl]:
+        """The plugin's implementations of the hook; a PluginWarning if it has none or implements unknown hooks."""
+        impls = [impl for impl in self._manager.hook.layernorm_backends.get_hookimpls() if impl.plugin is plugin]
+        unknown = ", ".join(repr(hook) for hook in self._unknown_hooks(plugin))
+        if not impls:
+            _warn(
+                f"plugin {plugin_name!r} declares no backend: it has no function {_HOOK!r} marked "
+                f"@layernorm_core.hookimpl" + (f" (it implements unknown hooks: {unknown})" if unknown else "")
+            )
+        elif unknown:
+            _warn(f"plugin {plugin_name!r} implements unknown hooks, which layernorm never calls: {unknown}")
+        return impls
+
+    def _add(self, plugin_name: str, declaration: Any) -> None:
+        """Record one declaration of plugin ``plugin_name``; warn about one that is unusable or taken."""
+        if not isinstance(declaration, BackendDeclaration):
+            _warn(f"plugin {plugin_name!r} declared {declaration!r}, which is not a BackendDeclaration")
+        elif not isinstance(declaration.name, str) or declaration.name in _UNUSABLE_NAMES:
+            _warn(
+                f"plugin {plugin_name!r} declares backend {declaration.name!r}, a name no call can select "
+                "('auto' means dispatch by array type)"
+            )
+        elif declaration.name in self._declarations:
+            _warn(
+                f"plugin {plugin_name!r} declares backend {declaration.name!r}, already declared by plugin "
+                f"{self._plugin_of[declaration.name]!r}; the first one is kept"
+            )
+        else:
+            self._warn_taken_modules(plugin_name, declaration)
             self._declarations[declaration.name] = declaration
             self._plugin_of[declaration.name] = plugin_name
-        self._rebuild_owners()
+
+    def _warn_taken_modules(self, plugin_name: str, declaration: BackendDeclaration) -> None:
+        for module in declaration.array_modules:
+            owner = next((name for name, d in self._declarations.items() if module in d.array_modules), None)
+            if owner is not None:
+                _warn(
+                    f"plugin {plugin_name!r} declares backend {declaration.name!r} as the owner of {module!r} arrays, "
+                    f"already owned by backend {owner!r} of plugin {self._plugin_of[owner]!r}; the first one keeps them"
+                )
+
+    def _unknown_hooks(self, plugin: Any) -> list[str]:
+        """The hooks ``plugin`` implements that layernorm does not specify (a misspelled name, say).
+
+        What pluggy's ``check_pending`` reports, for one plugin: it checks every plugin and stops at the first.
+        """
+        return sorted(
+            caller.name
+            for caller in self._manager.get_hookcallers(plugin) or ()
+            if not caller.has_spec()
+            and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+        )
 
     def _rebuild_owners(self) -> None:
         """Recompute which backend owns which module; keep the per-type caches that are still right.
@@ -174,7 +232,7 @@ class Registry:
         """Why backend ``name`` cannot run here (a missing module, with its pip extra), or None."""
         declaration = self.declaration(name)
         for module in declaration.requires:
-            if importlib.util.find_spec(module) is None:
+            if not _importable(module):
                 install = f"pip install 'layernorm[{declaration.extra}]'" if declaration.extra else f"install {module}"
                 return f"{module} is not installed: {install}"
         return None
@@ -200,6 +258,20 @@ class Registry:
                 raise BackendError(f"backend {name!r} ({declaration.implementation}) lacks {', '.join(missing)}")
             self._loaded[name] = module
             return module
+
+    def info(self, name: str) -> BackendInfo:
+        """The `BackendInfo` of backend ``name``, loading it; BackendError if it fails to load or to answer."""
+        module = self.get(name)
+        implementation = self._declarations[name].implementation
+        try:
+            info = module.info()
+        except Exception as exc:
+            raise BackendError(f"backend {name!r} ({implementation}): info() raised {exc!r}") from exc
+        if not isinstance(info, BackendInfo):
+            raise BackendError(
+                f"backend {name!r} ({implementation}): info() returned a {type(info).__name__}, not a BackendInfo"
+            )
+        return info
 
     # The lookups by type or name that follow never change their answer once given. dynamo calls them eagerly
     # while it traces (`constant_for_dynamo`), so traced code reads none of the caches behind them: a trace that
@@ -229,7 +301,7 @@ class Registry:
         try:
             return self._multi_device[name]
         except KeyError:
-            info = self.get(name).info()
+            info = self.info(name)
             many = (len(info.devices) if info.device_count is None else info.device_count) > 1
             self._multi_device[name] = many
             return many
@@ -256,8 +328,8 @@ class Registry:
             info: BackendInfo | None = None
             if reason is None:
                 try:
-                    info = self.get(name).info()
-                except Exception as exc:
+                    info = self.info(name)
+                except BackendError as exc:
                     reason = str(exc)
             rows.append(
                 BackendStatus(
@@ -301,6 +373,37 @@ def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
                 excluded,
                 "a masked array's .filled(value) or a sparse array's .todense()",
             )
+
+
+def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[importlib.metadata.EntryPoint]:
+    """The layernorm distribution's own entry points first, then the others by distribution and entry-point name.
+
+    Independent of sys.path order, so which plugin keeps a clashing name (the first) is the same everywhere, and a
+    third-party plugin never displaces a built-in one.
+    """
+    return sorted(
+        entry_points, key=lambda ep: (_distribution(ep) != hookspecs.PROJECT_NAME, _distribution(ep), ep.name)
+    )
+
+
+def _distribution(entry_point: importlib.metadata.EntryPoint) -> str:
+    """The normalized name of the distribution that declares ``entry_point`` ("" if unknown)."""
+    dist = entry_point.dist
+    return "" if dist is None else dist.name.lower().replace("_", "-")
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> str:
+    """Where an entry point comes from: ``module, from distribution version``."""
+    dist = entry_point.dist
+    return entry_point.value if dist is None else f"{entry_point.value}, from {dist.name} {dist.version}"
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it (a missing parent package counts as no)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _warn(message: str) -> None:

@@ -113,7 +113,7 @@ def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float)
         shape,
         _ragged_axes(x, shape),
         _dtype_of(x),
-        _hashable_axis(axis),
+        checked_axis(axis),
         _checked_eps(eps),
         None if weight is None else _shape_of(weight, "weight"),
         None if weight is None else _dtype_of(weight),
@@ -263,7 +263,11 @@ def _dtype_of(array: Any) -> Any:
     return array.dtype
 
 
-def _hashable_axis(axis: Any) -> Axis:
+def checked_axis(axis: Any) -> Axis:
+    """``axis`` as an int or a tuple of ints: any integer type (a NumPy int), a list; ArgumentError otherwise.
+
+    Range and repeats are `normalize_axes`'s to check, against the array's rank.
+    """
     if isinstance(axis, bool):
         raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}")
     if isinstance(axis, int):
@@ -285,7 +289,10 @@ def _axis_int(a: Any) -> int:
 def _checked_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise ArgumentError(f"eps must be a real number; got {eps!r}")
-    value = float(eps)
+    try:
+        value = float(eps)
+    except OverflowError:  # an int or Fraction beyond the float range
+        value = math.inf
     if not 0 <= value < math.inf:  # also rejects NaN; comparisons trace where math.isfinite does not (SymFloat)
         raise ArgumentError(f"eps must be finite and >= 0; got {value!r}")
     return value

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conformance_run import run_suite
 from layernorm_conformance import matrix
+from layernorm_conformance.targets import select_targets
+from plugin_broken import broken_info_backend, info_is_a_dict, info_raises
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
@@ -46,3 +50,25 @@ def test_matrix_command_runs_the_suite(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, out
     assert (tmp_path / "numpy.json").exists()
     assert any(line.split()[:5] == ["numpy", "cpu", "float32", "12", "0"] for line in out.splitlines()), out
+
+
+def test_matrix_command_that_runs_no_check_is_not_a_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = matrix.main(["--backend", "numpy", "-k", "no_such_check", "--out", str(tmp_path)])
+    assert code == 5 == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert "numpy: a backend's run (or the merged files) held no check" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("info", [info_raises, info_is_a_dict], ids=["raises", "dict"])
+def test_backend_with_broken_info_fails_its_own_checks_only(info: Callable[[], Any], tmp_path: Path) -> None:
+    with broken_info_backend("badinfo", info):
+        targets = {t.backend: t for t in select_targets(None, None, ["float32"])}
+        assert targets["badinfo"].broken is not None and "backend 'badinfo'" in targets["badinfo"].broken
+        assert targets["numpy"].broken is None
+
+        # collecting test_agreement asks every other backend's info(): a broken one is left out, not a crash
+        code, records = run_suite(tmp_path / "numpy.json", "--backend", "numpy", "--dtype", "float32", "-k", "test_eps")
+        assert code == pytest.ExitCode.OK and len(records) == 12
+
+        code, records = run_suite(tmp_path / "bad.json", "--backend", "badinfo", "--dtype", "float32", "-k", "test_eps")
+        assert code == pytest.ExitCode.TESTS_FAILED and len(records) == 12
+        assert all(r["outcome"] == "failed" and "backend 'badinfo'" in r["message"] for r in records)

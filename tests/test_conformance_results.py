@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,65 @@ def test_matrix_main_merges_files(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "torch" in out and results.MATRIX_START in doc.read_text()
     results.write(first, RECORDS[:2], {})
     assert matrix.main(["--merge", str(first)]) == 0
+
+
+def test_matrix_merge_of_a_missing_or_foreign_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert matrix.main(["--merge", str(tmp_path / "missing.json")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"python -m layernorm check: error: no such results file: {tmp_path}/missing.json"
+    )
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text("[1, 2]")
+    assert matrix.main(["--merge", str(foreign)]) == 2
+    assert "is not a results file of --conformance-json" in capsys.readouterr().err
+
+
+def test_matrix_merge_of_no_records_is_not_a_pass(tmp_path: Path) -> None:
+    empty = tmp_path / "numpy.json"
+    results.write(empty, [], {})
+    assert matrix.main(["--merge", str(empty)]) == 5
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[dict] | None) -> None:
+    """Let every backend run end with pytest's ``returncode``, having written ``records`` (None: no file)."""
+
+    def run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if records is not None:
+            results.write(command[command.index("--conformance-json") + 1], records, {})
+        return subprocess.CompletedProcess(command, returncode, "", "ERROR collecting test_agreement.py")
+
+    monkeypatch.setattr(matrix.subprocess, "run", run)
+
+
+@pytest.mark.parametrize(
+    ("pytest_exit", "records", "expected"),
+    [
+        (pytest.ExitCode.OK, RECORDS[:2], 0),
+        (pytest.ExitCode.TESTS_FAILED, RECORDS[:3], 1),
+        (pytest.ExitCode.INTERRUPTED, [], 3),  # a collection error
+        (pytest.ExitCode.INTERRUPTED, RECORDS[:3], 3),  # crashed outranks failed
+        (pytest.ExitCode.INTERNAL_ERROR, RECORDS[:2], 3),
+        (pytest.ExitCode.OK, None, 3),  # no results written
+        (pytest.ExitCode.USAGE_ERROR, [], 2),
+        (pytest.ExitCode.NO_TESTS_COLLECTED, [], 5),
+    ],
+    ids=["ok", "failed", "interrupted", "interrupted-and-failed", "internal-error", "no-file", "usage", "empty"],
+)
+def test_matrix_exit_status_follows_each_run(  # the codes of docs/conformance.md
+    pytest_exit: int,
+    records: list[dict] | None,
+    expected: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _fake_runs(monkeypatch, pytest_exit, records)
+    assert matrix.main(["--backend", "numpy", "--out", str(tmp_path)]) == expected
+    err = capsys.readouterr().err
+    if expected not in (0, 1):
+        assert f"numpy: {matrix.EXIT_CODES[expected]}; pytest exit {int(pytest_exit)}" in err, err
+    if expected == 3:
+        assert "ERROR collecting test_agreement.py" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from registered_plugin import registered
 
-from layernorm_core import BackendDeclaration, hookimpl
+from layernorm_core import BackendDeclaration, hookimpl, reference
 from layernorm_core.registry import registry
 from layernorm_core.spec import NormSpec, check_forward
 
@@ -261,3 +262,24 @@ def test_suite_passes_faithful_wrapper(broken: str, tmp_path: Path) -> None:
     failed = [r["id"] for r in records if r["outcome"] == "failed"]
     assert not failed, failed
     assert any(r["outcome"] == "passed" for r in records)
+
+
+def test_reference_is_quiet_where_the_formula_gives_inf_and_nan() -> None:
+    """eps = 0 on a constant row (rms_norm: a zero row): rstd inf, y and gradients NaN, no RuntimeWarning."""
+    x = np.array([[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 4.0, 8.0]])
+    dy, ones = np.ones_like(x), np.ones((3, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ln = check_forward("layer_norm", x, None, None, -1, 0.0)
+        rms = check_forward("rms_norm", x, None, None, -1, 0.0)
+        y, mean, rstd = reference.layer_norm(x, None, None, ln)
+        ry, rrstd = reference.rms_norm(x, None, rms)
+        grads = [
+            *reference.layer_norm_backward(dy, x, None, ln),
+            *reference.rms_norm_backward(dy, x, None, rms),
+            reference.statistics_backward(x, ln, ones, ones),
+            reference.statistics_backward(x, rms, None, ones),
+        ]
+    assert np.isposinf(rstd[:2]).all() and np.isnan(y[:2]).all() and (mean[:2, 0] == [3.0, 0.0]).all()
+    assert np.isposinf(rrstd[1]).all() and np.isnan(ry[1]).all() and np.isfinite(ry[[0, 2]]).all()
+    assert np.isfinite(y[2]).all() and all(np.isfinite(g[2]).all() for g in (grads[0], grads[3], grads[5], grads[6]))

@@ -82,6 +82,9 @@ def test_naming_the_owner_of_x_takes_the_direct_path(monkeypatch: pytest.MonkeyP
         layernorm.use("auto")
     with pytest.raises(BackendError, match="unknown backend 'nope'"):
         layernorm.layer_norm(X, backend="nope")
+    for falsy in ("", 0, False):  # a name, however empty: never read as "not given"
+        with pytest.raises(BackendError, match=f"unknown backend {falsy!r}"):
+            layernorm.layer_norm(X, backend=falsy)  # type: ignore[arg-type]
 
 
 def test_use_rejects_unknown_names_at_once() -> None:

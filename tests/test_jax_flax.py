@@ -90,6 +90,28 @@ def test_dtype_none_promotes_like_flax() -> None:
     np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("affine", [True, False], ids=["params", "no-params"])
+@pytest.mark.parametrize("given", ["numpy", "list", "int"])
+def test_array_likes_are_taken_as_flax_takes_them(given: str, affine: bool, module: str) -> None:
+    """A NumPy array, a nested list, integers: a JAX array out, of Flax's dtype and values (ints become float32)."""
+    values = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    x = {"numpy": values, "list": values.tolist(), "int": np.arange(24).reshape(3, 8)}[given]
+    kwargs: dict[str, Any] = {"use_scale": affine} | ({"use_bias": affine} if module == "LayerNorm" else {})
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, rngs=nnx.Rngs(0), **kwargs)
+    theirs_kwargs = kwargs | ({"use_fast_variance": False} if module == "LayerNorm" else {})
+    theirs = getattr(nnx, module)(8, rngs=nnx.Rngs(0), **theirs_kwargs)
+    got, expected = ours(x), theirs(x)
+    assert isinstance(got, jax.Array) and got.dtype == expected.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_axes_of_any_integer_type() -> None:
+    x = _x((3, 8), "float32")
+    got = LayerNorm(8, reduction_axes=np.int64(-1), feature_axes=[np.int32(-1)], rngs=nnx.Rngs(0))(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(LayerNorm(8, rngs=nnx.Rngs(0))(x)))
+
+
 def test_rms_norm_matches_flax_over_two_axes() -> None:
     theirs = nnx.RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
     _random_params(theirs, seed=2)

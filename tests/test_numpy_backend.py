@@ -114,6 +114,22 @@ def _assert_rms_norm_matches_reference(shape: tuple[int, ...], axis: object, dty
         assert error_ratio(got, expected, tolerance(dtype, "grad"), scale=scale) <= 1
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_ndarray_subclasses_compute_as_plain_arrays(axis: int) -> None:
+    """np.matrix stays 2-D through reshape: a 3-D kernel layout of it normalized the wrong axis."""
+    x = np.random.default_rng(6).standard_normal((100, 64)).astype(np.float32)
+    dy = np.random.default_rng(7).standard_normal((100, 64)).astype(np.float32)
+    for op in ("layer_norm", "rms_norm"):
+        got, expected = getattr(layernorm, op)(np.matrix(x), axis=axis), getattr(layernorm, op)(x, axis=axis)
+        assert type(got) is np.ndarray
+        np.testing.assert_array_equal(got, expected)
+        backward = getattr(layernorm, f"{op}_backward")
+        for g, e in zip(backward(np.matrix(dy), np.matrix(x), axis=axis), backward(dy, x, axis=axis), strict=True):
+            assert type(g) is np.ndarray
+            np.testing.assert_array_equal(g, e)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_large_offset_small_spread_normalizes(dtype: str) -> None:
     """1e4 + N(0, 1e-2): a single-pass E[x^2] - E[x]^2 loses every digit here."""

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conformance_run import run_suite
+from plugin_broken import broken_info_backend, info_is_a_dict, info_raises
+from plugin_docs_example import PLUGINS_DOC, doc_block, write_example
 from registered_plugin import registered
 
 import layernorm
-from layernorm import PluginWarning
+from layernorm import PluginWarning, cli
 from layernorm_core import BackendDeclaration, hookimpl
 from layernorm_core.registry import Registry, registry
 
@@ -56,6 +62,19 @@ def test_duplicate_backend_name_warns_and_keeps_the_first() -> None:
         assert registry.declaration("numpy").implementation == "layernorm_numpy.backend"
 
 
+def test_second_owner_of_an_array_module_warns_and_the_first_keeps_it() -> None:
+    class Grabber:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name="grabber", implementation="nowhere", array_modules=("numpy",))]
+
+    with (
+        pytest.warns(PluginWarning, match="the owner of 'numpy' arrays, already owned by backend 'numpy'"),
+        registered(Grabber(), "grabber"),
+    ):
+        assert registry.owner_of(np.ones(1)) == "numpy"
+
+
 def test_backend_missing_functions_is_a_backend_error() -> None:
     class Hollow:
         @hookimpl
@@ -69,34 +88,89 @@ def test_backend_missing_functions_is_a_backend_error() -> None:
         assert not status.available and "lacks" in (status.reason or "")
 
 
+def _distribution(root: Path, name: str, entry_points: str, modules: dict[str, str]) -> Path:
+    """Install distribution ``name`` 1.0 under ``root`` (a sys.path entry): its entry_points.txt and modules."""
+    dist = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+    return root
+
+
+def _python(code: str, path: Path) -> str:
+    """Run ``code`` in a fresh interpreter with ``path`` first on sys.path; return its stdout."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])), "PATH": ""}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+
+
+WARNINGS_OF_DISCOVERY = textwrap.dedent(
+    """
+    import warnings, numpy as np, layernorm
+    from layernorm_core.registry import registry
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = registry.names()
+    print([str(w.message) for w in caught])
+    """
+)
+
+
 def test_entry_point_that_fails_to_import_warns(tmp_path: Path) -> None:
     """A broken installed plugin (an entry point whose module raises on import) leaves the others working."""
-    dist = tmp_path / "broken_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[layernorm.backends]\nbroken = broken_layernorm_plugin\n")
-    (tmp_path / "broken_layernorm_plugin.py").write_text("raise ImportError('this plugin is broken')\n")
-    code = textwrap.dedent(
-        """
-        import warnings, numpy as np, layernorm
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            y = layernorm.layer_norm(np.ones((2, 3)))
-        print([str(w.message) for w in caught])
-        print(y.shape)
-        """
+    _distribution(
+        tmp_path,
+        "broken-plugin",
+        "[layernorm.backends]\nbroken = broken_layernorm_plugin\n",
+        {"broken_layernorm_plugin": "raise ImportError('this plugin is broken')\n"},
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])), "PATH": ""},
+    out = _python(WARNINGS_OF_DISCOVERY + "print(layernorm.layer_norm(np.ones((2, 3))).shape)\n", tmp_path)
+    assert "plugin 'broken' (broken_layernorm_plugin) failed to load: ImportError('this plugin is broken')" in out
+    assert out.strip().endswith("(2, 3)")
+
+
+CLASHING_PLUGIN = """
+    from layernorm_core import BackendDeclaration, hookimpl
+
+    @hookimpl
+    def layernorm_backends():
+        return [BackendDeclaration(name="numpy", implementation="nowhere", array_modules=("numpy",))]
+"""
+
+
+def test_entry_point_named_like_a_builtin_is_not_loaded_and_warns(tmp_path: Path) -> None:
+    """A third-party entry point named ``numpy``, first on sys.path, neither replaces nor silently loses."""
+    _distribution(
+        tmp_path, "numpy-clash", "[layernorm.backends]\nnumpy = clash_plugin\n", {"clash_plugin": CLASHING_PLUGIN}
     )
+    out = _python(WARNINGS_OF_DISCOVERY + "print(registry.declaration('numpy').implementation)\n", tmp_path)
     assert (
-        "plugin 'broken' (broken_layernorm_plugin) failed to load: ImportError('this plugin is broken')" in out.stdout
+        "plugin 'numpy' (clash_plugin, from numpy-clash 1.0) is not loaded: plugin 'numpy' "
+        "(layernorm_numpy.plugin, from layernorm " in out
+    ), out
+    assert out.strip().endswith("layernorm_numpy.backend")
+
+
+def test_entry_point_name_clash_keeps_the_first_distribution_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which of two clashing third-party entry points loads depends on their distributions' names, not sys.path."""
+    group = "layernorm.test-clash"
+    for dist, backend in (("aa-plugin", "aa"), ("zz-plugin", "zz")):  # each goes first on sys.path: zz leads
+        plugin = CLASHING_PLUGIN.replace('"numpy"', f'"{backend}"').replace('("numpy",)', "()")
+        source = {f"{backend}_plugin": plugin}
+        monkeypatch.syspath_prepend(
+            str(_distribution(tmp_path / dist, dist, f"[{group}]\nsame = {backend}_plugin\n", source))
+        )
+    fresh = Registry(entry_point_group=group)
+    with pytest.warns(PluginWarning) as caught:
+        assert fresh.names() == ("aa",)
+    (warning,) = caught
+    assert (
+        "plugin 'same' (zz_plugin, from zz-plugin 1.0) is not loaded: plugin 'same' (aa_plugin, from aa-plugin 1.0)"
+        in str(warning.message)
     )
-    assert out.stdout.strip().endswith("(2, 3)")
 
 
 def test_registry_status_reports_unavailable_backends() -> None:
@@ -124,3 +198,103 @@ def test_cli_backends_table() -> None:
     numpy_row = next(r for r in rows if r.startswith("numpy "))
     assert numpy_row.split()[1:3] == ["yes", np.__version__]
     assert numpy_row.endswith(registry.declaration("numpy").description) and header.split()[-1] == "description"
+
+
+class _NoHook:
+    """A plugin that forgot the @hookimpl marker."""
+
+    def layernorm_backends(self) -> list[BackendDeclaration]:
+        return [BackendDeclaration(name="nohook", implementation="layernorm_numpy.backend")]
+
+
+class _MisspelledHook:
+    @hookimpl
+    def layernorm_backend(self) -> list[BackendDeclaration]:
+        return [BackendDeclaration(name="typo", implementation="layernorm_numpy.backend")]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (_NoHook(), r"plugin 'p' declares no backend: it has no function 'layernorm_backends' marked @layernorm_core"),
+        (_MisspelledHook(), r"plugin 'p' declares no backend: .* \(it implements unknown hooks: 'layernorm_backend'\)"),
+    ],
+    ids=["no-hook", "misspelled-hook"],
+)
+def test_plugin_that_declares_nothing_warns(plugin: object, message: str) -> None:
+    with pytest.warns(PluginWarning, match=message), registered(plugin, "p"):
+        assert {"nohook", "typo"}.isdisjoint(registry.names())
+        assert layernorm.layer_norm(np.ones((2, 3))).shape == (2, 3)
+
+
+def test_unusable_backend_names_warn() -> None:
+    class Odd:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name=n, implementation="layernorm_numpy.backend") for n in ("auto", "")]
+
+    with (
+        pytest.warns(PluginWarning, match="a name no call can select") as caught,
+        registered(Odd(), "odd"),
+    ):
+        assert {"auto", ""}.isdisjoint(registry.names())
+    declared = {match[0] for w in caught if (match := re.search("declares backend '[^']*'", str(w.message)))}
+    assert declared == {"declares backend 'auto'", "declares backend ''"}
+
+
+@pytest.mark.parametrize(
+    ("info", "reason"),
+    [
+        (info_raises, "info() raised RuntimeError('info() broken on purpose')"),
+        (info_is_a_dict, "info() returned a dict, not a BackendInfo"),
+    ],
+    ids=["raises", "dict"],
+)
+def test_backend_with_broken_info_is_listed_unavailable(
+    info: object, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with broken_info_backend("badinfo", info):  # type: ignore[arg-type]
+        rows = {s.name: s for s in layernorm.backends()}
+        assert not rows["badinfo"].available and reason in (rows["badinfo"].reason or "")
+        assert rows["numpy"].available
+        with pytest.raises(layernorm.BackendError, match=r"backend 'badinfo' \(layernorm_test_badinfo\): info"):
+            registry.info("badinfo")
+        assert cli.main(["backends"]) == 0
+    table = capsys.readouterr().out
+    assert reason in next(line for line in table.splitlines() if line.startswith("badinfo "))
+
+
+@pytest.fixture
+def docs_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The complete example of docs/plugins.md, copied from the document, registered as backend "exact"."""
+    monkeypatch.syspath_prepend(str(write_example(tmp_path / "src")))
+    try:
+        with registered(importlib.import_module("layernorm_exact.plugin"), "exact"):
+            yield "exact"
+    finally:
+        for module in [m for m in sys.modules if m.partition(".")[0] == "layernorm_exact"]:
+            del sys.modules[module]
+
+
+def test_docs_example_plugin_passes_the_suite(docs_example: str, tmp_path: Path) -> None:
+    keyword = "test_constant or test_eps or test_forward and 5x33"
+    code, records = run_suite(tmp_path / "exact.json", "--backend", docs_example, "-k", keyword)
+    failed = [f"{r['id']}: {r['message']}" for r in records if r["outcome"] == "failed"]
+    assert code == pytest.ExitCode.OK and not failed, failed
+    assert {r["check"] for r in records} >= {"test_constant_row_without_eps", "test_eps", "test_forward"}
+
+
+def test_cli_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "backends" in out and "check" in out
+    assert "``" not in out, out
+
+
+def test_docs_backends_table_has_the_cli_columns() -> None:
+    """The sample of `python -m layernorm backends` in docs/plugins.md has the header and rule the CLI prints."""
+    sample = doc_block("Install it (`pip install -e layernorm-exact`) and it is there:", PLUGINS_DOC)
+    header, rule, *_ = sample.splitlines()[1:]
+    assert header.split() == cli.backends_table([]).splitlines()[0].split()
+    assert [m.start() for m in re.finditer(r"\S+", header)] == [m.start() for m in re.finditer("-+", rule)]

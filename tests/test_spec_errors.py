@@ -46,6 +46,12 @@ BAD_FORWARD = [
     pytest.param(dict(eps=math.nan), ArgumentError, "eps must be finite and >= 0; got nan", id="eps-nan"),
     pytest.param(dict(eps=math.inf), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-inf"),
     pytest.param(dict(eps="0.1"), ArgumentError, "eps must be a real number", id="eps-str"),
+    pytest.param(dict(eps=10**400), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-int-beyond-float"),
+    pytest.param(
+        dict(return_stats="no"), ArgumentError, "return_stats must be True or False; got 'no'", id="stats-str"
+    ),
+    pytest.param(dict(return_stats=None), ArgumentError, "return_stats must be True or False", id="stats-none"),
+    pytest.param(dict(return_stats=1), ArgumentError, "return_stats must be True or False; got 1", id="stats-int"),
     pytest.param(
         dict(weight=np.ones(4, np.int32)),
         DTypeError,
@@ -74,6 +80,11 @@ BAD_FORWARD = [
 def test_layer_norm_bad_input(kwargs: dict, error: type[LayerNormError], message: str) -> None:
     with pytest.raises(error, match=message):
         layernorm.layer_norm(X, **kwargs)
+
+
+def test_rms_norm_return_stats_must_be_a_bool() -> None:
+    with pytest.raises(ArgumentError, match="return_stats must be True or False; got 'yes'"):
+        layernorm.rms_norm(X, return_stats="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -143,6 +144,16 @@ def test_axis_attribute_is_an_int_for_one_axis() -> None:
     assert lt.LayerNorm(8).axis == -1 and lt.RMSNorm([8]).axis == -1
     assert lt.LayerNorm(6, axis=1).axis == 1 and lt.LayerNorm(6, axis=(1,)).axis == 1
     assert lt.LayerNorm((4, 5)).axis == (-2, -1) and lt.RMSNorm((3, 5), axis=(1, 3)).axis == (1, 3)
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_axis_takes_what_the_functions_take(module: str) -> None:
+    """Any integer type (NumPy's), as layernorm.layer_norm takes it; anything else is the core's ArgumentError."""
+    assert getattr(lt, module)(6, axis=np.int64(1)).axis == 1
+    assert getattr(lt, module)((3, 5), axis=[np.int32(1), 3]).axis == (1, 3)
+    for bad in (1.0, "1", True, torch.tensor(1.0)):
+        with pytest.raises(layernorm.ArgumentError, match="axis must be an int or a tuple of ints"):
+            getattr(lt, module)(6, axis=bad)
 
 
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])

@@ -155,8 +155,12 @@ def _backward(
 
 
 def _to_layout(x: Array, spec: NormSpec, layout: tuple[tuple[int, ...], bool]) -> Array:
-    """The kernels' (rows, N) or (outer, N, inner) layout of x (``_layout(spec)``): a view where x's memory allows."""
+    """The kernels' (rows, N) or (outer, N, inner) layout of x (``_layout(spec)``): a view where x's memory allows.
+
+    A subclass is viewed as a plain ndarray first: np.matrix keeps two dimensions through reshape.
+    """
     shape, as_it_lies = layout
+    x = np.asarray(x)
     return x.reshape(shape) if as_it_lies else np.ascontiguousarray(x.transpose(spec.perm)).reshape(shape)
 
 

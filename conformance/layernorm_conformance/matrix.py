@@ -4,6 +4,9 @@
 process, as in the nox sessions), writing ``<out>/<backend>.json``; the records are then merged into the table.
 ``--merge FILE...`` skips running and merges existing JSON files (the nox ``matrix`` session), and
 ``--markdown PATH`` writes the table into PATH between the matrix markers (docs/conformance.md).
+
+The exit status is one of `EXIT_CODES`; where several apply, the first in `SEVERITY` wins. A run that crashed or
+ran no check never reads as a pass.
 """
 
 from __future__ import annotations
@@ -12,12 +15,53 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from layernorm_conformance import results
 from layernorm_conformance.targets import available_backends
+from layernorm_core.errors import BackendError
+from layernorm_core.registry import registry
 
 DEFAULT_OUT = "conformance-results"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED, EXIT_EMPTY = 0, 1, 2, 3, 5
+EXIT_CODES = {
+    EXIT_OK: "every check passed or was skipped",
+    EXIT_FAILED: "a check failed",
+    EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, a --merge file missing or unreadable",
+    EXIT_CRASHED: "a backend's run crashed (pytest interrupted, say by an error while collecting): results incomplete",
+    EXIT_EMPTY: "a backend's run (or the merged files) held no check: nothing matched -k, --dtype or --device",
+}
+SEVERITY = (EXIT_CRASHED, EXIT_USAGE, EXIT_FAILED, EXIT_EMPTY, EXIT_OK)
+"""The exit codes, most serious first."""
+
+FROM_PYTEST: dict[int, int] = {
+    pytest.ExitCode.OK: EXIT_OK,
+    pytest.ExitCode.TESTS_FAILED: EXIT_FAILED,
+    pytest.ExitCode.USAGE_ERROR: EXIT_USAGE,
+    pytest.ExitCode.NO_TESTS_COLLECTED: EXIT_EMPTY,
+}
+"""A backend run's pytest exit code -> its status here; any other (interrupted, internal error) is EXIT_CRASHED."""
+
+
+class UsageError(Exception):
+    """The command cannot run as asked (exit 2); the message says why."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One backend's run of the suite (or one ``--merge`` file): where its records are and how it ended."""
+
+    backend: str
+    path: Path
+    status: int
+    """Its exit code, as if it had been the only run (`FROM_PYTEST`; EXIT_CRASHED if it wrote no records)."""
+    output: str = ""
+    """How its pytest process ended: the exit code and the end of its output."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -25,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m layernorm check",
         description="Run the layernorm conformance suite for every installed backend and print the matrix.",
+        epilog="exit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--backend", action="append", help="backend to check (repeatable); default: all installed")
     parser.add_argument("--device", action="append", help="device to check (repeatable); default: all reported")
@@ -38,8 +84,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> Path:
-    """Run the suite for one backend in a subprocess; return its JSON path."""
+def run_backend(backend: str, args: argparse.Namespace) -> Run:
+    """Run the suite for one backend in a subprocess; return where its records are and how it ended."""
     out = Path(args.out) / f"{backend}.json"
     command = [sys.executable, "-m", "layernorm_conformance"]
     command += ["--backend", backend, "--conformance-json", str(out), "-q" if args.verbose else "-qq"]
@@ -52,21 +98,21 @@ def run_backend(backend: str, args: argparse.Namespace) -> Path:
     out.unlink(missing_ok=True)
     print(f"checking {backend} ...", flush=True)
     completed = subprocess.run(command, capture_output=not args.verbose, text=True, check=False)
-    if not out.exists():
-        tail = "" if args.verbose else (completed.stdout + completed.stderr)[-2000:]
-        raise RuntimeError(f"the suite for {backend!r} wrote no results (exit {completed.returncode})\n{tail}")
-    return out
+    status = FROM_PYTEST.get(completed.returncode, EXIT_CRASHED) if out.exists() else EXIT_CRASHED
+    ending = f"pytest exit {completed.returncode}" + ("" if out.exists() else ", no results written")
+    tail = "" if args.verbose else (completed.stdout + completed.stderr)[-3000:].strip()
+    return Run(backend, out, status, f"{ending}; its output ends:\n{tail}" if tail else ending)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run (or merge) the suite's results and print the matrix; 0 when no check failed, 1 otherwise."""
+    """Run (or merge) the suite's results and print the matrix; return the exit status (`EXIT_CODES`)."""
     args = parse_args(argv)
     try:
-        paths = [Path(p) for p in args.merge] if args.merge else [run_backend(b, args) for b in _backends(args)]
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    records, versions = results.load(paths)
+        runs = _merged(args.merge) if args.merge else [run_backend(b, args) for b in _backends(args)]
+        records, versions = _load(runs)
+    except (UsageError, BackendError) as exc:
+        print(f"python -m layernorm check: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     cells = results.matrix(records)
     print(results.format_table(cells))
     if args.markdown:
@@ -75,14 +121,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = results.failures(records)
     for record in failed:
         print(f"FAILED {record['id']}: {record['message']}")
-    return 1 if failed else 0
+    return _status(runs, failed=bool(failed), ran=bool(records))
 
 
 def _backends(args: argparse.Namespace) -> list[str]:
     names: list[str] = args.backend or available_backends()
     if not names:
-        raise RuntimeError("no backend is installed")
+        raise UsageError("no backend is installed")
+    for name in names:
+        registry.declaration(name)  # an unknown name raises its BackendError now, before any run
     return names
+
+
+def _merged(paths: Sequence[str]) -> list[Run]:
+    """The ``--merge`` files as runs; how their runs ended is not recorded, so only their records tell."""
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise UsageError(f"no such results file: {', '.join(missing)}")
+    return [Run(Path(path).stem, Path(path), EXIT_OK) for path in paths]
+
+
+def _load(runs: Sequence[Run]) -> tuple[list[results.Record], dict[str, Any]]:
+    """The records and backend versions of every run that wrote its file; UsageError for a file that is not one."""
+    records: list[results.Record] = []
+    versions: dict[str, Any] = {}
+    for run in runs:
+        if not run.path.exists():
+            continue
+        try:
+            more, their_versions = results.load([run.path])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{run.path} is not a results file of --conformance-json: {exc!r}") from exc
+        records += more
+        versions.update(their_versions)
+    return records, versions
+
+
+def _status(runs: Sequence[Run], *, failed: bool, ran: bool) -> int:
+    """The command's exit status; explains, on stderr, each run that crashed, was refused or ran nothing."""
+    unusual = [run for run in runs if run.status not in (EXIT_OK, EXIT_FAILED)]
+    for run in unusual:
+        print(f"\n{run.backend}: {EXIT_CODES[run.status]}; {run.output}", file=sys.stderr)
+    statuses = {run.status for run in unusual} | {EXIT_FAILED if failed else EXIT_OK if ran else EXIT_EMPTY}
+    if not unusual and not ran:
+        print(f"\n{EXIT_CODES[EXIT_EMPTY]}", file=sys.stderr)
+    return next(code for code in SEVERITY if code in statuses)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ from layernorm_core.registry import registry
 class Target:
     """A backend on one device, the dtypes it declares there, and why it cannot run (``skip``) if so.
 
-    A backend whose framework is installed but whose implementation fails to load is not skipped: ``module``
-    raises its BackendError, so every check of it fails.
+    A backend whose framework is installed but whose implementation fails to load, or whose ``info()`` fails, is
+    not skipped: ``module`` raises its BackendError (``broken``), so every check of it fails.
     """
 
     backend: str
     device: str
     dtypes: tuple[str, ...]
     skip: str | None = None
+    broken: str | None = None
 
     @property
     def id(self) -> str:
@@ -32,14 +33,15 @@ class Target:
 
     @property
     def module(self) -> ModuleType:
-        """The backend's loaded implementation module (BackendError when it fails to load)."""
+        """The backend's loaded implementation module (BackendError when it fails to load or to say its info)."""
+        if self.broken is not None:
+            raise BackendError(self.broken)
         return registry.get(self.backend)
 
     @property
     def info(self) -> BackendInfo:
-        """The backend's `BackendInfo`."""
-        info: BackendInfo = self.module.info()
-        return info
+        """The backend's `BackendInfo` (BackendError when it fails to load, or its ``info()`` fails)."""
+        return registry.info(self.backend)
 
     @property
     def deterministic(self) -> bool:
@@ -69,9 +71,9 @@ def select_targets(
             targets += [Target(name, d, wanted_dtypes, f"backend {name!r}: {reason}") for d in devices or ("cpu",)]
             continue
         try:
-            info = registry.get(name).info()
-        except BackendError:
-            targets += [Target(name, d, wanted_dtypes) for d in devices or ("cpu",)]  # fails in every check
+            info = registry.info(name)
+        except BackendError as exc:
+            targets += [Target(name, d, wanted_dtypes, broken=str(exc)) for d in devices or ("cpu",)]
             continue
         declared = tuple(d for d in wanted_dtypes if d in info.dtypes)
         for device in devices or info.devices:

@@ -65,13 +65,19 @@ def _weight_shape(axis: list[int] | int, input_shape: tuple[int | None, ...]) ->
 
 
 def _matching(param: Any, x: Any) -> Any:
-    """A weight as a tensor whose dtype layernorm accepts for x: x's, or float32 for half x; cast otherwise."""
+    """A weight as a tensor whose dtype layernorm accepts for x: x's, or float32 for half x.
+
+    Any other dtype is cast to the compute dtype, float32 for half x (which statistics use, so a float64 weight
+    of a float64 layer keeps float32's digits rather than the half's), else x's.
+    """
     if param is None:
         return None
     tensor = param.value  # the backend's own array (tf.Variable, jax.Array, torch Parameter), autocast if due
     x_dtype = keras.backend.standardize_dtype(x.dtype)
     allowed = (x_dtype, "float32") if x_dtype in _HALF else (x_dtype,)
-    return tensor if keras.backend.standardize_dtype(tensor.dtype) in allowed else ops.cast(tensor, x_dtype)
+    if keras.backend.standardize_dtype(tensor.dtype) in allowed:
+        return tensor
+    return ops.cast(tensor, allowed[-1])
 
 
 def _check_axes(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> None:
@@ -86,8 +92,9 @@ class LayerNormalization(keras.layers.Layer):
 
     Arguments as keras.layers.LayerNormalization: ``axis`` (int or list of ints, default -1), ``epsilon`` (default
     1e-3, Keras's), ``center`` (add ``beta``), ``scale`` (multiply by ``gamma``), and the initializers,
-    regularizers and constraints of ``beta`` and ``gamma``. The deprecated ``rms_scaling=True`` is refused: use
-    `RMSNormalization`. Input: any shape; output: the same shape in the layer's compute dtype.
+    regularizers and constraints of ``beta`` and ``gamma``. The deprecated ``rms_scaling=True`` (which Keras computes
+    as ``x / sqrt(var + epsilon) * gamma``) is refused: use `RMSNormalization`; the ``rms_scaling`` attribute is
+    False, as Keras's by default. Input: any shape; output: the same shape in the layer's compute dtype.
     """
 
     def __init__(
@@ -105,12 +112,16 @@ class LayerNormalization(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         if kwargs.pop("rms_scaling", False):
-            raise ValueError("rms_scaling=True is not supported: use layernorm.keras.RMSNormalization")
+            raise ValueError(
+                "rms_scaling=True is not supported (Keras deprecates it: it scales by the variance, not the root "
+                "mean square): use layernorm.keras.RMSNormalization"
+            )
         super().__init__(**kwargs)
         self.axis = _axes(axis)
         self.epsilon = epsilon
         self.center = center
         self.scale = scale
+        self.rms_scaling = False
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.beta_regularizer = regularizers.get(beta_regularizer)
@@ -161,7 +172,7 @@ class LayerNormalization(keras.layers.Layer):
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
-            "rms_scaling": False,
+            "rms_scaling": self.rms_scaling,
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
             "beta_regularizer": regularizers.serialize(self.beta_regularizer),

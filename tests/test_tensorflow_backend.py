@@ -16,7 +16,7 @@ from cases import HOST_DTYPES, check_second_order, shape_cases  # noqa: E402
 import layernorm  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.registry import registry  # noqa: E402
-from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
+from layernorm_core.tolerances import error_ratio, gradient_scale, mean_scale, row_condition, tolerance  # noqa: E402
 
 DTYPES = HOST_DTYPES
 CASES = shape_cases(4096)
@@ -251,6 +251,7 @@ def test_gradients_flow_through_returned_statistics(kind: str, mode: str) -> Non
         pytest.param((None, 8), (5, 8), -1, id="batch-None"),
         pytest.param((None, None, 8), (2, 3, 8), (1, 2), id="two-None-normalized"),
         pytest.param((None, 4, None), (3, 4, 6), 1, id="channels-first-None"),
+        pytest.param((None, None, None), (3, 4, 6), 1, id="channels-first-all-None"),
     ],
 )
 def test_unknown_sizes_in_input_signature(
@@ -426,6 +427,65 @@ def test_large_offset_rows_stay_accurate() -> None:
     assert error_ratio(_np(rstd), ref_rstd, tolerance("float32", "stats"), cond) <= 1
 
 
+LONG_CASES = [
+    pytest.param((2, 2**21), -1, 1e4, id="rows-of-2**21"),
+    pytest.param((64, 4096, 4), (0, 1), 1e3, id="axes-0-1-of-64x4096x4"),
+    pytest.param((2**17, 4), 0, 1e3, id="axis-0-of-2**17x4"),
+]
+
+
+def _long_call(kind: str, spec: Any, mode: str) -> Callable[..., Any]:
+    """(x, w, dy) -> (y, statistics..., dx, dweight): the forward with statistics, then the explicit backward."""
+    axis = spec.axes
+
+    def call(x: Any, w: Any, dy: Any) -> tuple[Any, ...]:
+        if kind == "layer_norm":
+            y_and_stats = layernorm.layer_norm(x, w, axis=axis, return_stats=True)
+            return (*y_and_stats, *layernorm.layer_norm_backward(dy, x, w, axis=axis)[:2])
+        return (
+            *layernorm.rms_norm(x, w, axis=axis, return_stats=True),
+            *layernorm.rms_norm_backward(dy, x, w, axis=axis),
+        )
+
+    if mode == "eager":
+        return call
+    signature = _signature(spec.ndim, len(axis), spec.ndim) if mode.endswith("unknown-sizes") else None
+    return tf.function(call, jit_compile=mode.startswith("jit"), input_signature=signature)
+
+
+@pytest.mark.parametrize("mode", [*MODES, "function-unknown-sizes", "jit-unknown-sizes"])
+@pytest.mark.parametrize(("shape", "axis", "offset"), LONG_CASES)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_long_rows_stay_accurate(kind: str, shape: tuple[int, ...], axis: Any, offset: float, mode: str) -> None:
+    """Rows of 2**17 to 2**21 values near 1e3 or 1e4: statistics, y, dx and dweight within the tolerances.
+
+    XLA:CPU sums a row with a few accumulators, and TensorFlow's kernels an axis that is not innermost with one per
+    column: before the cascade and the move of such axes last, the mean of a row of 2**20 values near 1e4 came out
+    3 too small under XLA, and rms_norm over axes (0, 1) of the (64, 4096, 4) array erred by 9x the tolerance.
+    """
+    rng = np.random.default_rng(8)
+    spec = check_forward(kind, np.empty(shape, np.float32), None, None, axis, 1e-5)  # type: ignore[arg-type]
+    x = (offset + rng.standard_normal(shape)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(spec.normalized_shape)).astype(np.float32)  # type: ignore[arg-type]
+    dy = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)  # not centred: the backward's row sums add up
+    got = _long_call(kind, spec, mode)(*_tf(x, w, dy))
+    expected: tuple[np.ndarray, ...]
+    if kind == "layer_norm":
+        expected = (*reference.layer_norm(x, w, None, spec), *reference.layer_norm_backward(dy, x, w, spec)[:2])
+        names = ("y", "mean", "rstd", "dx", "dweight")
+    else:
+        expected = (*reference.rms_norm(x, w, spec), *reference.rms_norm_backward(dy, x, w, spec))
+        names = ("y", "rstd", "dx", "dweight")
+    cond = row_condition(x, spec)
+    rstd = expected[names.index("rstd")]
+    quantities = {"y": "output", "mean": "stats", "rstd": "stats", "dx": "grad", "dweight": "grad"}
+    scales = {"mean": mean_scale(rstd), "dx": gradient_scale(dy, w, rstd, spec)}
+    for name, g, e in zip(names, got, expected, strict=True):
+        tol = tolerance("float32", quantities[name])  # type: ignore[arg-type]
+        ratio = error_ratio(_np(g), e, tol, cond, scale=scales.get(name))
+        assert ratio <= 1, f"{name}: {ratio:.2f}x the tolerance"
+
+
 def test_is_tracked() -> None:
     backend = registry.get("tensorflow")
     eager = tf.constant([1.0, 2.0])
@@ -458,6 +518,65 @@ def test_tracked_tensor_cannot_cross_but_eager_one_can() -> None:
             layernorm.layer_norm(x, backend="numpy")
     out = layernorm.layer_norm(np.array([[1.0, 2.0, 4.0]]), backend="tensorflow")
     assert isinstance(out, np.ndarray) and out.dtype == np.float64
+
+
+def test_tensor_watched_by_a_forward_accumulator_cannot_cross() -> None:
+    """forward-mode autodiff is autodiff too: the tensor an accumulator watches is refused, not silently detached."""
+    backend = registry.get("tensorflow")
+    x = tf.constant([[1.0, 2.0, 4.0]])
+    with tf.autodiff.ForwardAccumulator(x, tf.constant([[1.0, 0.0, -1.0]])) as accumulator:
+        assert backend.is_tracked(x) and not backend.is_tracked(tf.constant([3.0]))
+        with pytest.raises(layernorm.BackendError, match="autodiff or tracing"):
+            layernorm.layer_norm(x, backend="numpy")
+        y = layernorm.layer_norm(x)
+    assert accumulator.jvp(y) is not None
+
+
+@pytest.mark.parametrize("engine", ["backend=", "use"])
+def test_numpy_x_inside_tf_function_on_the_tensorflow_engine_is_a_backend_error(engine: str) -> None:
+    """Inside tf.function the engine's result is symbolic: it cannot go back as a NumPy array, and says so."""
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    @tf.function
+    def run() -> Any:
+        return layernorm.layer_norm(x, backend="tensorflow" if engine == "backend=" else None)
+
+    if engine == "use":
+        layernorm.use("tensorflow")
+    try:
+        with pytest.raises(layernorm.BackendError, match=r"Inside tf.function, pass tf.Tensors"):
+            run()
+    finally:
+        layernorm.use("auto")
+    symbolic = tf.function(lambda t: registry.get("tensorflow").to_numpy(t))
+    with pytest.raises(layernorm.BackendError, match="symbolic tensor"):
+        symbolic(tf.constant(x))
+
+
+def _empty_row_calls() -> list[Any]:
+    return [
+        pytest.param(lambda x: layernorm.layer_norm(x, return_stats=True), id="layer_norm"),
+        pytest.param(lambda x: layernorm.rms_norm(x, return_stats=True), id="rms_norm"),
+        pytest.param(lambda x: layernorm.layer_norm_backward(x, x), id="layer_norm_backward"),
+        pytest.param(lambda x: layernorm.rms_norm_backward(x, x), id="rms_norm_backward"),
+    ]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "jit"])
+@pytest.mark.parametrize("call", _empty_row_calls())
+def test_normalized_size_zero_unknown_when_traced_fails_when_run(call: Callable[..., Any], jit: bool) -> None:
+    """A normalized size of 0 the core could not see fails when the graph runs, with the core's words; not NaN."""
+    compiled = tf.function(
+        tf.autograph.experimental.do_not_convert(call), jit_compile=jit, input_signature=_signature(2)
+    )
+    with pytest.raises(layernorm.ShapeError, match="the normalized size is 0 "):
+        call(tf.zeros((3, 0)))  # eagerly, the core's check
+    for _ in range(1 if jit else 20):  # a graph's ops run in parallel: the assertion must come first every time
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            compiled(tf.zeros((3, 0)))
+        if not jit:  # XLA drops assertions: there the error is its own, from the broadcast
+            assert "the normalized size is 0 (x has shape [3 0], axis=(1,)): nothing to normalize" in str(raised.value)
+    assert tuple(compiled(tf.zeros((0, 4)))[0].shape) == (0, 4)  # no rows is no error
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -80,6 +80,32 @@ def test_defaults_are_keras_defaults() -> None:
         lk.LayerNormalization(rms_scaling=True)
 
 
+def test_rms_scaling_attribute_is_keras_default() -> None:
+    """Keras's layer has ``rms_scaling`` (False); ours too, and its config says the same."""
+    ours, theirs = lk.LayerNormalization(), keras.layers.LayerNormalization()
+    assert ours.rms_scaling is theirs.rms_scaling is False
+    assert ours.get_config()["rms_scaling"] is theirs.get_config()["rms_scaling"] is False
+    with pytest.raises(ValueError, match="variance, not the root mean square"):
+        lk.LayerNormalization(rms_scaling=True)
+
+
+def test_float64_layer_keeps_float32_weights_for_half_input() -> None:
+    """A float64 layer fed float16 x (not autocast) hands its weights over in float32, which layernorm accepts for
+    half x, rather than rounded to float16: they are 1 + 1e-3 * N(0, 1), of which float16 keeps 3 digits."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((16, 64)) * 2 + 0.5).astype(np.float16)
+    gamma, beta = 1 + 1e-3 * rng.standard_normal(64), 1e-3 * rng.standard_normal(64)
+    ours = lk.LayerNormalization(dtype="float64")
+    ours.build(x.shape)
+    ours.set_weights([gamma, beta])
+    got = np.asarray(ours(x))
+    params = gamma.astype(np.float32), beta.astype(np.float32)
+    np.testing.assert_array_equal(got, layernorm.layer_norm(x, *params, eps=1e-3).astype(np.float64))
+    spec = check_forward("layer_norm", x, *params, -1, 1e-3)
+    ref = reference.layer_norm(x, *params, spec)[0]
+    assert error_ratio(got, ref, tolerance("float16", "output"), row_condition(x, spec)) <= 1
+
+
 def test_keras_config_builds_our_layer() -> None:
     theirs = keras.layers.LayerNormalization(axis=[1, 2], epsilon=1e-4, center=False, gamma_initializer="zeros")
     ours = lk.LayerNormalization.from_config(theirs.get_config())

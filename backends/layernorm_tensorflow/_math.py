@@ -2,7 +2,8 @@
 
 Plain TensorFlow ops only, so the same code runs eagerly, inside tf.function and under XLA (jit_compile=True),
 where the element-wise work fuses around the reductions. Shapes may hold unknown (None) sizes inside a graph.
-Statistics are two-pass (mean first, then the mean of squared deviations), never E[x^2] - E[x]^2.
+Statistics are two-pass (mean first, then the mean of squared deviations), never E[x^2] - E[x]^2. Every mean over
+the normalized axes is `layernorm_tensorflow._sums.row_mean`, accurate for rows of any length.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from layernorm_core.spec import NormSpec
+from layernorm_tensorflow._sums import row_mean
 
 Tensor = Any
 
@@ -61,15 +63,14 @@ def _trailing_matvec(t: Tensor, vector: Tensor, spec: NormSpec) -> Tensor:
 
 def layer_norm_stats(xc: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor]:
     """(mean, rstd) of ``xc`` (already in the compute dtype), two-pass, shaped ``spec.stats_shape``."""
-    mean = tf.reduce_mean(xc, axis=spec.axes, keepdims=True)
-    centered = xc - mean
-    var = tf.reduce_mean(tf.square(centered), axis=spec.axes, keepdims=True)
+    mean = row_mean(xc, spec)
+    var = row_mean(tf.square(xc - mean), spec)
     return mean, tf.math.rsqrt(var + spec.eps)
 
 
 def rms_norm_stats(xc: Tensor, spec: NormSpec) -> Tensor:
     """The rstd = 1 / sqrt(mean(x^2) + eps) of ``xc`` (in the compute dtype), shaped ``spec.stats_shape``."""
-    return tf.math.rsqrt(tf.reduce_mean(tf.square(xc), axis=spec.axes, keepdims=True) + spec.eps)
+    return tf.math.rsqrt(row_mean(tf.square(xc), spec) + spec.eps)
 
 
 def layer_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor, Tensor]:
@@ -137,8 +138,8 @@ def layer_norm_grads(
     if matvec and weight is not None:
         g_mean = _trailing_matvec(dyc, compute(weight, spec), spec) / normalized_count(x, spec)
     else:
-        g_mean = tf.reduce_mean(g, axis=spec.axes, keepdims=True)
-    gx_mean = tf.reduce_mean(g * xhat, axis=spec.axes, keepdims=True)
+        g_mean = row_mean(g, spec)
+    gx_mean = row_mean(g * xhat, spec)
     dx = rstd * (g - g_mean - xhat * gx_mean)
     extra = _stats_input_grad(xhat, x, spec, dmean, None if drstd is None else drstd * tf.square(rstd))
     if extra is not None:
@@ -158,7 +159,7 @@ def rms_norm_grads(
         rstd = rms_norm_stats(xc, spec)
     xhat = xc * rstd
     g = dyc if weight is None else dyc * _broadcastable(weight, x, spec)
-    dx = rstd * (g - xhat * tf.reduce_mean(g * xhat, axis=spec.axes, keepdims=True))
+    dx = rstd * (g - xhat * row_mean(g * xhat, spec))
     extra = _stats_input_grad(xhat, x, spec, None, None if drstd is None else drstd * tf.square(rstd))
     if extra is not None:
         dx = dx + extra

@@ -1,12 +1,12 @@
 """Run-time size checks for the sizes the core could not compare when a tf.function traced the call.
 
 With an ``input_signature`` that leaves sizes unknown (None), the core compares the sizes it sees and lets the
-unknown ones pass. Unchecked, a weight of size 1 would broadcast against x without a word, and a weight of the right
-number of elements in another shape would be reshaped to x's sizes along the normalized axes. So each such argument
-gets an assertion, which TensorFlow raises as InvalidArgumentError when the graph runs (its messages hold no
-apostrophes: TensorFlow prints them escaped), and is reshaped to the shape it must have through a broadcast to that
-shape: XLA (``jit_compile=True``) drops assertions, but it compiles that reshape and broadcast only for that exact
-shape, and refuses any other.
+unknown ones pass. Unchecked, a weight of size 1 would broadcast against x without a word, a weight of the right
+number of elements in another shape would be reshaped to x's sizes along the normalized axes, and a normalized size
+of 0 would give NaN statistics. So x and each such argument get an assertion, which TensorFlow raises as
+InvalidArgumentError when the graph runs (its messages hold no apostrophes: TensorFlow prints them escaped), and go
+through a broadcast to the shape they must have: XLA (``jit_compile=True``) drops assertions, but it compiles that
+broadcast only for that exact shape, and refuses any other.
 
 Eager tensors have known sizes, and so do most traced ones: those return at once.
 """
@@ -39,6 +39,23 @@ def checked(t: Tensor, role: Role, x: Tensor, spec: NormSpec) -> Tensor:
     with tf.control_dependencies([assertion]):
         t = tf.identity(t)  # what reads t waits for the assertion (grappler keeps an op's own control inputs)
     return tf.reshape(t, tf.shape(tf.broadcast_to(t, expected)))
+
+
+def nonempty(x: Tensor, spec: NormSpec) -> Tensor:
+    """``x``, checked at run time to have a normalized size other than 0 where its sizes along the axes are unknown.
+
+    The core's message, with x's run-time shape. Under XLA, which drops the assertion, x goes through a broadcast to
+    its own shape with the normalized sizes at least 1, which XLA refuses for a size of 0.
+    """
+    if None not in spec.normalized_shape:
+        return x  # the core checked it
+    shape = tf.shape(x)
+    message = f"the normalized size is 0 (x has shape {{}}, axis={spec.axes}): nothing to normalize"
+    assertion = tf.debugging.Assert(tf.reduce_all(tf.gather(shape, spec.axes) > 0), [tf.strings.format(message, shape)])
+    with tf.control_dependencies([assertion]):
+        x = tf.identity(x)
+    normalized = tf.constant([d in spec.axes for d in range(spec.ndim)])
+    return tf.reshape(x, tf.shape(tf.broadcast_to(x, tf.where(normalized, tf.maximum(shape, 1), shape))))
 
 
 def _static_expected(role: Role, spec: NormSpec) -> tuple[int | None, ...]:

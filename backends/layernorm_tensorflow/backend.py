@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from layernorm_core.errors import DeviceError
+from layernorm_core.errors import BackendError, DeviceError
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._quiet import quiet_tensorflow_logs
@@ -27,11 +27,13 @@ quiet_tensorflow_logs()
 
 import tensorflow as tf  # noqa: E402 - must follow quiet_tensorflow_logs()
 from tensorflow.python.eager import record  # noqa: E402 - no public API says whether a tape is recording
+from tensorflow.python.ops import gradients_util  # noqa: E402 - nor whether a tape or accumulator watches a tensor
 
 from layernorm_tensorflow import _math, _sizes  # noqa: E402
 
 Tensor = Any
 _DEVICE_KINDS = {"CPU": "cpu", "GPU": "gpu", "TPU": "tpu"}
+_NOT_WATCHED = gradients_util.POSSIBLE_GRADIENT_TYPES_NONE
 
 
 def info() -> BackendInfo:
@@ -59,18 +61,28 @@ def device_of(x: Tensor) -> str:
 
 
 def is_tracked(x: Tensor) -> bool:
-    """True inside a graph (symbolic tensors, variables), and for what an active GradientTape records."""
+    """True inside a graph (symbolic tensors, variables), and for what a GradientTape or ForwardAccumulator watches."""
     x = _variable(x)
     if isinstance(x, tf.Variable):
         return not tf.executing_eagerly() or (x.trainable and record.could_possibly_record())
     if tf.is_symbolic_tensor(x):
         return True
-    return record.could_possibly_record() and record.should_record_backprop([x])
+    return record.could_possibly_record() and gradients_util.PossibleTapeGradientTypes([x]) != _NOT_WATCHED
 
 
 def to_numpy(x: Tensor) -> np.ndarray:
-    """A host NumPy copy of an eager tensor or variable (bfloat16 as ml_dtypes.bfloat16)."""
-    return np.array(_variable(x).numpy(), copy=True)
+    """A host NumPy copy of an eager tensor or variable (bfloat16 as ml_dtypes.bfloat16).
+
+    BackendError for a symbolic tensor (inside tf.function), which has no values yet.
+    """
+    x = _variable(x)
+    if tf.is_symbolic_tensor(x) or (isinstance(x, tf.Variable) and not tf.executing_eagerly()):
+        raise BackendError(
+            "the 'tensorflow' backend ran inside tf.function, where its result is a symbolic tensor without values, "
+            "so it cannot go back as the caller's NumPy (or other framework's) array. Inside tf.function, pass "
+            "tf.Tensors (tf.convert_to_tensor(x)) to layernorm; or call it outside tf.function"
+        )
+    return np.array(x.numpy(), copy=True)
 
 
 def from_numpy(array: Any, device: str = "cpu") -> Tensor:
@@ -98,7 +110,7 @@ def from_foreign(x: Any) -> Tensor:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, mean, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
-    x = _tensor(x)
+    x = _x(x, spec)
     weight, bias = _checked(weight, "weight", x, spec), _checked(bias, "bias", x, spec)
     with _placed(x):
         if _recording():
@@ -110,7 +122,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_s
 
 def rms_norm(x: Tensor, weight: Tensor, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable by tf.GradientTape in every output."""
-    x = _tensor(x)
+    x = _x(x, spec)
     weight = _checked(weight, "weight", x, spec)
     with _placed(x):
         if _recording():
@@ -124,7 +136,7 @@ def layer_norm_backward(
     dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
-    x = _tensor(x)
+    x = _x(x, spec)
     dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
     mean, rstd = _checked(mean, "mean", x, spec), _checked(rstd, "rstd", x, spec)
     with _placed(x):
@@ -134,7 +146,7 @@ def layer_norm_backward(
 
 def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, rstd: Tensor) -> tuple[Tensor, Tensor]:
     """(dx, dweight) in x's dtype; rstd is recomputed when None."""
-    x = _tensor(x)
+    x = _x(x, spec)
     dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
     rstd = _checked(rstd, "rstd", x, spec)
     with _placed(x):
@@ -204,6 +216,11 @@ def _recording() -> bool:
 
 
 # -- tensors and devices -------------------------------------------------------------------------------------------
+
+
+def _x(x: Tensor, spec: NormSpec) -> Tensor:
+    """`_tensor` of x, with a run-time check that its normalized size, if the core could not see it, is not 0."""
+    return _sizes.nonempty(_tensor(x), spec)
 
 
 def _checked(t: Tensor, role: _sizes.Role, x: Tensor, spec: NormSpec) -> Tensor:

@@ -1,0 +1,127 @@
+"""Means over the normalized axes that stay accurate for rows of any length: eagerly, in tf.function and under XLA.
+
+TensorFlow's CPU kernels (eager, and tf.function without XLA) sum the innermost axes pairwise (Eigen's tree
+reduction), accurate whatever the length. An axis that is not innermost is summed in one running sum per column,
+whose error grows with its length: rms_norm over axes (0, 1) of a (64, 4096, 4) float32 array of values near 1000
+erred by 9x the tolerance. A reduction whose running sums would add more than RUN_MAX values moves the normalized
+axes last first (one transpose, ``spec.perm``).
+
+XLA:CPU (``jit_compile=True``) sums a row with a few accumulators whatever the axis: the mean of a row of 2**20
+float32 values near 1e4 came out 3 too small. Under XLA, rows longer than XLA_BLOCK are summed in blocks of
+XLA_BLOCK values, then the block sums the same way, until one sum is left (a cascade); an optimization barrier
+between the levels keeps XLA from folding them back into one reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla  # optimization_barrier: no public API has it
+from tensorflow.python.ops import control_flow_util  # no public API says whether XLA compiles the graph
+
+from layernorm_core.spec import NormSpec
+
+Tensor = Any
+
+RUN_MAX = 1024
+"""Most values TensorFlow's CPU kernels may add in one running sum: a column of 4096 float32 values near 1e4 summed
+its squares 2.6x the rstd tolerance off, one of 1024 0.12x."""
+XLA_BLOCK = 4096
+"""Most values one XLA reduction sums; longer rows are cascaded. XLA:CPU summed 2**18 values to 1 ulp, 2**20 not."""
+_UNKNOWN_LEVELS = 3
+"""Cascade levels for a row whose length is unknown when traced: XLA_BLOCK**3 = 2**36 values, more than any row."""
+
+
+def row_mean(t: Tensor, spec: NormSpec) -> Tensor:
+    """The mean of ``t`` (x's shape, in the compute dtype) over ``spec.axes``, shaped ``spec.stats_shape``."""
+    if _xla_compiled():
+        levels = _cascade_levels(spec)
+        return _cascade_mean(t, spec, levels) if levels > 1 else _plain_mean(t, spec)
+    outer = _running_axes(spec)
+    sizes = [spec.shape[d] for d in outer]
+    if None in sizes:  # decided when the graph runs
+        length = tf.reduce_prod(tf.gather(tf.shape(t), outer))
+        return tf.cond(length > RUN_MAX, lambda: _mean_moved_last(t, spec), lambda: _plain_mean(t, spec))
+    return _mean_moved_last(t, spec) if math.prod(sizes) > RUN_MAX else _plain_mean(t, spec)  # type: ignore[arg-type]
+
+
+def _running_axes(spec: NormSpec) -> list[int]:
+    """The normalized axes whose sizes multiply the running sums of TensorFlow's CPU kernels over ``spec.axes``.
+
+    The innermost normalized axes, and size-1 axes among or after them, are summed pairwise; every other normalized
+    axis is summed in running sums, one per column.
+    """
+    outer = []
+    innermost = True
+    for d in reversed(range(spec.ndim)):
+        size = spec.shape[d]
+        if size == 1:
+            continue
+        if d not in spec.axes:
+            innermost = False
+        elif not innermost:
+            outer.append(d)
+    return outer
+
+
+def _plain_mean(t: Tensor, spec: NormSpec) -> Tensor:
+    return tf.reduce_mean(t, axis=spec.axes, keepdims=True)
+
+
+def _xla_compiled() -> bool:
+    """True while tracing a function that XLA compiles (``tf.function(jit_compile=True)``, or one called in it)."""
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _cascade_levels(spec: NormSpec) -> int:
+    """How many levels of XLA_BLOCK values sum a row of ``spec``: 1 is a single reduction."""
+    if None in spec.normalized_shape:
+        return _UNKNOWN_LEVELS
+    size = math.prod(spec.normalized_shape)  # type: ignore[arg-type]
+    levels = 1
+    while XLA_BLOCK**levels < size:
+        levels += 1
+    return levels
+
+
+def _cascade_mean(t: Tensor, spec: NormSpec, levels: int) -> Tensor:
+    """The row means of ``t`` as block sums of block sums (``levels`` deep), divided by the row length."""
+    rows = _rows(t, spec)
+    sums = _block_sums(rows)
+    for _ in range(levels - 1):
+        (sums,) = xla.optimization_barrier(sums)
+        sums = _block_sums(sums)
+    mean = sums / tf.cast(tf.shape(rows)[1], t.dtype)
+    return tf.reshape(mean, _stats_shape(t, spec))
+
+
+def _rows(t: Tensor, spec: NormSpec) -> Tensor:
+    """``t`` as a (rows, N) matrix: the normalized axes moved last and flattened, the batch axes flattened."""
+    moved = t if spec.is_trailing else tf.transpose(t, spec.perm)
+    shape = tf.shape(t)
+    batch = tf.reduce_prod(tf.gather(shape, spec.batch_axes))
+    return tf.reshape(moved, tf.stack([batch, tf.reduce_prod(tf.gather(shape, spec.axes))]))
+
+
+def _block_sums(rows: Tensor) -> Tensor:
+    """(R, K) -> (R, ceil(K / XLA_BLOCK)): the sums of consecutive blocks of each row, the last one zero-padded."""
+    shape = tf.shape(rows)
+    length = shape[1]
+    block = tf.maximum(tf.minimum(length, XLA_BLOCK), 1)
+    count = (length + block - 1) // block
+    padded = tf.pad(rows, [[0, 0], [0, count * block - length]])
+    return tf.reduce_sum(tf.reshape(padded, tf.stack([shape[0], count, block])), axis=2)
+
+
+def _mean_moved_last(t: Tensor, spec: NormSpec) -> Tensor:
+    """The mean over ``spec.axes`` of ``t`` with those axes moved innermost, where TensorFlow sums pairwise."""
+    moved = tf.transpose(t, spec.perm)
+    mean = tf.reduce_mean(moved, axis=list(range(len(spec.batch_axes), spec.ndim)))
+    return tf.reshape(mean, _stats_shape(t, spec))
+
+
+def _stats_shape(t: Tensor, spec: NormSpec) -> list[Any]:
+    """``spec.stats_shape``, with t's run-time sizes for the unknown ones (so the known ones stay known)."""
+    return [tf.shape(t)[d] if size is None else size for d, size in enumerate(spec.stats_shape)]

@@ -129,6 +129,19 @@ def _modifies_input(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _reuses_output(base: types.ModuleType) -> dict[str, Impl]:
+    """Hands out y in one buffer per shape and dtype, which the next call of that shape overwrites."""
+    buffers: dict[tuple[Any, ...], Any] = {}
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        y, mean, rstd = base.layer_norm(x, weight, bias, spec, True)
+        kept = buffers.setdefault((y.shape, y.dtype.str), np.empty_like(y))
+        kept[...] = y
+        return (kept, mean, rstd) if return_stats else kept
+
+    return {"layer_norm": layer_norm}
+
+
 def _float32_output(base: types.ModuleType) -> dict[str, Impl]:
     """Returns y in the compute dtype: float32 for a float16 or bfloat16 x."""
 
@@ -173,6 +186,7 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "missing-eps": (_missing_eps, "test_eps", {"float32"}),
     "wrong-dbias": (_wrong_dbias, "test_backward", {"float32"}),
     "modifies-input": (_modifies_input, "test_inputs_unchanged", {"float32"}),
+    "reuses-output": (_reuses_output, "test_results_outlive_later_calls", {"float32"}),
     "float32-output": (_float32_output, "test_output_contract", {"float16"}),
     "trailing-only": (_trailing_only, "test_forward", {"float32"}),
 }

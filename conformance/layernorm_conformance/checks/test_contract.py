@@ -13,8 +13,10 @@ from layernorm_conformance.numerics import Numerics, bitwise_equal
 from layernorm_conformance.ops import (
     OPS,
     Op,
+    Problem,
     call_forward,
     forward,
+    grad_names,
     make_dy,
     make_problem,
     poison,
@@ -74,6 +76,35 @@ def test_inputs_unchanged(target: Target, dtype: str, op: Op) -> None:
     names = ["x", "weight", "dy", *stat_names(op)[1:], "bias"]
     changed = [n for n, b, a in zip(names, before, after, strict=False) if not bitwise_equal(b, a)]
     assert not changed, f"inputs modified: {changed}"
+
+
+def _forward_and_backward(target: Target, problem: Problem) -> list[Any]:
+    """Every result of a forward with statistics and an explicit backward, as the target's arrays."""
+    x, weight, bias, dy = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, make_dy(problem)))
+    outputs = call_forward(target.backend, problem, x, weight, bias, True)
+    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
+    if problem.op == "layer_norm":
+        grads = layernorm.layer_norm_backward(dy, x, weight, **common)
+    else:
+        grads = layernorm.rms_norm_backward(dy, x, weight, **common)
+    return [*outputs, *grads]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", [Case((4, 64), (-1,)), Case((1100, 256), (-1,))], ids=lambda c: c.id)
+def test_results_outlive_later_calls(target: Target, dtype: str, case: Case, op: Op) -> None:
+    """A result keeps its values through later calls on other inputs of its shape.
+
+    No output may be a view of memory the backend reuses (scratch buffers: the larger case is over 2**18 elements,
+    where backends work in blocks).
+    """
+    to_numpy = target.module.to_numpy
+    kept = _forward_and_backward(target, make_problem(op, case, dtype, "full", key="outlive-first"))
+    before = [to_numpy(a) for a in kept]
+    _forward_and_backward(target, make_problem(op, case, dtype, "full", key="outlive-second"))
+    names = [*stat_names(op), *grad_names(op)]
+    changed = [n for n, b, a in zip(names, before, kept, strict=True) if not bitwise_equal(b, to_numpy(a))]
+    assert not changed, f"results overwritten by a later call: {changed}"
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -191,6 +191,8 @@ def _forward_spec(
     if x_name not in FLOAT_DTYPES:
         raise DTypeError(f"x must have a floating dtype ({', '.join(FLOAT_DTYPES)}); got {x_name}")
     stats_dtype = compute_dtype(x_name)
+    if stats_dtype == "float32" and eps > _FLOAT32_MAX:
+        raise ArgumentError(f"eps must be finite in float32, the compute dtype of a {x_name} x; got {eps!r}")
     axes = normalize_axes(axis, len(shape))
     if ragged and axes[0] <= ragged[-1]:
         raise ShapeError(
@@ -234,6 +236,10 @@ def _forward_spec(
         inverse_perm=tuple(perm.index(d) for d in range(ndim)),
         mixed_params=mixed_params,
     )
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32: an eps above it is infinite in the compute dtype of float32 and half x."""
 
 
 def _ragged_axes(x: Any, shape: Shape) -> tuple[int, ...]:

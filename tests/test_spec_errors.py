@@ -48,6 +48,12 @@ BAD_FORWARD = [
     pytest.param(dict(eps="0.1"), ArgumentError, "eps must be a real number", id="eps-str"),
     pytest.param(dict(eps=10**400), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-int-beyond-float"),
     pytest.param(
+        dict(eps=1e308),
+        ArgumentError,
+        "eps must be finite in float32, the compute dtype of a float32 x",
+        id="eps-inf-in-f32",
+    ),
+    pytest.param(
         dict(return_stats="no"), ArgumentError, "return_stats must be True or False; got 'no'", id="stats-str"
     ),
     pytest.param(dict(return_stats=None), ArgumentError, "return_stats must be True or False", id="stats-none"),

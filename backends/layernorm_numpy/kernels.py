@@ -279,7 +279,7 @@ def forward(
 
         return work
 
-    _for_blocks(x, make_worker, compute.itemsize, quiet=eps == 0)
+    _for_blocks(x, make_worker, compute.itemsize, quiet=compute.type(eps) == 0)
 
 
 def backward(

@@ -131,7 +131,18 @@ def test_constant_row_without_eps(numerics: Numerics, target: Target, dtype: str
 
     As the formula says (docs/spec.md); the other rows stay finite and correct.
     """
-    problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", eps=0.0, key="no-eps")
+    _check_constant_row_gives_nan(numerics, target, dtype, op, 0.0)
+
+
+@pytest.mark.conformance_dtypes("float16", "bfloat16", "float32")
+@pytest.mark.parametrize("op", OPS)
+def test_eps_below_the_compute_range(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """An eps of 1e-46 is 0 in float32, the compute dtype: a constant row gives what eps = 0 gives, as quietly."""
+    _check_constant_row_gives_nan(numerics, target, dtype, op, 1e-46)
+
+
+def _check_constant_row_gives_nan(numerics: Numerics, target: Target, dtype: str, op: Op, eps: float) -> None:
+    problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", eps=eps, key="no-eps")
     row, value = 2, (3.0 if op == "layer_norm" else 0.0)
     x = problem.x.copy()
     x[row] = cast(np.full(x.shape[1:], value), dtype)

@@ -657,6 +657,59 @@ def test_backward_with_statistics_of_any_strides(rows: int, dtype: str, device: 
             torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows", [8, 2048], ids=["small", "blocked"])
+def test_cpu_tensors_under_another_default_device(rows: int, dtype: str) -> None:
+    """With torch's default device set elsewhere (meta: a model built for deferred init), CPU inputs give CPU
+    results: the blocks allocated their outputs and scratch on the default device."""
+    x, w, b, dy = make((rows, 256), -1, dtype, "cpu")
+    x.requires_grad_()
+    expected = _every_result(x, w, b, dy)
+    with torch.device("meta"):
+        got = _every_result(x, w, b, dy)
+    for g, e in zip(got, expected, strict=True):
+        assert g.device.type == "cpu"
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def _every_result(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
+    """Forward with and without autograd, autograd's gradient and the explicit backward, of both ops."""
+    results = []
+    for op, params in (("layer_norm", (w, b)), ("rms_norm", (w,))):
+        y = getattr(layernorm, op)(x, *params)
+        results += [y, getattr(layernorm, op)(x.detach(), *params), *torch.autograd.grad(y, x, dy)]
+        results += getattr(layernorm, f"{op}_backward")(dy, x.detach(), w)
+    return results
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows", [8, 1024], ids=["small", "over-2**15"])
+def test_batched_cotangents_and_vmap_of_the_backward(rows: int, dtype: str) -> None:
+    """autograd.grad(is_grads_batched=True) through both ops with trained parameters (the custom backwards wrote
+    into scratch, which batched tensors cannot), and torch.func.vmap of the explicit backwards: as a loop gives,
+    within the gradient tolerance (batched calls take the plain-ops path, a loop may take the blocked one)."""
+
+    def close(got: Any, expected: Any) -> None:
+        assert error_ratio(f64(got), f64(expected), tolerance(dtype, "grad")) <= 1
+
+    x, w, b, _ = make((rows, 64), -1, dtype, "cpu")
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    cotangents = torch.stack([make((rows, 64), -1, dtype, "cpu", seed=k)[3] for k in range(3)])
+    for op, inputs in (("layer_norm", leaves), ("rms_norm", leaves[:2])):
+        y = getattr(layernorm, op)(*inputs)
+        batched = torch.autograd.grad(y, inputs, cotangents, is_grads_batched=True, retain_graph=True)
+        for k in range(3):
+            grads = torch.autograd.grad(y, inputs, cotangents[k], retain_graph=True)
+            for got, expected in zip(batched, grads, strict=True):
+                close(got[k], expected)
+        backward = getattr(layernorm, f"{op}_backward")
+        stacked_x = torch.stack([x, x * 2, x - 1])
+        mapped = torch.func.vmap(backward, in_dims=(0, 0, None))(cotangents, stacked_x, w)
+        for k in range(3):
+            for got, expected in zip(mapped, backward(cotangents[k], stacked_x[k], w), strict=True):
+                close(got[k], expected)
+
+
 def test_backend_functions_convert_exactly() -> None:
     from layernorm_torch import backend
 

@@ -197,6 +197,51 @@ def test_export_with_a_dynamic_batch(dtype: Any, strict: bool) -> None:
         torch.testing.assert_close(program.module()(x_new), model(x_new))
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_export_of_half_statistics_and_training(dtype: Any, strict: bool) -> None:
+    """An exported half layer_norm returns float32 statistics that run (torch's fake kernel called them half), and
+    a strict export of a half module with parameters still trains (it ran autograd.Functions without autograd)."""
+
+    class Stats(torch.nn.Module):
+        def forward(self, x: Any, w: Any) -> Any:
+            return layernorm.layer_norm(x, w, return_stats=True)
+
+    x, w = inputs((4, 16), 16)[0].to(dtype), torch.randn(16)
+    program = torch.export.export(Stats(), (x, w), strict=strict)
+    got, expected = program.module()(x, w), layernorm.layer_norm(x, w, return_stats=True)
+    assert [t.dtype for t in got] == [dtype, torch.float32, torch.float32]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+    norm = lt.LayerNorm(16, dtype=dtype)
+    torch.nn.init.normal_(norm.weight)
+    trained = torch.export.export(norm, (x,), strict=strict).module()
+    leaves = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    y, y_eager = trained(leaves[0]), norm(leaves[1])
+    assert y.requires_grad
+    dy = inputs((4, 16), 16, seed=1)[0].to(dtype)
+    grads = torch.autograd.grad(y, [leaves[0], *trained.parameters()], dy)
+    expected_grads = torch.autograd.grad(y_eager, [leaves[1], norm.weight, norm.bias], dy)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_rms_norm_backward_compiles_once_for_any_batch() -> None:
+    """The explicit rms_norm_backward under dynamic=True: one graph for every batch size (the CPU blocks branched
+    on the size and guarded on the thread's scratch)."""
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(
+        lambda dy, x, w: layernorm.rms_norm_backward(dy, x, w), fullgraph=True, backend=counter, dynamic=True
+    )
+    w = torch.randn(256)
+    for rows in (16, 300, 1500, 16):
+        x, dy = inputs((rows, 256), 256, seed=rows)[0], inputs((rows, 256), 256, seed=-rows)[0]
+        for got, expected in zip(compiled(dy, x, w), layernorm.rms_norm_backward(dy, x, w), strict=True):
+            torch.testing.assert_close(got, expected)
+    assert counter.frame_count == 1
+
+
 def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
     """A traced tensor cannot go to another engine (the NumPy engine would be traced as torch ops): BackendError,
     as for a tensor that requires grad."""

@@ -60,16 +60,17 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
-            "rms_norm backward on CPU": "analytic, block by block in per-thread scratch, for inputs of 2**15 "
-            "elements or more (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768)); "
-            "torch's own autograd below that, and under torch.compile, torch.export and torch.func",
+            "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
+            "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
+            "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
+            "autograd under torch.compile, torch.export and torch.func",
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
             "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
             "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
-            "them in half precision, outside the tolerances); under torch.func transforms and forward-mode AD, "
-            "torch's float32 kernel on float32 copies",
+            "them in half precision, outside the tolerances); under torch.func transforms, forward-mode AD and "
+            "torch.export, torch's float32 kernel on float32 copies",
         },
     )
 
@@ -210,7 +211,9 @@ def _layer_norm_half(
     """
     on_cpu = x.is_cpu
     if on_cpu:
-        if _in_transform():  # the mixed-type kernel's tangent is float32; HalfLayerNormCPU has none
+        if _in_transform() or torch.compiler.is_exporting():
+            # The mixed-type kernel's tangent is float32, and its fake kernel says its statistics are half;
+            # HalfLayerNormCPU has no tangent and no batching rule, and strict export runs it without autograd.
             return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
         train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
         if train_params and torch.is_grad_enabled():
@@ -435,9 +438,10 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
-    On the CPU, a tensor subclass (a DTensor: `scratch.usable_for`) takes `rms_cpu.formula` too, and so do
-    tensors that autograd records (`_recorded`): the gradients are then differentiable, as torch's kernels make
-    them on CUDA and for layer_norm.
+    On the CPU, `rms_cpu.formula` also serves a tensor subclass (a DTensor) and torch.func's wrappers (vmap:
+    `scratch.usable_for`), torch.compile traces (the blocks would pin the batch size), and tensors that autograd
+    records (`_recorded`): the gradients are then differentiable, as torch's kernels make them on CUDA and for
+    layer_norm.
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     _require_dense(x, weight, dy, rstd)
@@ -445,7 +449,12 @@ def rms_norm_backward(
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda":
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
-    if x.is_cpu and scratch.usable_for(x) and not _recorded(dy, x, weight, rstd):
+    if (
+        x.is_cpu
+        and not torch.compiler.is_compiling()  # first: a trace cannot call the query below, nor branch on sizes
+        and scratch.usable_for(x, dy)
+        and not _recorded(dy, x, weight, rstd)
+    ):
         dy, x, rstd = _normalized_last(spec, dy, x, rstd)
         dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
         assert dx is not None and dweight is not None

@@ -84,10 +84,15 @@ class HalfLayerNormCPU(torch.autograd.Function):
 
 
 def statistics(x: torch.Tensor, normalized_shape: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 mean and rstd of a half x over the trailing ``normalized_shape``, as the forward computes them."""
-    _, mean, rstd = _native_layer_norm(
-        x, normalized_shape, scratch.parameter_ones(x, normalized_shape, torch.float32), None, eps
-    )
+    """Float32 mean and rstd of a half x over the trailing ``normalized_shape``, as the forward computes them.
+
+    A torch.func wrapper (under vmap) goes through torch's float32 kernel on a float32 copy: the batching rule of
+    the mixed-type kernel returns half statistics.
+    """
+    ones = scratch.parameter_ones(x, normalized_shape, torch.float32)
+    if not torch.compiler.is_compiling() and not scratch.usable_for(x):
+        x = x.float()
+    _, mean, rstd = _native_layer_norm(x, normalized_shape, ones, None, eps)
     return mean, rstd
 
 
@@ -107,11 +112,11 @@ def backward_float32(
     all three: up to `_SMALL_ELEMENTS`; whenever the gradients must be ``differentiable`` (every op then has a
     derivative: torch's layer_norm double backward for the kernel); in a torch.compile or torch.export trace,
     where a branch on the size would pin a dynamic size (the compiler fuses the copies); and for a tensor subclass
-    (a DTensor: `scratch.usable_for`). Otherwise dx comes from
+    (a DTensor) or a torch.func wrapper (`scratch.usable_for`). Otherwise dx comes from
     torch's mixed-type kernel (its row sums are float32), dweight and dbias from `_param_grads_float32` (a shared
     scratch buffer).
     """
-    if differentiable or torch.compiler.is_compiling() or not scratch.usable_for(x) or x.numel() <= _SMALL_ELEMENTS:
+    if differentiable or torch.compiler.is_compiling() or not scratch.usable_for(x, dy) or x.numel() <= _SMALL_ELEMENTS:
         dx, dweight, dbias = _native_layer_norm_backward(
             dy.float(), x.float(), normalized_shape, mean, rstd, w32, w32, list(mask)
         )

@@ -74,8 +74,8 @@ class RMSNormCPU(torch.autograd.Function):
         dims = tuple(range(x.ndim - len(shape), x.ndim))
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
             grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
-        elif x.numel() < MIN_ELEMENTS:
-            grads = formula(dy, x, weight, rstd, dims)
+        elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not scratch.usable_for(dy):
+            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; a batched dy (is_grads_batched)
         else:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         dx, dweight = grads
@@ -105,8 +105,8 @@ def forward(
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     x_rows = x.reshape(rows, n)
     w = None if weight is None else weight.reshape(n).to(dtype=compute)
-    y = torch.empty((rows, n), dtype=x.dtype)
-    rstd = torch.empty((rows, 1), dtype=compute)
+    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)  # not torch's default device
+    rstd = torch.empty((rows, 1), dtype=compute, device=x.device)
     block = max(1, _FORWARD_BLOCK_ELEMENTS // n)
     for start in range(0, rows, block):
         stop = min(start + block, rows)
@@ -146,8 +146,8 @@ def gradients(
     compute = rstd.dtype
     x_rows, dy_rows, rstd_rows = x.reshape(rows, n), dy.reshape(rows, n), rstd.reshape(rows, 1)
     w = None if weight is None else weight.reshape(n).to(dtype=compute)
-    dx = torch.empty((rows, n), dtype=x.dtype) if mask[0] else None
-    dweight = torch.zeros(n, dtype=compute) if mask[1] else None
+    dx = torch.empty((rows, n), dtype=x.dtype, device=x.device) if mask[0] else None
+    dweight = torch.zeros(n, dtype=compute, device=x.device) if mask[1] else None
     block = max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, rows, block):
         stop = min(start + block, rows)

@@ -12,6 +12,7 @@ import math
 import threading
 
 import torch
+from torch._C import _functorch
 
 KEPT_SHAPES = 16
 """Layouts whose views a thread keeps: a model's few layer shapes, and the blocks."""
@@ -21,12 +22,22 @@ tensors: a single call on huge rows would otherwise hold their size for the thre
 _local = threading.local()
 
 
-def usable_for(x: torch.Tensor) -> bool:
-    """Whether x may be computed on in plain scratch tensors: a plain tensor, not a subclass.
+def usable_for(*tensors: torch.Tensor) -> bool:
+    """Whether these may be computed on in plain scratch tensors: plain tensors, not subclasses or wrappers.
 
-    A subclass (a DTensor) dispatches its ops through itself; mixed with plain tensors, torch refuses the op.
+    A subclass (a DTensor) dispatches its ops through itself; mixed with plain tensors, torch refuses the op. So
+    do batched tensors, torch.func's (vmap) and autograd's legacy ones (``is_grads_batched`` cotangents), which
+    have no batching rule for ``out=`` ops or copies into plain memory. Not for a torch.compile trace, which cannot
+    call the queries.
     """
-    return type(x) is torch.Tensor
+    for t in tensors:
+        if (
+            type(t) is not torch.Tensor
+            or _functorch.is_functorch_wrapped_tensor(t)
+            or _functorch.is_legacy_batchedtensor(t)
+        ):
+            return False
+    return True
 
 
 def parameter_ones(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -58,12 +69,12 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
     step = math.prod(shape) * dtype.itemsize
     size = count * step
     if size > KEPT_MAX_BYTES:
-        return tuple(torch.empty(shape, dtype=dtype) for _ in range(count))
+        return tuple(torch.empty(shape, dtype=dtype, device="cpu") for _ in range(count))
     # Normal tensors even inside torch.inference_mode: outside it, torch refuses writes to an inference tensor.
     with torch.inference_mode(False):
         buffer: torch.Tensor | None = getattr(_local, "buffer", None)
         if buffer is None or buffer.numel() < size:
-            buffer = _local.buffer = torch.empty(size, dtype=torch.uint8)
+            buffer = _local.buffer = torch.empty(size, dtype=torch.uint8, device="cpu")
             kept.clear()
         elif len(kept) >= KEPT_SHAPES:
             kept.clear()

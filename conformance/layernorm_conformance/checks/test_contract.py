@@ -83,6 +83,7 @@ def _forward_and_backward(target: Target, problem: Problem) -> list[Any]:
     x, weight, bias, dy = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, make_dy(problem)))
     outputs = call_forward(target.backend, problem, x, weight, bias, True)
     common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
+    grads: tuple[Any, ...]
     if problem.op == "layer_norm":
         grads = layernorm.layer_norm_backward(dy, x, weight, **common)
     else:

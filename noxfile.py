@@ -2,7 +2,8 @@
 benchmarks.
 
 ``nox`` runs lint, the unit tests, every conformance session and the matrix; ``nox -s bench`` on demand.
-Virtualenvs are reused; torch comes from the CPU constraints file (the CPU wheel, not the CUDA build).
+Virtualenvs are reused; torch's version comes from the constraints file (constraints/cpu.txt says where its CPU build
+comes from).
 """
 
 from __future__ import annotations

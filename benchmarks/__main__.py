@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
     p.add_argument("--repeats", type=int, help="repeats per round (default 3, quick 1)")
-    p.add_argument("--min-time", type=float, help="seconds each repeat lasts at least (default 0.02)")
+    p.add_argument("--min-time", type=float, help="seconds each repeat lasts at least (default 0.01, quick 0.005)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--from-json", type=Path, help="re-render report.md and plots from an existing results.json")

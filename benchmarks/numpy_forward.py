@@ -1,4 +1,4 @@
-"""NumPy backend forward vs a plain copy, naive NumPy and torch's layer_norm, side by side (issue 2).
+"""NumPy backend forward vs a plain copy, naive NumPy and torch's layer_norm, side by side.
 
 Run: ``python -m benchmarks.numpy_forward [--rows 8192 --cols 4096]``. Prints median time, GB/s (bytes read +
 written: x in, y out) and the ratio to torch.nn.functional.layer_norm on the same input and machine.
@@ -28,9 +28,9 @@ def naive_layer_norm(x: npt.NDArray[Any], w: npt.NDArray[Any], b: npt.NDArray[An
 def main(argv: list[str] | None = None) -> None:
     """Time the four contenders on one (rows, cols) float32 array and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=8192)
-    parser.add_argument("--cols", type=int, default=4096)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=8192, help="rows of x (default 8192)")
+    parser.add_argument("--cols", type=int, default=4096, help="columns of x, the normalized axis (default 4096)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     options = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((options.rows, options.cols), dtype=np.float32)

@@ -1,9 +1,10 @@
 """PyTorch speed: layernorm.layer_norm / rms_norm (torch backend) against F.layer_norm / F.rms_norm and a copy.
 
-Every candidate runs side by side on the same inputs (`benchmarks.timing.interleaved`; ``torch.cuda.synchronize``
-before each clock read on CUDA), forward and forward+backward (``torch.autograd.grad`` of ``sum(y * ct)`` with
-respect to x, weight and bias). ``x.clone()`` is the memory floor. Prints medians and ratios to torch's median
-(ours / torch: 1.00 is parity, > 1 slower), and the ratio of the 10th percentiles, steadier on a busy machine.
+Every candidate runs side by side on the same inputs (`benchmarks.timing.interleaved`), forward and
+forward+backward (``torch.autograd.grad`` of ``sum(y * ct)`` with respect to x, weight and bias); on CUDA,
+``torch.cuda.synchronize`` runs before each clock read. ``x.clone()`` is the memory floor. Prints medians and
+ratios to torch's median (ours / torch: 1.00 is parity, > 1 slower), and the ratio of the 10th percentiles,
+steadier on a busy machine.
 For a half layer_norm it also times torch's route to the spec's accuracy, ``F.layer_norm`` on float32 copies cast
 back ("torch f32"): torch's half backward on the CPU sums dweight and dbias in half precision, outside the
 tolerances, which ours does in float32 (docs/benchmarks.md).
@@ -177,8 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer rounds")
     parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", default="layer_norm,rms_norm")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda if present)",
+    )
+    parser.add_argument("--ops", default="layer_norm,rms_norm", help="comma-separated, of layer_norm, rms_norm")
     parser.add_argument("--shapes", default=None, help="comma-separated rows x columns, e.g. 8x64,64x768")
     parser.add_argument("--dtypes", default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

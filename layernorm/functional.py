@@ -27,7 +27,7 @@ def layer_norm(
             float16, bfloat16, float32 or float64, with at least one dimension.
         weight, bias: optional arrays of x's framework and device, with x's sizes along ``axis`` in increasing
             axis order (``x.shape[-1:]`` for the default ``axis=-1``); dtype x's or the compute dtype.
-        axis: an int or a tuple of ints: the normalized axes, anywhere in x (trailing, channels-first,
+        axis: an int, or a tuple or list of ints: the normalized axes, anywhere in x (trailing, channels-first,
             non-adjacent). The variance is the biased one (divides by N).
         eps: added to the variance; finite and >= 0. torch's default is 1e-5, Keras's 1e-3, Flax's 1e-6.
         return_stats: also return ``mean`` and ``rstd = 1 / sqrt(var + eps)``, shaped like x with the normalized
@@ -40,7 +40,8 @@ def layer_norm(
     Raises:
         ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.
         DTypeError: x not floating (int, bool, complex), weight/bias of another dtype or framework.
-        ArgumentError: eps negative, NaN or infinite; axis not an int or tuple of ints; return_stats not a bool.
+        ArgumentError: eps negative, NaN or infinite; axis not an int or a tuple or list of ints; return_stats not a
+            bool.
         BackendError: unknown or not-installed engine, or a tracked array asked to cross frameworks.
         DeviceError: weight or bias on another device than x.
 

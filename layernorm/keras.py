@@ -187,7 +187,9 @@ class RMSNormalization(keras.layers.Layer):
     """RMS normalization (Zhang & Sennrich, 2019) over ``axis``: ``x / sqrt(mean(x**2) + epsilon) * scale``.
 
     Arguments and weight as keras.layers.RMSNormalization: ``axis`` (default -1), ``epsilon`` (default 1e-6,
-    Keras's), one weight ``scale`` initialized to ones. Output: the input's shape, in its dtype.
+    Keras's), one weight ``scale`` initialized to ones. Output: the input's shape, in the layer's compute dtype
+    (Keras casts float inputs to it: float32 for a float64 input under the default policy, bfloat16 under
+    ``mixed_bfloat16``), as with Keras's own layer.
     """
 
     def __init__(self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float = 1e-6, **kwargs: Any) -> None:

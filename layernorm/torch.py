@@ -63,9 +63,9 @@ class _Norm(nn.Module):
     def _require_normalized_shape(self, kind: Kind, x: torch.Tensor, eps: float) -> None:
         """ShapeError unless x's sizes along ``axis`` are ``normalized_shape``, as torch.nn's modules require.
 
-        For modules without parameters (``elementwise_affine=False``): otherwise the core checks weight's shape
-        against x. x's own errors (an axis out of range, a ragged axis, an integer dtype) come first, as the core
-        words them.
+        Before the call for modules without parameters (``elementwise_affine=False``); for modules with them the
+        core checks weight's shape against x, and `_blame_x` calls this only after the core raised. x's own errors
+        (an axis out of range, a ragged axis, an integer dtype) come first, as the core words them.
         """
         shape, axis = x.shape, self.axis
         if isinstance(axis, int) and -len(shape) <= axis < len(shape) and (shape[axis],) == self.normalized_shape:
@@ -76,6 +76,19 @@ class _Norm(nn.Module):
                 f"x's sizes along axis={self.axis} must be the module's normalized_shape {self.normalized_shape}; "
                 f"got {tuple(spec.normalized_shape)} (x has shape {tuple(x.shape)})"
             )
+
+    def _blame_x(self, kind: Kind, x: torch.Tensor, eps: float) -> ShapeError | None:
+        """The ShapeError that names x when x's sizes along ``axis`` are not ``normalized_shape``, else None.
+
+        For a module with parameters whose call raised a ShapeError: the core words a wrong x as a weight that does
+        not fit it ("weight must have shape (5,) ...; got (4,)"). Only on that error path, so a call that succeeds
+        pays nothing.
+        """
+        try:
+            self._require_normalized_shape(kind, x, eps)
+        except ShapeError as error:
+            return error
+        return None
 
     def __prepare_scriptable__(self) -> nn.Module:
         """Raise BackendError: torch.jit.script calls this on every submodule before it compiles a model.
@@ -100,7 +113,7 @@ class LayerNorm(_Norm):
         elementwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
         bias: with ``elementwise_affine``, also learn ``bias``.
         device, dtype: of the parameters.
-        axis: the normalized axes, an int or a tuple of ints (e.g. ``axis=1`` for NCHW channels); its length
+        axis: the normalized axes, an int, or a tuple or list of ints (e.g. ``axis=1`` for NCHW channels); its length
             must equal ``len(normalized_shape)``.
 
     Shapes: input any shape with ``normalized_shape`` along ``axis``; output the input's shape and dtype.
@@ -153,7 +166,14 @@ class LayerNorm(_Norm):
         weight, bias = self.weight, self.bias  # read once: nn.Module's attribute lookup of a parameter is Python
         if weight is None and bias is None:
             self._require_normalized_shape("layer_norm", x, self.eps)
-        return layernorm.layer_norm(x, weight, bias, axis=self.axis, eps=self.eps)
+            return layernorm.layer_norm(x, None, None, axis=self.axis, eps=self.eps)
+        try:
+            return layernorm.layer_norm(x, weight, bias, axis=self.axis, eps=self.eps)
+        except ShapeError:
+            clearer = self._blame_x("layer_norm", x, self.eps)
+            if clearer is None:
+                raise
+            raise clearer from None
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
@@ -167,8 +187,8 @@ class RMSNorm(_Norm):
     """RMS normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.RMSNorm.
 
     ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses the machine epsilon of the dtype torch's kernels
-    compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (torch's docs say x's own, 64 times
-    larger for bfloat16, but its kernels take float32's), else x's.
+    compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (torch's docs say x's own, 8192 times
+    larger for float16 and 65536 times for bfloat16, but its kernels take float32's), else x's.
     Arguments as `LayerNorm` (there is no bias); the state_dict holds ``weight`` only.
 
     Example:
@@ -210,7 +230,14 @@ class RMSNorm(_Norm):
         weight = self.weight
         if weight is None:
             self._require_normalized_shape("rms_norm", x, eps)
-        return layernorm.rms_norm(x, weight, axis=self.axis, eps=eps)
+            return layernorm.rms_norm(x, None, axis=self.axis, eps=eps)
+        try:
+            return layernorm.rms_norm(x, weight, axis=self.axis, eps=eps)
+        except ShapeError:
+            clearer = self._blame_x("rms_norm", x, eps)
+            if clearer is None:
+                raise
+            raise clearer from None
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.RMSNorm prints them, plus axis."""

@@ -104,22 +104,32 @@ def test_axis_and_shape_must_agree() -> None:
     ],
     ids=["layer_norm", "rms_norm", "layer_norm-2-axes", "rms_norm-axis"],
 )
-def test_module_without_parameters_refuses_an_input_of_other_sizes(
-    module: str, shape: Any, axis: Any, fits: tuple[int, ...], other: tuple[int, ...]
+@pytest.mark.parametrize("affine", [False, True], ids=["no-parameters", "parameters"])
+def test_module_refuses_an_input_of_other_sizes(
+    module: str, shape: Any, axis: Any, fits: tuple[int, ...], other: tuple[int, ...], affine: bool
 ) -> None:
-    """Without weight or bias, nothing else ties x to normalized_shape: torch.nn refuses such an x, so must we."""
-    ours = getattr(lt, module)(shape, elementwise_affine=False, axis=axis)
+    """torch.nn refuses an x whose sizes along axis are not normalized_shape, so must we, with an error that names x
+    (with parameters, not the weight that x does not fit; without them, nothing else ties x to normalized_shape)."""
+    ours = getattr(lt, module)(shape, elementwise_affine=affine, axis=axis)
     x = torch.randn(fits)
     assert ours(x).shape == x.shape
-    with pytest.raises(layernorm.ShapeError, match=r"normalized_shape \(.*\); got \(.*5.*\)"):
+    with pytest.raises(layernorm.ShapeError, match=r"^x's sizes along .*normalized_shape \(.*\); got \(.*5.*\)"):
         ours(torch.randn(other))
     if axis is None:
         with pytest.raises(RuntimeError):  # torch's own module refuses it too
-            getattr(torch.nn, module)(shape, elementwise_affine=False)(torch.randn(other))
+            getattr(torch.nn, module)(shape, elementwise_affine=affine)(torch.randn(other))
     with pytest.raises(layernorm.ShapeError, match="out of range"):  # x's own errors first, in the core's words
         ours(torch.randn(()))
     with pytest.raises(layernorm.DTypeError):
         ours(torch.ones(fits, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_a_weight_that_does_not_fit_is_blamed_when_x_fits(module: str) -> None:
+    ours = getattr(lt, module)(4)
+    ours.weight = torch.nn.Parameter(torch.ones(5))
+    with pytest.raises(layernorm.ShapeError, match=r"^weight must have shape \(4,\)"):
+        ours(torch.randn(3, 4))
 
 
 def test_module_without_parameters_compiles_with_dynamic_batch() -> None:

@@ -64,15 +64,22 @@ def _weight_shape(axis: list[int] | int, input_shape: tuple[int | None, ...]) ->
     return axes, tuple(input_shape[a] for a in axes)
 
 
-def _matching(param: Any, x: Any) -> Any:
-    """A weight as a tensor whose dtype layernorm accepts for x: x's, or float32 for half x.
+def _matching(param: Any, x: Any, axis: list[int] | int) -> Any:
+    """A weight as layernorm takes it for x: laid along the normalized axes in increasing order, of a dtype it accepts.
 
-    Any other dtype is cast to the compute dtype, float32 for half x (which statistics use, so a float64 weight
-    of a float64 layer keeps float32's digits rather than the half's), else x's.
+    Keras sorts the axes as given, negative ones first (``[1, -1]`` gives a weight of shape (x.shape[-1],
+    x.shape[1])), and reshapes the weight to x's sizes along the axes in increasing order: so does this.
+    The dtype: x's, or float32 for half x; any other is cast to the compute dtype, float32 for half x (which
+    statistics use, so a float64 weight of a float64 layer keeps float32's digits rather than the half's), else x's.
     """
     if param is None:
         return None
     tensor = param.value  # the backend's own array (tf.Variable, jax.Array, torch Parameter), autocast if due
+    if isinstance(axis, list):
+        ndim = len(x.shape)
+        order = sorted(range(len(axis)), key=lambda k: axis[k] % ndim)
+        if order != sorted(order):  # mixed signs: Keras's order is not the axes' order
+            tensor = ops.reshape(tensor, tuple(tensor.shape[k] for k in order))
     x_dtype = keras.backend.standardize_dtype(x.dtype)
     allowed = (x_dtype, "float32") if x_dtype in _HALF else (x_dtype,)
     if keras.backend.standardize_dtype(tensor.dtype) in allowed:
@@ -152,8 +159,8 @@ class LayerNormalization(keras.layers.Layer):
         """Normalize ``inputs`` with layernorm.layer_norm; cast to the layer's compute dtype."""
         outputs = layer_norm(
             inputs,
-            _matching(self.gamma, inputs),
-            _matching(self.beta, inputs),
+            _matching(self.gamma, inputs, self.axis),
+            _matching(self.beta, inputs, self.axis),
             axis=_tuple(self.axis),
             eps=self.epsilon,
         )
@@ -204,7 +211,7 @@ class RMSNormalization(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         """Normalize ``x`` with layernorm.rms_norm."""
-        return rms_norm(x, _matching(self.scale, x), axis=_tuple(self.axis), eps=self.epsilon)
+        return rms_norm(x, _matching(self.scale, x, self.axis), axis=_tuple(self.axis), eps=self.epsilon)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The input shape (ValueError for an axis out of range)."""

@@ -431,6 +431,7 @@ LONG_CASES = [
     pytest.param((2, 2**21), -1, 1e4, id="rows-of-2**21"),
     pytest.param((64, 4096, 4), (0, 1), 1e3, id="axes-0-1-of-64x4096x4"),
     pytest.param((2**17, 4), 0, 1e3, id="axis-0-of-2**17x4"),
+    pytest.param((2**20 + 5,), 0, 1e4, id="every-axis"),  # no batch axis: the cascade's row count is 1
 ]
 
 

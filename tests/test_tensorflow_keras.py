@@ -70,6 +70,29 @@ def test_keras_weights_load_and_outputs_match(axis: Any, center: bool, scale: bo
     assert error_ratio(expected, ref, tolerance("float32", "output"), cond) <= 1
 
 
+@pytest.mark.parametrize("axis", [pytest.param([1, -1], id="1,-1"), pytest.param([-1, 0, 1], id="-1,0,1")])
+@pytest.mark.parametrize("layer", ["LayerNormalization", "RMSNormalization"])
+def test_axes_of_mixed_signs_as_keras_lays_the_weights(layer: str, axis: list[int]) -> None:
+    """Keras sorts [1, -1] as [-1, 1], so its weight has shape (x.shape[-1], x.shape[1]), and reshapes the weight
+    to x's sizes along the axes in increasing order: ours does the same (Keras's own RMSNormalization, and its
+    LayerNormalization over [-1, 0, 1], fail on these; its LayerNormalization over [1, -1] gives ours)."""
+    ours = getattr(lk, layer)(axis=axis)
+    ours.build(SHAPE)
+    _random_weights(ours)
+    assert all(tuple(w.shape) == tuple(SHAPE[a] for a in sorted(axis)) for w in ours.weights)
+    x = _x()
+    op = "layer_norm" if layer == "LayerNormalization" else "rms_norm"
+    spec = check_forward(op, x, None, None, tuple(axis), ours.epsilon)
+    weights = [w.reshape(spec.normalized_shape) for w in ours.get_weights()]
+    expected = getattr(reference, op)(x, *weights, spec)[0]
+    assert error_ratio(np.asarray(ours(x)), expected, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+    if layer == "LayerNormalization" and axis == [1, -1]:
+        theirs = keras.layers.LayerNormalization(axis=axis)
+        theirs.build(SHAPE)
+        theirs.set_weights(ours.get_weights())
+        np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_defaults_are_keras_defaults() -> None:
     ours, theirs = lk.LayerNormalization(), keras.layers.LayerNormalization()
     assert ours.epsilon == theirs.epsilon == 1e-3

@@ -101,7 +101,7 @@ def _rows(t: Tensor, spec: NormSpec) -> Tensor:
     """``t`` as a (rows, N) matrix: the normalized axes moved last and flattened, the batch axes flattened."""
     moved = t if spec.is_trailing else tf.transpose(t, spec.perm)
     shape = tf.shape(t)
-    batch = tf.reduce_prod(tf.gather(shape, spec.batch_axes))
+    batch = tf.reduce_prod(tf.gather(shape, tf.constant(spec.batch_axes, tf.int32)))  # () alone would be float32
     return tf.reshape(moved, tf.stack([batch, tf.reduce_prod(tf.gather(shape, spec.axes))]))
 
 

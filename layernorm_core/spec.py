@@ -313,4 +313,5 @@ def _shapes_match(got: Shape, expected: Shape) -> bool:
 
 
 def _fmt(shape: Shape) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    """A shape as a tuple's text; f-strings, which dynamo traces for symbolic sizes (it cannot trace str() of them)."""
+    return "(" + ", ".join("?" if d is None else f"{d}" for d in shape) + ("," if len(shape) == 1 else "") + ")"

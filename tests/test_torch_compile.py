@@ -252,13 +252,21 @@ def test_crossing_frameworks_inside_a_trace_is_a_backend_error() -> None:
         compiled(torch.randn(4, 32))
 
 
-def test_fullgraph_reports_a_bad_input_as_dynamo_does_naming_ours() -> None:
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_fullgraph_reports_a_bad_input_as_dynamo_does_naming_ours(dynamic: bool) -> None:
     """fullgraph=True: dynamo's Unsupported names our ShapeError and its message (docs/spec.md, Errors); without
-    fullgraph the graph breaks and the ShapeError itself comes out (the conformance suite's traced errors)."""
+    fullgraph the graph breaks and the ShapeError itself comes out (the conformance suite's traced errors). With
+    dynamic shapes too (the message's sizes are symbolic: dynamo traces f-strings of them, not str()), and from a
+    module with parameters given an x of the wrong size."""
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: layernorm.layer_norm(x, torch.ones(3)), backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda x: layernorm.layer_norm(x, torch.ones(3)), backend="aot_eager", fullgraph=True, dynamic=dynamic
+    )
     with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.weight must have shape \(8,\)"):
         compiled(torch.randn(4, 8))
+    module = torch.compile(lt.LayerNorm(4), backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.x's sizes along axis=-1 must be"):
+        module(torch.randn(2, 5))
 
 
 @pytest.mark.parametrize("scope", ["torch", "auto"])

@@ -169,11 +169,8 @@ class LayerNorm(_Norm):
             return layernorm.layer_norm(x, None, None, axis=self.axis, eps=self.eps)
         try:
             return layernorm.layer_norm(x, weight, bias, axis=self.axis, eps=self.eps)
-        except ShapeError:
-            clearer = self._blame_x("layer_norm", x, self.eps)
-            if clearer is None:
-                raise
-            raise clearer from None
+        except ShapeError as error:
+            raise (self._blame_x("layer_norm", x, self.eps) or error) from None
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
@@ -233,11 +230,8 @@ class RMSNorm(_Norm):
             return layernorm.rms_norm(x, None, axis=self.axis, eps=eps)
         try:
             return layernorm.rms_norm(x, weight, axis=self.axis, eps=eps)
-        except ShapeError:
-            clearer = self._blame_x("rms_norm", x, eps)
-            if clearer is None:
-                raise
-            raise clearer from None
+        except ShapeError as error:
+            raise (self._blame_x("rms_norm", x, eps) or error) from None
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.RMSNorm prints them, plus axis."""

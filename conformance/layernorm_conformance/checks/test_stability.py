@@ -150,14 +150,7 @@ def test_tiny_eps(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
     row = slice(CONSTANT_ROW, CONSTANT_ROW + 1)
     if np.isnan(actual["y"][row]).all() and np.isposinf(actual["rstd"][row]).all():
         return
-    only_row = problem.with_x(problem.x[row])
-    numerics.check(
-        {name: value[row] for name, value in actual.items()},
-        reference_forward(only_row),
-        dtype,
-        only_row.condition(),
-        scales=only_row.scales(),
-    )
+    _check_rows(numerics, problem, actual, dtype, row)
 
 
 CONSTANT_ROW = 2
@@ -181,13 +174,17 @@ def _with_constant_row(
         actual = {name: result.astype(np.float64) for name, result in forward(target, problem).items()}
     if op == "layer_norm":
         assert (actual["mean"][CONSTANT_ROW] == value).all(), "mean of a constant row is not its value"
-    keep = np.array([k for k in range(x.shape[0]) if k != CONSTANT_ROW])
-    others = problem.with_x(x[keep])
-    numerics.check(
-        {name: result[keep] for name, result in actual.items()},
-        reference_forward(others),
-        dtype,
-        others.condition(),
-        scales=others.scales(),
-    )
+    _check_rows(numerics, problem, actual, dtype, np.array([k for k in range(x.shape[0]) if k != CONSTANT_ROW]))
     return problem, actual
+
+
+def _check_rows(numerics: Numerics, problem: Problem, actual: dict[str, Any], dtype: str, rows: Any) -> None:
+    """Check ``rows`` (an index along axis 0) of the results against the reference of those rows alone."""
+    some = problem.with_x(problem.x[rows])
+    numerics.check(
+        {name: result[rows] for name, result in actual.items()},
+        reference_forward(some),
+        dtype,
+        some.condition(),
+        scales=some.scales(),
+    )

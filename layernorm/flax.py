@@ -75,7 +75,7 @@ def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.A
     parameters stay float32 for a half x).
     """
     x = jnp.asarray(x)
-    values = [None if p is None else p[...] for p in params]
+    values = [None if p is None else jnp.asarray(p[...]) for p in params]  # a restored checkpoint holds NumPy arrays
     target = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, *[v for v in values if v is not None])
     if not jnp.issubdtype(target, jnp.inexact):
         target = jnp.promote_types(jnp.float32, target)

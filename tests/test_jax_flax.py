@@ -106,6 +106,23 @@ def test_array_likes_are_taken_as_flax_takes_them(given: str, affine: bool, modu
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_parameters_restored_as_numpy_arrays_run_as_flax_runs_them(module: str, param_dtype: str) -> None:
+    """A host copy of the state (jax.device_get, flax.serialization.from_bytes) holds NumPy arrays: Flax runs it."""
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    theirs_kwargs: dict[str, Any] = {"use_fast_variance": False} if module == "LayerNorm" else {}
+    theirs = getattr(nnx, module)(8, param_dtype=param_dtype, rngs=nnx.Rngs(0), **theirs_kwargs)
+    for m in (ours, theirs):
+        _random_params(m, seed=3)
+        nnx.update(m, jax.device_get(nnx.state(m)))
+        assert isinstance(_value(m.scale), np.ndarray)
+    x = _x((3, 8))
+    got, expected = ours(x), theirs(x)
+    assert isinstance(got, jax.Array) and got.dtype == expected.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
 def test_axes_of_any_integer_type() -> None:
     x = _x((3, 8), "float32")
     got = LayerNorm(8, reduction_axes=np.int64(-1), feature_axes=[np.int32(-1)], rngs=nnx.Rngs(0))(x)

@@ -56,6 +56,8 @@ class Registry:
         self._discovered = False
         self._declarations: dict[str, BackendDeclaration] = {}
         self._plugin_of: dict[str, str] = {}
+        self._distribution_of: dict[str, str] = {}
+        """Plugin name -> the distribution whose entry point it is (absent for plugins registered at run time)."""
         self._loaded: dict[str, ModuleType] = {}
         self._owner_by_module: dict[str, str] = {}
         self._excluded_by_module: dict[str, str] = {}
@@ -89,6 +91,7 @@ class Registry:
         """Remove a plugin registered under ``name`` and the backends it declared."""
         with self._lock:
             self._manager.unregister(name=name)
+            self._distribution_of.pop(name, None)
             for backend in [b for b, p in self._plugin_of.items() if p == name]:
                 del self._declarations[backend], self._plugin_of[backend]
                 self._loaded.pop(backend, None)
@@ -116,6 +119,8 @@ class Registry:
             except Exception as exc:
                 _warn(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}")
                 continue
+            if entry_point.dist is not None:
+                self._distribution_of[entry_point.name] = entry_point.dist.name
             self._collect(entry_point.name, plugin)
 
     def _collect(self, plugin_name: str, plugin: Any) -> None:
@@ -155,6 +160,8 @@ class Registry:
                 f"plugin {plugin_name!r} declares backend {declaration.name!r}, a name no call can select "
                 "('auto' means dispatch by array type)"
             )
+        elif (problem := _malformed(declaration)) is not None:
+            _warn(f"plugin {plugin_name!r} declares backend {declaration.name!r} with {problem}; it is not registered")
         elif declaration.name in self._declarations:
             _warn(
                 f"plugin {plugin_name!r} declares backend {declaration.name!r}, already declared by plugin "
@@ -166,6 +173,12 @@ class Registry:
             self._plugin_of[declaration.name] = plugin_name
 
     def _warn_taken_modules(self, plugin_name: str, declaration: BackendDeclaration) -> None:
+        for module in declaration.excluded_modules:
+            if not any(module == own or module.startswith(own + ".") for own in declaration.array_modules):
+                _warn(
+                    f"plugin {plugin_name!r} declares backend {declaration.name!r} to exclude {module!r} arrays, "
+                    f"outside its own array_modules {declaration.array_modules!r}; the exclusion is ignored"
+                )
         for module in declaration.array_modules:
             owner = next((name for name, d in self._declarations.items() if module in d.array_modules), None)
             if owner is not None:
@@ -199,7 +212,8 @@ class Registry:
             for module in declaration.array_modules:
                 self._owner_by_module.setdefault(module, declaration.name)
             for module in declaration.excluded_modules:
-                self._excluded_by_module.setdefault(module, declaration.name)
+                if any(module == own or module.startswith(own + ".") for own in declaration.array_modules):
+                    self._excluded_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
         self._loaded_owner_by_type = {
             cls: owner for cls, owner in self._loaded_owner_by_type.items() if owner in self._declarations
@@ -229,12 +243,14 @@ class Registry:
             raise BackendError(f"unknown backend {name!r}; registered backends: {known}") from None
 
     def unavailable_reason(self, name: str) -> str | None:
-        """Why backend ``name`` cannot run here (a missing module, with its pip extra), or None."""
+        """Why backend ``name`` cannot run here (a missing module, with the pip extra of its plugin's distribution)."""
         declaration = self.declaration(name)
+        distribution = self._distribution_of.get(self._plugin_of[name])
         for module in declaration.requires:
             if not _importable(module):
-                install = f"pip install 'layernorm[{declaration.extra}]'" if declaration.extra else f"install {module}"
-                return f"{module} is not installed: {install}"
+                if declaration.extra and distribution:
+                    return f"{module} is not installed: pip install '{distribution}[{declaration.extra}]'"
+                return f"{module} is not installed: install {module}"
         return None
 
     def get(self, name: str) -> ModuleType:
@@ -362,6 +378,22 @@ def _owner_of_type(registry: Registry, array_type: type) -> str | None:
             if owner is not None:
                 return owner
         return None
+
+
+def _malformed(declaration: BackendDeclaration) -> str | None:
+    """What makes a declaration unusable as given (a string where a tuple of names belongs, say), or None."""
+    for field_name in ("array_modules", "excluded_modules", "requires"):
+        value = getattr(declaration, field_name)
+        if not isinstance(value, tuple | list) or not all(isinstance(m, str) and m for m in value):
+            return f"{field_name}={value!r}: it must be a tuple of module names, such as ('cupy',)"
+    dotted = [m for m in declaration.array_modules if "." in m]
+    if dotted:
+        return f"array_modules={declaration.array_modules!r}: {dotted[0]!r} is not a top-level module name"
+    if not isinstance(declaration.implementation, str) or not declaration.implementation:
+        return f"implementation={declaration.implementation!r}: it must name a module"
+    if declaration.extra is not None and not isinstance(declaration.extra, str):
+        return f"extra={declaration.extra!r}: it must be a string or None"
+    return None
 
 
 def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:

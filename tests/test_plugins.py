@@ -174,6 +174,8 @@ def test_entry_point_name_clash_keeps_the_first_distribution_by_name(
 
 
 def test_registry_status_reports_unavailable_backends() -> None:
+    """A plugin registered at run time belongs to no distribution: the reason names the module to install."""
+
     class NotHere:
         @hookimpl
         def layernorm_backends(self) -> list[BackendDeclaration]:
@@ -185,8 +187,70 @@ def test_registry_status_reports_unavailable_backends() -> None:
     assert (row.name, row.available, row.reason) == (
         "nothere",
         False,
-        "zz_not_here is not installed: pip install 'layernorm[zz]'",
+        "zz_not_here is not installed: install zz_not_here",
     )
+
+
+def test_unavailable_backend_names_the_extra_of_its_plugins_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extra is the plugin's distribution's (pip install 'zz-gpu-plugin[gpu]'), not layernorm's."""
+    group = "layernorm.test-extra"
+    plugin = CLASHING_PLUGIN.replace(
+        'name="numpy", implementation="nowhere", array_modules=("numpy",)',
+        ('name="zzgpu", implementation="nowhere", requires=("zz_not_here",), extra="gpu"'),
+    )
+    monkeypatch.syspath_prepend(
+        str(_distribution(tmp_path, "zz-gpu-plugin", f"[{group}]\nzzgpu = zzgpu_plugin\n", {"zzgpu_plugin": plugin}))
+    )
+    fresh = Registry(entry_point_group=group)
+    assert fresh.unavailable_reason("zzgpu") == "zz_not_here is not installed: pip install 'zz-gpu-plugin[gpu]'"
+    assert registry.unavailable_reason("numpy") is None and registry._distribution_of["numpy"] == "layernorm"
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"array_modules": "zzarrays"}, "array_modules='zzarrays': it must be a tuple of module names"),
+        ({"requires": "numpy"}, "requires='numpy': it must be a tuple of module names"),
+        ({"array_modules": ("zzarrays.core",)}, "'zzarrays.core' is not a top-level module name"),
+        ({"excluded_modules": ("",)}, "excluded_modules=('',): it must be a tuple of module names"),
+    ],
+    ids=["array-modules-str", "requires-str", "dotted-array-module", "empty-name"],
+)
+def test_malformed_declaration_warns_and_is_not_registered(fields: dict[str, object], problem: str) -> None:
+    class Malformed:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name="zzbad", implementation="nowhere", **fields)]  # type: ignore[arg-type]
+
+    fresh = Registry(entry_point_group="layernorm.no-such-group")
+    with pytest.warns(PluginWarning, match="backend 'zzbad' with ") as caught:
+        fresh.register_plugin(Malformed(), name="malformed")
+    assert problem in str(caught[0].message) and "it is not registered" in str(caught[0].message)
+    assert fresh.names() == ()
+
+
+def test_exclusion_outside_the_plugins_own_modules_is_ignored_with_a_warning() -> None:
+    """A plugin cannot exclude NumPy's or torch's arrays: every other backend keeps working."""
+
+    class Excluder:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [
+                BackendDeclaration(
+                    name="zzexcl",
+                    implementation="nowhere",
+                    array_modules=("zzarrays",),
+                    excluded_modules=("numpy", "zzarrays.sparse"),
+                )
+            ]
+
+    warned = pytest.warns(PluginWarning, match=r"to exclude 'numpy' arrays, outside its own array_modules")
+    with warned, registered(Excluder(), "excluder"):
+        assert np.asarray(layernorm.layer_norm(np.ones((2, 3)), backend="numpy")).shape == (2, 3)
+        assert registry._excluded_by_module.get("zzarrays.sparse") == "zzexcl"
+        assert "numpy" not in registry._excluded_by_module
 
 
 def test_cli_backends_table() -> None:

@@ -121,9 +121,9 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int, clock: Clock) -> d
 
 
 def report(shape: tuple[int, int], dtype: str, results: dict[str, dict[str, Timing]]) -> None:
-    """Print one table per pass: median ms, p10-p90 over rounds, ratio to layernorm."""
+    """Print one table per pass: median ms, p10-p90 over the samples, ratio to layernorm."""
     for label, timings in results.items():
-        heading = f"\n{shape} {dtype} {label} (median of {timings['layernorm'].repeats} rounds)"
+        heading = f"\n{shape} {dtype} {label} (median of {timings['layernorm'].repeats} samples)"
         print_timings(heading, timings, "layernorm")
 
 

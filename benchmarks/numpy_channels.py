@@ -3,7 +3,7 @@
 Run: ``LAYERNORM_NUMPY_THREADS=1 python -m benchmarks.numpy_channels [--baseline DIR]``, where DIR holds an
 earlier ``kernels.py`` and ``backend.py`` of ``layernorm_numpy`` (copied aside before a change). Prints, per
 shape, the median forward and forward+backward times of each contender, interleaved, and the ratio to the
-baseline (or to naive NumPy without one).
+baseline (without one, to this checkout's "current").
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ class RMSNorm(_Norm):
     """RMS normalization over ``axis`` (default: the last ``len(normalized_shape)`` axes), as torch.nn.RMSNorm.
 
     ``y = x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses the machine epsilon of the dtype torch's kernels
-    compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (torch's docs say x's own, 8192 times
-    larger for float16 and 65536 times for bfloat16, but its kernels take float32's), else x's.
+    compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (not x's own, 8192 times larger for
+    float16 and 65536 times for bfloat16), else x's.
     Arguments as `LayerNorm` (there is no bias); the state_dict holds ``weight`` only.
 
     Example:

@@ -80,6 +80,20 @@ def _naive_variance(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _plain_mean(base: types.ModuleType) -> dict[str, Impl]:
+    """Two-pass, but the mean as sum(x) / N in the compute dtype: a constant row whose sum rounds keeps a var > 0."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        xc = np.asarray(x, dtype=spec.compute_dtype)
+        mean = xc.mean(axis=spec.axes, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rstd = 1 / np.sqrt(((xc - mean) ** 2).mean(axis=spec.axes, keepdims=True) + spec.eps)
+            y = _affine((xc - mean) * rstd, weight, bias, spec, x.dtype)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
 def _running_sum(base: types.ModuleType) -> dict[str, Impl]:
     """rms_norm's mean of squares by one running sum in the compute dtype (np.cumsum), as a plain loop sums it."""
 
@@ -153,6 +167,28 @@ def _float32_output(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _float32_grads(base: types.ModuleType) -> dict[str, Impl]:
+    """Returns the explicit gradients in the compute dtype: float32 for a float16 or bfloat16 x."""
+
+    def layer_norm_backward(dy: Any, x: Any, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
+        x32, dy32 = np.asarray(x, dtype=spec.compute_dtype), np.asarray(dy, dtype=spec.compute_dtype)
+        spec32 = check_forward("layer_norm", x32, _cast(weight, x32), None, spec.axes, spec.eps)
+        return base.layer_norm_backward(dy32, x32, _cast(weight, x32), spec32, mean, rstd)
+
+    return {"layer_norm_backward": layer_norm_backward}
+
+
+def _modifies_nonfinite_input(base: types.ModuleType) -> dict[str, Impl]:
+    """Replaces NaN and Inf in x in place (np.nan_to_num(copy=False)), then normalizes the finite values."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        if x.size:
+            np.nan_to_num(x, copy=False)
+        return base.layer_norm(x, weight, bias, spec, return_stats)
+
+    return {"layer_norm": layer_norm}
+
+
 def _cast(a: Any, like: Any) -> Any:
     return None if a is None else np.asarray(a, dtype=like.dtype)
 
@@ -183,11 +219,14 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "n-minus-1": (_n_minus_1, "test_forward", {"float32"}),
     "naive-variance": (_naive_variance, "test_large_offset", {"float32"}),
     "running-sum": (_running_sum, "test_long_row", {"float32"}),
+    "plain-mean": (_plain_mean, "test_constant_row_without_eps", {"float32"}),
     "missing-eps": (_missing_eps, "test_eps", {"float32"}),
     "wrong-dbias": (_wrong_dbias, "test_backward", {"float32"}),
     "modifies-input": (_modifies_input, "test_inputs_unchanged", {"float32"}),
     "reuses-output": (_reuses_output, "test_results_outlive_later_calls", {"float32"}),
     "float32-output": (_float32_output, "test_output_contract", {"float16"}),
+    "float32-grads": (_float32_grads, "test_output_contract", {"float16"}),
+    "replaces-nan-in-place": (_modifies_nonfinite_input, "test_nonfinite_rows_isolated", {"float32"}),
     "trailing-only": (_trailing_only, "test_forward", {"float32"}),
 }
 """Defect name -> (its implementation, the check that must fail, dtypes where it must fail)."""

@@ -286,6 +286,20 @@ def _plain_rms(x: jax.Array, w: jax.Array) -> jax.Array:
     return x / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5) * w
 
 
+@pytest.mark.parametrize("eps", [1e-3, 1e-5])
+def test_second_order_through_statistics_of_one_element_rows(eps: float) -> None:
+    """Rows of one element: mean = x, y = 0 and rstd = eps**-0.5 whatever x, so sum(y^2 + mean^2 + rstd^2) has the
+    gradient 2x, and the gradient of its squared norm is 8x. (float32: the general backward's rstd**3 terms, which
+    cancel only in exact arithmetic, gave 0 at eps = 1e-5.)"""
+    x = jnp.asarray([[0.5], [-1.2], [2.0]], jnp.float32)
+
+    def loss(x: jax.Array) -> jax.Array:
+        return sum(jnp.sum(out**2) for out in layernorm.layer_norm(x, eps=eps, return_stats=True))
+
+    second = jax.grad(lambda x: jnp.sum(jax.grad(loss)(x) ** 2))(x)
+    np.testing.assert_allclose(np.asarray(second), 8 * np.asarray(x), rtol=1e-6)
+
+
 def test_second_order_reverse_mode_works() -> None:
     """grad of grad differentiates the analytic backward itself; checked against autodiff of autodiff."""
     with enable_x64(True):

@@ -185,6 +185,26 @@ def test_second_order_through_nested_tapes(kind: str, axis: Any, dtype: str, mod
     )
 
 
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+@pytest.mark.parametrize("eps", [1e-3, 1e-5])
+def test_second_order_through_statistics_of_one_element_rows(eps: float, mode: str) -> None:
+    """Rows of one element: mean = x, y = 0 and rstd = eps**-0.5 whatever x, so sum(y^2 + mean^2 + rstd^2) has the
+    gradient 2x, and the gradient of its squared norm is 8x. (float32: the general backward's rstd**3 terms, which
+    cancel only in exact arithmetic, gave 0 at eps = 1e-5.)"""
+    x = tf.constant([[0.5], [-1.2], [2.0]], tf.float32)
+
+    def second(x: Any) -> Any:
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.add_n([tf.reduce_sum(o**2) for o in layernorm.layer_norm(x, eps=eps, return_stats=True)])
+            penalty = tf.reduce_sum(inner.gradient(loss, x) ** 2)
+        return outer.gradient(penalty, x)
+
+    np.testing.assert_allclose(_np(_compiled(second, mode)(x)), 8 * _np(x), rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_tape_gradient_is_the_explicit_backward(kind: str) -> None:
     host = _host((6, 10), -1, np.float32, seed=2)

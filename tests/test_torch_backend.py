@@ -157,6 +157,19 @@ def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> No
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @TRAILING_OR_CHANNELS_FIRST
+def test_differentiable_statistics_of_a_constant_row(axis: Any, dtype: str, device: str) -> None:
+    """With x's gradient taken, the returned statistics of a constant row of 0.1s (whose sum rounds) are exact:
+    mean 0.1 in the compute dtype and, with eps = 0, rstd inf, as the kernel's are without the gradient."""
+    x = torch.full((2, 1000, 3) if axis == 1 else (2, 3, 1000), 0.1, dtype=getattr(torch, dtype), device=device)
+    _, mean, rstd = layernorm.layer_norm(x.clone().requires_grad_(), axis=axis, eps=0.0, return_stats=True)
+    _, kernel_mean, _ = layernorm.layer_norm(x, axis=axis, eps=0.0, return_stats=True)
+    assert (mean == x.to(kernel_mean.dtype)[0, 0, 0]).all() and torch.equal(mean, kernel_mean)
+    assert torch.isposinf(rstd).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@TRAILING_OR_CHANNELS_FIRST
 def test_torch_func_grad(axis: Any, dtype: str, device: str) -> None:
     """torch.func.grad with respect to x, weight and bias (functorch transforms, not torch.autograd)."""
     x, w, b, dy = make((6, 20, 12), axis, dtype, device)

@@ -47,12 +47,39 @@ def _sum_to_param(value: jax.Array, axes: Axes) -> jax.Array:
 
 
 def layer_norm_stats(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
-    """(mean, rstd) in the compute dtype, normalized axes kept as size 1. Two passes: var = mean((x - mean)^2)."""
+    """(mean, rstd) in the compute dtype, normalized axes kept as size 1. Two passes: var = mean((x - mean)^2).
+
+    The mean is taken about a pivot p, an element of each row (`_pivot`): ``p + mean(x - p)``. A constant row's
+    mean is then exact and its var 0, as the spec asks: ``sum(x) / N`` rounds for most values (a float32 row of
+    1000 values 0.1 gave y = 1, not NaN, with eps = 0), and for rows far from 0 the shift also keeps the offset's
+    rounding out of the sum. It cost 3-17% of a float32 forward at 64x768 to 8192x4096 (one thread, side by side).
+    """
     xf = _upcast(x)
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    pivot = _pivot(xf, axes)
+    mean = pivot + jnp.mean(xf - pivot, axis=axes, keepdims=True)
     centered = xf - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     return mean, lax.rsqrt(var + jnp.asarray(eps, xf.dtype))
+
+
+def _pivot(xf: jax.Array, axes: Axes) -> jax.Array:
+    """Each row's first element, 0 where it is not finite, shaped like the statistics (no gradient flows through it).
+
+    Where a normalized axis is explicitly sharded (``jax.sharding.AxisType.Explicit``), which JAX refuses to slice,
+    the row's largest element instead: a reduction, one more pass over x.
+    """
+    if _explicitly_sharded(xf, axes):
+        first = jnp.max(xf, axis=axes, keepdims=True)
+    else:
+        first = xf[tuple(slice(0, 1) if d in axes else slice(None) for d in range(xf.ndim))]
+    return lax.stop_gradient(jnp.where(jnp.isfinite(first), first, jnp.zeros_like(first)))
+
+
+def _explicitly_sharded(xf: jax.Array, axes: Axes) -> bool:
+    """Whether the type of xf shards one of ``axes`` over a mesh axis (JAX without explicit sharding: never)."""
+    typeof = getattr(jax, "typeof", None)
+    spec = getattr(getattr(typeof(xf), "sharding", None), "spec", None) if typeof is not None else None
+    return spec is not None and any(d < len(spec) and spec[d] is not None for d in axes)
 
 
 def rms_norm_rstd(x: jax.Array, axes: Axes, eps: float) -> jax.Array:
@@ -101,12 +128,14 @@ def layer_norm_grads(
     """
     dtype = mean.dtype
     dyf = dy.astype(dtype)
+    n = _count(x, axes)
+    if n == 1:
+        return _single_element_grads(dyf, x, dmean, axes)
     # Written on centered = x - mean, with rstd applied to row-sized factors: XLA then keeps one full-size
     # intermediate instead of also materializing xhat = centered * rstd.
     centered = _upcast(x) - mean
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
-    n = _count(x, axes)
     g_sum, gc_sum = _row_sums(g, g * centered, axes)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
     if drstd is not None:
@@ -116,6 +145,20 @@ def layer_norm_grads(
     if dmean is not None:
         dx = dx + dmean.astype(dtype) / n
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
+
+
+def _single_element_grads(
+    dy: jax.Array, x: jax.Array, dmean: jax.Array | None, axes: Axes
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
+
+    The general form gives the same first derivative, but differentiated again its terms of size rstd**3 cancel
+    only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at eps = 1e-5.
+    dy is in the compute dtype.
+    """
+    blank = dy * 0 + _upcast(x) * 0  # 0, or NaN where dy or x is NaN or inf, as the general form gives
+    dx = blank if dmean is None else blank + dmean.astype(dy.dtype)
+    return dx, _sum_to_param(blank, axes), _sum_to_param(dy, axes)
 
 
 ONE_PASS_MIN_ELEMENTS = 1 << 21

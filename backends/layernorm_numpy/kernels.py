@@ -218,8 +218,9 @@ def forward(
 ) -> None:
     """Normalize ``x`` along axis 1 into ``y``; write the mean (layer_norm) and rstd along that axis.
 
-    With ``y`` None only the statistics are computed (for a backward that was not given them). With ``eps`` 0 a
-    constant row's rstd is inf and its y NaN, without a NumPy warning.
+    With ``y`` None only the statistics are computed (for a backward that was not given them). The mean is taken
+    about each row's first element (0 where it is not finite), exact for a constant row: with ``eps`` 0 its rstd
+    is inf and its y NaN, without a NumPy warning.
 
     ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
@@ -242,6 +243,7 @@ def forward(
                 _row_dot(t, t, column[:, 0])
             else:
                 pivot = xb[:, :1].astype(compute)
+                pivot[~np.isfinite(pivot)] = 0  # an inf pivot would make x - pivot NaN where x is inf too
                 if same_dtype:
                     np.subtract(xb, pivot, out=t)
                 else:

@@ -62,8 +62,15 @@ def _trailing_matvec(t: Tensor, vector: Tensor, spec: NormSpec) -> Tensor:
 
 
 def layer_norm_stats(xc: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor]:
-    """(mean, rstd) of ``xc`` (already in the compute dtype), two-pass, shaped ``spec.stats_shape``."""
-    mean = row_mean(xc, spec)
+    """(mean, rstd) of ``xc`` (already in the compute dtype), two-pass, shaped ``spec.stats_shape``.
+
+    The mean is taken about each row's first element p (0 where it is not finite): ``p + mean(x - p)``. A constant
+    row's mean is then exact and its var 0, as the spec asks; ``sum(x) / N`` rounds for most values (a float32 row
+    of 1000 values 0.1 gave y = 1, not NaN, with eps = 0).
+    """
+    first = xc[tuple(slice(0, 1) if d in spec.axes else slice(None) for d in range(spec.ndim))]
+    pivot = tf.stop_gradient(tf.where(tf.math.is_finite(first), first, tf.zeros_like(first)))
+    mean = pivot + row_mean(xc - pivot, spec)
     var = row_mean(tf.square(xc - mean), spec)
     return mean, tf.math.rsqrt(var + spec.eps)
 
@@ -131,6 +138,8 @@ def layer_norm_grads(
     backend writes any reduced product to memory first, while a fused reduction is better on a GPU.
     """
     xc, dyc = compute(x, spec), compute(dy, spec)
+    if spec.normalized_shape and all(size == 1 for size in spec.normalized_shape):
+        return _single_element_grads(dyc, xc, spec, dmean)
     if mean is None or rstd is None:
         mean, rstd = layer_norm_stats(xc, spec)
     xhat = (xc - mean) * rstd
@@ -145,6 +154,18 @@ def layer_norm_grads(
     if extra is not None:
         dx = dx + extra
     return dx, _batch_sum(dyc * xhat, spec), _batch_sum(dyc, spec)
+
+
+def _single_element_grads(dyc: Tensor, xc: Tensor, spec: NormSpec, dmean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
+
+    The general form gives the same first derivative, but differentiated again (a nested tape) its terms of size
+    rstd**3 cancel only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at
+    eps = 1e-5.
+    """
+    blank = dyc * 0 + xc * 0  # 0, or NaN where dy or x is NaN or inf, as the general form gives
+    dx = blank if dmean is None else blank + compute(dmean, spec)
+    return dx, _batch_sum(blank, spec), _batch_sum(dyc, spec)
 
 
 def rms_norm_grads(

@@ -190,9 +190,15 @@ def _differentiable_statistics(x: torch.Tensor, spec: NormSpec) -> tuple[torch.T
     """Mean and rstd of x in ``spec.compute_dtype`` from differentiable ops, two-pass as the spec asks.
 
     Their values agree with the kernel's within the statistics tolerance. (torch.var_mean warns on an empty batch.)
+    The mean is taken about each row's first element p (0 where it is not finite), ``p + mean(x - p)``: exact for a
+    constant row, whose rstd is then inf with eps = 0, as the kernel's is.
     """
     x_c = x if spec.compute_dtype == spec.dtype else x.float()
-    mean = x_c.mean(dim=spec.axes, keepdim=True)
+    first = x_c.detach()
+    for d in spec.axes:  # narrow, not indexing: a nested tensor cannot be indexed along its batch dimension
+        first = first.narrow(d, 0, 1)
+    pivot = torch.where(first.isfinite(), first, 0.0)
+    mean = pivot + (x_c - pivot).mean(dim=spec.axes, keepdim=True)
     centred = x_c - mean
     return mean, torch.rsqrt((centred * centred).mean(dim=spec.axes, keepdim=True) + spec.eps)
 

@@ -34,7 +34,8 @@ EXIT_CODES = {
     EXIT_FAILED: "a check failed",
     EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, a --merge file missing or unreadable",
     EXIT_CRASHED: "a backend's run crashed (pytest interrupted, say by an error while collecting): results incomplete",
-    EXIT_EMPTY: "a backend's run (or the merged files) held no check: nothing matched -k, --dtype or --device",
+    EXIT_EMPTY: "no check ran: a backend's run held none (nothing matched -k, --dtype or --device), every check was "
+    "skipped (a --device or --dtype that no backend runs here), or the merged files hold no record",
 }
 SEVERITY = (EXIT_CRASHED, EXIT_USAGE, EXIT_FAILED, EXIT_EMPTY, EXIT_OK)
 """The exit codes, most serious first."""
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = results.failures(records)
     for record in failed:
         print(f"FAILED {record['id']}: {record['message']}")
-    return _status(runs, failed=bool(failed), ran=bool(records))
+    return _status(runs, failed=bool(failed), ran=any(record["outcome"] != "skipped" for record in records))
 
 
 def _backends(args: argparse.Namespace) -> list[str]:

@@ -17,6 +17,7 @@ from layernorm_conformance.autodiff import vjp_for
 from layernorm_conformance.data import Array, Case, cast, param_dtype, random_array
 from layernorm_conformance.targets import Target
 from layernorm_core import reference
+from layernorm_core.dtypes import compute_dtype, dtype_name
 from layernorm_core.spec import NormSpec, check_forward
 from layernorm_core.tolerances import gradient_scale, mean_scale, row_condition
 
@@ -129,9 +130,22 @@ def grad_names(op: Op) -> tuple[str, ...]:
 
 
 def forward(target: Target, problem: Problem) -> dict[str, Array]:
-    """The target's (y, mean, rstd) or (y, rstd) as host NumPy arrays, by name."""
+    """The target's (y, mean, rstd) or (y, rstd) as host NumPy arrays, by name, each checked for its dtype."""
     outputs = forward_native(target, problem, return_stats=True)
-    return {name: target.module.to_numpy(out) for name, out in zip(stat_names(problem.op), outputs, strict=True)}
+    names = stat_names(problem.op)
+    return _of_contract_dtypes(problem, {n: target.module.to_numpy(o) for n, o in zip(names, outputs, strict=True)})
+
+
+def _of_contract_dtypes(problem: Problem, results: dict[str, Array]) -> dict[str, Array]:
+    """``results`` (host arrays by name), after asserting that each has the dtype docs/spec.md gives it.
+
+    y and the explicit gradients have x's dtype, whatever the parameters' (float32 ones for a half x among them);
+    mean and rstd the compute dtype.
+    """
+    for name, result in results.items():
+        expected = compute_dtype(problem.dtype) if name in ("mean", "rstd") else problem.dtype
+        assert dtype_name(result.dtype) == expected, f"{name} is {dtype_name(result.dtype)}; the spec says {expected}"
+    return results
 
 
 def reference_forward(problem: Problem) -> dict[str, npt.NDArray[np.float64]]:
@@ -162,7 +176,9 @@ def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> 
     else:
         rstd = call_forward(target.backend, problem, x, weight, None, True)[1] if saved_stats else None
         grads = layernorm.rms_norm_backward(dy_t, x, weight, rstd=rstd, **common)
-    return {name: to.to_numpy(g) for name, g in zip(grad_names(problem.op), grads, strict=True)}
+    return _of_contract_dtypes(
+        problem, {name: to.to_numpy(g) for name, g in zip(grad_names(problem.op), grads, strict=True)}
+    )
 
 
 def autodiff_backward(target: Target, problem: Problem, dy: Array) -> dict[str, Array] | None:

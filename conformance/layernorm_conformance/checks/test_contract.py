@@ -37,58 +37,74 @@ def _describe(target: Target, array: Any) -> tuple[type, str, tuple[int, ...], s
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("case", CONTRACT_CASES, ids=lambda c: c.id)
 def test_output_contract(target: Target, dtype: str, case: Case, op: Op) -> None:
-    """The output y has x's array type, dtype, shape and device; stats have the compute dtype and the stats shape."""
+    """Every result has x's array type and device, and the dtype and shape the spec gives it.
+
+    y and the explicit gradients have x's dtype, y and dx x's shape, dweight and dbias the normalized shape; the
+    statistics the compute dtype and the stats shape. For a half x, with float32 parameters too.
+    """
     problem = make_problem(op, case, dtype, "full")
     x = to_target(target, problem.x)
-    weight, bias = to_target(target, problem.weight), to_target(target, problem.bias)
     x_type, _, shape, device = _describe(target, x)
     assert device.partition(":")[0] == target.device  # the kind; "cuda:1" where the machine has several
-    outputs = call_forward(target.backend, problem, x, weight, bias, True)
-    assert isinstance(outputs, tuple) and len(outputs) == len(stat_names(op)), "return_stats=True: wrong arity"
-    y, *stats = outputs
-    assert _describe(target, y) == (x_type, dtype, shape, device), "y must have x's type, dtype, shape, device"
-    stats_shape = problem.spec.stats_shape
-    for name, stat in zip(stat_names(op)[1:], stats, strict=True):
-        expected = (x_type, compute_dtype(dtype), stats_shape, device)
-        assert _describe(target, stat) == expected, f"{name}: expected type/dtype/shape/device {expected}"
-    plain = call_forward(target.backend, problem, x, weight, bias, False)
-    assert _describe(target, plain) == _describe(target, y), "return_stats=False must return y alone"
+    params = [problem] + ([make_problem(op, case, dtype, "full", mixed=True)] if compute_dtype(dtype) != dtype else [])
+    for given in params:
+        weight, bias = to_target(target, given.weight), to_target(target, given.bias)
+        outputs = call_forward(target.backend, problem, x, weight, bias, True)
+        assert isinstance(outputs, tuple) and len(outputs) == len(stat_names(op)), "return_stats=True: wrong arity"
+        y, *stats = outputs
+        assert _describe(target, y) == (x_type, dtype, shape, device), "y must have x's type, dtype, shape, device"
+        stats_shape = problem.spec.stats_shape
+        for name, stat in zip(stat_names(op)[1:], stats, strict=True):
+            expected = (x_type, compute_dtype(dtype), stats_shape, device)
+            assert _describe(target, stat) == expected, f"{name}: expected type/dtype/shape/device {expected}"
+        plain = call_forward(target.backend, problem, x, weight, bias, False)
+        assert _describe(target, plain) == _describe(target, y), "return_stats=False must return y alone"
+        grads = _explicit_backward(target, problem, to_target(target, make_dy(problem)), x, weight)
+        param = (x_type, dtype, problem.spec.normalized_shape, device)
+        for name, grad in zip(grad_names(op), grads, strict=True):
+            expected = (x_type, dtype, shape, device) if name == "dx" else param
+            assert _describe(target, grad) == expected, f"{name}: expected type/dtype/shape/device {expected}"
+
+
+def _explicit_backward(target: Target, problem: Problem, dy: Any, x: Any, weight: Any, **stats: Any) -> Any:
+    """``layer_norm_backward`` or ``rms_norm_backward`` on the target's arrays (``stats``: saved mean/rstd)."""
+    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
+    if problem.op == "layer_norm":
+        return layernorm.layer_norm_backward(dy, x, weight, **stats, **common)
+    return layernorm.rms_norm_backward(dy, x, weight, **stats, **common)
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_inputs_unchanged(target: Target, dtype: str, op: Op) -> None:
-    """No call modifies x, weight, bias, dy or the saved statistics."""
+    """No call modifies x, weight, bias, dy or the saved statistics.
+
+    Forwards with and without statistics and backwards with and without saved statistics, each called twice (a
+    first call may set up what a second reuses).
+    """
     to = target.module
     problem = make_problem(op, Case((4, 3, 8), (1, 2)), dtype, "full", key="inputs")
-    dy_np = make_dy(problem)
-    x, weight, bias, dy = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, dy_np))
-    _, *stats = call_forward(target.backend, problem, x, weight, bias, True)
-    before = [to.to_numpy(a) for a in (x, weight, dy, *stats)] + ([to.to_numpy(bias)] if bias is not None else [])
-    call_forward(target.backend, problem, x, weight, bias, True)
-    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
-    if op == "layer_norm":
-        layernorm.layer_norm_backward(dy, x, weight, mean=stats[0], rstd=stats[1], **common)
-        layernorm.layer_norm_backward(dy, x, weight, **common)
-    else:
-        layernorm.rms_norm_backward(dy, x, weight, rstd=stats[0], **common)
-        layernorm.rms_norm_backward(dy, x, weight, **common)
-    after = [to.to_numpy(a) for a in (x, weight, dy, *stats)] + ([to.to_numpy(bias)] if bias is not None else [])
-    names = ["x", "weight", "dy", *stat_names(op)[1:], "bias"]
-    changed = [n for n, b, a in zip(names, before, after, strict=False) if not bitwise_equal(b, a)]
+    inputs = {"x": problem.x, "weight": problem.weight, "bias": problem.bias, "dy": make_dy(problem)}
+    arrays = {name: to_target(target, a) for name, a in inputs.items() if a is not None}
+    x, weight, bias, dy = (arrays.get(name) for name in ("x", "weight", "bias", "dy"))
+    before = {name: to.to_numpy(a) for name, a in arrays.items()}
+    for return_stats in (False, True, False, True):
+        outputs = call_forward(target.backend, problem, x, weight, bias, return_stats)
+    _, *stats = outputs
+    saved = dict(zip(stat_names(op)[1:], stats, strict=True))
+    before |= {name: to.to_numpy(a) for name, a in saved.items()}
+    for given in ({}, saved, {}, saved):
+        _explicit_backward(target, problem, dy, x, weight, **given)
+    after = {name: to.to_numpy(a) for name, a in (arrays | saved).items()}
+    changed = [name for name in before if not bitwise_equal(before[name], after[name])]
     assert not changed, f"inputs modified: {changed}"
 
 
 def _forward_and_backward(target: Target, problem: Problem) -> list[Any]:
-    """Every result of a forward with statistics and an explicit backward, as the target's arrays."""
+    """Every result of forwards without and with statistics and of an explicit backward, as the target's arrays."""
     x, weight, bias, dy = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, make_dy(problem)))
+    plain = call_forward(target.backend, problem, x, weight, bias, False)
     outputs = call_forward(target.backend, problem, x, weight, bias, True)
-    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
-    grads: tuple[Any, ...]
-    if problem.op == "layer_norm":
-        grads = layernorm.layer_norm_backward(dy, x, weight, **common)
-    else:
-        grads = layernorm.rms_norm_backward(dy, x, weight, **common)
-    return [*outputs, *grads]
+    return [plain, *outputs, *_explicit_backward(target, problem, dy, x, weight)]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -103,7 +119,7 @@ def test_results_outlive_later_calls(target: Target, dtype: str, case: Case, op:
     kept = _forward_and_backward(target, make_problem(op, case, dtype, "full", key="outlive-first"))
     before = [to_numpy(a) for a in kept]
     _forward_and_backward(target, make_problem(op, case, dtype, "full", key="outlive-second"))
-    names = [*stat_names(op), *grad_names(op)]
+    names = ["y (return_stats=False)", *stat_names(op), *grad_names(op)]
     changed = [n for n, b, a in zip(names, before, kept, strict=True) if not bitwise_equal(b, to_numpy(a))]
     assert not changed, f"results overwritten by a later call: {changed}"
 
@@ -111,9 +127,13 @@ def test_results_outlive_later_calls(target: Target, dtype: str, case: Case, op:
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("op", OPS)
 def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
-    """A NaN in one row and an Inf in another leave every other row finite and correct."""
+    """A NaN in one row and an Inf in another leave every other row finite and correct, and x as it was."""
     problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", key="poison")
     problem = problem.with_x(poison(problem.x, {1: float("nan"), 4: float("inf")}))
+    x = to_target(target, problem.x)
+    before = target.module.to_numpy(x)
+    call_forward(target.backend, problem, x, None, None, False)
+    assert bitwise_equal(before, target.module.to_numpy(x)), "x modified (its NaN or Inf replaced?)"
     actual, expected = forward(target, problem), reference_forward(problem)
     keep = np.array([0, 2, 3, 5])
     for name, value in actual.items():

@@ -6,7 +6,17 @@ import pytest
 
 from layernorm_conformance.data import EPS_VALUES, FORWARD_CASES, Case
 from layernorm_conformance.numerics import Numerics
-from layernorm_conformance.ops import AFFINES, OPS, Affine, Op, forward, make_problem, reference_forward
+from layernorm_conformance.ops import (
+    AFFINES,
+    OPS,
+    Affine,
+    Op,
+    call_forward,
+    forward,
+    make_problem,
+    reference_forward,
+    stat_names,
+)
 from layernorm_conformance.targets import Target
 
 
@@ -46,8 +56,6 @@ def test_noncontiguous(numerics: Numerics, target: Target, dtype: str, op: Op) -
     big = make_problem(op, Case((10, 7, 24), (-1,)), dtype, "none", key="strided")
     x = to.from_numpy(big.x, target.device)[::2, :, ::2]
     problem = big.with_x(big.x[::2, :, ::2])
-    from layernorm_conformance.ops import call_forward, stat_names
-
     outputs = call_forward(target.backend, problem, x, None, None, True)
     actual = {name: to.to_numpy(o) for name, o in zip(stat_names(op), outputs, strict=True)}
     numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())

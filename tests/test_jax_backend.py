@@ -90,6 +90,8 @@ def test_layer_norm_forward_and_backward(shape: tuple[int, ...], axis: Axis, dty
         assert got.dtype == x.dtype
         for result in (got, again):
             assert error_ratio(np.asarray(result), expected, tolerance(dtype, "grad"), cond, scale=scale) <= 1
+        if device == "cpu":  # one XLA:CPU program gives the same bits for given statistics; GPU fusions may not
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(again))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -35,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 15  # 3 layouts x (forward, gradients) + 3 under shard_map + 6 single tests
+MESH_TESTS = 14  # 3 layouts x (forward, gradients) + 3 under shard_map + 5 single tests
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -145,17 +145,6 @@ def test_non_trailing_axis_sharded_along_it() -> None:
     spec = check_forward("layer_norm", x, None, None, 1, 1e-5)
     ref = reference.layer_norm(x, None, None, spec)[0]
     assert error_ratio(np.asarray(y), ref, tolerance("float32", "output"), row_condition(x, spec)) <= 1
-
-
-@needs_mesh
-def test_constant_row_sharded_along_the_normalized_axis() -> None:
-    """The mean's pivot of an explicitly sharded normalized axis (which JAX cannot slice) is still an element of
-    the row: a constant row of 0.1s (whose sum rounds) has its value as mean, and rstd inf and y NaN with eps 0."""
-    x = np.full((16, 1000), 0.1, np.float32)
-    xs = jax.device_put(x, NamedSharding(_mesh(), P("batch", "model")))
-    y, mean, rstd = jax.jit(lambda x: layernorm.layer_norm(x, eps=0.0, return_stats=True))(xs)
-    assert (np.asarray(mean) == np.float32(0.1)).all() and np.isposinf(np.asarray(rstd)).all()
-    assert np.isnan(np.asarray(y)).all()
 
 
 @needs_mesh

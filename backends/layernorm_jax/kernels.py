@@ -49,37 +49,16 @@ def _sum_to_param(value: jax.Array, axes: Axes) -> jax.Array:
 def layer_norm_stats(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
     """(mean, rstd) in the compute dtype, normalized axes kept as size 1. Two passes: var = mean((x - mean)^2).
 
-    The mean is taken about a pivot p, an element of each row (`_pivot`): ``p + mean(x - p)``. A constant row's
-    mean is then exact and its var 0, as the spec asks: ``sum(x) / N`` rounds for most values (a float32 row of
-    1000 values 0.1 gave y = 1, not NaN, with eps = 0), and for rows far from 0 the shift also keeps the offset's
-    rounding out of the sum. It cost 3-17% of a float32 forward at 64x768 to 8192x4096 (one thread, side by side).
+    The mean is sum(x) / N, as XLA's own fusions, Flax and Keras take it: a constant row whose sum rounds keeps a
+    var of that rounding (docs/spec.md). Taking the mean about an element of the row instead (exact there) cost
+    3-46% of a float32 forward from 64x768 to 4096x768 (one thread, side by side): XLA's fused reduction slows
+    down once it subtracts a per-row value, and slicing an explicitly sharded axis is refused.
     """
     xf = _upcast(x)
-    pivot = _pivot(xf, axes)
-    mean = pivot + jnp.mean(xf - pivot, axis=axes, keepdims=True)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
     centered = xf - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     return mean, lax.rsqrt(var + jnp.asarray(eps, xf.dtype))
-
-
-def _pivot(xf: jax.Array, axes: Axes) -> jax.Array:
-    """Each row's first element, 0 where it is not finite, shaped like the statistics (no gradient flows through it).
-
-    Where a normalized axis is explicitly sharded (``jax.sharding.AxisType.Explicit``), which JAX refuses to slice,
-    the row's largest element instead: a reduction, one more pass over x.
-    """
-    if _explicitly_sharded(xf, axes):
-        first = jnp.max(xf, axis=axes, keepdims=True)
-    else:
-        first = xf[tuple(slice(0, 1) if d in axes else slice(None) for d in range(xf.ndim))]
-    return lax.stop_gradient(jnp.where(jnp.isfinite(first), first, jnp.zeros_like(first)))
-
-
-def _explicitly_sharded(xf: jax.Array, axes: Axes) -> bool:
-    """Whether the type of xf shards one of ``axes`` over a mesh axis (JAX without explicit sharding: never)."""
-    typeof = getattr(jax, "typeof", None)
-    spec = getattr(getattr(typeof(xf), "sharding", None), "spec", None) if typeof is not None else None
-    return spec is not None and any(d < len(spec) and spec[d] is not None for d in axes)
 
 
 def rms_norm_rstd(x: jax.Array, axes: Axes, eps: float) -> jax.Array:

@@ -119,6 +119,17 @@ def call_forward(backend: str, problem: Problem, x: Any, weight: Any, bias: Any,
     return layernorm.rms_norm(x, weight, axis=problem.axis, eps=problem.eps, return_stats=return_stats, backend=backend)
 
 
+def call_backward(backend: str, problem: Problem, dy: Any, x: Any, weight: Any, **stats: Any) -> Any:
+    """``layernorm.layer_norm_backward`` or ``rms_norm_backward`` on arrays already in the backend's framework.
+
+    ``stats``: the saved statistics by name (``mean`` and ``rstd``, or ``rstd``), or none.
+    """
+    common: dict[str, Any] = {"axis": problem.axis, "eps": problem.eps, "backend": backend}
+    if problem.op == "layer_norm":
+        return layernorm.layer_norm_backward(dy, x, weight, **stats, **common)
+    return layernorm.rms_norm_backward(dy, x, weight, **stats, **common)
+
+
 def stat_names(op: Op) -> tuple[str, ...]:
     """Names of the forward outputs with stats: (y, mean, rstd) or (y, rstd)."""
     return ("y", "mean", "rstd") if op == "layer_norm" else ("y", "rstd")
@@ -167,15 +178,11 @@ def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> 
     """The explicit ``*_backward`` on the target; with ``saved_stats`` it gets mean/rstd from its own forward."""
     to = target.module
     x, weight, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, dy))
-    common = {"axis": problem.axis, "eps": problem.eps, "backend": target.backend}
-    if problem.op == "layer_norm":
-        mean = rstd = None
-        if saved_stats:
-            _, mean, rstd = call_forward(target.backend, problem, x, weight, None, True)
-        grads: tuple[Any, ...] = layernorm.layer_norm_backward(dy_t, x, weight, mean=mean, rstd=rstd, **common)
-    else:
-        rstd = call_forward(target.backend, problem, x, weight, None, True)[1] if saved_stats else None
-        grads = layernorm.rms_norm_backward(dy_t, x, weight, rstd=rstd, **common)
+    stats: dict[str, Any] = {}
+    if saved_stats:
+        _, *saved = call_forward(target.backend, problem, x, weight, None, True)
+        stats = dict(zip(stat_names(problem.op)[1:], saved, strict=True))
+    grads = call_backward(target.backend, problem, dy_t, x, weight, **stats)
     return _of_contract_dtypes(
         problem, {name: to.to_numpy(g) for name, g in zip(grad_names(problem.op), grads, strict=True)}
     )

@@ -121,8 +121,8 @@ def test_long_row(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
 def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: float, eps: float) -> None:
     """A constant row gives the bias (y = 0 * rstd + bias): no NaN, no Inf, for eps > 0.
 
-    Exactly where the row's sum is (0, 3, -250 in a row of 1000); 0.1 and 1e4 + 0.1 give sums that round, where a
-    mean of sum(x) / N is off by its rounding and y by that over sqrt(eps), which the row's condition allows.
+    The row sums of 0, 3 and -250 (in rows of 1000) are exact; those of 0.1 and 1e4 + 0.1 round, and a mean of
+    sum(x) / N (JAX, TensorFlow) is then off by that rounding, y by it over sqrt(eps): the row's condition allows it.
     """
     problem = make_problem("layer_norm", Case((5, 1000), (-1,)), dtype, "full", eps=eps, key="constant")
     problem = problem.with_x(cast(np.full(problem.x.shape, value), dtype))

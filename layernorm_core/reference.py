@@ -49,7 +49,7 @@ def _row_mean(a: F64, spec: NormSpec, pivot: bool = False) -> F64:
         mean = (p + (rows - p).mean(axis=1, keepdims=True))[:, 0]
     else:
         mean = rows.mean(axis=1)
-    return mean.reshape(tuple(1 if d in spec.axes else size for d, size in enumerate(a.shape)))
+    return mean.reshape(spec.stats_shape)
 
 
 def _batch_sum(a: F64, spec: NormSpec) -> F64:

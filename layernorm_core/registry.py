@@ -174,7 +174,7 @@ class Registry:
 
     def _warn_taken_modules(self, plugin_name: str, declaration: BackendDeclaration) -> None:
         for module in declaration.excluded_modules:
-            if not any(module == own or module.startswith(own + ".") for own in declaration.array_modules):
+            if not _among_own_modules(module, declaration):
                 _warn(
                     f"plugin {plugin_name!r} declares backend {declaration.name!r} to exclude {module!r} arrays, "
                     f"outside its own array_modules {declaration.array_modules!r}; the exclusion is ignored"
@@ -212,7 +212,7 @@ class Registry:
             for module in declaration.array_modules:
                 self._owner_by_module.setdefault(module, declaration.name)
             for module in declaration.excluded_modules:
-                if any(module == own or module.startswith(own + ".") for own in declaration.array_modules):
+                if _among_own_modules(module, declaration):
                     self._excluded_by_module.setdefault(module, declaration.name)
         self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
         self._loaded_owner_by_type = {
@@ -396,9 +396,19 @@ def _malformed(declaration: BackendDeclaration) -> str | None:
     return None
 
 
+def _within(module: str, package: str) -> bool:
+    """Whether ``module`` is ``package`` or one of its submodules."""
+    return module == package or module.startswith(package + ".")
+
+
+def _among_own_modules(module: str, declaration: BackendDeclaration) -> bool:
+    """Whether ``module`` lies within one of the declaration's array_modules: the only ones it may exclude."""
+    return any(_within(module, own) for own in declaration.array_modules)
+
+
 def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
     for excluded, name in registry._excluded_by_module.items():
-        if module == excluded or module.startswith(excluded + "."):
+        if _within(module, excluded):
             raise not_dense_error(
                 f"{array_type.__module__}.{array_type.__qualname__}",
                 name,

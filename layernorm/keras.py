@@ -40,10 +40,9 @@ except ImportError as exc:
     raise missing_framework_error("layernorm.keras", "Keras 3", exc, install) from exc
 
 from layernorm.functional import layer_norm, rms_norm
+from layernorm_core.dtypes import param_dtype_for
 
 __all__ = ["LayerNormalization", "RMSNormalization"]
-
-_HALF = ("float16", "bfloat16")
 
 
 def _axes(axis: Any) -> list[int] | int:
@@ -69,8 +68,7 @@ def _matching(param: Any, x: Any, axis: list[int] | int) -> Any:
 
     Keras sorts the axes as given, negative ones first (``[1, -1]`` gives a weight of shape (x.shape[-1],
     x.shape[1])), and reshapes the weight to x's sizes along the axes in increasing order: so does this.
-    The dtype: x's, or float32 for half x; any other is cast to the compute dtype, float32 for half x (which
-    statistics use, so a float64 weight of a float64 layer keeps float32's digits rather than the half's), else x's.
+    The dtype: one the core takes for x (`param_dtype_for`).
     """
     if param is None:
         return None
@@ -80,11 +78,9 @@ def _matching(param: Any, x: Any, axis: list[int] | int) -> Any:
         order = sorted(range(len(axis)), key=lambda k: axis[k] % ndim)
         if order != sorted(order):  # mixed signs: Keras's order is not the axes' order
             tensor = ops.reshape(tensor, tuple(tensor.shape[k] for k in order))
-    x_dtype = keras.backend.standardize_dtype(x.dtype)
-    allowed = (x_dtype, "float32") if x_dtype in _HALF else (x_dtype,)
-    if keras.backend.standardize_dtype(tensor.dtype) in allowed:
-        return tensor
-    return ops.cast(tensor, allowed[-1])
+    param_dtype = keras.backend.standardize_dtype(tensor.dtype)
+    wanted = param_dtype_for(keras.backend.standardize_dtype(x.dtype), param_dtype)
+    return tensor if wanted == param_dtype else ops.cast(tensor, wanted)
 
 
 def _check_axes(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> None:

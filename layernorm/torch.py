@@ -26,7 +26,7 @@ except ImportError as exc:
 
 import layernorm
 from layernorm.errors import BackendError, ShapeError
-from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype
+from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, param_dtype_for
 from layernorm_core.spec import Kind, check_forward, checked_axis
 
 Axis = int | tuple[int, ...]
@@ -54,41 +54,94 @@ def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) ->
     return shape, axes[0] if len(axes) == 1 else axes
 
 
+def _module_layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    normalized_shape: tuple[int, ...],
+    axis: Axis,
+    eps: float,
+) -> torch.Tensor:
+    """`LayerNorm`'s forward: ``layernorm.layer_norm``, x checked against ``normalized_shape`` as torch.nn's is.
+
+    A function, not a method, so torch.fx.symbolic_trace records it as one node (``torch.fx.wrap`` below): FX
+    would otherwise trace into layernorm's checks, which read x's sizes.
+    """
+    if weight is None and bias is None:
+        _require_normalized_shape("layer_norm", x, normalized_shape, axis, eps)
+        return layernorm.layer_norm(x, None, None, axis=axis, eps=eps)
+    try:
+        return layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)
+    except ShapeError as error:
+        raise (_blame_x("layer_norm", x, normalized_shape, axis, eps) or error) from None
+
+
+def _module_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], axis: Axis, eps: float | None
+) -> torch.Tensor:
+    """`RMSNorm`'s forward, as `_module_layer_norm`; eps None is `_COMPUTE_EPSILON` of x's dtype.
+
+    A weight of a dtype the core refuses for x (a float32 x, a bfloat16 weight) is cast to the one it takes
+    (`param_dtype_for`): torch.nn.RMSNorm takes any floating weight and returns x's dtype.
+    """
+    if eps is None:
+        eps = _COMPUTE_EPSILON.get(x.dtype, 0.0)  # 0.0: the core rejects x
+    if weight is None:
+        _require_normalized_shape("rms_norm", x, normalized_shape, axis, eps)
+        return layernorm.rms_norm(x, None, axis=axis, eps=eps)
+    if weight.dtype is not x.dtype and weight.is_floating_point() and x.is_floating_point():
+        weight = weight.to(dtype=getattr(torch, param_dtype_for(dtype_name(x.dtype), dtype_name(weight.dtype))))
+    try:
+        return layernorm.rms_norm(x, weight, axis=axis, eps=eps)
+    except ShapeError as error:
+        raise (_blame_x("rms_norm", x, normalized_shape, axis, eps) or error) from None
+
+
+torch.fx.wrap("_module_layer_norm")
+torch.fx.wrap("_module_rms_norm")
+
+
+def _require_normalized_shape(
+    kind: Kind, x: torch.Tensor, normalized_shape: tuple[int, ...], axis: Axis, eps: float
+) -> None:
+    """ShapeError unless x's sizes along ``axis`` are ``normalized_shape``, as torch.nn's modules require.
+
+    Before the call for modules without parameters (``elementwise_affine=False``); for modules with them the
+    core checks weight's shape against x, and `_blame_x` calls this only after the core raised. x's own errors
+    (an axis out of range, a ragged axis, an integer dtype) come first, as the core words them.
+    """
+    shape = x.shape
+    if isinstance(axis, int) and -len(shape) <= axis < len(shape) and (shape[axis],) == normalized_shape:
+        return  # read off x's shape: 0.2 us a call, against 0.4 us through the core's check below
+    spec = check_forward(kind, x, None, None, axis, eps)
+    if spec.normalized_shape != normalized_shape:
+        raise ShapeError(
+            f"x's sizes along axis={axis} must be the module's normalized_shape {normalized_shape}; "
+            f"got {tuple(spec.normalized_shape)} (x has shape {tuple(x.shape)})"
+        )
+
+
+def _blame_x(
+    kind: Kind, x: torch.Tensor, normalized_shape: tuple[int, ...], axis: Axis, eps: float
+) -> ShapeError | None:
+    """The ShapeError that names x when x's sizes along ``axis`` are not ``normalized_shape``, else None.
+
+    For a module with parameters whose call raised a ShapeError: the core words a wrong x as a weight that does
+    not fit it ("weight must have shape (5,) ...; got (4,)"). Only on that error path, so a call that succeeds
+    pays nothing.
+    """
+    try:
+        _require_normalized_shape(kind, x, normalized_shape, axis, eps)
+    except ShapeError as error:
+        return error
+    return None
+
+
 class _Norm(nn.Module):
-    """What both modules share: the input's shape checked without parameters; torch.jit.script refused."""
+    """What both modules share: torch.jit.script refused with a clear error."""
 
     normalized_shape: tuple[int, ...]
     axis: Axis
-
-    def _require_normalized_shape(self, kind: Kind, x: torch.Tensor, eps: float) -> None:
-        """ShapeError unless x's sizes along ``axis`` are ``normalized_shape``, as torch.nn's modules require.
-
-        Before the call for modules without parameters (``elementwise_affine=False``); for modules with them the
-        core checks weight's shape against x, and `_blame_x` calls this only after the core raised. x's own errors
-        (an axis out of range, a ragged axis, an integer dtype) come first, as the core words them.
-        """
-        shape, axis = x.shape, self.axis
-        if isinstance(axis, int) and -len(shape) <= axis < len(shape) and (shape[axis],) == self.normalized_shape:
-            return  # read off x's shape: 0.2 us a call, against 0.4 us through the core's check below
-        spec = check_forward(kind, x, None, None, axis, eps)
-        if spec.normalized_shape != self.normalized_shape:
-            raise ShapeError(
-                f"x's sizes along axis={self.axis} must be the module's normalized_shape {self.normalized_shape}; "
-                f"got {tuple(spec.normalized_shape)} (x has shape {tuple(x.shape)})"
-            )
-
-    def _blame_x(self, kind: Kind, x: torch.Tensor, eps: float) -> ShapeError | None:
-        """The ShapeError that names x when x's sizes along ``axis`` are not ``normalized_shape``, else None.
-
-        For a module with parameters whose call raised a ShapeError: the core words a wrong x as a weight that does
-        not fit it ("weight must have shape (5,) ...; got (4,)"). Only on that error path, so a call that succeeds
-        pays nothing.
-        """
-        try:
-            self._require_normalized_shape(kind, x, eps)
-        except ShapeError as error:
-            return error
-        return None
 
     def __prepare_scriptable__(self) -> nn.Module:
         """Raise BackendError: torch.jit.script calls this on every submodule before it compiles a model.
@@ -163,14 +216,7 @@ class LayerNorm(_Norm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize x over ``axis``: ``layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)``."""
-        weight, bias = self.weight, self.bias  # read once: nn.Module's attribute lookup of a parameter is Python
-        if weight is None and bias is None:
-            self._require_normalized_shape("layer_norm", x, self.eps)
-            return layernorm.layer_norm(x, None, None, axis=self.axis, eps=self.eps)
-        try:
-            return layernorm.layer_norm(x, weight, bias, axis=self.axis, eps=self.eps)
-        except ShapeError as error:
-            raise (self._blame_x("layer_norm", x, self.eps) or error) from None
+        return _module_layer_norm(x, self.weight, self.bias, self.normalized_shape, self.axis, self.eps)
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
@@ -223,15 +269,7 @@ class RMSNorm(_Norm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize x over ``axis``: ``layernorm.rms_norm(x, weight, axis=axis, eps=eps)``."""
-        eps = _COMPUTE_EPSILON.get(x.dtype, 0.0) if self.eps is None else self.eps  # 0.0: the core rejects x
-        weight = self.weight
-        if weight is None:
-            self._require_normalized_shape("rms_norm", x, eps)
-            return layernorm.rms_norm(x, None, axis=self.axis, eps=eps)
-        try:
-            return layernorm.rms_norm(x, weight, axis=self.axis, eps=eps)
-        except ShapeError as error:
-            raise (self._blame_x("rms_norm", x, eps) or error) from None
+        return _module_rms_norm(x, self.weight, self.normalized_shape, self.axis, self.eps)
 
     def extra_repr(self) -> str:
         """The constructor arguments, as torch.nn.RMSNorm prints them, plus axis."""

@@ -46,3 +46,14 @@ def _read_name(dtype: Any) -> str:
 def compute_dtype(name: str) -> str:
     """Return the dtype statistics are computed and returned in: float32 for half inputs, else ``name``."""
     return "float32" if name in HALF_DTYPES else name
+
+
+def param_dtype_for(x_name: str, param_name: str) -> str:
+    """Return the dtype a module casts a weight or bias of dtype ``param_name`` to, for an x of dtype ``x_name``.
+
+    The core takes parameters in x's dtype or in its compute dtype (float32 for half x): those stay; any other is
+    cast to the compute dtype, so a float64 weight of a half x keeps float32's digits rather than the half's. For
+    the modules whose framework takes any floating weight (Keras's layers, torch.nn.RMSNorm).
+    """
+    stats_dtype = compute_dtype(x_name)
+    return param_name if param_name in (x_name, stats_dtype) else stats_dtype

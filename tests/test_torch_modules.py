@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -176,6 +177,66 @@ def test_torch_jit_script_is_a_backend_error_naming_what_traces(module: str) -> 
     x = torch.randn(3, 8)
     traced = torch.jit.trace(model, x, check_trace=False)  # tracing records the ops instead: unaffected
     torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("module", "kwargs"),
+    [("LayerNorm", {}), ("LayerNorm", {"elementwise_affine": False}), ("LayerNorm", {"axis": 1}), ("RMSNorm", {})],
+    ids=["layer_norm", "layer_norm-no-affine", "layer_norm-axis=1", "rms_norm"],
+)
+def test_fx_symbolic_trace_records_one_call(module: str, kwargs: dict) -> None:
+    """torch.fx.symbolic_trace (FX quantization, feature extractors) records the module as one call_function node,
+    as it records torch.nn's as one call_module: it used to trace into the checks, which iterate x's sizes."""
+    import pickle
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), randomize(getattr(lt, module)(8, **kwargs), 0))
+    graph_module = torch.fx.symbolic_trace(model)
+    called = [node.target.__name__ for node in graph_module.graph.nodes if node.op == "call_function"]
+    assert called == ["_module_layer_norm" if module == "LayerNorm" else "_module_rms_norm"]
+    x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(graph_module(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(graph_module))(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_torch_jit_trace_of_a_half_model_with_trainable_parameters(dtype: str) -> None:
+    """torch.jit.trace of a half model with the default requires_grad parameters, with its check (which traces again
+    under no_grad): it raised inside torch's tracer. The trace's gradients sum in float32, as eager ones do."""
+    norm = randomize(lt.LayerNorm(64), 0).to(DTYPES[dtype])
+    generator = torch.Generator().manual_seed(3)
+    x, dy = (torch.randn(256, 64, generator=generator).to(DTYPES[dtype]) for _ in range(2))
+    with warnings.catch_warnings():
+        # The trace's check compares it with the eager call, whose mixed-type half kernel rounds y 1 ulp apart from
+        # the trace's float32 route here and there: torch then warns (float16), as for any op of another rounding.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(norm, x)
+    y = traced(x)
+    spec = check_forward("layer_norm", x, norm.weight, norm.bias, -1, 1e-5)
+    expected = reference.layer_norm(f64(x), f64(norm.weight), f64(norm.bias), spec)[0]
+    assert y.dtype == x.dtype
+    assert error_ratio(f64(y), expected, tolerance(dtype, "output"), row_condition(f64(x), spec)) <= 1
+    x.requires_grad_(True)
+    grads = torch.autograd.grad(traced(x), (x, norm.weight, norm.bias), dy)
+    check_layer_norm_grads(grads, x.detach(), norm.weight.detach(), dy, -1, dtype)
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "weight_dtype"),
+    [("float32", "bfloat16"), ("float64", "float32"), ("float32", "float64"), ("bfloat16", "float16")],
+)
+def test_rms_norm_takes_a_weight_of_another_dtype_as_torch_nn_does(x_dtype: str, weight_dtype: str) -> None:
+    """torch.nn.RMSNorm takes any floating weight and returns x's dtype (a float32 residual stream in a bfloat16
+    model): so does ours, casting the weight to a dtype the core takes (float32 for half x); the weight's gradient
+    comes back in its own dtype."""
+    theirs = randomize(torch.nn.RMSNorm(16), 0).to(DTYPES[weight_dtype])
+    ours = lt.RMSNorm(16, dtype=DTYPES[weight_dtype])
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1)).to(DTYPES[x_dtype])
+    y = ours(x)
+    assert y.dtype == x.dtype
+    torch.testing.assert_close(y, theirs(x))
+    (dweight,) = torch.autograd.grad(y.float().sum(), ours.weight)
+    assert dweight.dtype == DTYPES[weight_dtype]
 
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])

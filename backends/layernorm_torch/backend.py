@@ -165,6 +165,7 @@ def layer_norm(
                 )
                 and torch.is_grad_enabled()
             )
+            or torch.jit.is_tracing()
         ):  # a half x with float32 statistics, parameters or gradients, or on CUDA; else the half kernel as is.
             # Inline, not a helper: a call would cost a tiny half call 0.07 us of its 1.3x budget over torch's.
             out = _layer_norm_half(x, weight, bias, spec, return_stats)
@@ -217,9 +218,11 @@ def _layer_norm_half(
     """
     on_cpu = x.is_cpu
     if on_cpu:
-        if _in_transform() or torch.compiler.is_exporting():
+        if _in_transform() or torch.compiler.is_exporting() or torch.jit.is_tracing():
             # The mixed-type kernel's tangent is float32, and its fake kernel says its statistics are half;
             # HalfLayerNormCPU has no tangent and no batching rule, and strict export runs it without autograd.
+            # torch.jit.trace cannot record HalfLayerNormCPU, and its check traces again under no_grad: the traced
+            # graph must not depend on grad mode, so a trace always takes this route.
             return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
         train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
         if train_params and torch.is_grad_enabled():

@@ -436,6 +436,20 @@ def test_constant_rows_give_the_bias_without_nan() -> None:
     np.testing.assert_array_equal(_np(y), np.broadcast_to(np.arange(7, dtype=np.float32), (3, 7)))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_constant_row_along_a_leading_axis_without_eps_gives_nan(mode: str) -> None:
+    """eps = 0, rows along axis 0 of a (5, 3, 2) x: a constant row has rstd inf and y NaN, not the -inf that XLA's
+    fusion of sum * (1/5) with x - mean into one FMA gave (the conformance check runs eager TensorFlow only)."""
+    host = np.random.default_rng(3).normal(size=(5, 3, 2)).astype(np.float32)
+    host[:, 1, 0] = 3.0
+    y, _, rstd = _compiled(lambda x: layernorm.layer_norm(x, axis=0, eps=0.0, return_stats=True), mode)(
+        tf.constant(host)
+    )
+    assert np.isposinf(_np(rstd)[0, 1, 0])
+    assert np.isnan(_np(y)[:, 1, 0]).all()
+    assert np.isfinite(np.delete(_np(y).reshape(5, 6), 2, axis=1)).all()
+
+
 def test_large_offset_rows_stay_accurate() -> None:
     rng = np.random.default_rng(7)
     host = (1e4 + rng.standard_normal((8, 256))).astype(np.float32)

@@ -55,7 +55,7 @@ def layer_norm_stats(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, j
     down once it subtracts a per-row value, and slicing an explicitly sharded axis is refused.
     """
     xf = _upcast(x)
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    mean = lax.optimization_barrier(jnp.mean(xf, axis=axes, keepdims=True))
     centered = xf - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     return mean, lax.rsqrt(var + jnp.asarray(eps, xf.dtype))
@@ -68,11 +68,24 @@ def rms_norm_rstd(x: jax.Array, axes: Axes, eps: float) -> jax.Array:
 
 
 def layer_norm_apply(
-    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, mean: jax.Array, rstd: jax.Array, axes: Axes
+    x: jax.Array,
+    weight: jax.Array | None,
+    bias: jax.Array | None,
+    mean: jax.Array,
+    rstd: jax.Array,
+    axes: Axes,
+    eps: float,
 ) -> jax.Array:
-    """Return y = (x - mean) * rstd * weight + bias in the compute dtype, cast to x's dtype."""
+    """Return y = (x - mean) * rstd * weight + bias in the compute dtype, cast to x's dtype.
+
+    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf). XLA:CPU, though, may fuse the mean's
+    division into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and y
+    +-inf: so for eps = 0 alone (eps is static: programs for eps > 0 are unchanged), such rows are set to NaN.
+    """
     dtype = mean.dtype
     y = (_upcast(x) - mean) * rstd
+    if eps == 0:
+        y = jnp.where(jnp.isinf(rstd), jnp.nan, y)
     w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
     if w is not None:
         y = y * w
@@ -251,14 +264,14 @@ def layer_norm(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd), differentiable through jax.custom_vjp with the analytic backward."""
     mean, rstd = layer_norm_stats(x, axes, eps)
-    return layer_norm_apply(x, weight, bias, mean, rstd, axes), mean, rstd
+    return layer_norm_apply(x, weight, bias, mean, rstd, axes, eps), mean, rstd
 
 
 def _layer_norm_fwd(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array | None, ...]]:
     mean, rstd = layer_norm_stats(x, axes, eps)
-    y = layer_norm_apply(x, weight, bias, mean, rstd, axes)
+    y = layer_norm_apply(x, weight, bias, mean, rstd, axes, eps)
     # bias is saved only for its dtype (None stays None); XLA drops the unused buffer.
     return (y, mean, rstd), (x, weight, bias, mean, rstd)
 

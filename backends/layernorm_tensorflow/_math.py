@@ -79,10 +79,17 @@ def rms_norm_stats(xc: Tensor, spec: NormSpec) -> Tensor:
 
 
 def layer_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) -> tuple[Tensor, Tensor, Tensor]:
-    """(y in x's dtype, mean, rstd in the compute dtype)."""
+    """(y in x's dtype, mean, rstd in the compute dtype).
+
+    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf); XLA:CPU may fuse the mean's division
+    into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and y +-inf: for
+    eps = 0 alone, such rows are set to NaN.
+    """
     xc = compute(x, spec)
     mean, rstd = layer_norm_stats(xc, spec)
     y = (xc - mean) * rstd
+    if spec.eps == 0:
+        y = tf.where(tf.math.is_inf(rstd), tf.constant(float("nan"), y.dtype), y)
     if weight is not None:
         y = y * _broadcastable(weight, x, spec)
     if bias is not None:

@@ -142,6 +142,27 @@ def test_constant_row_without_eps(numerics: Numerics, target: Target, dtype: str
     assert np.isposinf(actual["rstd"][CONSTANT_ROW]).all(), "rstd of a constant row is not inf with eps = 0"
 
 
+@pytest.mark.parametrize("size", [5, 40], ids=lambda n: f"size={n}")
+@pytest.mark.parametrize("op", OPS)
+def test_constant_row_along_a_leading_axis_without_eps(target: Target, dtype: str, op: Op, size: int) -> None:
+    """Rows along x's first axis (x of shape (size, 3, 2), axis=0), one of them constant, eps = 0: y is never +-inf.
+
+    y is NaN wherever rstd is inf (0 * inf). XLA:CPU fused the mean's division into x - mean as one FMA with the
+    unrounded sum * (1/N): x - mean was then not 0 and y came out +-inf beside a returned rstd of inf. Where a
+    backend's compiled mean of the row is inexact, rstd is finite and y = +-1 (docs/spec.md).
+    """
+    problem = make_problem(op, Case((size, 3, 2), (0,)), dtype, "full", eps=0.0, key="no-eps-leading")
+    x = problem.x.copy()
+    x[:, 1, 0] = cast(np.full(size, CONSTANT_VALUE if op == "layer_norm" else 0.0), dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        actual = {name: result.astype(np.float64) for name, result in forward(target, problem.with_x(x)).items()}
+    y, rstd = actual["y"][:, 1, 0], actual["rstd"][0, 1, 0]
+    assert not np.isinf(y).any(), f"y of a constant row is {y} with eps = 0 (rstd {rstd})"
+    if np.isinf(rstd):
+        assert np.isnan(y).all(), f"y of a constant row is {y} with eps = 0 and rstd inf"
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_tiny_eps(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
     """An eps of 1e-46, which is 0 in float32, on a constant row: quietly, what eps = 0 gives, or the reference.

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 from layernorm_core.registry import BackendStatus, registry
 
+CHECK_REQUIRES = ("pytest", "hypothesis", "ml_dtypes")
+"""What the conformance suite imports beyond layernorm's own dependencies: the ``test`` extra brings them."""
+EXIT_USAGE = 2
+"""``check``'s exit status for a usage error (as `layernorm_conformance.matrix` gives it), here a missing package."""
 DESCRIPTION = "The layernorm command line: list the registered backends, or check them against the conformance suite."
 
 
@@ -52,6 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     options, rest = parser.parse_known_args(argv)
     if options.command == "check":
+        missing = [name for name in CHECK_REQUIRES if importlib.util.find_spec(name) is None]
+        if missing:
+            print(
+                f"python -m layernorm check: error: the conformance suite needs {', '.join(missing)}, not installed: "
+                "pip install 'layernorm[test]'",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         from layernorm_conformance.matrix import main as check_main
 
         return check_main(rest)

@@ -33,6 +33,8 @@ RECORDS = [
     _record("torch", "float32", "passed", None),
 ]
 
+SKIPPED = {**_record("numpy", "float32", "skipped", None), "message": "numpy does not run on cuda"}
+
 
 def test_matrix_counts_and_worst() -> None:
     cells = {(c.backend, c.dtype): c for c in results.matrix(RECORDS)}
@@ -134,7 +136,8 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[d
         (pytest.ExitCode.OK, None, 3),  # no results written
         (pytest.ExitCode.USAGE_ERROR, [], 2),
         (pytest.ExitCode.NO_TESTS_COLLECTED, [], 5),
-        (pytest.ExitCode.OK, RECORDS[3:4], 5),  # every check skipped: --device cuda without a GPU
+        (pytest.ExitCode.OK, [SKIPPED], 5),  # every check skipped: --device cuda without a GPU
+        (pytest.ExitCode.OK, [SKIPPED, _record("reference", "float64", "passed", 0.1)], 5),  # the reference's ran
     ],
     ids=[
         "ok",
@@ -146,6 +149,7 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[d
         "usage",
         "empty",
         "all-skipped",
+        "only-the-reference-ran",
     ],
 )
 def test_matrix_exit_status_follows_each_run(  # the codes of docs/conformance.md
@@ -159,9 +163,11 @@ def test_matrix_exit_status_follows_each_run(  # the codes of docs/conformance.m
     _fake_runs(monkeypatch, pytest_exit, records)
     assert matrix.main(["--backend", "numpy", "--out", str(tmp_path)]) == expected
     err = capsys.readouterr().err
-    if expected not in (0, 1) and records != RECORDS[3:4]:
+    if expected not in (0, 1) and pytest_exit != pytest.ExitCode.OK:
         assert f"numpy: {matrix.EXIT_CODES[expected]}; pytest exit {int(pytest_exit)}" in err, err
     if expected == 5:
         assert matrix.EXIT_CODES[5] in err, err
+    if records and expected == 5:
+        assert f"skipped: {SKIPPED['message']}" in err, err
     if expected == 3:
         assert "ERROR collecting test_agreement.py" in err

@@ -356,6 +356,19 @@ def test_cli_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> Non
     assert "``" not in out, out
 
 
+def test_cli_check_without_the_test_extra_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base install (no pytest) got a traceback from `check`: now a usage error naming the extra."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else find_spec(name, *a))
+    assert cli.main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "the conformance suite needs pytest, not installed: pip install 'layernorm[test]'" in err, err
+
+
 def test_docs_backends_table_has_the_cli_columns() -> None:
     """The sample of `python -m layernorm backends` in docs/plugins.md has the header and rule the CLI prints."""
     sample = doc_block("Install it (`pip install -e layernorm-exact`) and it is there:", PLUGINS_DOC)

@@ -164,7 +164,7 @@ def _record(item: pytest.Item, report: pytest.TestReport) -> results.Record | No
     return {
         "check": getattr(item, "originalname", item.name),
         "id": item.name,
-        "backend": target.backend if isinstance(target, Target) else "reference",
+        "backend": target.backend if isinstance(target, Target) else results.REFERENCE,
         "device": target.device if isinstance(target, Target) else "-",
         "dtype": params.get("dtype", "-"),
         "outcome": report.outcome,
@@ -190,7 +190,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _backend_versions(records: list[results.Record]) -> dict[str, Any]:
     versions: dict[str, Any] = {}
-    for name in sorted({r["backend"] for r in records} - {"reference"}):
+    for name in sorted({r["backend"] for r in records} - {results.REFERENCE}):
         try:
             info = registry.get(name).info()
             versions[name] = {"version": info.version, "devices": list(info.devices), "dtypes": list(info.dtypes)}

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
+REFERENCE = "reference"
+"""The backend of the records of checks that run no backend (the float64 reference's own accuracy)."""
 OUTCOMES = ("passed", "failed", "skipped")
 MATRIX_START = "<!-- conformance-matrix:start -->"
 MATRIX_END = "<!-- conformance-matrix:end -->"

@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
+from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
 from layernorm_core.errors import BackendError, DeviceError, DTypeError
 from layernorm_core.registry import registry
 
@@ -171,6 +172,7 @@ def run(
         return call(engine, x, params)
     if owner is None:
         return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+    _require_engine_dtype(name, x)
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
             raise BackendError(
@@ -188,6 +190,22 @@ def run(
     if isinstance(outputs, tuple):
         return tuple(None if out is None else _convert(engine, source, out, device) for out in outputs)
     return _convert(engine, source, outputs, device)
+
+
+def _require_engine_dtype(name: str, x: Any) -> None:
+    """DTypeError, before any conversion, when engine ``name`` does not compute x's floating dtype here.
+
+    (The NumPy engine computes bfloat16 only with ml_dtypes, which a torch-only install lacks.) x's other dtypes
+    are left to the core's checks, which word them the same for every engine.
+    """
+    x_dtype = dtype_name(x.dtype)
+    info = registry.info(name)
+    if x_dtype in FLOAT_DTYPES and x_dtype not in info.dtypes:
+        note = info.notes.get(x_dtype)
+        raise DTypeError(
+            f"the {name!r} backend does not compute {x_dtype} here (it computes {', '.join(info.dtypes)})"
+            + (f": {note}" if note else "")
+        )
 
 
 def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) -> Any:

@@ -173,6 +173,26 @@ def test_weight_of_another_framework_is_rejected() -> None:
         layernorm.layer_norm(X, torch.ones(4))
 
 
+def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch-only install has no ml_dtypes, so NumPy holds no bfloat16: a bfloat16 tensor sent to the numpy engine
+    is a DTypeError naming why, not the ModuleNotFoundError the conversion raised."""
+    torch = pytest.importorskip("torch")
+    from layernorm_core.registry import registry
+
+    numpy_backend = registry.get("numpy")
+    monkeypatch.setattr(numpy_backend, "_HAS_BFLOAT16", False)
+
+    def unreachable(x: object) -> None:
+        raise AssertionError("converted before the check")
+
+    monkeypatch.setattr(registry.get("torch"), "to_numpy", unreachable)
+    refused = r"the 'numpy' backend does not compute bfloat16 here \(it computes float16, float32, float64\): NumPy"
+    with pytest.raises(DTypeError, match=rf"{refused} holds bfloat16 only with ml_dtypes \(pip install ml_dtypes\)"):
+        layernorm.layer_norm(torch.ones(2, 4, dtype=torch.bfloat16), backend="numpy")
+    with layernorm.using("numpy"), pytest.raises(DTypeError, match=refused):
+        layernorm.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16))
+
+
 class _Placed(np.ndarray):
     """An array of a framework with two devices: ``placement`` names the one it lives on."""
 

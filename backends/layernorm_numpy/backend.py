@@ -34,6 +34,7 @@ def info() -> BackendInfo:
         dtypes=dtypes,
         deterministic_devices=("cpu",),
         autodiff=False,
+        notes={} if _HAS_BFLOAT16 else {"bfloat16": "NumPy holds bfloat16 only with ml_dtypes (pip install ml_dtypes)"},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shlex
 import sys
@@ -61,7 +62,10 @@ def config_from(args: argparse.Namespace) -> runner.Config:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks (or re-render), write the report, print its path and the headline table."""
-    args = parser().parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
+        command.error("the plots need matplotlib: pip install -e '.[bench]' in this checkout, or pass --no-plots")
     if args.from_json:
         data = json.loads(args.from_json.read_text(encoding="utf-8"))
     else:

@@ -229,6 +229,7 @@ def test_run_records_machine_and_environment(numpy_run: dict[str, Any]) -> None:
 
 
 def test_report_and_plots_are_written(numpy_run: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plots need matplotlib (the bench extra)")
     names = plots.write(numpy_run, tmp_path)
     assert sorted(names) == ["throughput_cpu_bfloat16.png", "throughput_cpu_float32.png"]
     for name in names:
@@ -424,3 +425,26 @@ def test_torch_speed_times_a_half_layer_norm_against_torch_on_float32_copies(
     assert [row[1] for row in rows] == ["float32", "bfloat16"] * 2  # forward, then forward+backward
     assert all(row[-1] == "-" for row in rows if row[1] == "float32")
     assert all(float(row[-1]) > 0 for row in rows if row[1] == "bfloat16")
+
+
+def test_missing_matplotlib_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Without the bench extra, the run used to fail at its end, writing the plots; --no-plots needs no matplotlib."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
+    )
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran before refusing")
+
+    monkeypatch.setattr(runner, "run", unreachable)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--out", str(tmp_path), "--quick"])
+    assert exited.value.code == 2
+    assert "the plots need matplotlib: pip install -e '.[bench]'" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="ran before refusing"):
+        cli.main(["--out", str(tmp_path), "--quick", "--no-plots"])

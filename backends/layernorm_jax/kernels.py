@@ -55,7 +55,7 @@ def layer_norm_stats(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, j
     down once it subtracts a per-row value, and slicing an explicitly sharded axis is refused.
     """
     xf = _upcast(x)
-    mean = lax.optimization_barrier(jnp.mean(xf, axis=axes, keepdims=True))
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
     centered = xf - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     return mean, lax.rsqrt(var + jnp.asarray(eps, xf.dtype))

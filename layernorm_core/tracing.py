@@ -29,14 +29,15 @@ def dynamo_tracing() -> bool:
     Where torch was imported after layernorm, torch is read from ``sys.modules`` by subscript (67 ns, against
     31 ns): dynamo traces that in torch 2.11 as in 2.13, where it cannot call ``sys.modules.get``. A global set at
     the first call instead would change what the first trace of a process read, if that call was traced, and
-    dynamo would recompile at the next call.
+    dynamo would recompile at the next call. torch is in ``sys.modules`` from the start of its import, seconds
+    before it has ``torch.compiler``: meanwhile, in another thread, nothing is traced.
     """
     if _torch_compiler is not None:
         return _torch_compiler.is_dynamo_compiling()
     if "torch" not in sys.modules:
         return False
-    compiler: _Compiler = sys.modules["torch"].compiler
-    return compiler.is_dynamo_compiling()
+    compiler: _Compiler | None = getattr(sys.modules["torch"], "compiler", None)  # None while torch imports
+    return compiler is not None and compiler.is_dynamo_compiling()
 
 
 def constant_for_dynamo(function: F) -> F:

@@ -49,3 +49,28 @@ def test_a_layer_module_without_its_framework_says_what_to_install(module: str, 
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.startswith(f"{hidden} | {module} needs "), out
     assert f"({hidden} is missing): {install}" in out
+
+
+def test_calls_while_another_thread_imports_torch() -> None:
+    """torch is in sys.modules from the start of its import, seconds before it has torch.compiler: a NumPy call
+    made meanwhile in another thread raised AttributeError (partially initialized module 'torch')."""
+    pytest.importorskip("torch")
+    code = (
+        "import threading, time, numpy as np, layernorm\n"
+        "x = np.ones((3, 4), np.float32); layernorm.layer_norm(x)\n"
+        "failures, calls, stop = [], [0], threading.Event()\n"
+        "def loop():\n"
+        "    while not stop.is_set():\n"
+        "        try:\n"
+        "            layernorm.layer_norm(x)\n"
+        "        except Exception as exc:\n"
+        "            failures.append(repr(exc))\n"
+        "        calls[0] += 1\n"
+        "        time.sleep(1e-4)  # leave the import the GIL: a few thousand calls while it runs\n"
+        "thread = threading.Thread(target=loop); thread.start()\n"
+        "import torch\n"
+        "stop.set(); thread.join()\n"
+        "print(calls[0], len(failures), failures[:1])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 0 and out[1:] == ["0", "[]"], out

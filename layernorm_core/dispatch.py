@@ -21,9 +21,10 @@ AUTO = "auto"
 ENV_VARIABLE = "LAYERNORM_BACKEND"
 
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
-_open_scopes = 0
-_scopes_lock = threading.Lock()
-"""using() blocks open in any thread: the hot path reads the ContextVar only when > 0."""
+_scopes_entered = False
+"""Whether a using() block was ever entered in this process: until then the hot path does not read the ContextVar.
+Never reset: a context copied inside a block (an asyncio task, ``contextvars.copy_context``) keeps that block
+after it closes, so no count of open blocks can tell when the ContextVar is unset everywhere."""
 _process_default: str | None = os.environ.get(ENV_VARIABLE) or None
 """Set by `use`; starts as LAYERNORM_BACKEND (checked on first use, like a `use` call)."""
 _thread_scope = threading.local()
@@ -46,17 +47,14 @@ def using(name: str) -> Iterator[str]:
 
     Code compiled by torch.compile follows the block of the thread that calls it (traced again for each name).
     """
-    global _open_scopes
+    global _scopes_entered
     scope = _checked_name(name) or AUTO
     token = _scoped.set(scope)
     _thread_scope.name = scope
-    with _scopes_lock:
-        _open_scopes += 1
+    _scopes_entered = True
     try:
         yield name
     finally:
-        with _scopes_lock:
-            _open_scopes -= 1
         _scoped.reset(token)
         outer = _scoped.get()  # this task's block, not the last one entered on this thread
         if outer is None:  # unset, as before the block: compiled code is not traced again
@@ -80,13 +78,13 @@ def _checked_name(name: str) -> str | None:
 
 
 def _engine_name(backend: str | None, tracing: bool = False) -> str:
-    """The engine name a call uses: ``backend``, else `current_backend` (the ContextVar read only in a block).
+    """The engine name a call uses: ``backend``, else `current_backend` (the ContextVar read once a block was used).
 
     While torch.compile traces (``tracing``), the block is read from `_thread_scope`.
     """
     if backend is not None:
         return backend
-    scope = getattr(_thread_scope, "name", None) if tracing else _open_scopes and _scoped.get()
+    scope = getattr(_thread_scope, "name", None) if tracing else _scopes_entered and _scoped.get()
     return scope or _process_default or AUTO
 
 
@@ -116,7 +114,7 @@ def local_engine(x: Any, params: Sequence[Any], backend: str | None, tracing: bo
     x_type = type(x)
     engine = None if tracing else registry.single_device_engines.get(x_type)
     if engine is not None:
-        auto = backend is None and not _open_scopes and _process_default is None  # the common case, read first
+        auto = backend is None and not _scopes_entered and _process_default is None  # the common case, read first
         if auto or _in_force_is(engine, backend):
             for p in params:
                 if p is not None and type(p) is not x_type:
@@ -136,7 +134,7 @@ def local_engine(x: Any, params: Sequence[Any], backend: str | None, tracing: bo
 
 def _in_force_on_x_device(engine: ModuleType, backend: str | None, x: Any, params: Sequence[Any]) -> bool:
     """Whether x's own ``engine`` is in force and every array in params is of x's type, on x's device."""
-    if (backend is not None or _open_scopes or _process_default is not None) and not _in_force_is(engine, backend):
+    if (backend is not None or _scopes_entered or _process_default is not None) and not _in_force_is(engine, backend):
         return False
     x_type, device_of = type(x), engine.device_of
     x_device = device_of(x)

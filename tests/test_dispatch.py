@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import subprocess
 import sys
@@ -131,6 +132,31 @@ def test_using_is_isolated_per_asyncio_task(recording: list[str]) -> None:
 
     assert asyncio.run(main()) == ["recording", "numpy"]
     assert layernorm.current_backend() == "auto"
+
+
+def test_a_context_copied_inside_a_block_keeps_it_after_the_block(recording: list[str]) -> None:
+    """A task created in a block, or a copied context, runs in the block after it closed, as current_backend() says:
+    calls went by array type instead once no block was open anywhere."""
+
+    async def call() -> str:
+        await asyncio.sleep(0)
+        layernorm.layer_norm(X)
+        return layernorm.current_backend()
+
+    async def main() -> str:
+        with layernorm.using("recording"):
+            task = asyncio.create_task(call())
+        return await task
+
+    assert asyncio.run(main()) == "recording"
+    assert recording == ["layer_norm"]
+    with layernorm.using("recording"):
+        copied = contextvars.copy_context()
+    copied.run(layernorm.rms_norm, X)
+    assert copied.run(layernorm.current_backend) == "recording"
+    assert recording == ["layer_norm", "rms_norm"]
+    layernorm.layer_norm(X)  # outside: by array type, on numpy
+    assert recording == ["layer_norm", "rms_norm"]
 
 
 def test_environment_variable_sets_the_default_and_use_overrides_it() -> None:

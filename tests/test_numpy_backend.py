@@ -271,6 +271,24 @@ def test_channels_first_is_deterministic_across_runs_and_threads(dtype: str, mon
             np.testing.assert_array_equal(got, first)
 
 
+def test_worker_threads_follow_the_callers_floating_point_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows holding inf, over 1 MiB (the threaded path): NumPy's errstate is the caller's in every worker thread.
+
+    The workers ran with NumPy's defaults: warnings under np.errstate(invalid="ignore"), and, under
+    all="raise", warnings from the workers beside the caller's FloatingPointError.
+    """
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "4")
+    x = np.random.default_rng(4).normal(size=(4096, 128)).astype(np.float32)
+    x[:, 3] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(invalid="ignore"):
+            y = layernorm.layer_norm(x)
+        assert np.isnan(y).all()
+        with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+            layernorm.layer_norm(x)
+
+
 LONG_ROWS = [
     pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns and a short last one
     pytest.param((9, 35, 2003), (1, 2), id="row-groups"),  # 70105 columns; groups of rows, the last one short

@@ -172,13 +172,24 @@ def _for_blocks(
         for k in range(first, min(first + share, len(blocks))):
             results[k] = work(blocks[k])
 
+    settings = np.geterr()  # the caller's: a worker thread would otherwise run with its own, NumPy's defaults
+
+    def run_share_in_pool(first: int) -> None:
+        with np.errstate(**settings):
+            run_share(first)
+
     futures = []
     for first in range(share, len(blocks), share):
         try:
-            futures.append(_pool().submit(run_share, first))
+            futures.append(_pool().submit(run_share_in_pool, first))
         except RuntimeError:  # no new threads (interpreter shutdown, a thread limit): the same results on this one
             run_share(first)
-    run_share(0)
+    try:
+        run_share(0)
+    except BaseException:  # np.errstate(all="raise"), say: no share runs on once the call has raised
+        for future in futures:
+            future.exception()
+        raise
     for future in futures:
         future.result()
     return results

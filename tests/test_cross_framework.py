@@ -68,3 +68,30 @@ def test_jax_arrays_on_the_numpy_engine() -> None:
     y = layernorm.layer_norm(jax.device_put(X, cpu), jax.device_put(W, cpu), backend="numpy")
     assert type(y).__module__.startswith(("jax", "jaxlib"))
     assert error_ratio(np.asarray(y), _expected(), tolerance("float32", "output")) <= 1
+
+
+class _FakeCudaTensor:
+    """An array of another framework on a CUDA device that no engine here can import (no GPU here)."""
+
+    dtype = np.dtype(np.float32)
+    shape = (2,)
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        raise BufferError("no such device")
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("a device array must not be copied through the host silently")
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax", "tensorflow"])
+def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -> None:
+    """torch and TensorFlow copied such arrays through NumPy: a TypeError for a CUDA tensor, or, for a JAX array
+    sharded over GPUs, a silent gather to the host (and the call computed on the CPU)."""
+    pytest.importorskip(engine)
+    from layernorm_core.registry import registry
+
+    with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
+        registry.get(engine).from_foreign(_FakeCudaTensor())

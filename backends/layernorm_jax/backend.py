@@ -16,13 +16,12 @@ import numpy as np
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
 from layernorm_core.errors import DeviceError, DTypeError
+from layernorm_core.foreign import require_host
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_jax import kernels
 
 _DEVICE_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
-_DLPACK_CPU = 1
-_DLPACK_HOST = frozenset({_DLPACK_CPU, 3})  # kDLCPU, kDLCUDAHost (pinned host memory)
 
 # Compiled once per (shapes, dtypes, axes, eps): an eager call runs one XLA program, not op by op. Inside an
 # outer jit they inline; the custom_vjp rules stay attached.
@@ -128,13 +127,7 @@ def from_foreign(x: Any) -> jax.Array:
         try:
             return jax.dlpack.from_dlpack(x)
         except (TypeError, RuntimeError, ValueError, BufferError) as exc:
-            device_type = int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else _DLPACK_CPU
-            if device_type not in _DLPACK_HOST:  # a host copy would fail, or hide a device-to-host transfer
-                raise DeviceError(
-                    f"JAX cannot take this {type(x).__module__}.{type(x).__qualname__} from DLPack device type "
-                    f"{device_type} (no matching JAX device?): {exc}"
-                ) from None
-            # host memory DLPack refused (e.g. a layout JAX does not import): copy through NumPy
+            require_host(x, "JAX", exc)  # host memory DLPack refused (a layout JAX does not import): through NumPy
     return jnp.asarray(np.asarray(x))
 
 

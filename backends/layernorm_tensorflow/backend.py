@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from layernorm_core.errors import BackendError, DeviceError
+from layernorm_core.foreign import require_host
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._quiet import quiet_tensorflow_logs
@@ -103,8 +104,8 @@ def from_foreign(x: Any) -> Tensor:
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
         try:
             return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
-        except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError):
-            pass  # e.g. a dtype DLPack cannot carry here: a host array below, or the producer's own error
+        except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError) as exc:
+            require_host(x, "TensorFlow", exc)  # e.g. a dtype DLPack cannot carry here: a host array below
     return tf.convert_to_tensor(np.asarray(x))
 
 

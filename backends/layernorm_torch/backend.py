@@ -21,6 +21,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec, not_dense_error
+from layernorm_core.foreign import require_host
 from layernorm_torch import half_cpu, rms_cpu, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 from layernorm_torch.rms_cpu import RMSNormCPU
@@ -132,8 +133,8 @@ def from_foreign(x: Any) -> torch.Tensor:
     if hasattr(x, "__dlpack__"):
         try:
             return torch.from_dlpack(x)
-        except (BufferError, RuntimeError, TypeError, ValueError):
-            pass  # read-only or extension dtypes (ml_dtypes.bfloat16) have no DLPack export
+        except (AssertionError, BufferError, RuntimeError, TypeError, ValueError) as exc:  # Assertion: no CUDA build
+            require_host(x, "torch", exc)  # read-only or extension dtypes (ml_dtypes.bfloat16) have no DLPack export
     return from_numpy(np.asarray(x))
 
 
@@ -447,16 +448,17 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
-    On the CPU, `rms_cpu.formula` also serves a tensor subclass (a DTensor) and torch.func's wrappers (vmap:
-    `scratch.usable_for`), torch.compile traces (the blocks would pin the batch size), and tensors that autograd
-    records (`_recorded`): the gradients are then differentiable, as torch's kernels make them on CUDA and for
-    layer_norm.
+    `rms_cpu.formula` also serves tensors that autograd records (`_recorded`), on any device: the gradients are
+    then differentiable, as layer_norm's are (torch has no derivative of its fused rms_norm backward, and uses it
+    itself only outside grad mode); nested (jagged) tensors, for which torch has no fused backward; and on the CPU
+    a tensor subclass (a DTensor) and torch.func's wrappers (vmap: `scratch.usable_for`), and torch.compile traces
+    (the blocks would pin the batch size).
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     _require_dense(x, weight, dy, rstd)
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" and not x.is_nested and not _recorded(dy, x, weight, rstd):
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
     if (
         x.is_cpu

@@ -1,0 +1,25 @@
+"""Arrays of another framework: whether a DLPack producer's memory is on the host, for the backends' from_foreign."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layernorm_core.errors import DeviceError
+
+DLPACK_CPU = 1
+DLPACK_HOST = frozenset({DLPACK_CPU, 3})
+"""DLPack device types in host memory: kDLCPU, and kDLCUDAHost (pinned host memory)."""
+
+
+def require_host(x: Any, framework: str, error: BaseException) -> None:
+    """DeviceError unless ``x``, which ``framework`` could not import through DLPack (``error``), is in host memory.
+
+    Called before a backend copies such an array through NumPy: a host copy of a device array would fail, or
+    hide a device-to-host transfer (and compute on the CPU what the caller placed on a GPU).
+    """
+    device_type = int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else DLPACK_CPU
+    if device_type not in DLPACK_HOST:
+        raise DeviceError(
+            f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} (DLPack device type "
+            f"{device_type}) through DLPack: {error}"
+        ) from None

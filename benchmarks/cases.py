@@ -65,8 +65,8 @@ def traffic_bytes(op: str, pass_: str, shape: Shape, dtype: str) -> int:
     """The bytes a call must move at the least, the numerator of GB/s.
 
     forward: read x, write y (2 tensors) plus the parameters (weight, and bias for layer_norm).
-    forward+backward: the forward, then read x and dy and write dx (5 tensors), plus reading the parameters
-    again and writing their gradients.
+    forward+backward: the forward, then read x and dy and write dx (5 tensors), plus reading the weight again
+    (the backward does not read the bias) and writing the parameters' gradients.
     """
     params = 2 if op == "layer_norm" else 1
     tensors, param_arrays = (2, params) if pass_ == "forward" else (5, 2 * params + 1)

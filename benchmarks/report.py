@@ -220,8 +220,10 @@ def agreement_section(data: Results) -> list[str]:
     return [
         "## Agreement with the float64 reference",
         "",
-        "Both sides compute the same thing: the forward output's worst error (ours / native) on the leading rows of "
-        "every shape, in units of layernorm's tolerance for the dtype (layernorm_core.tolerances; at most 1 passes).",
+        "Whether both sides compute the same thing: the forward output's worst error (ours / native) on the leading "
+        "rows of every shape, as benchmarked, with a variance near eps (another eps shows) and offset by 300 (a "
+        "one-pass variance shows in float32), in units of layernorm's tolerance for the dtype "
+        "(layernorm_core.tolerances; at most 1 passes).",
         "",
         table(["backend", "op", *dtypes], rows),
         "",
@@ -239,7 +241,8 @@ METHOD = """## Method
   noise hits all of them alike. The device is synchronized before every clock
   read. Times are the median per call over all repeats, with the 10th-90th percentiles.
 - GB/s counts the bytes a call must move at the least: forward reads x and writes y (plus the parameters);
-  forward+backward also reads x and dy and writes dx (5 tensors, plus parameters and their gradients).
+  forward+backward also reads x and dy and writes dx (5 tensors, plus the weight again and the parameters'
+  gradients).
 - The copy floor is a plain copy of x into a new array on the same device (including the allocation, as every
   normalization returns a new array). % of copy floor = ours' GB/s / the copy's GB/s: 100% means ours moves
   its bytes as fast as a copy moves its own.

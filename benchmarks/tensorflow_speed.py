@@ -73,6 +73,7 @@ def _api_fns(w: Any, b: Any, ct: Any) -> tuple[Fn, Fn]:
 
 
 def _built(layer: Any, shape: tuple[int, int], w: np.ndarray, b: np.ndarray) -> Any:
+    """``layer`` built for ``shape``, its weights set to w and b (of the layer's dtype, x's: both sides alike)."""
     layer.build(shape)
     layer.set_weights([w, b])
     return layer
@@ -86,13 +87,18 @@ def run_case(shape: tuple[int, int], dtype: str, rounds: int, reverse: bool = Fa
     ct = tf.constant(rng.standard_normal(shape, np.float32).astype(dtype))
     w_host = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
     b_host = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    w, b = tf.constant(w_host.astype(dtype)), tf.constant(b_host.astype(dtype))
+    w_host, b_host = w_host.astype(dtype), b_host.astype(dtype)
+    w, b = tf.constant(w_host), tf.constant(b_host)
+    # The layers in x's dtype, as the functions run: a float32 Keras layer would cast a half x to float32 and
+    # write float32 y and gradients, twice the bytes.
     candidates = {
         "layernorm": _api_fns(w, b, ct),
         "layernorm.keras": _layer_fns(
-            _built(layernorm_keras.LayerNormalization(epsilon=EPS), shape, w_host, b_host), ct
+            _built(layernorm_keras.LayerNormalization(epsilon=EPS, dtype=dtype), shape, w_host, b_host), ct
         ),
-        BASELINE: _layer_fns(_built(keras.layers.LayerNormalization(epsilon=EPS), shape, w_host, b_host), ct),
+        BASELINE: _layer_fns(
+            _built(keras.layers.LayerNormalization(epsilon=EPS, dtype=dtype), shape, w_host, b_host), ct
+        ),
     }
     forward = {name: fns[0] for name, fns in candidates.items()}
     forward["copy"] = tf.function(lambda x: x + tf.constant(1.0, x.dtype), jit_compile=True)

@@ -448,3 +448,41 @@ def test_missing_matplotlib_is_refused_before_the_run(
     assert "the plots need matplotlib: pip install -e '.[bench]'" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="ran before refusing"):
         cli.main(["--out", str(tmp_path), "--quick", "--no-plots"])
+
+
+def test_tensorflow_thread_pools_are_reported_as_set_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads sets TF_NUM_INTRAOP_THREADS, which tf.config does not report: the report said 0 (one per core)."""
+    pytest.importorskip("tensorflow")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "1")
+    environment = load("tensorflow").environment("cpu")
+    assert (environment["intra_op_threads"], environment["inter_op_threads"]) == (1, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_agreement_check_sees_another_eps_and_a_one_pass_variance(dtype: str) -> None:
+    """On the benchmark's own x ~ N(0.5, 2) alone, a baseline with eps 1e-6 or E[x^2] - E[x]^2 passed the check."""
+    pytest.importorskip("ml_dtypes")
+    import numpy as np
+
+    from benchmarks.frameworks.base import host_inputs
+
+    adapter = load("numpy")
+    case = Case(Shape("16x768", (16, 768), -1), dtype, "cpu")
+    pairs, params = host_inputs(case, 1)
+    x, w, b = (adapter.to_device(a, dtype, "cpu") for a in (pairs[0][0], params.weight, params.bias))
+
+    def baseline(eps: float, one_pass: bool = False) -> Callable[[tuple[Any, Any]], Any]:
+        def forward(pair: tuple[Any, Any]) -> Any:
+            x32 = pair[0].astype(np.float32)
+            mean = x32.mean(-1, keepdims=True)
+            var = (x32 * x32).mean(-1, keepdims=True) - mean * mean if one_pass else x32.var(-1, keepdims=True)
+            y = (x32 - mean) / np.sqrt(np.maximum(var, 0) + eps) * w.astype(np.float32) + b.astype(np.float32)
+            return y.astype(pair[0].dtype)
+
+        return forward
+
+    assert adapter.check("layer_norm", case, baseline(1e-5), x, w, b) <= 1
+    assert adapter.check("layer_norm", case, baseline(1e-6), x, w, b) > 1
+    if dtype == "float32":  # bfloat16's tolerance is wider than the one-pass error at an offset of 300
+        assert adapter.check("layer_norm", case, baseline(1e-5, one_pass=True), x, w, b) > 1

@@ -36,8 +36,12 @@ class Adapter(FrameworkAdapter):
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "keras_backend": keras.backend.backend(),
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "intra_op_threads": _pool_size(
+                tf.config.threading.get_intra_op_parallelism_threads(), "TF_NUM_INTRAOP_THREADS"
+            ),
+            "inter_op_threads": _pool_size(
+                tf.config.threading.get_inter_op_parallelism_threads(), "TF_NUM_INTEROP_THREADS"
+            ),
             "device": _device(device),
         }
 
@@ -136,3 +140,11 @@ def _compiled(forward: Callable[[Any, list[Any]], Any], pass_: str, params: list
 
     run_both = tf.function(both, jit_compile=True, autograph=False)
     return lambda xd: run_both(xd[0], xd[1])
+
+
+def _pool_size(configured: int, variable: str) -> int:
+    """A TF thread pool's size: what tf.config set, else the environment ``variable``, else 0 (one per core).
+
+    ``--threads`` sets the variable, which tf.config does not report: it answers 0 there too.
+    """
+    return configured or int(os.environ.get(variable, "0") or 0)

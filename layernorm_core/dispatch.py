@@ -182,12 +182,12 @@ def run(
     kind = device.partition(":")[0]
     outputs = call(
         engine,
-        _convert(source, engine, x, kind),
-        [None if p is None else _convert(source, engine, p, kind) for p in params],
+        _convert(source, engine, x, kind, name),
+        [None if p is None else _convert(source, engine, p, kind, name) for p in params],
     )
     if isinstance(outputs, tuple):
-        return tuple(None if out is None else _convert(engine, source, out, device) for out in outputs)
-    return _convert(engine, source, outputs, device)
+        return tuple(None if out is None else _convert(engine, source, out, device, owner) for out in outputs)
+    return _convert(engine, source, outputs, device, owner)
 
 
 def _require_engine_dtype(name: str, x: Any) -> None:
@@ -206,14 +206,22 @@ def _require_engine_dtype(name: str, x: Any) -> None:
         )
 
 
-def _convert(source: ModuleType, target: ModuleType, array: Any, device: str) -> Any:
+def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, target_name: str) -> Any:
     """Move an array between frameworks: through NumPy on the CPU (keeps bfloat16), DLPack on a device.
 
-    ``device``: the kind, or, for arrays going back to x's framework, x's own `device_of` answer.
+    ``device``: the kind, or, for arrays going back to x's framework, x's own `device_of` answer. An array off
+    the CPU that arrives on the CPU (a tf.Tensor has no ``__dlpack__``: the target copied it through NumPy) is a
+    DeviceError: the call would compute on the CPU what the caller placed on a device.
     """
     if device.partition(":")[0] == "cpu":
         return target.from_numpy(source.to_numpy(array), device)
-    return target.from_foreign(array)
+    converted = target.from_foreign(array)
+    if target.device_of(converted).partition(":")[0] == "cpu":
+        raise DeviceError(
+            f"a {type(array).__module__}.{type(array).__qualname__} on {device} reached {target_name!r} on the "
+            "CPU (it could not take it through DLPack): pass arrays of that framework, or use x's own backend"
+        )
+    return converted
 
 
 def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:

@@ -85,7 +85,7 @@ def test_naming_the_owner_of_x_takes_the_direct_path(monkeypatch: pytest.MonkeyP
         layernorm.layer_norm(X, backend="nope")
     for falsy in ("", 0, False):  # a name, however empty: never read as "not given"
         with pytest.raises(BackendError, match=f"unknown backend {falsy!r}"):
-            layernorm.layer_norm(X, backend=falsy)  # type: ignore[arg-type]
+            layernorm.layer_norm(X, backend=falsy)
 
 
 def test_use_rejects_unknown_names_at_once() -> None:
@@ -217,6 +217,20 @@ def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: p
         layernorm.layer_norm(torch.ones(2, 4, dtype=torch.bfloat16), backend="numpy")
     with layernorm.using("numpy"), pytest.raises(DTypeError, match=refused):
         layernorm.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16))
+
+
+def test_an_array_on_a_device_that_reaches_an_engine_on_the_cpu_is_a_device_error() -> None:
+    """A tf.Tensor on a GPU has no __dlpack__: the torch engine copied it through NumPy and computed on the CPU."""
+    from types import SimpleNamespace
+
+    from layernorm import DeviceError
+    from layernorm_core import dispatch
+
+    engine_on_the_host = SimpleNamespace(from_foreign=np.asarray, device_of=lambda array: "cpu")
+    with pytest.raises(DeviceError, match=r"numpy.ndarray on gpu reached 'torch' on the CPU"):
+        dispatch._convert(SimpleNamespace(), engine_on_the_host, X, "gpu", "torch")
+    engine_on_the_gpu = SimpleNamespace(from_foreign=np.asarray, device_of=lambda array: "cuda:0")
+    assert dispatch._convert(SimpleNamespace(), engine_on_the_gpu, X, "gpu", "torch") is not None
 
 
 class _Placed(np.ndarray):

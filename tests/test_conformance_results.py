@@ -138,6 +138,7 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[d
         (pytest.ExitCode.NO_TESTS_COLLECTED, [], 5),
         (pytest.ExitCode.OK, [SKIPPED], 5),  # every check skipped: --device cuda without a GPU
         (pytest.ExitCode.OK, [SKIPPED, _record("reference", "float64", "passed", 0.1)], 5),  # the reference's ran
+        (pytest.ExitCode.OK, [_record("reference", "float64", "passed", 0.1)], 0),  # -k reference: all asked for
     ],
     ids=[
         "ok",
@@ -150,6 +151,7 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[d
         "empty",
         "all-skipped",
         "only-the-reference-ran",
+        "only-the-reference-asked-for",
     ],
 )
 def test_matrix_exit_status_follows_each_run(  # the codes of docs/conformance.md

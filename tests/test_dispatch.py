@@ -205,8 +205,11 @@ def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: p
     torch = pytest.importorskip("torch")
     from layernorm_core.registry import registry
 
+    from layernorm_core import dispatch
+
     numpy_backend = registry.get("numpy")
     monkeypatch.setattr(numpy_backend, "_HAS_BFLOAT16", False)
+    monkeypatch.setattr(dispatch, "_engine_dtypes", set())  # forget what earlier calls found
 
     def unreachable(x: object) -> None:
         raise AssertionError("converted before the check")

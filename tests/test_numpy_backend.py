@@ -287,6 +287,10 @@ def test_worker_threads_follow_the_callers_floating_point_settings(monkeypatch: 
         assert np.isnan(y).all()
         with np.errstate(all="raise"), pytest.raises(FloatingPointError):
             layernorm.layer_norm(x)
+        called: list[str] = []
+        with np.errstate(all="call", call=lambda kind, flag: called.append(kind)):
+            layernorm.layer_norm(x)
+        assert called, "the caller's error callback was not called"
 
 
 LONG_ROWS = [

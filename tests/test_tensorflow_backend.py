@@ -436,13 +436,15 @@ def test_constant_rows_give_the_bias_without_nan() -> None:
     np.testing.assert_array_equal(_np(y), np.broadcast_to(np.arange(7, dtype=np.float32), (3, 7)))
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-46], ids=["eps=0", "eps=1e-46"])
 @pytest.mark.parametrize("mode", MODES)
-def test_constant_row_along_a_leading_axis_without_eps_gives_nan(mode: str) -> None:
-    """eps = 0, rows along axis 0 of a (5, 3, 2) x: a constant row has rstd inf and y NaN, not the -inf that XLA's
-    fusion of sum * (1/5) with x - mean into one FMA gave (the conformance check runs eager TensorFlow only)."""
+def test_constant_row_along_a_leading_axis_without_eps_gives_nan(mode: str, eps: float) -> None:
+    """eps 0 (or 0 in float32), rows along axis 0 of a (5, 3, 2) x: a constant row has rstd inf and y NaN, not the
+    -inf that XLA's fusion of sum * (1/5) with x - mean into one FMA gave (the conformance check runs eager
+    TensorFlow only)."""
     host = np.random.default_rng(3).normal(size=(5, 3, 2)).astype(np.float32)
     host[:, 1, 0] = 3.0
-    y, _, rstd = _compiled(lambda x: layernorm.layer_norm(x, axis=0, eps=0.0, return_stats=True), mode)(
+    y, _, rstd = _compiled(lambda x: layernorm.layer_norm(x, axis=0, eps=eps, return_stats=True), mode)(
         tf.constant(host)
     )
     assert np.isposinf(_np(rstd)[0, 1, 0])

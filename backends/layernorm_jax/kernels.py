@@ -80,11 +80,12 @@ def layer_norm_apply(
 
     With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf). XLA:CPU, though, may fuse the mean's
     division into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and y
-    +-inf: so for eps = 0 alone (eps is static: programs for eps > 0 are unchanged), such rows are set to NaN.
+    +-inf: so for an eps that is 0 in the compute dtype (XLA flushes a subnormal one to 0) such rows are set to
+    NaN. eps is static: the programs of larger eps are unchanged.
     """
     dtype = mean.dtype
     y = (_upcast(x) - mean) * rstd
-    if eps == 0:
+    if eps < jnp.finfo(dtype).tiny:
         y = jnp.where(jnp.isinf(rstd), jnp.nan, y)
     w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
     if w is not None:

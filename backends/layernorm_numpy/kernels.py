@@ -173,9 +173,10 @@ def _for_blocks(
             results[k] = work(blocks[k])
 
     settings = np.geterr()  # the caller's: a worker thread would otherwise run with its own, NumPy's defaults
+    handler = np.geterrcall()  # the function or log that mode "call" or "log" needs
 
     def run_share_in_pool(first: int) -> None:
-        with np.errstate(**settings):
+        with np.errstate(call=handler, **settings):
             run_share(first)
 
     futures = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from layernorm_core.spec import NormSpec
@@ -83,12 +84,12 @@ def layer_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) 
 
     With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf); XLA:CPU may fuse the mean's division
     into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and y +-inf: for
-    eps = 0 alone, such rows are set to NaN.
+    an eps that is 0 in the compute dtype (XLA flushes a subnormal one to 0), such rows are set to NaN.
     """
     xc = compute(x, spec)
     mean, rstd = layer_norm_stats(xc, spec)
     y = (xc - mean) * rstd
-    if spec.eps == 0:
+    if spec.eps < np.finfo(spec.compute_dtype).tiny:
         y = tf.where(tf.math.is_inf(rstd), tf.constant(float("nan"), y.dtype), y)
     if weight is not None:
         y = y * _broadcastable(weight, x, spec)

@@ -142,16 +142,20 @@ def test_constant_row_without_eps(numerics: Numerics, target: Target, dtype: str
     assert np.isposinf(actual["rstd"][CONSTANT_ROW]).all(), "rstd of a constant row is not inf with eps = 0"
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-46], ids=lambda e: f"eps={e:g}")
 @pytest.mark.parametrize("size", [5, 40], ids=lambda n: f"size={n}")
 @pytest.mark.parametrize("op", OPS)
-def test_constant_row_along_a_leading_axis_without_eps(target: Target, dtype: str, op: Op, size: int) -> None:
-    """Rows along x's first axis (x of shape (size, 3, 2), axis=0), one of them constant, eps = 0: y is never +-inf.
+def test_constant_row_along_a_leading_axis_without_eps(
+    target: Target, dtype: str, op: Op, size: int, eps: float
+) -> None:
+    """Rows along x's first axis (x of shape (size, 3, 2), axis=0), one constant, eps 0 or 1e-46: y never +-inf.
 
-    y is NaN wherever rstd is inf (0 * inf). XLA:CPU fused the mean's division into x - mean as one FMA with the
-    unrounded sum * (1/N): x - mean was then not 0 and y came out +-inf beside a returned rstd of inf. Where a
-    backend's compiled mean of the row is inexact, rstd is finite and y = +-1 (docs/spec.md).
+    y is NaN wherever rstd is inf (0 * inf); 1e-46 is 0 in float32, which half inputs compute in too. XLA:CPU
+    fused the mean's division into x - mean as one FMA with the unrounded sum * (1/N): x - mean was then not 0 and
+    y came out +-inf beside a returned rstd of inf. Where a backend's compiled mean of the row is inexact, rstd is
+    finite and y = +-1 (docs/spec.md).
     """
-    problem = make_problem(op, Case((size, 3, 2), (0,)), dtype, "full", eps=0.0, key="no-eps-leading")
+    problem = make_problem(op, Case((size, 3, 2), (0,)), dtype, "full", eps=eps, key="no-eps-leading")
     x = problem.x.copy()
     x[:, 1, 0] = cast(np.full(size, CONSTANT_VALUE if op == "layer_norm" else 0.0), dtype)
     with warnings.catch_warnings():

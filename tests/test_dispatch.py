@@ -203,9 +203,8 @@ def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: p
     """A torch-only install has no ml_dtypes, so NumPy holds no bfloat16: a bfloat16 tensor sent to the numpy engine
     is a DTypeError naming why, not the ModuleNotFoundError the conversion raised."""
     torch = pytest.importorskip("torch")
-    from layernorm_core.registry import registry
-
     from layernorm_core import dispatch
+    from layernorm_core.registry import registry
 
     numpy_backend = registry.get("numpy")
     monkeypatch.setattr(numpy_backend, "_HAS_BFLOAT16", False)

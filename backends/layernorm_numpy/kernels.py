@@ -176,7 +176,7 @@ def _for_blocks(
     handler = np.geterrcall()  # the function or log that mode "call" or "log" needs
 
     def run_share_in_pool(first: int) -> None:
-        with np.errstate(call=handler, **settings):
+        with np.errstate(**settings) if handler is None else np.errstate(call=handler, **settings):
             run_share(first)
 
     futures = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pytest
@@ -227,6 +228,23 @@ def test_float64_without_x64_is_a_dtype_error_not_a_downcast() -> None:
     with enable_x64(True):
         y = layernorm.layer_norm(np.ones((2, 3)), backend="jax")
         assert isinstance(y, np.ndarray) and y.dtype == np.float64
+
+
+def test_a_float64_array_made_under_x64_is_refused_once_x64_is_off() -> None:
+    """It ran as float32 (y, statistics and gradients float32 for a float64 x), with only JAX's own warning."""
+    assert not jax.config.read("jax_enable_x64")
+    with enable_x64(True):
+        x = jnp.ones((2, 3), jnp.float64)
+    assert x.dtype == jnp.float64
+    calls = (
+        layernorm.layer_norm,
+        layernorm.rms_norm,
+        partial(layernorm.layer_norm_backward, x),
+        partial(layernorm.rms_norm_backward, x),
+    )
+    for call in calls:
+        with pytest.raises(layernorm.DTypeError, match="jax_enable_x64"):
+            call(x)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -35,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 14  # 3 layouts x (forward, gradients) + 3 under shard_map + 5 single tests
+MESH_TESTS = 16  # 3 layouts x (forward, gradients) + 5 under shard_map + 5 single tests
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -135,6 +135,28 @@ def test_shard_map_gradients_match_unsharded(op: str) -> None:
     unsharded = jax.grad(partial(loss, norm), argnums=(0, 1, 2))(*map(jnp.asarray, (x, w, b, dy)))
     for got, expected in zip(sharded, unsharded, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
+
+
+@needs_mesh
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_shard_map_gradients_of_per_device_weights_with_x_closed_over(op: str) -> None:
+    """x a concrete array closed over, one weight per device: the custom_vjp's backward gave the weight's cotangent
+    x's (replicated) type, which JAX refused, since only a tracer x was cast to vary with the weight."""
+    x, w, _, dy = _inputs((16, 64), -1)
+    mesh = jax.make_mesh((8,), ("batch",))
+    xa = jnp.asarray(x)
+    stacked = jnp.stack([jnp.asarray(w) * (1 + k / 8) for k in range(8)])
+    weights = jax.device_put(stacked, NamedSharding(mesh, P("batch")))
+
+    def norm(weight: jax.Array) -> jax.Array:
+        if op == "rms_norm":
+            return layernorm.rms_norm(xa, weight)
+        return layernorm.layer_norm(xa, weight)
+
+    mapped = shard_map(lambda ws: norm(ws[0])[None], mesh=mesh, in_specs=P("batch"), out_specs=P("batch"))
+    grads = jax.jit(jax.grad(lambda ws: jnp.sum(mapped(ws) * jnp.asarray(dy)[None])))(weights)
+    expected = jax.vmap(jax.grad(lambda weight: jnp.sum(norm(weight) * jnp.asarray(dy))))(stacked)
+    np.testing.assert_allclose(np.asarray(grads), np.asarray(expected), rtol=1e-5, atol=2e-5)
 
 
 @needs_mesh

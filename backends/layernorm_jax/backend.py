@@ -133,7 +133,8 @@ def from_foreign(x: Any) -> jax.Array:
 
 def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_vjp)."""
-    if isinstance(x, jax.core.Tracer):
+    _require_x64_for(spec)
+    if isinstance(x, _Tracer) or isinstance(weight, _Tracer) or isinstance(bias, _Tracer):  # x may be closed over
         x, weight, bias = _varying_alike(x, weight, bias)
     if return_stats:
         return _layer_norm(x, weight, bias, spec.axes, spec.eps)
@@ -142,11 +143,15 @@ def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stat
 
 def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable (custom_vjp)."""
-    if isinstance(x, jax.core.Tracer):
+    _require_x64_for(spec)
+    if isinstance(x, _Tracer) or isinstance(weight, _Tracer):
         x, weight = _varying_alike(x, weight)
     if return_stats:
         return _rms_norm(x, weight, spec.axes, spec.eps)
     return _rms_norm_output(x, weight, spec.axes, spec.eps)
+
+
+_Tracer = jax.core.Tracer
 
 
 def _varying_alike(*arrays: Any) -> tuple[Any, ...]:
@@ -172,11 +177,13 @@ def _cast_to_varying(a: Any, axes: tuple[str, ...]) -> Any:
 
 def layer_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
     """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
+    _require_x64_for(spec)
     return _layer_norm_backward(dy, x, weight, (mean, rstd), spec.axes, spec.eps)
 
 
 def rms_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, rstd: Any) -> Any:
     """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    _require_x64_for(spec)
     return _rms_norm_backward(dy, x, weight, rstd, spec.axes, spec.eps)
 
 
@@ -188,6 +195,12 @@ def _varying_axes(a: Any) -> frozenset[str]:
     aval = typeof(a)
     mat = getattr(aval, "mat", None)
     return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+
+
+def _require_x64_for(spec: NormSpec) -> None:
+    """DTypeError for a float64 x while x64 is off: a float64 array made while it was on would run as float32."""
+    if spec.dtype == "float64":
+        _check_representable(spec.dtype)
 
 
 def _check_representable(dtype: Any) -> None:

@@ -294,7 +294,8 @@ def _axis_int(a: Any) -> int:
 
 def _checked_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise ArgumentError(f"eps must be a real number; got {eps!r}")
+        hint = " (an array, or a traced value, is not: eps is fixed when a call is compiled)" if _is_array(eps) else ""
+        raise ArgumentError(f"eps must be a real number{hint}; got {eps!r}")
     try:
         value = float(eps)
     except OverflowError:  # an int or Fraction beyond the float range
@@ -302,6 +303,10 @@ def _checked_eps(eps: Any) -> float:
     if not 0 <= value < math.inf:  # also rejects NaN; comparisons trace where math.isfinite does not (SymFloat)
         raise ArgumentError(f"eps must be finite and >= 0; got {value!r}")
     return value
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def _shapes_match(got: Shape, expected: Shape) -> bool:

@@ -46,6 +46,12 @@ BAD_FORWARD = [
     pytest.param(dict(eps=math.nan), ArgumentError, "eps must be finite and >= 0; got nan", id="eps-nan"),
     pytest.param(dict(eps=math.inf), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-inf"),
     pytest.param(dict(eps="0.1"), ArgumentError, "eps must be a real number", id="eps-str"),
+    pytest.param(
+        dict(eps=np.asarray(1e-5)),
+        ArgumentError,
+        r"eps must be a real number \(an array, or a traced value, is not: eps is fixed when a call is compiled\)",
+        id="eps-0d-array",
+    ),
     pytest.param(dict(eps=10**400), ArgumentError, "eps must be finite and >= 0; got inf", id="eps-int-beyond-float"),
     pytest.param(
         dict(eps=1e308),

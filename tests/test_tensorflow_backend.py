@@ -205,6 +205,29 @@ def test_second_order_through_statistics_of_one_element_rows(eps: float, mode: s
     np.testing.assert_allclose(_np(_compiled(second, mode)(x)), 8 * _np(x), rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(3, 8), (2, 8192)], ids=["sizes-unknown-when-traced", "rows-over-XLA_BLOCK"])
+def test_second_order_under_xla_through_cascaded_row_sums(shape: tuple[int, int]) -> None:
+    """Under XLA, row sums of a length unknown when traced, or over XLA_BLOCK, cascade through an optimization
+    barrier, which TensorFlow gives no gradient: nested tapes (and a tape around the compiled function) raised
+    LookupError. The Hessian-vector product matches the one computed eagerly."""
+    x = tf.constant(np.random.default_rng(5).normal(size=shape).astype(np.float32))
+
+    def hessian_vector(x: Any) -> Any:
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(layernorm.layer_norm(x) ** 3)
+            grad = inner.gradient(loss, x)
+            norm = tf.reduce_sum(grad * grad)
+        return outer.gradient(norm, x)
+
+    signature = [tf.TensorSpec([None, None], tf.float32)] if shape == (3, 8) else None
+    compiled = tf.function(hessian_vector, jit_compile=True, input_signature=signature)
+    expected = _np(hessian_vector(x))
+    np.testing.assert_allclose(_np(compiled(x)), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_tape_gradient_is_the_explicit_backward(kind: str) -> None:
     host = _host((6, 10), -1, np.float32, seed=2)

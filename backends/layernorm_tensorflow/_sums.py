@@ -91,10 +91,25 @@ def _cascade_mean(t: Tensor, spec: NormSpec, levels: int) -> Tensor:
     rows = _rows(t, spec)
     sums = _block_sums(rows)
     for _ in range(levels - 1):
-        (sums,) = xla.optimization_barrier(sums)
-        sums = _block_sums(sums)
+        sums = _block_sums(_barrier(sums))
     mean = sums / tf.cast(tf.shape(rows)[1], t.dtype)
     return tf.reshape(mean, _stats_shape(t, spec))
+
+
+@tf.custom_gradient
+def _barrier(t: Tensor) -> Any:
+    """``xla.optimization_barrier`` of t, differentiable: its gradient is the identity's, and so on to any order.
+
+    TensorFlow registers no gradient for the barrier: a second derivative, or a tape around a jit-compiled
+    function, through the backward's row sums (which cascade) raised LookupError. stop_gradient keeps tapes and
+    forward accumulators from recording the barrier itself (an accumulator looks its gradient up too).
+    """
+    (out,) = xla.optimization_barrier(tf.stop_gradient(t))
+
+    def grad(upstream: Tensor) -> Tensor:
+        return tf.identity(upstream)
+
+    return out, grad
 
 
 def _rows(t: Tensor, spec: NormSpec) -> Tensor:

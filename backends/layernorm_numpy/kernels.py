@@ -172,17 +172,11 @@ def _for_blocks(
         for k in range(first, min(first + share, len(blocks))):
             results[k] = work(blocks[k])
 
-    settings = np.geterr()  # the caller's: a worker thread would otherwise run with its own, NumPy's defaults
-    handler = np.geterrcall()  # the function or log that mode "call" or "log" needs
-
-    def run_share_in_pool(first: int) -> None:
-        with np.errstate(**settings) if handler is None else np.errstate(call=handler, **settings):
-            run_share(first)
-
     futures = []
+    in_pool = _under_callers_errstate(run_share) if share < len(blocks) else run_share  # read only when pooled
     for first in range(share, len(blocks), share):
         try:
-            futures.append(_pool().submit(run_share_in_pool, first))
+            futures.append(_pool().submit(in_pool, first))
         except RuntimeError:  # no new threads (interpreter shutdown, a thread limit): the same results on this one
             run_share(first)
     try:
@@ -194,6 +188,21 @@ def _for_blocks(
     for future in futures:
         future.result()
     return results
+
+
+def _under_callers_errstate(run: Callable[[int], None]) -> Callable[[int], None]:
+    """``run``, for a pool thread to call, under the calling thread's np.errstate and error callback.
+
+    A pool thread has its own floating-point settings, NumPy's defaults: it warned under the caller's
+    errstate(invalid="ignore"). The callback is the function or log that mode "call" or "log" needs.
+    """
+    settings, handler = np.geterr(), np.geterrcall()
+
+    def run_there(first: int) -> None:
+        with np.errstate(**settings) if handler is None else np.errstate(call=handler, **settings):
+            run(first)
+
+    return run_there
 
 
 def _quiet(

@@ -8,6 +8,8 @@ from layernorm_core.tracing import dynamo_tracing
 
 FLOAT_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
 HALF_DTYPES: Final = frozenset({"float16", "bfloat16"})
+_SMALLEST_NORMAL: Final = {"float32": 2.0**-126, "float64": 2.0**-1022}
+"""The smallest normal number of each compute dtype."""
 
 
 _names: dict[tuple[type, Any], str] = {}
@@ -57,3 +59,8 @@ def param_dtype_for(x_name: str, param_name: str) -> str:
     """
     stats_dtype = compute_dtype(x_name)
     return param_name if param_name in (x_name, stats_dtype) else stats_dtype
+
+
+def flushed_to_zero(value: float, name: str) -> bool:
+    """Whether ``value`` is 0 in compute dtype ``name`` where subnormals are flushed to 0 (XLA: JAX, TensorFlow)."""
+    return value < _SMALLEST_NORMAL[name]

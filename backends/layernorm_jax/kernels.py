@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from layernorm_core.dtypes import dtype_name, flushed_to_zero
+
 Axes = tuple[int, ...]
 
 
@@ -85,7 +87,7 @@ def layer_norm_apply(
     """
     dtype = mean.dtype
     y = (_upcast(x) - mean) * rstd
-    if eps < jnp.finfo(dtype).tiny:
+    if flushed_to_zero(eps, dtype_name(dtype)):
         y = jnp.where(jnp.isinf(rstd), jnp.nan, y)
     w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
     if w is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
+from layernorm_core.dtypes import flushed_to_zero
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._sums import row_mean
 
@@ -89,7 +89,7 @@ def layer_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec) 
     xc = compute(x, spec)
     mean, rstd = layer_norm_stats(xc, spec)
     y = (xc - mean) * rstd
-    if spec.eps < np.finfo(spec.compute_dtype).tiny:
+    if flushed_to_zero(spec.eps, spec.compute_dtype):
         y = tf.where(tf.math.is_inf(rstd), tf.constant(float("nan"), y.dtype), y)
     if weight is not None:
         y = y * _broadcastable(weight, x, spec)

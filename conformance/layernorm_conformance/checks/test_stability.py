@@ -157,10 +157,8 @@ def test_constant_row_along_a_leading_axis_without_eps(
     """
     problem = make_problem(op, Case((size, 3, 2), (0,)), dtype, "full", eps=eps, key="no-eps-leading")
     x = problem.x.copy()
-    x[:, 1, 0] = cast(np.full(size, CONSTANT_VALUE if op == "layer_norm" else 0.0), dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        actual = {name: result.astype(np.float64) for name, result in forward(target, problem.with_x(x)).items()}
+    x[:, 1, 0] = cast(np.full(size, _constant(op)), dtype)
+    actual = _forward_without_warning(target, problem.with_x(x))
     y, rstd = actual["y"][:, 1, 0], actual["rstd"][0, 1, 0]
     assert not np.isinf(y).any(), f"y of a constant row is {y} with eps = 0 (rstd {rstd})"
     if np.isinf(rstd):
@@ -183,7 +181,7 @@ def test_tiny_eps(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
 
 
 CONSTANT_ROW = 2
-"""The row `_with_constant_row` makes constant: `CONSTANT_VALUE` (for rms_norm 0.0: a zero row)."""
+"""The row `_with_constant_row` makes constant, to `_constant`'s value."""
 CONSTANT_VALUE = 3.0
 """A value whose row sums are exact in any order and dtype: every backend's mean of the row is then exact, and its
 var 0 (docs/spec.md: where a constant row's sum rounds, JAX's and TensorFlow's mean may not be)."""
@@ -198,16 +196,26 @@ def _with_constant_row(
     """
     problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", eps=eps, key="no-eps")
     x = problem.x.copy()
-    x[CONSTANT_ROW] = cast(np.full(x.shape[1:], CONSTANT_VALUE if op == "layer_norm" else 0.0), dtype)
+    x[CONSTANT_ROW] = cast(np.full(x.shape[1:], _constant(op)), dtype)
     value = float(x[CONSTANT_ROW, 0])
     problem = problem.with_x(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        actual = {name: result.astype(np.float64) for name, result in forward(target, problem).items()}
+    actual = _forward_without_warning(target, problem)
     if op == "layer_norm":
         assert (actual["mean"][CONSTANT_ROW] == value).all(), "mean of a constant row is not its value"
     _check_rows(numerics, problem, actual, dtype, np.array([k for k in range(x.shape[0]) if k != CONSTANT_ROW]))
     return problem, actual
+
+
+def _constant(op: Op) -> float:
+    """The value of a constant row: `CONSTANT_VALUE`, or 0.0 for rms_norm, whose constant rows are zero rows."""
+    return CONSTANT_VALUE if op == "layer_norm" else 0.0
+
+
+def _forward_without_warning(target: Target, problem: Problem) -> dict[str, Any]:
+    """The target's forward results in float64; a RuntimeWarning (NumPy's, for 0 * inf) fails the check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return {name: result.astype(np.float64) for name, result in forward(target, problem).items()}
 
 
 def _check_rows(numerics: Numerics, problem: Problem, actual: dict[str, Any], dtype: str, rows: Any) -> None:

@@ -17,9 +17,25 @@ def require_host(x: Any, framework: str, error: BaseException) -> None:
     Called before a backend copies such an array through NumPy: a host copy of a device array would fail, or
     hide a device-to-host transfer (and compute on the CPU what the caller placed on a GPU).
     """
-    device_type = int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else DLPACK_CPU
+    device_type = _device_type(x)
     if device_type not in DLPACK_HOST:
         raise DeviceError(
             f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} (DLPack device type "
             f"{device_type}) through DLPack: {error}"
         ) from None
+
+
+def row_major_on_device(x: Any) -> Any | None:
+    """A strided view on a device (a transposed torch CUDA tensor) as a row-major copy on that device, else None.
+
+    XLA imports only compact row-major strides through DLPack. A host array needs no such copy: the backends
+    copy it through NumPy, which takes any strides.
+    """
+    is_contiguous = getattr(x, "is_contiguous", None)
+    if _device_type(x) in DLPACK_HOST or is_contiguous is None or is_contiguous():
+        return None
+    return x.contiguous()
+
+
+def _device_type(x: Any) -> int:
+    return int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else DLPACK_CPU

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,59 @@ def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -
 
     with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
         registry.get(engine).from_foreign(_FakeCudaTensor())
+
+
+class _FakeCudaView(_FakeCudaTensor):
+    """A strided view on a CUDA device, as a transposed torch tensor is: XLA's DLPack import refuses its strides,
+    and its row-major copy (here a NumPy array, which the engines can import on this machine) is what they take."""
+
+    def is_contiguous(self) -> bool:
+        return False
+
+    def contiguous(self) -> np.ndarray:
+        return np.arange(2, dtype=np.float32)
+
+
+@pytest.mark.parametrize("engine", ["jax", "tensorflow"])
+def test_a_strided_device_view_crosses_as_a_row_major_copy(engine: str) -> None:
+    pytest.importorskip(engine)
+    from layernorm_core.registry import registry
+
+    imported = registry.get(engine).from_foreign(_FakeCudaView())
+    np.testing.assert_array_equal(np.asarray(imported), np.arange(2, dtype=np.float32))
+
+
+def _torch_and_jax_on_gpus() -> tuple[Any, Any, Any]:
+    """torch and jax, and JAX's first GPU; skipped where either framework is missing or sees no GPU."""
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    try:
+        return torch, jax, jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX sees no GPU")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_torch_cuda_tensors_on_the_jax_engine(layout: str) -> None:
+    """A CUDA tensor crosses to XLA on the GPU through DLPack (a transposed view as a row-major copy there) and
+    the result comes back as a CUDA tensor; x is left as it was."""
+    torch, _, _ = _torch_and_jax_on_gpus()
+    x = torch.from_numpy(X if layout == "contiguous" else np.ascontiguousarray(X.T)).cuda()
+    x = x if layout == "contiguous" else x.T
+    assert x.is_contiguous() == (layout == "contiguous")
+    before = x.clone()
+    y, mean, rstd = layernorm.layer_norm(x, torch.from_numpy(W).cuda(), return_stats=True, backend="jax")
+    assert all(isinstance(out, torch.Tensor) and out.is_cuda for out in (y, mean, rstd))
+    assert y.dtype == torch.float32 and mean.shape == (6, 1)
+    assert error_ratio(y.cpu().numpy(), _expected(), tolerance("float32", "output")) <= 1
+    assert torch.equal(x, before)
+
+
+def test_jax_gpu_arrays_on_the_torch_engine() -> None:
+    """A JAX array on the GPU crosses to torch's CUDA kernels and comes back as a JAX array on that GPU."""
+    _, jax, gpu = _torch_and_jax_on_gpus()
+    y = layernorm.layer_norm(jax.device_put(X, gpu), jax.device_put(W, gpu), backend="torch")
+    assert type(y).__module__.startswith(("jax", "jaxlib")) and y.devices() == {gpu}
+    assert error_ratio(np.asarray(y), _expected(), tolerance("float32", "output")) <= 1

@@ -16,7 +16,7 @@ import numpy as np
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
 from layernorm_core.errors import DeviceError, DTypeError
-from layernorm_core.foreign import require_host
+from layernorm_core.foreign import require_host, row_major_on_device
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_jax import kernels
@@ -127,6 +127,9 @@ def from_foreign(x: Any) -> jax.Array:
         try:
             return jax.dlpack.from_dlpack(x)
         except (TypeError, RuntimeError, ValueError, BufferError) as exc:
+            compact = row_major_on_device(x)
+            if compact is not None:
+                return jax.dlpack.from_dlpack(compact)
             require_host(x, "JAX", exc)  # host memory DLPack refused (a layout JAX does not import): through NumPy
     return jnp.asarray(np.asarray(x))
 

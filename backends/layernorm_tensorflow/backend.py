@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from layernorm_core.errors import BackendError, DeviceError
-from layernorm_core.foreign import require_host
+from layernorm_core.foreign import require_host, row_major_on_device
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._quiet import quiet_tensorflow_logs
@@ -105,6 +105,9 @@ def from_foreign(x: Any) -> Tensor:
         try:
             return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
         except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError) as exc:
+            compact = row_major_on_device(x)
+            if compact is not None:
+                return tf.experimental.dlpack.from_dlpack(compact.__dlpack__())
             require_host(x, "TensorFlow", exc)  # e.g. a dtype DLPack cannot carry here: a host array below
     return tf.convert_to_tensor(np.asarray(x))
 

@@ -274,20 +274,20 @@ def checked_axis(axis: Any) -> Axis:
 
     Range and repeats are `normalize_axes`'s to check, against the array's rank.
     """
-    if isinstance(axis, bool):
-        raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}")
-    if isinstance(axis, int):
+    if isinstance(axis, int) and not isinstance(axis, bool):
         return axis
     try:
         if isinstance(axis, (tuple, list)):
             return tuple(_axis_int(a) for a in axis)
-        return operator.index(axis)
+        return _axis_int(axis)
     except TypeError:
         raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}") from None
 
 
 def _axis_int(a: Any) -> int:
-    if isinstance(a, bool):
+    # A type without __index__ is refused before operator.index: torch 2.11's dynamo turns the TypeError that
+    # operator.index raises in compiled code into an InternalTorchDynamoError.
+    if isinstance(a, bool) or not hasattr(type(a), "__index__"):
         raise TypeError
     return operator.index(a)
 

@@ -11,7 +11,7 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name
 from layernorm_core.errors import ArgumentError, DTypeError, ShapeError
@@ -274,22 +274,33 @@ def checked_axis(axis: Any) -> Axis:
 
     Range and repeats are `normalize_axes`'s to check, against the array's rank.
     """
-    if isinstance(axis, int) and not isinstance(axis, bool):
+    if type(axis) is int:
         return axis
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(_axis_int(a) for a in axis)
+        if None not in axes:
+            return cast(tuple[int, ...], axes)
+    else:
+        single = _axis_int(axis)
+        if single is not None:
+            return single
+    raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}")
+
+
+def _axis_int(a: Any) -> int | None:
+    """``a`` as an int, or None where it is no integer (a bool, a float, a float array).
+
+    A wrong type raises nothing to be caught: under torch.compile, torch 2.11's dynamo turned such a TypeError
+    into an InternalTorchDynamoError (a float axis from operator.index, a bool axis from a helper of ours).
+    """
+    if isinstance(a, int):
+        return None if isinstance(a, bool) else a
+    if not hasattr(type(a), "__index__"):
+        return None
     try:
-        if isinstance(axis, (tuple, list)):
-            return tuple(_axis_int(a) for a in axis)
-        return _axis_int(axis)
-    except TypeError:
-        raise ArgumentError(f"axis must be an int or a tuple of ints; got {axis!r}") from None
-
-
-def _axis_int(a: Any) -> int:
-    # A type without __index__ is refused before operator.index: torch 2.11's dynamo turns the TypeError that
-    # operator.index raises in compiled code into an InternalTorchDynamoError.
-    if isinstance(a, bool) or not hasattr(type(a), "__index__"):
-        raise TypeError
-    return operator.index(a)
+        return operator.index(a)
+    except TypeError:  # a 0-d array of a non-integer dtype has __index__ but raises
+        return None
 
 
 def _checked_eps(eps: Any) -> float:

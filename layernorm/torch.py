@@ -73,7 +73,8 @@ def _module_layer_norm(
     try:
         return layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)
     except ShapeError as error:
-        raise (_blame_x("layer_norm", x, normalized_shape, axis, eps) or error) from None
+        blamed = _blame_x("layer_norm", x, normalized_shape, axis, eps) or error
+    raise blamed  # outside the handler: no chained context, and no `from None` (torch 2.11's dynamo cannot set it)
 
 
 def _module_rms_norm(
@@ -94,7 +95,8 @@ def _module_rms_norm(
     try:
         return layernorm.rms_norm(x, weight, axis=axis, eps=eps)
     except ShapeError as error:
-        raise (_blame_x("rms_norm", x, normalized_shape, axis, eps) or error) from None
+        blamed = _blame_x("rms_norm", x, normalized_shape, axis, eps) or error
+    raise blamed  # outside the handler: no chained context, and no `from None` (torch 2.11's dynamo cannot set it)
 
 
 torch.fx.wrap("_module_layer_norm")
@@ -219,11 +221,9 @@ class LayerNorm(_Norm):
         return _module_layer_norm(x, self.weight, self.bias, self.normalized_shape, self.axis, self.eps)
 
     def extra_repr(self) -> str:
-        """The constructor arguments, as torch.nn.LayerNorm prints them, plus axis."""
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-            f"bias={self.bias is not None}, axis={self.axis}"
-        )
+        """The constructor arguments, as the installed torch.nn.LayerNorm prints them (2.13 added bias), plus axis."""
+        torch_repr = torch.nn.LayerNorm.extra_repr(self)  # type: ignore[arg-type]  # reads attributes both have
+        return f"{torch_repr}, axis={self.axis}"
 
 
 class RMSNorm(_Norm):
@@ -272,10 +272,9 @@ class RMSNorm(_Norm):
         return _module_rms_norm(x, self.weight, self.normalized_shape, self.axis, self.eps)
 
     def extra_repr(self) -> str:
-        """The constructor arguments, as torch.nn.RMSNorm prints them, plus axis."""
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, axis={self.axis}"
-        )
+        """The constructor arguments, as the installed torch.nn.RMSNorm prints them, plus axis."""
+        torch_repr = torch.nn.RMSNorm.extra_repr(self)  # type: ignore[arg-type]  # reads attributes both have
+        return f"{torch_repr}, axis={self.axis}"
 
 
 __all__ = ["LayerNorm", "RMSNorm"]

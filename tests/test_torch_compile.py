@@ -262,10 +262,10 @@ def test_fullgraph_reports_a_bad_input_as_dynamo_does_naming_ours(dynamic: bool)
     compiled = torch.compile(
         lambda x: layernorm.layer_norm(x, torch.ones(3)), backend="aot_eager", fullgraph=True, dynamic=dynamic
     )
-    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.weight must have shape \(8,\)"):
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.*weight must have shape \(8,\)"):
         compiled(torch.randn(4, 8))
     module = torch.compile(lt.LayerNorm(4), backend="aot_eager", fullgraph=True, dynamic=dynamic)
-    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.x's sizes along axis=-1 must be"):
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"ShapeError\(.*x's sizes along axis="):
         module(torch.randn(2, 5))
 
 

@@ -1,7 +1,8 @@
 """nox sessions: unit tests, the conformance suite per backend (one framework per virtualenv), the matrix, lint,
 benchmarks.
 
-``nox`` runs lint, the unit tests, every conformance session and the matrix; ``nox -s bench`` on demand.
+``nox`` runs lint, the unit tests, every conformance session and the matrix; ``nox -s bench`` and the oldest-*
+sessions (each framework's tests on the oldest release the package declares) on demand.
 Virtualenvs are reused; torch's version comes from the constraints file (constraints/cpu.txt says where its CPU build
 comes from).
 """
@@ -49,6 +50,36 @@ def _conformance_session(backend: str, extras: str) -> None:
 
 for _backend, _extras in BACKENDS.items():
     _conformance_session(_backend, _extras)
+
+
+OLDEST_TESTS = {
+    "torch": ("test_torch_*.py",),
+    "jax": ("test_jax_*.py",),
+    "tensorflow": ("test_tensorflow_*.py", "test_keras_backends.py"),
+}
+"""The unit tests of each framework, for the oldest-* sessions."""
+
+
+def _oldest_session(backend: str, patterns: tuple[str, ...]) -> None:
+    def oldest(session: nox.Session) -> None:
+        extras = "test,jax,flax" if backend == "jax" else f"test,{backend}"
+        session.install("-e", f".[{extras}]", "-c", "constraints/oldest.txt")
+        files = sorted(str(p) for pattern in patterns for p in Path("tests").glob(pattern))
+        session.run("python", "-m", "pytest", "-q", *files)
+        session.run(
+            "python", "-m", "layernorm_conformance", "-q", "--backend", backend, *session.posargs,
+            env=X64 if backend == "jax" else {},
+        )  # fmt: skip
+
+    oldest.__doc__ = (
+        f"The {backend} unit tests and conformance on the oldest {backend} the package declares "
+        "(constraints/oldest.txt). Not in nox's default run."
+    )
+    nox.session(name=f"oldest-{backend}")(oldest)
+
+
+for _backend, _patterns in OLDEST_TESTS.items():
+    _oldest_session(_backend, _patterns)
 
 
 @nox.session

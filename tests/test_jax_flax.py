@@ -101,7 +101,13 @@ def test_array_likes_are_taken_as_flax_takes_them(given: str, affine: bool, modu
     ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, rngs=nnx.Rngs(0), **kwargs)
     theirs_kwargs = kwargs | ({"use_fast_variance": False} if module == "LayerNorm" else {})
     theirs = getattr(nnx, module)(8, rngs=nnx.Rngs(0), **theirs_kwargs)
-    got, expected = ours(x), theirs(x)
+    got = ours(x)
+    try:
+        expected = theirs(x)
+    except TypeError:
+        if given != "list":
+            raise
+        expected = theirs(values)  # Flax 0.10.0 refuses a nested list (jnp.result_type of it); later Flax takes it
     assert isinstance(got, jax.Array) and got.dtype == expected.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,9 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[d
             results.write(command[command.index("--conformance-json") + 1], records, {})
         return subprocess.CompletedProcess(command, returncode, "", "ERROR collecting test_agreement.py")
 
-    monkeypatch.setattr(matrix.subprocess, "run", run)
+    # A stand-in module rather than subprocess.run patched for the whole process: platform.platform(), which
+    # results.write calls, runs `uname` through subprocess.run once per process.
+    monkeypatch.setattr(matrix, "subprocess", types.SimpleNamespace(run=run))
 
 
 @pytest.mark.parametrize(

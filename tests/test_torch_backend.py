@@ -159,12 +159,15 @@ def test_autograd_through_y_with_stats(axis: Any, dtype: str, device: str) -> No
 @TRAILING_OR_CHANNELS_FIRST
 def test_differentiable_statistics_of_a_constant_row(axis: Any, dtype: str, device: str) -> None:
     """With x's gradient taken, the returned statistics of a constant row of 0.1s (whose sum rounds) are exact:
-    mean 0.1 in the compute dtype and, with eps = 0, rstd inf, as the kernel's are without the gradient."""
+    mean 0.1 in the compute dtype and, with eps = 0, rstd inf, as the CPU kernel's are without the gradient. The
+    CUDA kernel merges per-thread partial means, whose rounding need not cancel: its mean is held to one ulp."""
     x = torch.full((2, 1000, 3) if axis == 1 else (2, 3, 1000), 0.1, dtype=getattr(torch, dtype), device=device)
     _, mean, rstd = layernorm.layer_norm(x.clone().requires_grad_(), axis=axis, eps=0.0, return_stats=True)
     _, kernel_mean, _ = layernorm.layer_norm(x, axis=axis, eps=0.0, return_stats=True)
-    assert (mean == x.to(kernel_mean.dtype)[0, 0, 0]).all() and torch.equal(mean, kernel_mean)
+    assert (mean == x.to(kernel_mean.dtype)[0, 0, 0]).all()
     assert torch.isposinf(rstd).all()
+    ulps = 0 if device == "cpu" else 1
+    torch.testing.assert_close(kernel_mean, mean, rtol=ulps * torch.finfo(mean.dtype).eps, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch._dynamo.testing import CompileCounter  # noqa: E402
 from torch_checks import f64  # noqa: E402
 
 import layernorm  # noqa: E402
@@ -230,7 +231,7 @@ def test_rms_norm_backward_compiles_once_for_any_batch() -> None:
     """The explicit rms_norm_backward under dynamic=True: one graph for every batch size (the CPU blocks branched
     on the size and guarded on the thread's scratch)."""
     torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounter()
+    counter = CompileCounter()
     compiled = torch.compile(
         lambda dy, x, w: layernorm.rms_norm_backward(dy, x, w), fullgraph=True, backend=counter, dynamic=True
     )

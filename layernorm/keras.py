@@ -2,8 +2,8 @@
 
 They take the same arguments, create the same weights under the same names in the same order (``gamma`` then
 ``beta``; ``scale``), so weights saved from the Keras layers load into these (``set_weights``, ``.weights.h5``,
-``.keras`` files) and the other way round. They call the public API (`layernorm.layer_norm`, `layernorm.rms_norm`),
-which picks the engine owning the tensors of Keras's backend (TensorFlow, JAX or torch).
+``.keras`` files) and the other way round. They call the public API (`layernorm.layer_norm`, `layernorm.rms_norm`)
+on the engine of Keras's backend (TensorFlow, JAX or torch), whatever `layernorm.use` or `layernorm.using` named.
 
 Loading a ``.keras`` file that holds these layers needs ``import layernorm.keras`` first (Keras finds custom classes
 by their registration, ``layernorm>LayerNormalization``); to load it without layernorm, pass
@@ -43,6 +43,10 @@ from layernorm.functional import layer_norm, rms_norm
 from layernorm_core.dtypes import param_dtype_for
 
 __all__ = ["LayerNormalization", "RMSNormalization"]
+
+_ENGINE = keras.backend.backend()
+"""The layernorm backend of Keras's own ("tensorflow", "jax", "torch", "numpy"): the layers run on it whatever
+`layernorm.use` or `layernorm.using` put in force for plain calls, as the Flax and torch modules run on theirs."""
 
 
 def _axes(axis: Any) -> list[int] | int:
@@ -159,6 +163,7 @@ class LayerNormalization(keras.layers.Layer):
             _matching(self.beta, inputs, self.axis),
             axis=_tuple(self.axis),
             eps=self.epsilon,
+            backend=_ENGINE,
         )
         return ops.cast(outputs, self.compute_dtype)
 
@@ -207,7 +212,9 @@ class RMSNormalization(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         """Normalize ``x`` with layernorm.rms_norm."""
-        return rms_norm(x, _matching(self.scale, x, self.axis), axis=_tuple(self.axis), eps=self.epsilon)
+        return rms_norm(
+            x, _matching(self.scale, x, self.axis), axis=_tuple(self.axis), eps=self.epsilon, backend=_ENGINE
+        )
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The input shape (ValueError for an axis out of range)."""

@@ -1,7 +1,8 @@
 """Drop-in ``torch.nn`` modules: `LayerNorm` and `RMSNorm`, with torch's parameters and state_dict keys, plus ``axis``.
 
 An existing ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` checkpoint loads unchanged (keys ``weight`` and
-``bias``). ``axis`` normalizes any axes (channels-first, non-adjacent) instead of the trailing ones.
+``bias``). ``axis`` normalizes any axes (channels-first, non-adjacent) instead of the trailing ones. They run on
+layernorm's torch backend whatever `layernorm.use` or `layernorm.using` named for plain calls.
 
 >>> import torch, layernorm.torch
 >>> norm = layernorm.torch.LayerNorm(4)
@@ -69,9 +70,9 @@ def _module_layer_norm(
     """
     if weight is None and bias is None:
         _require_normalized_shape("layer_norm", x, normalized_shape, axis, eps)
-        return layernorm.layer_norm(x, None, None, axis=axis, eps=eps)
+        return layernorm.layer_norm(x, None, None, axis=axis, eps=eps, backend="torch")
     try:
-        return layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)
+        return layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps, backend="torch")
     except ShapeError as error:
         blamed = _blame_x("layer_norm", x, normalized_shape, axis, eps) or error
     raise blamed  # outside the handler: no chained context, and no `from None` (torch 2.11's dynamo cannot set it)
@@ -89,11 +90,11 @@ def _module_rms_norm(
         eps = _COMPUTE_EPSILON.get(x.dtype, 0.0)  # 0.0: the core rejects x
     if weight is None:
         _require_normalized_shape("rms_norm", x, normalized_shape, axis, eps)
-        return layernorm.rms_norm(x, None, axis=axis, eps=eps)
+        return layernorm.rms_norm(x, None, axis=axis, eps=eps, backend="torch")
     if weight.dtype is not x.dtype and weight.is_floating_point() and x.is_floating_point():
         weight = weight.to(dtype=getattr(torch, param_dtype_for(dtype_name(x.dtype), dtype_name(weight.dtype))))
     try:
-        return layernorm.rms_norm(x, weight, axis=axis, eps=eps)
+        return layernorm.rms_norm(x, weight, axis=axis, eps=eps, backend="torch")
     except ShapeError as error:
         blamed = _blame_x("rms_norm", x, normalized_shape, axis, eps) or error
     raise blamed  # outside the handler: no chained context, and no `from None` (torch 2.11's dynamo cannot set it)

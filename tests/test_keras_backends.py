@@ -17,7 +17,7 @@ from child_pytest import assert_child_passes
 keras = pytest.importorskip("keras")
 
 CHILD_VARIABLE = "LAYERNORM_TEST_KERAS_BACKEND"
-CHILD_TESTS = 10
+CHILD_TESTS = 12
 KERAS_BACKEND = keras.backend.backend()
 in_child = pytest.mark.skipif(
     os.environ.get(CHILD_VARIABLE) != KERAS_BACKEND,
@@ -127,3 +127,18 @@ def test_fit_trains_like_keras_own_layers(policy: str, jit: bool) -> None:
             np.testing.assert_allclose(ours, theirs, rtol=2e-2 if policy == "mixed_bfloat16" else 1e-4, atol=1e-3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@in_child
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_layers_run_on_keras_backend_whatever_engine_is_in_force(op: str) -> None:
+    """Under using("numpy") the layers run Keras's backend (as Keras's own layers do), not the NumPy engine."""
+    import layernorm
+
+    layer = _built(lk.LayerNormalization() if op == "layer_norm" else lk.RMSNormalization())
+    x = _x(0)
+    expected = keras.ops.convert_to_numpy(layer(x))
+    with layernorm.using("numpy"):
+        y = layer(x)
+    assert type(y) is type(keras.ops.convert_to_tensor(x))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(y), expected)

@@ -358,3 +358,16 @@ def test_integer_input_is_layernorms_dtype_error(layer: Any, traced: bool) -> No
     model = keras.Sequential([keras.Input((6,), dtype="int32"), layer()])
     with pytest.raises(layernorm.DTypeError, match="x must have a floating dtype"):
         model.predict(x, verbose=0) if traced else model(x)
+
+
+@pytest.mark.parametrize("layer", ["LayerNormalization", "RMSNormalization"])
+def test_layers_run_on_keras_backend_whatever_engine_is_in_force(layer: str) -> None:
+    """Under using("numpy") the layers run TensorFlow, as Keras's own do: an eager call went through NumPy and
+    predict (a tf.function) raised BackendError."""
+    model = _model(getattr(lk, layer)(name="norm"))
+    x = _x(2)
+    expected = model.predict(x, verbose=0)
+    with layernorm.using("numpy"):
+        assert isinstance(model(x), tf.Tensor)
+        np.testing.assert_array_equal(model(x).numpy(), expected)
+        np.testing.assert_array_equal(model.predict(x, verbose=0), expected)

@@ -304,3 +304,15 @@ def test_torch_func_ensemble_of_modules_matches_the_reference(module: str, dtype
             expected = reference.rms_norm(f64(x), f64(weight), spec)[0]
             check_rms_norm_grads((None, grads["weight"][k]), x, weight, dy, -1, dtype)
         assert error_ratio(f64(ys[k]), expected, tolerance(dtype, "output"), row_condition(f64(x), spec)) <= 1
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_modules_run_on_torch_whatever_engine_is_in_force(module: str) -> None:
+    """layernorm.use and using() name the engine of plain calls; a torch module runs torch's, as the Flax modules
+    run JAX's (under using("numpy") its forward raised BackendError: parameters that require grad cannot cross)."""
+    norm, x = getattr(lt, module)(8), torch.randn(3, 8)
+    expected = norm(x)
+    with layernorm.using("numpy"):
+        torch.testing.assert_close(norm(x), expected, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(norm(x), expected, rtol=0, atol=0)

@@ -286,16 +286,23 @@ def _plain_rms(x: jax.Array, w: jax.Array) -> jax.Array:
     return x / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5) * w
 
 
+@pytest.mark.parametrize("row_length", ["concrete", "symbolic"])
 @pytest.mark.parametrize("eps", [1e-3, 1e-5])
-def test_second_order_through_statistics_of_one_element_rows(eps: float) -> None:
+def test_second_order_through_statistics_of_one_element_rows(eps: float, row_length: str) -> None:
     """Rows of one element: mean = x, y = 0 and rstd = eps**-0.5 whatever x, so sum(y^2 + mean^2 + rstd^2) has the
     gradient 2x, and the gradient of its squared norm is 8x. (float32: the general backward's rstd**3 terms, which
-    cancel only in exact arithmetic, gave 0 at eps = 1e-5.)"""
+    cancel only in exact arithmetic, gave 0 at eps = 1e-5.) ``symbolic``: exported by jax.export for rows of any
+    length, which is 1 only when it runs (the general backward ran there, and gave 0)."""
     x = jnp.asarray([[0.5], [-1.2], [2.0]], jnp.float32)
 
     def loss(x: jax.Array) -> jax.Array:
         return sum(jnp.sum(out**2) for out in layernorm.layer_norm(x, eps=eps, return_stats=True))
 
+    if row_length == "symbolic":
+        from jax import export
+
+        rows, length = export.symbolic_shape("rows, length")
+        loss = export.export(jax.jit(loss))(jax.ShapeDtypeStruct((rows, length), jnp.float32)).call
     second = jax.grad(lambda x: jnp.sum(jax.grad(loss)(x) ** 2))(x)
     np.testing.assert_allclose(np.asarray(second), 8 * np.asarray(x), rtol=1e-6)
 

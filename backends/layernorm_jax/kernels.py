@@ -121,11 +121,32 @@ def layer_norm_grads(
     ``dmean``/``drstd`` are cotangents of the returned statistics (custom_vjp with return_stats): mean = mean(x)
     adds dmean / N, and rstd = (var + eps)^-1/2 adds -drstd * rstd^2 * xhat / N.
     """
-    dtype = mean.dtype
-    dyf = dy.astype(dtype)
+    dyf = dy.astype(mean.dtype)
     n = _count(x, axes)
+    if not isinstance(n, int):  # a symbolic size (jax.export): which form applies is known when the program runs
+        return lax.cond(
+            jnp.asarray(n) == 1,
+            lambda: _single_element_grads(dyf, x, dmean, axes),
+            lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd),
+        )
     if n == 1:
         return _single_element_grads(dyf, x, dmean, axes)
+    return _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd)
+
+
+def _row_grads(
+    dyf: jax.Array,
+    x: jax.Array,
+    weight: jax.Array | None,
+    mean: jax.Array,
+    rstd: jax.Array,
+    axes: Axes,
+    n: Any,
+    dmean: jax.Array | None,
+    drstd: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`layer_norm_grads` of rows of ``n`` elements, n > 1; dyf is dy in the compute dtype."""
+    dtype = mean.dtype
     # Written on centered = x - mean, with rstd applied to row-sized factors: XLA then keeps one full-size
     # intermediate instead of also materializing xhat = centered * rstd.
     centered = _upcast(x) - mean

@@ -24,6 +24,7 @@ in_child = pytest.mark.skipif(
     reason="runs in a child process with KERAS_BACKEND=jax or torch (test_keras_backend_tests_pass_in_a_child_process)",
 )
 
+import layernorm  # noqa: E402
 import layernorm.keras as lk  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance  # noqa: E402
@@ -133,8 +134,6 @@ def test_fit_trains_like_keras_own_layers(policy: str, jit: bool) -> None:
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 def test_layers_run_on_keras_backend_whatever_engine_is_in_force(op: str) -> None:
     """Under using("numpy") the layers run Keras's backend (as Keras's own layers do), not the NumPy engine."""
-    import layernorm
-
     layer = _built(lk.LayerNormalization() if op == "layer_norm" else lk.RMSNormalization())
     x = _x(0)
     expected = keras.ops.convert_to_numpy(layer(x))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -199,7 +200,7 @@ def _forward_spec(
             f"axis {ragged[-1]} of x is ragged (its size differs from row to row: a nested tensor); only the axes "
             f"after it can be normalized; got axis={axis}"
         )
-    normalized_shape = tuple(shape[a] for a in axes)
+    normalized_shape = tuple(_constant_size(shape[a]) for a in axes)
     if 0 in normalized_shape:
         raise ShapeError(f"the normalized size is 0 (x has shape {_fmt(shape)}, axis={axis}): nothing to normalize")
     mixed_params = False
@@ -236,6 +237,20 @@ def _forward_spec(
         inverse_perm=tuple(perm.index(d) for d in range(ndim)),
         mixed_params=mixed_params,
     )
+
+
+def _constant_size(size: Any) -> Any:
+    """A normalized size as a trace should hold it: torch.jit's traced sizes (0-d tensors) as ints.
+
+    torch.nn.LayerNorm's normalized_shape is a constant, which the ONNX exporter's LayerNormalization needs (a traced
+    one failed `torch.onnx.export(dynamo=False)` with dynamic axes). Every other size stays as it is: an int, a JAX
+    symbolic size, TensorFlow's None, torch.compile's SymInt.
+    """
+    if isinstance(size, int) or getattr(size, "ndim", None) != 0:
+        return size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's TracerWarning: the constant is meant
+        return operator.index(size)
 
 
 _FLOAT32_MAX = 3.4028234663852886e38

@@ -198,6 +198,22 @@ def test_fx_symbolic_trace_records_one_call(module: str, kwargs: dict) -> None:
     torch.testing.assert_close(pickle.loads(pickle.dumps(graph_module))(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("axis", [-1, 1], ids=["trailing", "channels-first"])
+def test_torch_jit_trace_holds_the_normalized_shape_as_a_constant(axis: int) -> None:
+    """As torch.nn.LayerNorm's: the legacy ONNX exporter (torch.onnx.export(dynamo=False), which traces) needs a
+    constant normalized_shape, and with dynamic axes it failed on ours, which the core read from x's traced sizes.
+    The batch sizes stay traced: the trace serves other batches."""
+    norm = randomize(lt.LayerNorm(6, axis=axis), 0).eval()
+    x = torch.randn(3, 6, 5) if axis == 1 else torch.randn(3, 5, 6)
+    with torch.no_grad():
+        traced = torch.jit.trace(norm, x)
+        kernel = next(n for n in traced.inlined_graph.nodes() if n.kind().endswith("layer_norm"))
+        sizes = list(kernel.inputsAt(1).node().inputs())  # normalized_shape: a list of one constant
+        assert [size.node().kind() for size in sizes] == ["prim::Constant"], kernel
+        other = torch.randn(7, *x.shape[1:])
+        torch.testing.assert_close(traced(other), norm(other), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_torch_jit_trace_of_a_half_model_with_trainable_parameters(dtype: str) -> None:
     """torch.jit.trace of a half model with the default requires_grad parameters, with its check (which traces again

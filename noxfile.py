@@ -17,8 +17,8 @@ BACKENDS = {"numpy": "test", "torch": "test,torch", "jax": "test,jax", "tensorfl
 """Each backend's conformance virtualenv holds only its framework (NumPy is a core dependency) and test tools."""
 CONSTRAINTS = ("-c", "constraints/cpu.txt")
 RESULTS = Path("conformance-results")
-X64 = {"JAX_ENABLE_X64": "1"}
-"""JAX runs float64 only with x64 enabled: the jax session checks float64 too."""
+CONFORMANCE_ENV = {"jax": {"JAX_ENABLE_X64": "1"}}
+"""Environment of each backend's conformance run: JAX runs float64 only with x64 enabled, and it is checked too."""
 MATRIX_DOC = "docs/conformance.md"
 
 nox.options.sessions = ["lint", "tests", *(f"conformance-{b}" for b in BACKENDS), "matrix"]
@@ -41,7 +41,7 @@ def _conformance_session(backend: str, extras: str) -> None:
         session.run(
             "python", "-m", "layernorm_conformance", "-q",
             "--backend", backend, "--conformance-json", str(out), *session.posargs,
-            env=X64 if backend == "jax" else {},
+            env=CONFORMANCE_ENV.get(backend, {}),
         )  # fmt: skip
 
     conformance.__doc__ = f"The conformance suite on the {backend} backend, in a virtualenv with only its framework."
@@ -68,7 +68,7 @@ def _oldest_session(backend: str, patterns: tuple[str, ...]) -> None:
         session.run("python", "-m", "pytest", "-q", *files)
         session.run(
             "python", "-m", "layernorm_conformance", "-q", "--backend", backend, *session.posargs,
-            env=X64 if backend == "jax" else {},
+            env=CONFORMANCE_ENV.get(backend, {}),
         )  # fmt: skip
 
     oldest.__doc__ = (

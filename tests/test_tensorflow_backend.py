@@ -186,12 +186,13 @@ def test_second_order_through_nested_tapes(kind: str, axis: Any, dtype: str, mod
     )
 
 
-@pytest.mark.parametrize("mode", ["eager", "jit"])
+@pytest.mark.parametrize("mode", ["eager", "jit", "sizes-unknown"])
 @pytest.mark.parametrize("eps", [1e-3, 1e-5])
 def test_second_order_through_statistics_of_one_element_rows(eps: float, mode: str) -> None:
     """Rows of one element: mean = x, y = 0 and rstd = eps**-0.5 whatever x, so sum(y^2 + mean^2 + rstd^2) has the
     gradient 2x, and the gradient of its squared norm is 8x. (float32: the general backward's rstd**3 terms, which
-    cancel only in exact arithmetic, gave 0 at eps = 1e-5.)"""
+    cancel only in exact arithmetic, gave 0 at eps = 1e-5.) ``sizes-unknown``: compiled by XLA for rows of any length,
+    which is 1 only when it runs (the general backward ran there, and gave 0)."""
     x = tf.constant([[0.5], [-1.2], [2.0]], tf.float32)
 
     def second(x: Any) -> Any:
@@ -203,7 +204,12 @@ def test_second_order_through_statistics_of_one_element_rows(eps: float, mode: s
             penalty = tf.reduce_sum(inner.gradient(loss, x) ** 2)
         return outer.gradient(penalty, x)
 
-    np.testing.assert_allclose(_np(_compiled(second, mode)(x)), 8 * _np(x), rtol=1e-6)
+    if mode == "sizes-unknown":
+        signature = [tf.TensorSpec([None, None], tf.float32)]
+        run = tf.function(second, jit_compile=True, input_signature=signature)
+    else:
+        run = _compiled(second, mode)
+    np.testing.assert_allclose(_np(run(x)), 8 * _np(x), rtol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(3, 8), (2, 8192)], ids=["sizes-unknown-when-traced", "rows-over-XLA_BLOCK"])
@@ -496,6 +502,7 @@ LONG_CASES = [
     pytest.param((2, 2**21), -1, 1e4, id="rows-of-2**21"),
     pytest.param((64, 4096, 4), (0, 1), 1e3, id="axes-0-1-of-64x4096x4"),
     pytest.param((2**17, 4), 0, 1e3, id="axis-0-of-2**17x4"),
+    pytest.param((256, 3, 256), (0, 2), 1e4, id="axes-0-2-of-256x3x256"),  # a batch axis between normalized ones
     pytest.param((2**20 + 5,), 0, 1e4, id="every-axis"),  # no batch axis: the cascade's row count is 1
 ]
 
@@ -527,7 +534,8 @@ def test_long_rows_stay_accurate(kind: str, shape: tuple[int, ...], axis: Any, o
 
     XLA:CPU sums a row with a few accumulators, and TensorFlow's kernels an axis that is not innermost with one per
     column: before the cascade and the move of such axes last, the mean of a row of 2**20 values near 1e4 came out
-    3 too small under XLA, and rms_norm over axes (0, 1) of the (64, 4096, 4) array erred by 9x the tolerance.
+    3 too small under XLA, and rms_norm over axes (0, 1) of the (64, 4096, 4) array erred by 9x the tolerance. Over
+    axes (0, 2) of (256, 3, 256) the kernels keep running sums over both (the mean came out 3 too small).
     """
     rng = np.random.default_rng(8)
     spec = check_forward(kind, np.empty(shape, np.float32), None, None, axis, 1e-5)  # type: ignore[arg-type]

@@ -126,11 +126,11 @@ def layer_norm_grads(
     if not isinstance(n, int):  # a symbolic size (jax.export): which form applies is known when the program runs
         return lax.cond(
             jnp.asarray(n) == 1,
-            lambda: _single_element_grads(dyf, x, dmean, axes),
+            lambda: _single_element_grads(dyf, x, rstd, dmean, axes),
             lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd),
         )
     if n == 1:
-        return _single_element_grads(dyf, x, dmean, axes)
+        return _single_element_grads(dyf, x, rstd, dmean, axes)
     return _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd)
 
 
@@ -164,7 +164,7 @@ def _row_grads(
 
 
 def _single_element_grads(
-    dy: jax.Array, x: jax.Array, dmean: jax.Array | None, axes: Axes
+    dy: jax.Array, x: jax.Array, rstd: jax.Array, dmean: jax.Array | None, axes: Axes
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
 
@@ -172,7 +172,8 @@ def _single_element_grads(
     only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at eps = 1e-5.
     dy is in the compute dtype.
     """
-    blank = dy * 0 + _upcast(x) * 0  # 0, or NaN where dy or x is NaN or inf, as the general form gives
+    # 0, or NaN where dy or x is NaN or inf, or rstd inf (eps = 0: xhat = 0 * inf), as the general form gives
+    blank = dy * 0 + _upcast(x) * 0 + rstd * 0
     dx = blank if dmean is None else blank + dmean.astype(dy.dtype)
     return dx, _sum_to_param(blank, axes), _sum_to_param(dy, axes)
 

@@ -144,10 +144,35 @@ def layer_norm_grads(
     backend writes any reduced product to memory first, while a fused reduction is better on a GPU.
     """
     xc, dyc = compute(x, spec), compute(dy, spec)
-    if spec.normalized_shape and all(size == 1 for size in spec.normalized_shape):
-        return _single_element_grads(dyc, xc, spec, dmean)
     if mean is None or rstd is None:
         mean, rstd = layer_norm_stats(xc, spec)
+
+    def single() -> tuple[Tensor, Tensor, Tensor]:
+        return _single_element_grads(dyc, xc, rstd, spec, dmean)
+
+    def rows() -> tuple[Tensor, Tensor, Tensor]:
+        return _row_grads(dyc, xc, x, weight, spec, mean, rstd, dmean, drstd, matvec=matvec)
+
+    if None in spec.normalized_shape:  # a tf.function's unknown size: which form applies is known when it runs
+        one = tf.equal(normalized_count(x, spec), 1)  # tf.where: XLA did not compile a tf.cond's gradient here
+        return tuple(tf.where(one, a, b) for a, b in zip(single(), rows(), strict=True))
+    return single() if all(size == 1 for size in spec.normalized_shape) else rows()
+
+
+def _row_grads(
+    dyc: Tensor,
+    xc: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    spec: NormSpec,
+    mean: Tensor,
+    rstd: Tensor,
+    dmean: Tensor,
+    drstd: Tensor,
+    *,
+    matvec: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`layer_norm_grads` of rows of more than one element; xc and dyc are x and dy in the compute dtype."""
     xhat = (xc - mean) * rstd
     g = dyc if weight is None else dyc * _broadcastable(weight, x, spec)
     if matvec and weight is not None:
@@ -162,14 +187,17 @@ def layer_norm_grads(
     return dx, _batch_sum(dyc * xhat, spec), _batch_sum(dyc, spec)
 
 
-def _single_element_grads(dyc: Tensor, xc: Tensor, spec: NormSpec, dmean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _single_element_grads(
+    dyc: Tensor, xc: Tensor, rstd: Tensor, spec: NormSpec, dmean: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
 
     The general form gives the same first derivative, but differentiated again (a nested tape) its terms of size
     rstd**3 cancel only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at
     eps = 1e-5.
     """
-    blank = dyc * 0 + xc * 0  # 0, or NaN where dy or x is NaN or inf, as the general form gives
+    # 0, or NaN where dy or x is NaN or inf, or rstd inf (eps = 0: xhat = 0 * inf), as the general form gives
+    blank = dyc * 0 + xc * 0 + rstd * 0
     dx = blank if dmean is None else blank + compute(dmean, spec)
     return dx, _batch_sum(blank, spec), _batch_sum(dyc, spec)
 

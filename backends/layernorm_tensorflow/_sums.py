@@ -51,9 +51,12 @@ def _running_axes(spec: NormSpec) -> list[int]:
     """The normalized axes whose sizes multiply the running sums of TensorFlow's CPU kernels over ``spec.axes``.
 
     The innermost normalized axes, and size-1 axes among or after them, are summed pairwise; every other normalized
-    axis is summed in running sums, one per column.
+    axis is summed in running sums, one per column. Where a batch axis splits the normalized axes into innermost
+    ones and outer ones, the running sums take them all: a (256, 3, 256) array over axes (0, 2) was summed as a
+    column of 65536 values is (its mean of values near 1e4 was 3 off).
     """
-    outer = []
+    inner: list[int] = []
+    outer: list[int] = []
     innermost = True
     for d in reversed(range(spec.ndim)):
         size = spec.shape[d]
@@ -61,9 +64,9 @@ def _running_axes(spec: NormSpec) -> list[int]:
             continue
         if d not in spec.axes:
             innermost = False
-        elif not innermost:
-            outer.append(d)
-    return outer
+        else:
+            (inner if innermost else outer).append(d)
+    return outer + inner if outer else outer
 
 
 def _plain_mean(t: Tensor, spec: NormSpec) -> Tensor:

@@ -116,6 +116,28 @@ def test_long_row(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
     numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
 
 
+SPLIT_ROWS = {
+    "split-by-a-batch-axis": Case((256, 3, 256), (0, 2)),
+    "per-channel": Case((64, 3, 32, 32), (0, 2, 3)),
+    "leading": Case((256, 256, 3), (0, 1)),
+}
+"""Rows of 65536 values over axes that are not trailing: a framework's reduction over them may keep running sums
+over all of them (TensorFlow's CPU kernels did over axes (0, 2) of (256, 3, 256): a mean 3 off near 1e4)."""
+
+
+@pytest.mark.parametrize("layout", list(SPLIT_ROWS))
+@pytest.mark.parametrize("op", OPS)
+def test_long_rows_over_leading_axes(numerics: Numerics, target: Target, dtype: str, op: Op, layout: str) -> None:
+    """Rows of 65536 values far from 0 (`LONG_ROW_OFFSET`) over axes that include the first, forward and backward."""
+    problem = make_problem(op, SPLIT_ROWS[layout], dtype, "full", loc=LONG_ROW_OFFSET[dtype], key="split-rows")
+    numerics.check(
+        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
+    )
+    dy = make_dy(problem)
+    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
+    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+
+
 @pytest.mark.parametrize("eps", [1e-5, 1e-2], ids=lambda e: f"eps={e:g}")
 @pytest.mark.parametrize("value", [0.0, 3.0, -250.0, 0.1, 1e4 + 0.1], ids=lambda v: f"value={v:g}")
 def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: float, eps: float) -> None:
@@ -140,6 +162,28 @@ def test_constant_row_without_eps(numerics: Numerics, target: Target, dtype: str
     _, actual = _with_constant_row(numerics, target, dtype, op, 0.0)
     assert np.isnan(actual["y"][CONSTANT_ROW]).all(), "y of a constant row is not NaN with eps = 0"
     assert np.isposinf(actual["rstd"][CONSTANT_ROW]).all(), "rstd of a constant row is not inf with eps = 0"
+
+
+def test_rows_of_one_element_without_eps(target: Target, dtype: str) -> None:
+    """layer_norm over one element with eps = 0: var is 0 whatever x, so rstd is inf, y and xhat NaN.
+
+    dx and dweight are NaN as the formula gives them (explicit backward and autodiff), dbias is sum(dy). A backend
+    that special-cases such rows (their second derivative) gave 0 for dx and dweight.
+    """
+    problem = make_problem("layer_norm", Case((6, 1), (1,)), dtype, "full", eps=0.0, key="one-element")
+    actual = _forward_without_warning(target, problem)
+    assert np.isnan(actual["y"]).all() and np.isposinf(actual["rstd"]).all(), "y is not NaN, or rstd not inf"
+    dy = make_dy(problem)
+    expected_dbias = reference_backward(problem, dy)["dbias"]
+    gradients = {"explicit backward": backward(target, problem, dy, False)}
+    if target.info.autodiff:
+        gradients["autodiff"] = autodiff_backward(target, problem, dy)
+    for route, grads in gradients.items():
+        if grads is None:
+            continue
+        assert np.isnan(grads["dx"]).all(), f"{route}: dx is not NaN"
+        assert np.isnan(grads["dweight"]).all(), f"{route}: dweight is not NaN"
+        np.testing.assert_allclose(grads["dbias"].astype(np.float64), expected_dbias, rtol=1e-2, err_msg=route)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-46], ids=lambda e: f"eps={e:g}")
@@ -183,8 +227,9 @@ def test_tiny_eps(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
 CONSTANT_ROW = 2
 """The row `_with_constant_row` makes constant, to `_constant`'s value."""
 CONSTANT_VALUE = 3.0
-"""A value whose row sums are exact in any order and dtype: every backend's mean of the row is then exact, and its
-var 0 (docs/spec.md: where a constant row's sum rounds, JAX's and TensorFlow's mean may not be)."""
+"""A value whose row sums are exact in any order and dtype: at the suite's row length (40) every backend's mean of
+the row is then exact, and its var 0. (docs/spec.md: XLA multiplies the sum by a rounded 1/N, so at some lengths
+JAX's and TensorFlow's mean is not exact even then: a row of 1000 values 3.0.)"""
 
 
 def _with_constant_row(

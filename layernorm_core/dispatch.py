@@ -25,8 +25,8 @@ _scopes_entered = False
 """Whether a using() block was ever entered in this process: until then the hot path does not read the ContextVar.
 Never reset: a context copied inside a block (an asyncio task, ``contextvars.copy_context``) keeps that block
 after it closes, so no count of open blocks can tell when the ContextVar is unset everywhere."""
-_process_default: str | None = os.environ.get(ENV_VARIABLE) or None
-"""Set by `use`; starts as LAYERNORM_BACKEND (checked on first use, like a `use` call)."""
+_process_default: str | None = None if os.environ.get(ENV_VARIABLE, AUTO) in ("", AUTO) else os.environ[ENV_VARIABLE]
+"""Set by `use`; starts as LAYERNORM_BACKEND (None for unset, empty or "auto"; a name is checked on first use)."""
 _thread_scope = threading.local()
 """``name``, where set: this thread's innermost using() block, for code that torch.compile traces. Dynamo cannot
 read a ContextVar; it reads a thread-local's attributes and guards them in each calling thread, so a compiled
@@ -243,21 +243,23 @@ def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[A
                 f"{type(array).__qualname__}; pass arrays of one framework"
             )
     if registry.multi_device(owner):
-        _check_devices(source, x, params)
+        check_devices(source.device_of, x, params)
 
 
-def _check_devices(source: ModuleType, x: Any, params: Sequence[Any]) -> None:
+def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> None:
     """A DeviceError unless x and params are of one device kind and those bound to a device name the same one.
 
-    A bare kind is an array bound to no device of it (see `BackendModule.device_of`): it goes with any of them.
+    ``device_of`` is the backend's (`BackendModule.device_of`). A bare kind is an array bound to no device of it:
+    it goes with any of them. Called for every call to a backend that reports several devices; a backend that
+    reports one may call it where its framework refused a call (torch's meta tensors beside CPU ones).
     """
-    x_device = source.device_of(x)
+    x_device = device_of(x)
     kind = x_device.partition(":")[0]
     bound, bound_by = x_device, "x"
     for array in params:
         if array is None:
             continue
-        device = source.device_of(array)
+        device = device_of(array)
         if device == bound:
             continue
         if device.partition(":")[0] != kind or (bound != kind and device != kind):

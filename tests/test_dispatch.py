@@ -170,6 +170,16 @@ def test_environment_variable_sets_the_default_and_use_overrides_it() -> None:
     assert out.stdout.split() == ["numpy", "auto"]
 
 
+@pytest.mark.parametrize("value", ["auto", ""])
+def test_environment_variable_auto_takes_the_fast_path(value: str) -> None:
+    """LAYERNORM_BACKEND=auto is no default at all, as `use("auto")` is: calls take `local_engine`'s shortcut for
+    auto dispatch (it was kept as the name "auto", which took the slower check of a name in force)."""
+    code = "from layernorm_core import dispatch; print(dispatch._process_default, dispatch.current_backend())"
+    env = {**os.environ, "LAYERNORM_BACKEND": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "auto"]
+
+
 def test_unowned_array_type_needs_an_engine() -> None:
     class Foreign:
         shape = (2, 3)

@@ -688,6 +688,29 @@ def test_cpu_tensors_under_another_default_device(rows: int, dtype: str) -> None
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows", [8, 2048], ids=["small", "blocked"])
+@pytest.mark.parametrize("on_meta", ["weight", "x"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_meta_tensors_beside_cpu_ones_are_a_device_error(
+    grad: bool, op: str, on_meta: str, rows: int, dtype: str
+) -> None:
+    """torch reports one device here, so the core compares no devices: torch's kernels raised their own
+    RuntimeError, and rms_norm's CPU blocks computed with a meta weight and returned garbage."""
+    x, w, b, dy = make((rows, 256), -1, dtype, "cpu")
+    if on_meta == "weight":
+        w, b = w.to("meta"), b.to("meta")
+    else:
+        x, dy = x.to("meta"), dy.to("meta")
+    w.requires_grad_(grad)
+    params = {"layer_norm": (w, b), "rms_norm": (w,), "layer_norm_backward": (x, w), "rms_norm_backward": (x, w)}[op]
+    first = dy if op.endswith("backward") else x
+    expected = "cpu but another argument is on meta" if on_meta == "weight" else "meta but another argument is on cpu"
+    with pytest.raises(layernorm.DeviceError, match=f"^x is on {expected}; move them to one device$"):
+        getattr(layernorm, op)(first, *params)
+
+
 def _every_result(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
     """Forward with and without autograd, autograd's gradient and the explicit backward, of both ops."""
     results = []

@@ -2,12 +2,14 @@
 
 layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
 rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
-op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Gradients go through torch.autograd
-with torch's own derivative formulas, so gradcheck, ``torch.compile(fullgraph=True)`` and ``torch.autocast`` see
-ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the kernel makes
-it contiguous) and moved back.
+op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). On CUDA, and for float32/float64 on
+the CPU, gradients go through torch.autograd with torch's own derivative formulas. Two CPU paths have their own
+autograd.Function: a half layer_norm (`half_cpu`: dweight and dbias summed in float32) and rms_norm
+(`rms_cpu`: block by block in scratch, analytic backward); under torch.compile, torch.export and torch.func
+they keep torch's ops, so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten ops. Axes that are
+not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
-Everything here is on the per-call path: no argument checks (the core did them), no Python loops.
+Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
 Casts name the dtype by keyword (``t.to(dtype=d)``), which skips ``Tensor.to``'s overload resolution: 1.3 µs
 against 1.7 µs a cast on a small tensor.
 """
@@ -21,6 +23,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec, not_dense_error
+from layernorm_core.dispatch import check_devices
 from layernorm_core.foreign import require_host
 from layernorm_torch import half_cpu, rms_cpu, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
@@ -184,7 +187,7 @@ def layer_norm(
             return (out[0], *_differentiable_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
-        _require_dense(x, weight, bias)  # torch refuses a sparse or MKLDNN tensor at the first kernel
+        _refused(x, weight, bias)
         raise
 
 
@@ -302,31 +305,37 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     """
-    if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):  # inline: 80 ns, the call 0.3 us
-        _require_dense(x, weight)
-    if return_stats and x.is_nested:
-        return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
-    if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
-        recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-        if (recorded or x.numel() >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
-            not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
-        ):
-            return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
-    if spec.compute_dtype != spec.dtype:
-        return _rms_norm_half(x, weight, spec, return_stats)
-    if not spec.is_trailing:
-        y, rstd = _rms_norm_permuted(x, weight, spec)
-    elif return_stats:
-        y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
-    else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
-        return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
-    return (y, rstd) if return_stats else y
+    try:
+        if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):  # 80 ns inline, 0.3 us a call
+            _require_dense(x, weight)  # before `rms_cpu`'s blocks, which would fail on them in other ways
+        if return_stats and x.is_nested:
+            return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
+        if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
+            recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+            if (recorded or x.numel() >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
+                not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
+            ):
+                return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
+        if spec.compute_dtype != spec.dtype:
+            return _rms_norm_half(x, weight, spec, return_stats)
+        if not spec.is_trailing:
+            y, rstd = _rms_norm_permuted(x, weight, spec)
+        elif return_stats:
+            y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
+        else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
+            return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+        return (y, rstd) if return_stats else y
+    except (RuntimeError, NotImplementedError):  # as in `layer_norm`
+        _refused(x, weight)
+        raise
 
 
 def _rms_norm_cpu(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, recorded: bool
 ) -> Any:
     """`rms_cpu.forward`, through `RMSNormCPU` when autograd ``recorded``; rstd differentiable when x requires grad."""
+    if weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight, and return garbage
+        check_devices(device_of, x, (weight,))
     xt = x if spec.is_trailing else x.permute(spec.perm)
     if recorded:
         y, rstd = RMSNormCPU.apply(xt, weight, spec.normalized_shape, spec.eps)
@@ -402,7 +411,7 @@ def layer_norm_backward(
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype.
     """
-    _require_dense(x, weight, dy, mean, rstd)
+    _refused(x, weight, dy, mean, rstd)
     dtype = x.dtype
     if x.is_nested:
         mean, rstd = _packed_rows(mean), _packed_rows(rstd)
@@ -448,6 +457,8 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
 
+    On the CPU, x below `rms_cpu.MIN_ELEMENTS` takes `rms_cpu.formula` too, as autograd's backward does (fewer ops).
+
     `rms_cpu.formula` also serves tensors that autograd records (`_recorded`), on any device: the gradients are
     then differentiable, as layer_norm's are (torch has no derivative of its fused rms_norm backward, and uses it
     itself only outside grad mode); nested (jagged) tensors, for which torch has no fused backward; and on the CPU
@@ -455,7 +466,7 @@ def rms_norm_backward(
     (the blocks would pin the batch size).
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
-    _require_dense(x, weight, dy, rstd)
+    _refused(x, weight, dy, rstd)
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
     if x.device.type == "cuda" and not x.is_nested and not _recorded(dy, x, weight, rstd):
@@ -463,6 +474,7 @@ def rms_norm_backward(
     if (
         x.is_cpu
         and not torch.compiler.is_compiling()  # first: a trace cannot call the query below, nor branch on sizes
+        and x.numel() >= rms_cpu.MIN_ELEMENTS
         and scratch.usable_for(x, dy)
         and not _recorded(dy, x, weight, rstd)
     ):
@@ -495,6 +507,16 @@ def _rms_norm_backward_fused(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _refused(x: torch.Tensor, *others: torch.Tensor | None) -> None:
+    """The error the core would have raised for arrays that a kernel refused (RuntimeError), if any.
+
+    A sparse or MKLDNN tensor (`_require_dense`), or tensors on two devices where torch reports one (meta tensors
+    beside CPU ones: the core compares devices only where a framework reports several, torch with CUDA).
+    """
+    _require_dense(x, *others)
+    check_devices(device_of, x, others)
 
 
 def _require_dense(*tensors: torch.Tensor | None) -> None:

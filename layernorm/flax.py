@@ -42,7 +42,7 @@ except ImportError as exc:
     raise missing_framework_error("layernorm.flax", "flax and jax", exc, "pip install 'layernorm[flax]'") from exc
 
 import layernorm
-from layernorm_core.dtypes import compute_dtype
+from layernorm_core.dtypes import param_dtype_for
 from layernorm_core.errors import ShapeError
 from layernorm_core.spec import checked_axis, normalize_axes
 
@@ -71,16 +71,16 @@ def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.A
     """Return x (any array-like) as a JAX array of the module's dtype, and the params' values.
 
     The dtype is the module's, else x promoted with the params, and an integer result to floating point, as
-    Flax's ``promote_dtype(..., inexact=True)`` does. Params keep that dtype or its compute dtype (float32
-    parameters stay float32 for a half x).
+    Flax's ``promote_dtype(..., inexact=True)`` does. Params of another dtype are cast by the core's rule
+    (`param_dtype_for`: float32 parameters stay float32 for a half x, a float64 one becomes float32 there).
     """
     x = jnp.asarray(x)
     values = [None if p is None else jnp.asarray(p[...]) for p in params]  # a restored checkpoint holds NumPy arrays
     target = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, *[v for v in values if v is not None])
     if not jnp.issubdtype(target, jnp.inexact):
         target = jnp.promote_types(jnp.float32, target)
-    allowed = {target, jnp.dtype(compute_dtype(target.name))}
-    return x.astype(target), [v if v is None or v.dtype in allowed else v.astype(target) for v in values]
+    cast = [None if v is None else v.astype(param_dtype_for(target.name, v.dtype.name)) for v in values]
+    return x.astype(target), cast
 
 
 def _as_weights(

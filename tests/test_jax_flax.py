@@ -17,6 +17,7 @@ import jax.numpy as jnp
 pytest.importorskip("flax.nnx", reason="flax is not installed (pip install 'layernorm[flax]')")
 
 from flax import nnx
+from jax_compat import enable_x64
 
 import layernorm
 from layernorm.flax import LayerNorm, RMSNorm
@@ -127,6 +128,26 @@ def test_parameters_restored_as_numpy_arrays_run_as_flax_runs_them(module: str, 
     got, expected = ours(x), theirs(x)
     assert isinstance(got, jax.Array) and got.dtype == expected.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_parameters_of_another_dtype_take_the_core_rule(module: str) -> None:
+    """dtype=bfloat16 with float64 parameters: they run as float32 (`param_dtype_for`), as the Keras layers and
+    torch.nn.RMSNorm's drop-in cast them, not rounded to bfloat16 first."""
+    with enable_x64(True):
+        ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](
+            64, dtype=jnp.bfloat16, param_dtype=jnp.float64, rngs=nnx.Rngs(0)
+        )
+        _random_params(ours, seed=4)
+        x = _x((16, 64), "float32")
+        params = [
+            jnp.asarray(_value(p), jnp.float32) for p in (ours.scale, getattr(ours, "bias", None)) if p is not None
+        ]
+        norm = layernorm.layer_norm if module == "LayerNorm" else layernorm.rms_norm
+        expected = norm(x.astype(jnp.bfloat16), *params, eps=ours.epsilon)
+        got = ours(x)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
 
 
 def test_axes_of_any_integer_type() -> None:

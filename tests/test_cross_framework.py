@@ -88,7 +88,7 @@ class _FakeCudaTensor:
         raise AssertionError("a device array must not be copied through the host silently")
 
 
-@pytest.mark.parametrize("engine", ["torch", "jax", "tensorflow"])
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
 def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -> None:
     """torch and TensorFlow copied such arrays through NumPy: a TypeError for a CUDA tensor, or, for a JAX array
     sharded over GPUs, a silent gather to the host (and the call computed on the CPU)."""
@@ -97,6 +97,36 @@ def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -
 
     with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
         registry.get(engine).from_foreign(_FakeCudaTensor())
+
+
+class _HostBfloat16:
+    """A host array of a framework no backend owns, whose DLPack export holds a dtype NumPy cannot import."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.dtype, self.shape = values.dtype, values.shape
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        raise BufferError("bfloat16 has no DLPack import in NumPy")
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        return self.values
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
+def test_a_host_array_without_a_dlpack_import_is_copied_through_numpy(engine: str) -> None:
+    """The numpy engine raised a DeviceError for it; the others copied it, as the host memory it is allows."""
+    pytest.importorskip(engine)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from layernorm_core.registry import registry
+
+    values = np.asarray([0.5, -1.25, 3.0], dtype=ml_dtypes.bfloat16)
+    backend = registry.get(engine)
+    imported = backend.to_numpy(backend.from_foreign(_HostBfloat16(values)))
+    np.testing.assert_array_equal(np.asarray(imported, np.float32), values.astype(np.float32))
 
 
 class _FakeCudaView(_FakeCudaTensor):

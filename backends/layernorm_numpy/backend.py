@@ -17,9 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from layernorm_core.errors import DeviceError
+from layernorm_core.foreign import require_host
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
-from layernorm_numpy.kernels import backward, forward, suits_3d_layout
+from layernorm_numpy.kernels import backward, forward, stats_layout, suits_3d_layout
 
 Array = npt.NDArray[Any]
 _HAS_BFLOAT16 = importlib.util.find_spec("ml_dtypes") is not None
@@ -61,12 +62,15 @@ def from_numpy(array: Array, device: str = "cpu") -> Array:
 
 
 def from_foreign(x: Any) -> Array:
-    """A host array of another framework as NumPy (DLPack where the producer supports it, else __array__)."""
+    """A host array of another framework as NumPy (DLPack where NumPy can import it, else __array__).
+
+    DeviceError for an array that NumPy cannot import through DLPack and that is not in host memory.
+    """
     if hasattr(x, "__dlpack__"):
         try:
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as exc:
-            raise DeviceError(f"the numpy backend cannot read this {type(x).__name__}: {exc}") from exc
+            require_host(x, "NumPy", exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
     return np.asarray(x)
 
 
@@ -122,8 +126,8 @@ def _run_forward(
 ) -> tuple[Array | None, Array]:
     """Run the forward kernel on x's layout ``xl`` (into ``yl`` unless None); return mean and rstd, spec-shaped."""
     compute = np.dtype(spec.compute_dtype)
-    mean = None if rms else np.empty(_stats_layout(xl), dtype=compute)
-    rstd = np.empty(_stats_layout(xl), dtype=compute)
+    mean = None if rms else np.empty(stats_layout(xl.shape), dtype=compute)
+    rstd = np.empty(stats_layout(xl.shape), dtype=compute)
     forward(xl, _param(weight, compute), _param(bias, compute), spec.eps, compute, rms, yl, mean, rstd)
     stats_shape = _static(spec.stats_shape)
     return (None if mean is None else mean.reshape(stats_shape)), rstd.reshape(stats_shape)
@@ -136,7 +140,7 @@ def _backward(
     layout = _layout(spec)
     xl = _to_layout(x, spec, layout)
     dxl = np.empty(xl.shape, dtype=x.dtype)
-    stats = _stats_layout(xl)
+    stats = stats_layout(xl.shape)
     dweight, dbias = backward(
         _to_layout(dy, spec, layout),
         xl,
@@ -190,11 +194,6 @@ def _layout(spec: NormSpec) -> tuple[tuple[int, ...], bool]:
     if adjacent and suits_3d_layout(n, inner, np.dtype(spec.compute_dtype).itemsize):
         return (outer, n, inner), True
     return (math.prod(shape[a] for a in spec.batch_axes), n), False
-
-
-def _stats_layout(xl: Array) -> tuple[int, ...]:
-    """The shape of mean and rstd in the kernels' layout: ``xl``'s with N set to 1."""
-    return (xl.shape[0], 1, *xl.shape[2:])
 
 
 def _param(param: Array | None, compute: np.dtype[Any]) -> Array | None:

@@ -253,7 +253,7 @@ def forward(
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
-        scratch, scratch_column = _kept((largest, _column(largest)), compute)
+        scratch, scratch_column = _kept((largest, stats_layout(largest)), compute)
 
         def work(block: Block) -> None:
             xb = x[block]
@@ -329,7 +329,7 @@ def backward(
     batch_axes = (0, *range(2, x.ndim))
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], tuple[Array, Array]]:
-        kept = _kept((largest,) * 5 + (_column(largest),) * 2, compute)
+        kept = _kept((largest,) * 5 + (stats_layout(largest),) * 2, compute)
 
         def work(block: Block) -> tuple[Array, Array]:
             xb, rstd_b = x[block], rstd[block]
@@ -548,8 +548,8 @@ def _dots(a: Array, b: Array, out: Array | None = None) -> Array:
     return cast(Array, np.einsum("...k,...k->...", a, b, out=out))
 
 
-def _column(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A layout's shape with N (axis 1) set to 1: its statistics' shape."""
+def stats_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A layout's shape with N (axis 1) set to 1: the shape of its mean and rstd."""
     return (shape[0], 1, *shape[2:])
 
 

@@ -99,15 +99,7 @@ class BackendModule(Protocol):
         """(dx, dweight); rstd is recomputed when None."""
 
 
-REQUIRED_FUNCTIONS = (
-    "info",
-    "device_of",
-    "is_tracked",
-    "to_numpy",
-    "from_numpy",
-    "from_foreign",
-    "layer_norm",
-    "rms_norm",
-    "layer_norm_backward",
-    "rms_norm_backward",
+REQUIRED_FUNCTIONS = tuple(
+    name for name, value in vars(BackendModule).items() if not name.startswith("_") and callable(value)
 )
+"""The names of `BackendModule`'s functions, which the registry checks a backend module defines."""

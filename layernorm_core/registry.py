@@ -235,17 +235,19 @@ class Registry:
 
     def declaration(self, name: str) -> BackendDeclaration:
         """The declaration of backend ``name``; BackendError if no plugin declares it."""
-        self._discover()
-        try:
-            return self._declarations[name]
-        except KeyError:
-            known = ", ".join(self._declarations) or "none"
-            raise BackendError(f"unknown backend {name!r}; registered backends: {known}") from None
+        with self._lock:  # another thread may be discovering: it holds the lock until every plugin is in
+            self._discover()
+            try:
+                return self._declarations[name]
+            except KeyError:
+                known = ", ".join(self._declarations) or "none"
+                raise BackendError(f"unknown backend {name!r}; registered backends: {known}") from None
 
     def unavailable_reason(self, name: str) -> str | None:
         """Why backend ``name`` cannot run here (a missing module, with the pip extra of its plugin's distribution)."""
         declaration = self.declaration(name)
-        distribution = self._distribution_of.get(self._plugin_of[name])
+        with self._lock:
+            distribution = self._distribution_of.get(self._plugin_of[name])
         for module in declaration.requires:
             if not _importable(module):
                 if declaration.extra and distribution:
@@ -332,8 +334,36 @@ class Registry:
         try:
             return self._owner_by_type[array_type]
         except KeyError:
-            owner = self._owner_by_type[array_type] = _owner_of_type(self, array_type)
+            owner = self._owner_by_type[array_type] = self._find_owner(array_type)
             return owner
+
+    def _find_owner(self, array_type: type) -> str | None:
+        """The backend that owns ``array_type``, or None; entry points are read under the lock.
+
+        That is the backend declared for the type's package or, failing that, for its nearest base class's (Keras
+        3's TensorFlow variables subclass tf's Tensor). A type that is, or derives from, a type of a module a
+        backend excludes (masked, sparse, ragged arrays) is a DTypeError.
+        """
+        with self._lock:
+            self._discover()
+            for cls in array_type.__mro__:
+                self._reject_excluded(array_type, cls.__module__)
+            for cls in array_type.__mro__:
+                owner = self._owner_by_module.get(cls.__module__.partition(".")[0])
+                if owner is not None:
+                    return owner
+            return None
+
+    def _reject_excluded(self, array_type: type, module: str) -> None:
+        """DTypeError if ``module`` lies within a module that a backend excludes (masked, sparse, ragged arrays)."""
+        for excluded, name in self._excluded_by_module.items():
+            if _within(module, excluded):
+                raise not_dense_error(
+                    f"{array_type.__module__}.{array_type.__qualname__}",
+                    name,
+                    excluded,
+                    "a masked array's .filled(value) or a sparse array's .todense()",
+                )
 
     def status(self) -> list[BackendStatus]:
         """One `BackendStatus` per declared backend; loads each available backend to ask its devices."""
@@ -362,24 +392,6 @@ class Registry:
         return rows
 
 
-def _owner_of_type(registry: Registry, array_type: type) -> str | None:
-    """The backend that owns ``array_type``, or None; entry points are read under the lock.
-
-    That is the backend declared for the type's package or, failing that, for its nearest base class's (Keras 3's
-    TensorFlow variables subclass tf's Tensor). A type that is, or derives from, a type of a module a backend
-    excludes (masked, sparse, ragged arrays) is a DTypeError.
-    """
-    with registry._lock:
-        registry._discover()
-        for cls in array_type.__mro__:
-            _reject_excluded(registry, array_type, cls.__module__)
-        for cls in array_type.__mro__:
-            owner = registry._owner_by_module.get(cls.__module__.partition(".")[0])
-            if owner is not None:
-                return owner
-        return None
-
-
 def _malformed(declaration: BackendDeclaration) -> str | None:
     """What makes a declaration unusable as given (a string where a tuple of names belongs, say), or None."""
     for field_name in ("array_modules", "excluded_modules", "requires"):
@@ -404,17 +416,6 @@ def _within(module: str, package: str) -> bool:
 def _among_own_modules(module: str, declaration: BackendDeclaration) -> bool:
     """Whether ``module`` lies within one of the declaration's array_modules: the only ones it may exclude."""
     return any(_within(module, own) for own in declaration.array_modules)
-
-
-def _reject_excluded(registry: Registry, array_type: type, module: str) -> None:
-    for excluded, name in registry._excluded_by_module.items():
-        if _within(module, excluded):
-            raise not_dense_error(
-                f"{array_type.__module__}.{array_type.__qualname__}",
-                name,
-                excluded,
-                "a masked array's .filled(value) or a sparse array's .todense()",
-            )
 
 
 def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[importlib.metadata.EntryPoint]:

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,6 +173,40 @@ def test_entry_point_name_clash_keeps_the_first_distribution_by_name(
         "plugin 'same' (zz_plugin, from zz-plugin 1.0) is not loaded: plugin 'same' (aa_plugin, from aa-plugin 1.0)"
         in str(warning.message)
     )
+
+
+SLOW_PLUGIN = """
+    import time
+
+    from layernorm_core import BackendDeclaration, hookimpl
+
+    time.sleep(0.5)  # a plugin whose import takes a while (a framework imported at the top)
+
+    @hookimpl
+    def layernorm_backends():
+        return [BackendDeclaration(name="late", implementation="nowhere", array_modules=())]
+"""
+
+
+def test_lookups_wait_for_a_discovery_under_way_in_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that asked for a backend while another thread was still loading the entry points was told the
+    backend is unknown."""
+    group = "layernorm.test-slow"
+    monkeypatch.syspath_prepend(
+        str(_distribution(tmp_path, "slow-plugin", f"[{group}]\nslow = slow_plugin\n", {"slow_plugin": SLOW_PLUGIN}))
+    )
+    fresh = Registry(entry_point_group=group)
+    discovering = threading.Thread(target=fresh.names)
+    discovering.start()
+    while not fresh._discovered and discovering.is_alive():
+        time.sleep(0.001)
+    try:
+        assert fresh.declaration("late").implementation == "nowhere"
+        assert fresh.unavailable_reason("late") is None
+    finally:
+        discovering.join()
 
 
 def test_registry_status_reports_unavailable_backends() -> None:

@@ -1,6 +1,6 @@
 """The tolerance table: how far a backend's result may be from the float64 reference. Documented in docs/spec.md.
 
-An element passes when ``|actual - expected| <= (atol + cond * kappa) * scale + rtol * |expected|`` where
+An element passes when ``|actual - expected| <= (atol + cond * kappa) * scale + rtol * |expected| + floor`` where
 ``scale`` is the RMS of the expected array (so atol is relative to the data's magnitude) and ``kappa`` is the
 condition number of the element's row, ``|mean| / sqrt(var + eps)`` (0 for rms_norm). A two-pass or Welford
 implementation errs by about ``u * kappa`` times the result's magnitude (u the unit roundoff of the compute
@@ -27,12 +27,15 @@ class Tolerance:
     """Allowed error of one result.
 
     ``atol`` is relative to the RMS of the expected array, ``rtol`` per element, ``cond`` per unit of the row's
-    condition number.
+    condition number. ``floor`` is absolute: as many units of the result dtype's smallest subnormal as ``rtol``
+    allows units of its rounding, for half results small enough that those units are below the dtype's spacing
+    there (float16 y near 1e-5, with eps 1e10).
     """
 
     rtol: float
     atol: float
     cond: float
+    floor: float = 0.0
 
 
 # Half outputs: two units of the output's rounding (float16 2**-11, bfloat16 2**-8); statistics of half inputs
@@ -46,12 +49,12 @@ TOLERANCES: dict[tuple[str, Quantity], Tolerance] = {
     ("float32", "output"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
     ("float32", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
     ("float32", "grad"): Tolerance(rtol=1e-4, atol=2e-5, cond=256 * _U32),
-    ("float16", "output"): Tolerance(rtol=2 * 2.0**-11, atol=2 * 2.0**-11, cond=64 * _U32),
+    ("float16", "output"): Tolerance(rtol=2 * 2.0**-11, atol=2 * 2.0**-11, cond=64 * _U32, floor=2 * 2.0**-24),
     ("float16", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
-    ("float16", "grad"): Tolerance(rtol=4 * 2.0**-11, atol=4 * 2.0**-11, cond=256 * _U32),
-    ("bfloat16", "output"): Tolerance(rtol=2 * 2.0**-8, atol=2 * 2.0**-8, cond=64 * _U32),
+    ("float16", "grad"): Tolerance(rtol=4 * 2.0**-11, atol=4 * 2.0**-11, cond=256 * _U32, floor=4 * 2.0**-24),
+    ("bfloat16", "output"): Tolerance(rtol=2 * 2.0**-8, atol=2 * 2.0**-8, cond=64 * _U32, floor=2 * 2.0**-133),
     ("bfloat16", "stats"): Tolerance(rtol=1e-5, atol=1e-5, cond=64 * _U32),
-    ("bfloat16", "grad"): Tolerance(rtol=4 * 2.0**-8, atol=4 * 2.0**-8, cond=256 * _U32),
+    ("bfloat16", "grad"): Tolerance(rtol=4 * 2.0**-8, atol=4 * 2.0**-8, cond=256 * _U32, floor=4 * 2.0**-133),
 }
 
 
@@ -99,7 +102,7 @@ def error_ratio(
     if not _broadcasts_to(kappa.shape, e.shape):
         kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
     magnitude = scale if scale > 0 else 1.0
-    allowed = (tol.atol + tol.cond * kappa) * magnitude + tol.rtol * np.abs(np.where(finite, e, 0.0))
+    allowed = (tol.atol + tol.cond * kappa) * magnitude + tol.rtol * np.abs(np.where(finite, e, 0.0)) + tol.floor
     with np.errstate(invalid="ignore"):
         diff = np.abs(a - e)
     ratio = np.where(same_special, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))

@@ -471,3 +471,16 @@ def test_threaded_calls_run_in_an_atexit_handler(backend_before_exit: str) -> No
         [sys.executable, "-c", AT_EXIT, backend_before_exit], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.stdout.split() == ["same", "(1024,", "1024)"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_correctly_rounded_float16_subnormal_outputs_pass_the_tolerance(op: str) -> None:
+    """eps = 1e10 makes y about 1e-5, where float16 is subnormal: the correctly rounded y was 2.8 tolerances off,
+    two units of rounding relative to it being below float16's spacing there (the tolerance's ``floor``)."""
+    x = np.random.default_rng(0).normal(0, 1, (4, 128)).astype(np.float16)
+    spec = check_forward(op, x, None, None, -1, 1e10)
+    expected = getattr(reference, op)(x, None, *([None] if op == "layer_norm" else []), spec)[0]
+    y = getattr(layernorm, op)(x, eps=1e10, backend="numpy")
+    np.testing.assert_array_equal(y, expected.astype(np.float16))
+    assert np.abs(y).max() < np.finfo(np.float16).smallest_normal
+    assert error_ratio(y, expected, tolerance("float16", "output"), row_condition(x, spec)) <= 1

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layernorm.cli import format_table as padded_table
+
 Record = dict[str, Any]
 REFERENCE = "reference"
 """The backend of the records of checks that run no backend (the float64 reference's own accuracy)."""
@@ -92,10 +94,7 @@ def format_table(cells: Sequence[Cell]) -> str:
     """The matrix as aligned text: backend, device, dtype, passed/failed/skipped, worst ratio and its test."""
     header = ("backend", "device", "dtype", "passed", "failed", "skipped", "worst ratio", "worst check")
     rows = [(c.backend, c.device, c.dtype, *(str(c.counts[o]) for o in OUTCOMES), _worst(c), c.worst_id) for c in cells]
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return padded_table(header, rows)
 
 
 def format_markdown(cells: Sequence[Cell], backends: dict[str, Any]) -> str:

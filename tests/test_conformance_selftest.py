@@ -196,6 +196,49 @@ def _trailing_only(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _y_alone_drops_bias(base: types.ModuleType) -> dict[str, Impl]:
+    """Forgets the bias on the route for y alone (``return_stats=False``); y with statistics is right."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        return base.layer_norm(x, weight, bias if return_stats else None, spec, return_stats)
+
+    return {"layer_norm": layer_norm}
+
+
+def _mixed_weight_ignored(base: types.ModuleType) -> dict[str, Impl]:
+    """The backward of a half x with a float32 weight runs as if there were no weight."""
+
+    def layer_norm_backward(dy: Any, x: Any, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
+        mixed = weight is not None and weight.dtype != x.dtype
+        return base.layer_norm_backward(dy, x, None if mixed else weight, spec, mean, rstd)
+
+    return {"layer_norm_backward": layer_norm_backward}
+
+
+def _nonfinite_rows_zeroed(base: types.ModuleType) -> dict[str, Impl]:
+    """A NaN guard: NaN and Inf in y become 0, so a poisoned row's y looks finite."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        y, mean, rstd = base.layer_norm(x, weight, bias, spec, True)
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
+def _rounded_toward_zero(base: types.ModuleType) -> dict[str, Impl]:
+    """y rounded to x's half dtype toward 0 (within the tolerance's two units, but biased), not to nearest."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        _, mean, rstd = base.layer_norm(x, weight, bias, spec, True)
+        exact = reference.layer_norm(x, weight, bias, spec)[0]
+        y = exact.astype(x.dtype)
+        y = np.where(np.abs(y.astype(np.float64)) > np.abs(exact), np.nextafter(y, np.zeros_like(y)), y)
+        return (y, mean, rstd) if return_stats else y
+
+    return {"layer_norm": layer_norm}
+
+
 def _faithful(base: types.ModuleType) -> dict[str, Impl]:
     """No defect: the control, which must pass."""
     return {}
@@ -213,6 +256,10 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "float32-grads": (_float32_grads, "test_output_contract", {"float16"}),
     "replaces-nan-in-place": (_modifies_nonfinite_input, "test_nonfinite_rows_isolated", {"float32"}),
     "trailing-only": (_trailing_only, "test_forward", {"float32"}),
+    "y-alone-drops-bias": (_y_alone_drops_bias, "test_forward", {"float32"}),
+    "mixed-weight-ignored": (_mixed_weight_ignored, "test_backward_float32_params", {"float16"}),
+    "nonfinite-rows-zeroed": (_nonfinite_rows_zeroed, "test_nonfinite_rows_isolated", {"float32"}),
+    "rounded-toward-zero": (_rounded_toward_zero, "test_half_output_is_rounded_to_nearest", {"float16"}),
 }
 """Defect name -> (its implementation, the check that must fail, dtypes where it must fail)."""
 

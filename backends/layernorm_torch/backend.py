@@ -336,13 +336,12 @@ def _rms_norm_cpu(
     """`rms_cpu.forward`, through `RMSNormCPU` when autograd ``recorded``; rstd differentiable when x requires grad."""
     if weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight, and return garbage
         check_devices(device_of, x, (weight,))
-    xt = x if spec.is_trailing else x.permute(spec.perm)
+    (xt,) = _normalized_last(spec, x)
     if recorded:
         y, rstd = RMSNormCPU.apply(xt, weight, spec.normalized_shape, spec.eps)
     else:
         y, rstd = rms_cpu.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
-    if not spec.is_trailing:
-        y, rstd = y.permute(spec.inverse_perm), rstd.permute(spec.inverse_perm)
+    y, rstd = _normalized_back(spec, y), _normalized_back(spec, rstd)
     if not return_stats:
         return y
     if recorded and x.requires_grad:
@@ -494,14 +493,11 @@ def _rms_norm_backward_fused(
         weight = _ones(spec, x, x.dtype)
     elif weight.dtype != x.dtype:
         weight = weight.to(dtype=x.dtype)
-    if not spec.is_trailing:
-        perm, inverse = spec.perm, spec.inverse_perm
-        dy, x, rstd = dy.permute(perm), x.permute(perm), rstd.permute(perm)
+    dy, x, rstd = _normalized_last(spec, dy, x, rstd)
     dx, dweight = _fused_rms_norm_backward(
         dy.contiguous(), x.contiguous(), list(spec.normalized_shape), rstd.contiguous(), weight, [True, True]
     )
-    if not spec.is_trailing:
-        dx = dx.permute(inverse)
+    dx = _normalized_back(spec, dx)
     return dx.to(dtype=x.dtype), dweight.to(dtype=x.dtype)
 
 

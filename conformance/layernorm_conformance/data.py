@@ -76,9 +76,12 @@ FORWARD_CASES: tuple[Case, ...] = (
     Case((3, 0, 4), (2,)),
     Case((2, 65536), (1,)),
     Case((1024, 24), (-1,)),
+    Case((1100, 24), (-1,)),
+    Case((2, 8, 10, 13), (1,)),
 )
 """Forward shapes: 1-D to 5-D; trailing, leading, channels-first, several and non-adjacent axes (unsorted and
-negative too); normalized size 1; empty batches; a 65536-long row; many short rows."""
+negative too); normalized size 1; empty batches; a 65536-long row; many short rows, also a number that is no
+multiple of a block's rows; channels-first with 130 values after the channel axis (no multiple of a vector)."""
 
 BACKWARD_CASES: tuple[Case, ...] = (
     Case((7,), (0,)),
@@ -90,8 +93,11 @@ BACKWARD_CASES: tuple[Case, ...] = (
     Case((0, 8), (1,)),
     Case((2, 8192), (1,)),
     Case((512, 16), (-1,)),
+    Case((3000, 160), (-1,)),
+    Case((2, 8, 10, 13), (1,)),
 )
-"""Backward shapes: a subset of the forward ones plus a long row and a tall batch (dweight sums 512 rows)."""
+"""Backward shapes: a subset of the forward ones plus a long row, a tall batch (dweight sums 512 rows), one of
+1.9 MB in float32 (dweight and dbias summed over several blocks and threads) and a channels-first one."""
 
 TRACE_CASES: tuple[tuple[Case, str], ...] = (
     (Case((4, 32), (-1,)), "layer_norm"),

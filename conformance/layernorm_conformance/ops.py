@@ -15,6 +15,7 @@ import numpy.typing as npt
 import layernorm
 from layernorm_conformance.autodiff import vjp_for
 from layernorm_conformance.data import Array, Case, cast, param_dtype, random_array
+from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.targets import Target
 from layernorm_core import reference
 from layernorm_core.dtypes import compute_dtype, dtype_name
@@ -145,6 +146,24 @@ def forward(target: Target, problem: Problem) -> dict[str, Array]:
     outputs = forward_native(target, problem, return_stats=True)
     names = stat_names(problem.op)
     return _of_contract_dtypes(problem, {n: target.module.to_numpy(o) for n, o in zip(names, outputs, strict=True)})
+
+
+def forward_y(target: Target, problem: Problem) -> dict[str, Array]:
+    """The target's y alone (``return_stats=False``, a route of its own in some backends) as a host array."""
+    y = forward_native(target, problem, return_stats=False)
+    return _of_contract_dtypes(problem, {"y": target.module.to_numpy(y)})
+
+
+def check_forward_problem(numerics: Numerics, target: Target, problem: Problem) -> None:
+    """Check the target's forward with statistics, and its y alone, against the reference.
+
+    A backend may take another route for y alone (no statistics to return).
+    """
+    expected = reference_forward(problem)
+    condition, scales = problem.condition(), problem.scales()
+    numerics.check(forward(target, problem), expected, problem.dtype, condition, scales=scales)
+    y_alone = forward_y(target, problem)
+    numerics.check(y_alone, {"y": expected["y"]}, problem.dtype, condition, scales=scales, label="y alone: ")
 
 
 def _of_contract_dtypes(problem: Problem, results: dict[str, Array]) -> dict[str, Array]:

@@ -50,6 +50,17 @@ def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, ca
     numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
 
 
+@pytest.mark.conformance_dtypes("float16", "bfloat16")
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", BACKWARD_CASES[1:5], ids=lambda c: c.id)
+def test_backward_float32_params(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
+    """Half x with a float32 (compute dtype) weight, as in AMP training: the backward uses the weight's values."""
+    problem = make_problem(op, case, dtype, "full", mixed=True, key="mixed-backward")
+    dy = make_dy(problem)
+    actual = backward(target, problem, dy, saved_stats=False)
+    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
+
+
 def _when_differentiable(target: Target, dtype: str, params: list[Any]) -> list[Any]:
     """``params`` when the backend differentiates through its framework here; else one skip with the reason."""
     if not target.info.autodiff:

@@ -119,7 +119,11 @@ def test_results_outlive_later_calls(target: Target, dtype: str, case: Case, op:
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("op", OPS)
 def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
-    """A NaN in one row and an Inf in another leave every other row finite and correct, and x as it was."""
+    """A NaN in one row and an Inf in another leave every other row finite and correct, and x as it was.
+
+    The poisoned rows give what docs/spec.md says: NaN y and rstd for layer_norm; for rms_norm, NaN for the NaN row
+    and, for the Inf row, rstd 0 and y 0 but NaN at the Inf.
+    """
     problem = make_problem(op, Case((6, 40), (-1,)), dtype, "full", key="poison")
     problem = problem.with_x(poison(problem.x, {1: float("nan"), 4: float("inf")}))
     x = to_target(target, problem.x)
@@ -130,6 +134,14 @@ def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str,
     keep = np.array([0, 2, 3, 5])
     for name, value in actual.items():
         assert np.isfinite(value[keep].astype(np.float64)).all(), f"{name}: a NaN/Inf row leaked into other rows"
+    y, rstd = actual["y"].astype(np.float64), actual["rstd"].astype(np.float64)
+    assert np.isnan(y[1]).all() and np.isnan(rstd[1]).all(), "the NaN row's y or rstd is not NaN"
+    if op == "layer_norm":
+        assert np.isnan(y[4]).all() and np.isnan(rstd[4]).all(), "the Inf row's y or rstd is not NaN"
+    else:
+        at_inf = np.isinf(problem.x[4].astype(np.float64))
+        assert (rstd[4] == 0).all(), "the Inf row's rstd is not 0"
+        assert np.isnan(y[4][at_inf]).all() and (y[4][~at_inf] == 0).all(), "the Inf row's y is not 0 (NaN at the Inf)"
     numerics.check(
         {k: v[keep] for k, v in actual.items()},
         {k: v[keep] for k, v in expected.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from layernorm_conformance.data import EPS_VALUES, FORWARD_CASES, Case
@@ -12,7 +13,8 @@ from layernorm_conformance.ops import (
     Affine,
     Op,
     call_forward,
-    forward,
+    check_forward_problem,
+    forward_y,
     make_problem,
     reference_forward,
     stat_names,
@@ -21,10 +23,8 @@ from layernorm_conformance.targets import Target
 
 
 def check_forward(numerics: Numerics, target: Target, dtype: str, op: Op, case: Case, **kwargs: object) -> None:
-    problem = make_problem(op, case, dtype, **kwargs)
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    """Check the forward of a problem made from the arguments (`check_forward_problem`)."""
+    check_forward_problem(numerics, target, make_problem(op, case, dtype, **kwargs))
 
 
 @pytest.mark.parametrize("affine", AFFINES)
@@ -59,3 +59,32 @@ def test_noncontiguous(numerics: Numerics, target: Target, dtype: str, op: Op) -
     outputs = call_forward(target.backend, problem, x, None, None, True)
     actual = {name: to.to_numpy(o) for name, o in zip(stat_names(op), outputs, strict=True)}
     numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
+
+
+HALF_PRECISION_BITS = {"float16": 11, "bfloat16": 8}
+"""Significand bits of the half dtypes, for the spacing of their values (`_spacing`)."""
+
+
+def _spacing(values: np.ndarray, dtype: str) -> np.ndarray:
+    """The distance between consecutive values of ``dtype`` at each of ``values`` (float64, none of them 0)."""
+    bits = HALF_PRECISION_BITS[dtype]
+    smallest_normal_exponent = -14 if dtype == "float16" else -126
+    exponent = np.maximum(np.floor(np.log2(np.abs(values))), smallest_normal_exponent)
+    return np.exp2(exponent - (bits - 1))
+
+
+@pytest.mark.conformance_dtypes("float16", "bfloat16")
+@pytest.mark.parametrize("op", OPS)
+def test_half_output_is_rounded_to_nearest(target: Target, dtype: str, op: Op) -> None:
+    """A half y is computed in float32 and rounded once, to nearest: its errors average to 0 units of rounding.
+
+    The tolerance allows two units per element, so it would pass a y rounded toward 0 (a bfloat16 made by
+    dropping a float32's low 16 bits), whose errors average half a unit against y's sign.
+    """
+    problem = make_problem(op, Case((64, 1024), (-1,)), dtype, "full", key="rounding")
+    actual = forward_y(target, problem)["y"].astype(np.float64)
+    expected = reference_forward(problem)["y"]
+    nonzero = expected != 0
+    units = (actual - expected)[nonzero] / _spacing(expected[nonzero], dtype)
+    bias = float(np.mean(units * np.sign(expected[nonzero])))
+    assert abs(bias) < 0.1, f"y's rounding errors average {bias:+.3f} units of rounding toward y's sign"

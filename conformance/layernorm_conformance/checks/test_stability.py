@@ -16,6 +16,7 @@ from layernorm_conformance.ops import (
     Problem,
     autodiff_backward,
     backward,
+    check_forward_problem,
     forward,
     make_dy,
     make_problem,
@@ -30,21 +31,28 @@ E[x^2] - E[x]^2 in the compute dtype loses about u * kappa**2, far beyond the to
 8 bits cannot hold a large kappa; its float32 statistics share float16's code path)."""
 
 
+OFFSET_CASES = (Case((8, 64), (-1,)), Case((1000, 24), (-1,)), Case((4, 64, 6), (1,)))
+"""Few rows, many rows (a backend may switch formulas with the size), and channels-first rows."""
+
+
+@pytest.mark.parametrize("case", OFFSET_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("op", OPS)
-def test_large_offset(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
-    """Rows offset far from 0 relative to their spread (catches single-pass E[x^2] - E[x]^2)."""
+def test_large_offset(numerics: Numerics, target: Target, dtype: str, op: Op, case: Case) -> None:
+    """Rows offset far from 0 relative to their spread (catches single-pass E[x^2] - E[x]^2).
+
+    With and without statistics returned.
+    """
     offset, spread = OFFSET_SPREAD[dtype]
-    problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset")
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    problem = make_problem(op, case, dtype, "full", loc=offset, scale=spread, key="offset")
+    check_forward_problem(numerics, target, problem)
 
 
+@pytest.mark.parametrize("case", OFFSET_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("op", OPS)
-def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, op: Op, case: Case) -> None:
     """The backward on the same ill-conditioned rows."""
     offset, spread = OFFSET_SPREAD[dtype]
-    problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", loc=offset, scale=spread, key="offset-bwd")
+    problem = make_problem(op, case, dtype, "full", loc=offset, scale=spread, key="offset-bwd")
     dy = make_dy(problem)
     actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
     numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))

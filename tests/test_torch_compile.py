@@ -227,6 +227,25 @@ def test_export_of_half_statistics_and_training(dtype: Any, strict: bool) -> Non
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("axis", [-1, (0, 2)], ids=["trailing", "axes-0-2"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_compiled_func_grad_reaches_x_through_the_statistics(op: str, axis: Any, dtype: Any) -> None:
+    """torch.compile(fullgraph=True) of torch.func.grad of a loss on the returned statistics: layer_norm's gave
+    dx = 0 (the kernel's mean and rstd, which torch.func's wrapper, unseen by the trace, does not differentiate)."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+
+    def loss(x: Any) -> Any:
+        stats = getattr(layernorm, op)(x, axis=axis, return_stats=True)[1:]
+        return sum((s.double() ** 2).sum() for s in stats)
+
+    x_in = x.to(dtype)
+    expected = torch.func.grad(loss)(x_in)
+    got = torch.compile(torch.func.grad(loss), fullgraph=True, backend="aot_eager")(x_in)
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-3)
+    assert got.abs().max() > 0
+
+
 def test_rms_norm_backward_compiles_once_for_any_batch() -> None:
     """The explicit rms_norm_backward under dynamic=True: one graph for every batch size (the CPU blocks branched
     on the size and guarded on the thread's scratch)."""

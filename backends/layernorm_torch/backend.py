@@ -154,7 +154,8 @@ def layer_norm(
     The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode); when
     x's gradient is taken, and inside torch.func transforms and forward-mode AD, they come from
     `_differentiable_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
-    for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout.
+    for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout;
+    and in code torch.compile traces, which cannot tell whether a transform around it (torch.func.grad) wants them.
     """
     try:
         if spec.compute_dtype != spec.dtype and (
@@ -183,7 +184,12 @@ def layer_norm(
             out = _layer_norm_permuted(x, weight, bias, spec)
         if not return_stats:
             return out[0]
-        if (x.requires_grad and torch.is_grad_enabled()) or x.is_nested or _in_transform():
+        if (
+            (x.requires_grad and torch.is_grad_enabled())
+            or x.is_nested
+            or _in_transform()
+            or torch.compiler.is_compiling()
+        ):
             return (out[0], *_differentiable_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)

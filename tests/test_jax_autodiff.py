@@ -371,3 +371,37 @@ def test_jit_with_return_stats_and_stable_dispatch_under_using() -> None:
     ref = reference.layer_norm(x, None, None, spec)
     for got, expected, q in zip((y, mean, rstd), ref, ("output", "stats", "stats"), strict=True):
         assert error_ratio(np.asarray(got), expected, tolerance("float32", q)) <= 1  # type: ignore[arg-type]
+
+
+def _composite_with_stats(op: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """y + the statistics, from plain jnp ops (JAX differentiates them itself)."""
+    xf = x.astype(jnp.float32)
+    if op == "layer_norm":
+        mean = xf.mean(-1, keepdims=True)
+        rstd = jax.lax.rsqrt(((xf - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+        return (xf - mean) * rstd * w + mean + rstd
+    rstd = jax.lax.rsqrt((xf * xf).mean(-1, keepdims=True) + 1e-5)
+    return xf * rstd * w + rstd
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_grad_of_vmap_over_weights_reaches_a_shared_x_through_the_statistics(op: str) -> None:
+    """jax.grad of jax.vmap with x unbatched and the weight batched, of a loss on y and the statistics: the
+    statistics (x's alone) were unbatched outputs of one custom_vjp with a batched y, and JAX handed their summed
+    cotangent to every member of the batch (dx counted it once per weight)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 5)), jnp.float32)
+    weights = jnp.asarray(1 + 0.3 * rng.standard_normal((4, 5)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((3, 5)), jnp.float32)
+
+    def ours(x: jax.Array, w: jax.Array) -> jax.Array:
+        y, *stats = getattr(layernorm, op)(x, w, return_stats=True)
+        return y + sum(stats)
+
+    def loss(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        return lambda x, ws: (jax.vmap(fn, in_axes=(None, 0))(x, ws) * c).sum()
+
+    got = jax.grad(loss(ours), (0, 1))(x, weights)
+    expected = jax.grad(loss(lambda x, w: _composite_with_stats(op, x, w)), (0, 1))(x, weights)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
 Every function here takes jax arrays (or tracers) and static ``axes`` (non-negative, increasing) and ``eps``.
 Half inputs are upcast to float32 for every reduction; results are cast back to x's dtype at the end, so XLA
 fuses the casts into the same loops. The explicit ``*_backward`` functions of the backend and the custom_vjp
-backward rules call the same two gradient functions, ``layer_norm_grads`` and ``rms_norm_grads``.
+backward rules of y call the same two gradient functions, ``layer_norm_grads`` and ``rms_norm_grads``; the
+returned statistics have rules of their own.
 """
 
 from __future__ import annotations
@@ -112,26 +113,22 @@ def layer_norm_grads(
     mean: jax.Array,
     rstd: jax.Array,
     axes: Axes,
-    dmean: jax.Array | None = None,
-    drstd: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dx, dweight, dbias) in the compute dtype, dweight/dbias with the normalized shape.
 
     With xhat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-    ``dmean``/``drstd`` are cotangents of the returned statistics (custom_vjp with return_stats): mean = mean(x)
-    adds dmean / N, and rstd = (var + eps)^-1/2 adds -drstd * rstd^2 * xhat / N.
     """
     dyf = dy.astype(mean.dtype)
     n = _count(x, axes)
     if not isinstance(n, int):  # a symbolic size (jax.export): which form applies is known when the program runs
         return lax.cond(
             jnp.asarray(n) == 1,
-            lambda: _single_element_grads(dyf, x, rstd, dmean, axes),
-            lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd),
+            lambda: _single_element_grads(dyf, x, rstd, axes),
+            lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n),
         )
     if n == 1:
-        return _single_element_grads(dyf, x, rstd, dmean, axes)
-    return _row_grads(dyf, x, weight, mean, rstd, axes, n, dmean, drstd)
+        return _single_element_grads(dyf, x, rstd, axes)
+    return _row_grads(dyf, x, weight, mean, rstd, axes, n)
 
 
 def _row_grads(
@@ -142,8 +139,6 @@ def _row_grads(
     rstd: jax.Array,
     axes: Axes,
     n: Any,
-    dmean: jax.Array | None,
-    drstd: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`layer_norm_grads` of rows of ``n`` elements, n > 1; dyf is dy in the compute dtype."""
     dtype = mean.dtype
@@ -154,28 +149,23 @@ def _row_grads(
     g = dyf if w is None else dyf * w
     g_sum, gc_sum = _row_sums(g, g * centered, axes)
     g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
-    if drstd is not None:
-        gc_mean = gc_mean + drstd.astype(dtype) / n
     # rstd applied one factor at a time: rstd**3 alone under- or overflows for spreads beyond 1e+-13 in float32
     dx = rstd * (g - g_mean - centered * (rstd * (rstd * gc_mean)))
-    if dmean is not None:
-        dx = dx + dmean.astype(dtype) / n
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
 
 
 def _single_element_grads(
-    dy: jax.Array, x: jax.Array, rstd: jax.Array, dmean: jax.Array | None, axes: Axes
+    dy: jax.Array, x: jax.Array, rstd: jax.Array, axes: Axes
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
+    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so y's cotangent does not reach x.
 
     The general form gives the same first derivative, but differentiated again its terms of size rstd**3 cancel
-    only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at eps = 1e-5.
-    dy is in the compute dtype.
+    only in exact arithmetic (a float32 second derivative came out wrong at eps = 1e-5). dy is in the compute
+    dtype.
     """
     # 0, or NaN where dy or x is NaN or inf, or rstd inf (eps = 0: xhat = 0 * inf), as the general form gives
     blank = dy * 0 + _upcast(x) * 0 + rstd * 0
-    dx = blank if dmean is None else blank + dmean.astype(dy.dtype)
-    return dx, _sum_to_param(blank, axes), _sum_to_param(dy, axes)
+    return blank, _sum_to_param(blank, axes), _sum_to_param(dy, axes)
 
 
 ONE_PASS_MIN_ELEMENTS = 1 << 21
@@ -259,20 +249,14 @@ def rms_norm_grads(
     weight: jax.Array | None,
     rstd: jax.Array,
     axes: Axes,
-    drstd: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(dx, dweight) in the compute dtype: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd.
-
-    ``drstd``, the cotangent of the returned rstd = (mean(x^2) + eps)^-1/2, adds -drstd * rstd^2 * xhat / N.
-    """
+    """(dx, dweight) in the compute dtype: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd."""
     dtype = rstd.dtype
     dyf = dy.astype(dtype)
     xhat = _upcast(x) * rstd
     w = _param(weight, x, axes, dtype)
     g = dyf if w is None else dyf * w
     dx = rstd * (g - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
-    if drstd is not None:
-        dx = dx - (drstd.astype(dtype) * rstd * rstd / _count(x, axes)) * xhat
     return dx, _sum_to_param(dyf * xhat, axes)
 
 
@@ -280,81 +264,138 @@ def _cast_like(value: jax.Array, like: jax.Array | None) -> jax.Array | None:
     return None if like is None else value.astype(like.dtype)
 
 
-# -- custom_vjp: the forward saves (x, weight, mean, rstd), the backward is layer_norm_grads / rms_norm_grads --
+# -- custom_vjp: the forward saves (x, weight, mean, rstd), the backward is layer_norm_grads / rms_norm_grads. y and
+# the statistics are two rules: under jax.vmap with x unbatched and the weight batched, the statistics (x's alone)
+# are unbatched beside a batched y, and one rule for both got their summed cotangent in every member of the batch.
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def layer_norm(
+def layer_norm_output(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(y, mean, rstd), differentiable through jax.custom_vjp with the analytic backward."""
+) -> jax.Array:
+    """y, differentiable through jax.custom_vjp with the analytic backward."""
     mean, rstd = layer_norm_stats(x, axes, eps)
-    return layer_norm_apply(x, weight, bias, mean, rstd, axes, eps), mean, rstd
+    return layer_norm_apply(x, weight, bias, mean, rstd, axes, eps)
 
 
 def _layer_norm_fwd(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
-) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array | None, ...]]:
+) -> tuple[jax.Array, tuple[jax.Array | None, ...]]:
     mean, rstd = layer_norm_stats(x, axes, eps)
     y = layer_norm_apply(x, weight, bias, mean, rstd, axes, eps)
     # bias is saved only for its dtype (None stays None); XLA drops the unused buffer.
-    return (y, mean, rstd), (x, weight, bias, mean, rstd)
+    return y, (x, weight, bias, mean, rstd)
 
 
 def _layer_norm_bwd(
-    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array, jax.Array]
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], dy: jax.Array
 ) -> tuple[jax.Array | None, ...]:
     x, weight, bias, mean, rstd = residuals
-    dy, dmean, drstd = cotangents
-    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, dmean, drstd)
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes)
     return dx.astype(x.dtype), _cast_like(dweight, weight), _cast_like(dbias, bias)
 
 
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+layer_norm_output.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def rms_norm(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
-    """(y, rstd), differentiable through jax.custom_vjp with the analytic backward."""
-    rstd = rms_norm_rstd(x, axes, eps)
-    return rms_norm_apply(x, weight, rstd, axes), rstd
+def rms_norm_output(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float) -> jax.Array:
+    """y, differentiable through jax.custom_vjp with the analytic backward."""
+    return rms_norm_apply(x, weight, rms_norm_rstd(x, axes, eps), axes)
 
 
 def _rms_norm_fwd(
     x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array | None, ...]]:
+) -> tuple[jax.Array, tuple[jax.Array | None, ...]]:
     rstd = rms_norm_rstd(x, axes, eps)
-    return (rms_norm_apply(x, weight, rstd, axes), rstd), (x, weight, rstd)
+    return rms_norm_apply(x, weight, rstd, axes), (x, weight, rstd)
 
 
 def _rms_norm_bwd(
-    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], dy: jax.Array
 ) -> tuple[jax.Array | None, ...]:
     x, weight, rstd = residuals
-    dy, drstd = cotangents
-    dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes, drstd)
+    dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes)
     return dx.astype(x.dtype), _cast_like(dweight, weight)
 
 
-rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+rms_norm_output.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
-# -- y alone: what a call without return_stats runs. XLA computes and writes every output of a program it runs, so an
-# eager call that dropped the statistics afterwards would still pay for them: up to 4x the time in bfloat16 on
-# XLA:CPU (docs/benchmarks.md, "JAX calls outside jit"). Inside a caller's jit the two compile to one program:
-# XLA drops unused outputs.
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def layer_norm_statistics(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
+    """(mean, rstd) as `layer_norm_stats` gives them, differentiable with the analytic backward."""
+    return layer_norm_stats(x, axes, eps)
 
 
-def layer_norm_output(
+def _layer_norm_statistics_fwd(
+    x: jax.Array, axes: Axes, eps: float
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+    mean, rstd = layer_norm_stats(x, axes, eps)
+    return (mean, rstd), (x, mean, rstd)
+
+
+def _layer_norm_statistics_bwd(
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array]:
+    """The cotangents' dx: mean = sum(x) / N adds dmean / N, rstd = (var + eps)^-1/2 -drstd rstd^3 (x - mean) / N."""
+    x, mean, rstd = residuals
+    dmean, drstd = (c.astype(mean.dtype) for c in cotangents)
+    xf, n = _upcast(x), _count(x, axes)
+
+    def rows() -> jax.Array:
+        # rstd applied one factor at a time: rstd**3 alone under- or overflows for spreads beyond 1e+-13 in float32
+        return dmean / n - (xf - mean) * (rstd * (rstd * (rstd * drstd))) / n
+
+    def single_elements() -> jax.Array:
+        # x - mean is 0 whatever x: the rstd term is 0 (NaN where x is not finite or rstd is inf, as in `rows`).
+        # Differentiated again, `rows`' terms of size rstd**3 cancel only in exact arithmetic.
+        return dmean + (xf * 0 + rstd * 0) * drstd
+
+    if not isinstance(n, int):  # a symbolic size (jax.export)
+        dx = lax.cond(jnp.asarray(n) == 1, single_elements, rows)
+    else:
+        dx = single_elements() if n == 1 else rows()
+    return (dx.astype(x.dtype),)
+
+
+layer_norm_statistics.defvjp(_layer_norm_statistics_fwd, _layer_norm_statistics_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def rms_norm_statistics(x: jax.Array, axes: Axes, eps: float) -> jax.Array:
+    """The rstd of `rms_norm_rstd`, differentiable with the analytic backward."""
+    return rms_norm_rstd(x, axes, eps)
+
+
+def _rms_norm_statistics_fwd(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    rstd = rms_norm_rstd(x, axes, eps)
+    return rstd, (x, rstd)
+
+
+def _rms_norm_statistics_bwd(
+    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], drstd: jax.Array
+) -> tuple[jax.Array]:
+    """The cotangent's dx: rstd = (mean(x^2) + eps)^-1/2 adds -drstd * rstd^3 * x / N."""
+    x, rstd = residuals
+    drstd = drstd.astype(rstd.dtype)
+    dx = -_upcast(x) * (rstd * (rstd * (rstd * drstd))) / _count(x, axes)
+    return (dx.astype(x.dtype),)
+
+
+rms_norm_statistics.defvjp(_rms_norm_statistics_fwd, _rms_norm_statistics_bwd)
+
+
+def layer_norm(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
-) -> jax.Array:
-    """`layer_norm`'s y alone, differentiable like it."""
-    return layer_norm(x, weight, bias, axes, eps)[0]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(y, mean, rstd), each differentiable. Under jit, XLA computes the statistics the two rules share once."""
+    return layer_norm_output(x, weight, bias, axes, eps), *layer_norm_statistics(x, axes, eps)
 
 
-def rms_norm_output(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float) -> jax.Array:
-    """`rms_norm`'s y alone, differentiable like it."""
-    return rms_norm(x, weight, axes, eps)[0]
+def rms_norm(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
+    """(y, rstd), each differentiable. Under jit, XLA computes the rstd the two rules share once."""
+    return rms_norm_output(x, weight, axes, eps), rms_norm_statistics(x, axes, eps)
 
 
 # -- the explicit backward functions: the same gradient code, stats recomputed when not given --

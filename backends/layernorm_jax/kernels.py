@@ -10,8 +10,9 @@ returned statistics have rules of their own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache, partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from jax import lax
 from layernorm_core.dtypes import dtype_name, flushed_to_zero
 
 Axes = tuple[int, ...]
+T = TypeVar("T")
 
 
 def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -120,15 +122,21 @@ def layer_norm_grads(
     """
     dyf = dy.astype(mean.dtype)
     n = _count(x, axes)
-    if not isinstance(n, int):  # a symbolic size (jax.export): which form applies is known when the program runs
-        return lax.cond(
-            jnp.asarray(n) == 1,
-            lambda: _single_element_grads(dyf, x, rstd, axes),
-            lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n),
-        )
-    if n == 1:
-        return _single_element_grads(dyf, x, rstd, axes)
-    return _row_grads(dyf, x, weight, mean, rstd, axes, n)
+    return _by_row_length(
+        n,
+        lambda: _single_element_grads(dyf, x, rstd, axes),
+        lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n),
+    )
+
+
+def _by_row_length(n: Any, single_elements: Callable[[], T], rows: Callable[[], T]) -> T:
+    """``single_elements()`` for rows of one element, else ``rows()``.
+
+    Decided when the program runs for a symbolic row length (jax.export), when traced otherwise.
+    """
+    if not isinstance(n, int):
+        return cast(T, lax.cond(jnp.asarray(n) == 1, single_elements, rows))
+    return single_elements() if n == 1 else rows()
 
 
 def _row_grads(
@@ -352,11 +360,7 @@ def _layer_norm_statistics_bwd(
         # Differentiated again, `rows`' terms of size rstd**3 cancel only in exact arithmetic.
         return dmean + (xf * 0 + rstd * 0) * drstd
 
-    if not isinstance(n, int):  # a symbolic size (jax.export)
-        dx = lax.cond(jnp.asarray(n) == 1, single_elements, rows)
-    else:
-        dx = single_elements() if n == 1 else rows()
-    return (dx.astype(x.dtype),)
+    return (_by_row_length(n, single_elements, rows).astype(x.dtype),)
 
 
 layer_norm_statistics.defvjp(_layer_norm_statistics_fwd, _layer_norm_statistics_bwd)

@@ -166,6 +166,13 @@ def check_forward_problem(numerics: Numerics, target: Target, problem: Problem) 
     numerics.check(y_alone, {"y": expected["y"]}, problem.dtype, condition, scales=scales, label="y alone: ")
 
 
+def check_backward_problem(numerics: Numerics, target: Target, problem: Problem, saved_stats: bool = False) -> None:
+    """Check the target's explicit backward (`backward`) of ``problem``, given a seeded dy, against the reference."""
+    dy = make_dy(problem)
+    actual, expected = backward(target, problem, dy, saved_stats), reference_backward(problem, dy)
+    numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
+
+
 def _of_contract_dtypes(problem: Problem, results: dict[str, Array]) -> dict[str, Array]:
     """``results`` (host arrays by name), after asserting that each has the dtype docs/spec.md gives it.
 

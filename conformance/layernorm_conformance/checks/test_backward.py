@@ -14,8 +14,8 @@ from layernorm_conformance.ops import (
     Affine,
     Op,
     autodiff_backward,
-    backward,
     call_forward,
+    check_backward_problem,
     make_dy,
     make_problem,
     reference_backward,
@@ -34,20 +34,14 @@ GRAD_AFFINES: tuple[Affine, ...] = ("none", "weight", "full")
 @pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: c.id)
 def test_backward(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, affine: Affine) -> None:
     """layer_norm_backward / rms_norm_backward, stats recomputed, against the reference."""
-    problem = make_problem(op, case, dtype, affine)
-    dy = make_dy(problem)
-    actual = backward(target, problem, dy, saved_stats=False)
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, make_problem(op, case, dtype, affine))
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("case", BACKWARD_CASES[1:5], ids=lambda c: c.id)
 def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
     """The backward given the forward's own mean/rstd gives the same gradients as recomputing them."""
-    problem = make_problem(op, case, dtype, "full", key="saved")
-    dy = make_dy(problem)
-    actual = backward(target, problem, dy, saved_stats=True)
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, make_problem(op, case, dtype, "full", key="saved"), saved_stats=True)
 
 
 @pytest.mark.conformance_dtypes("float16", "bfloat16")
@@ -55,10 +49,7 @@ def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, ca
 @pytest.mark.parametrize("case", BACKWARD_CASES[1:5], ids=lambda c: c.id)
 def test_backward_float32_params(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
     """Half x with a float32 (compute dtype) weight, as in AMP training: the backward uses the weight's values."""
-    problem = make_problem(op, case, dtype, "full", mixed=True, key="mixed-backward")
-    dy = make_dy(problem)
-    actual = backward(target, problem, dy, saved_stats=False)
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, make_problem(op, case, dtype, "full", mixed=True, key="mixed-backward"))
 
 
 def _when_differentiable(target: Target, dtype: str, params: list[Any]) -> list[Any]:

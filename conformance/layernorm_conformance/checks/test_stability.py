@@ -16,6 +16,7 @@ from layernorm_conformance.ops import (
     Problem,
     autodiff_backward,
     backward,
+    check_backward_problem,
     check_forward_problem,
     forward,
     make_dy,
@@ -53,9 +54,7 @@ def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, o
     """The backward on the same ill-conditioned rows."""
     offset, spread = OFFSET_SPREAD[dtype]
     problem = make_problem(op, case, dtype, "full", loc=offset, scale=spread, key="offset-bwd")
-    dy = make_dy(problem)
-    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, problem)
 
 
 @pytest.mark.conformance_dtypes("float16", "bfloat16")
@@ -119,9 +118,7 @@ def test_long_row(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
     numerics.check(
         forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
     )
-    dy = make_dy(problem)
-    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, problem)
 
 
 SPLIT_ROWS = {
@@ -141,9 +138,7 @@ def test_long_rows_over_leading_axes(numerics: Numerics, target: Target, dtype: 
     numerics.check(
         forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
     )
-    dy = make_dy(problem)
-    actual, expected = backward(target, problem, dy, False), reference_backward(problem, dy)
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+    check_backward_problem(numerics, target, problem)
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-2], ids=lambda e: f"eps={e:g}")

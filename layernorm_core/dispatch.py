@@ -170,7 +170,7 @@ def run(
         return call(engine, x, params)
     if owner is None:
         return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
-    _require_engine_dtype(name, x)
+    _require_engine_dtype(engine, name, x)
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
             raise BackendError(
@@ -190,24 +190,25 @@ def run(
     return _convert(engine, source, outputs, device, owner)
 
 
-_engine_dtypes: set[tuple[str, str]] = set()
-"""(engine name, dtype name) pairs `_require_engine_dtype` found computed: its backend's info() takes 1.5-4 us, a
-quarter of a small call between frameworks. Only yeses are kept: a no can turn into a yes (JAX's x64 switched on);
+_engine_dtypes: set[tuple[ModuleType, str]] = set()
+"""(engine module, dtype name) pairs `_require_engine_dtype` found computed: its backend's info() takes 1.5-4 us, a
+quarter of a small call between frameworks. Keyed by the module, not the name, so a plugin registered again under
+that name with fewer dtypes is asked anew. Only yeses are kept: a no can turn into a yes (JAX's x64 switched on);
 a yes that turns into a no (x64 switched off) is the engine's own conversion's DTypeError."""
 
 
-def _require_engine_dtype(name: str, x: Any) -> None:
+def _require_engine_dtype(engine: ModuleType, name: str, x: Any) -> None:
     """DTypeError, before any conversion, when engine ``name`` does not compute x's floating dtype here.
 
     (The NumPy engine computes bfloat16 only with ml_dtypes, which a torch-only install lacks.) x's other dtypes
     are left to the core's checks, which word them the same for every engine.
     """
     x_dtype = dtype_name(x.dtype)
-    if (name, x_dtype) in _engine_dtypes or x_dtype not in FLOAT_DTYPES:
+    if (engine, x_dtype) in _engine_dtypes or x_dtype not in FLOAT_DTYPES:
         return
     info = registry.info(name)
     if x_dtype in info.dtypes:
-        _engine_dtypes.add((name, x_dtype))
+        _engine_dtypes.add((engine, x_dtype))
     else:
         note = info.notes.get(x_dtype)
         raise DTypeError(

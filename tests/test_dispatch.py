@@ -231,6 +231,43 @@ def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: p
         layernorm.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16))
 
 
+def test_a_plugin_registered_again_with_fewer_dtypes_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's dtypes are remembered per loaded module: a plugin unregistered, then registered under the same
+    name by an implementation that no longer computes float16, refuses a float16 tensor."""
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+    from types import ModuleType
+
+    import recording_backend
+
+    from layernorm_core import BackendDeclaration, hookimpl
+
+    def implementation(module_name: str, dtypes: tuple[str, ...]) -> str:
+        module = ModuleType(module_name)
+        module.__dict__.update({k: v for k, v in vars(recording_backend).items() if not k.startswith("__")})
+        module.info = lambda: replace(recording_backend.info(), dtypes=dtypes)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module_name, module)
+        return module_name
+
+    class Plugin:
+        def __init__(self, implementation: str) -> None:
+            self.implementation = implementation
+
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name="reshaped", implementation=self.implementation, requires=("numpy",))]
+
+    x = torch.ones(2, 4, dtype=torch.float16)
+    with registered(Plugin(implementation("reshaped_wide", ("float16", "float32"))), "reshaped"):
+        assert layernorm.layer_norm(x, backend="reshaped").dtype == torch.float16
+    refused = r"the 'reshaped' backend does not compute float16 here \(it computes float32\)"
+    with (
+        registered(Plugin(implementation("reshaped_narrow", ("float32",))), "reshaped"),
+        pytest.raises(DTypeError, match=refused),
+    ):
+        layernorm.layer_norm(x, backend="reshaped")
+
+
 def test_an_array_on_a_device_that_reaches_an_engine_on_the_cpu_is_a_device_error() -> None:
     """A tf.Tensor on a GPU has no __dlpack__: the torch engine copied it through NumPy and computed on the CPU."""
     from types import SimpleNamespace

@@ -157,6 +157,7 @@ class LayerNormalization(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         """Normalize ``inputs`` with layernorm.layer_norm; cast to the layer's compute dtype."""
+        inputs = ops.convert_to_tensor(inputs)  # as Keras's ops do: call() and stateless_call() take NumPy arrays
         outputs = layer_norm(
             inputs,
             _matching(self.gamma, inputs, self.axis),
@@ -212,6 +213,7 @@ class RMSNormalization(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         """Normalize ``x`` with layernorm.rms_norm."""
+        x = ops.convert_to_tensor(x)
         return rms_norm(
             x, _matching(self.scale, x, self.axis), axis=_tuple(self.axis), eps=self.epsilon, backend=_ENGINE
         )

@@ -17,7 +17,7 @@ from child_pytest import assert_child_passes
 keras = pytest.importorskip("keras")
 
 CHILD_VARIABLE = "LAYERNORM_TEST_KERAS_BACKEND"
-CHILD_TESTS = 12
+CHILD_TESTS = 14
 KERAS_BACKEND = keras.backend.backend()
 in_child = pytest.mark.skipif(
     os.environ.get(CHILD_VARIABLE) != KERAS_BACKEND,
@@ -72,6 +72,19 @@ def _grads(layer: Any, x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, list[
     (layer(inputs) * torch.tensor(dy)).sum().backward()
     assert inputs.grad is not None
     return inputs.grad.numpy(), [v.value.grad.numpy() for v in layer.trainable_variables]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_call_and_stateless_call_take_numpy_input(op: str) -> None:
+    """As Keras's own layers, ``call`` and ``stateless_call`` convert a NumPy x (``layer(x)`` converts it before
+    ``call``); they raised DTypeError, x a NumPy array beside weights of Keras's backend. Runs on the backend Keras
+    has here, and on JAX and torch in the child processes."""
+    layer = _built(lk.LayerNormalization() if op == "layer_norm" else lk.RMSNormalization())
+    x = _x(0)
+    expected = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.call(x)), expected)
+    outputs, _ = layer.stateless_call([v.value for v in layer.trainable_variables], [], x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(outputs), expected)
 
 
 @in_child

@@ -97,6 +97,8 @@ def check_forward(
     except (KeyError, TypeError, AttributeError):
         pass
     spec = _spec_of(kind, x, weight, bias, axis, eps)
+    if not _hashed_by_value(axis):
+        return spec
     try:
         checked = _checked.setdefault(x.__class__, {})
         if len(checked) >= _CHECKED_MAX:
@@ -105,6 +107,12 @@ def check_forward(
     except (NameError, TypeError):  # no key (an attribute was missing) or an unhashable part (a list axis)
         pass
     return spec
+
+
+def _hashed_by_value(axis: Any) -> bool:
+    """Whether ``axis`` can key the cache: integers only. A 0-d integer tensor is an axis too (``__index__``), but
+    it hashes by identity and can be filled in place: a cached key would answer for the axis it held before."""
+    return all(isinstance(a, numbers.Integral) for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 
 def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float) -> NormSpec:

@@ -115,6 +115,28 @@ def test_invalid_input_equal_to_a_valid_one_is_still_rejected(valid: dict, inval
         layernorm.layer_norm(X, **invalid)
 
 
+class MutableAxis:
+    """An axis as a 0-d integer tensor is one: ``__index__`` gives its value, which can change in place, while it
+    hashes by identity."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+@pytest.mark.parametrize("in_tuple", [False, True], ids=["axis", "in-tuple"])
+def test_an_axis_changed_in_place_is_checked_again(in_tuple: bool) -> None:
+    """A call that passed with the axis must not answer for the value it holds later."""
+    held = MutableAxis(1)
+    axis = (0, held) if in_tuple else held
+    layernorm.layer_norm(X, axis=axis)
+    held.value = 7
+    with pytest.raises(ShapeError, match="axis .*7.* is out of range"):
+        layernorm.layer_norm(X, axis=axis)
+
+
 @pytest.mark.parametrize(
     ("x", "message"),
     [

@@ -257,9 +257,14 @@ class Registry:
 
     def get(self, name: str) -> ModuleType:
         """The loaded implementation of backend ``name``, importing it on first use."""
-        loaded = self._loaded.get(name)
+        try:
+            loaded = self._loaded.get(name)
+        except TypeError:  # unhashable: a list
+            loaded = None
         if loaded is not None:
             return loaded
+        if not isinstance(name, str):
+            raise BackendError(f"a backend name must be a string; got {type(name).__name__}")
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]

@@ -110,8 +110,11 @@ def check_forward(
 
 
 def _hashed_by_value(axis: Any) -> bool:
-    """Whether ``axis`` can key the cache: integers only. A 0-d integer tensor is an axis too (``__index__``), but
-    it hashes by identity and can be filled in place: a cached key would answer for the axis it held before."""
+    """Whether ``axis`` can key the cache: integers only.
+
+    A 0-d integer tensor is an axis too (``__index__``), but it hashes by identity and can be filled in place: a
+    cached key would answer for the axis it held before.
+    """
     return all(isinstance(a, numbers.Integral) for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 

@@ -83,9 +83,23 @@ def test_naming_the_owner_of_x_takes_the_direct_path(monkeypatch: pytest.MonkeyP
         layernorm.use("auto")
     with pytest.raises(BackendError, match="unknown backend 'nope'"):
         layernorm.layer_norm(X, backend="nope")
-    for falsy in ("", 0, False):  # a name, however empty: never read as "not given"
-        with pytest.raises(BackendError, match=f"unknown backend {falsy!r}"):
-            layernorm.layer_norm(X, backend=falsy)
+    with pytest.raises(BackendError, match="unknown backend ''"):  # a name, however empty: never "not given"
+        layernorm.layer_norm(X, backend="")
+
+
+@pytest.mark.parametrize("name", [0, False, 1, ["numpy"], ("numpy",)], ids=repr)
+def test_a_backend_name_that_is_no_string_is_a_backend_error(name: object) -> None:
+    """Whether passed as backend=, to use() or to using(): not a TypeError (a list is unhashable), not "unknown"."""
+    message = rf"a backend name must be a string; got {type(name).__name__}"
+    with pytest.raises(BackendError, match=message):
+        layernorm.layer_norm(X, backend=name)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match=message):
+        layernorm.rms_norm_backward(X, X, backend=name)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match=message):
+        layernorm.use(name)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match=message), layernorm.using(name):  # type: ignore[arg-type]
+        pass
+    assert layernorm.current_backend() == "auto"
 
 
 def test_use_rejects_unknown_names_at_once() -> None:

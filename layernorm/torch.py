@@ -26,7 +26,7 @@ except ImportError as exc:
     raise missing_framework_error("layernorm.torch", "torch", exc, "pip install 'layernorm[torch]'") from exc
 
 import layernorm
-from layernorm.errors import BackendError, ShapeError
+from layernorm.errors import BackendError, DTypeError, ShapeError
 from layernorm_core.dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, param_dtype_for
 from layernorm_core.spec import Kind, check_forward, checked_axis
 
@@ -68,6 +68,7 @@ def _module_layer_norm(
     A function, not a method, so torch.fx.symbolic_trace records it as one node (``torch.fx.wrap`` below): FX
     would otherwise trace into layernorm's checks, which read x's sizes.
     """
+    _require_tensor(x, "LayerNorm")
     if weight is None and bias is None:
         _require_normalized_shape("layer_norm", x, normalized_shape, axis, eps)
         return layernorm.layer_norm(x, None, None, axis=axis, eps=eps, backend="torch")
@@ -86,6 +87,7 @@ def _module_rms_norm(
     A weight of a dtype the core refuses for x (a float32 x, a bfloat16 weight) is cast to the one it takes
     (`param_dtype_for`): torch.nn.RMSNorm takes any floating weight and returns x's dtype.
     """
+    _require_tensor(x, "RMSNorm")
     if eps is None:
         eps = _COMPUTE_EPSILON.get(x.dtype, 0.0)  # 0.0: the core rejects x
     if weight is None:
@@ -102,6 +104,17 @@ def _module_rms_norm(
 
 torch.fx.wrap("_module_layer_norm")
 torch.fx.wrap("_module_rms_norm")
+
+
+def _require_tensor(x: object, module: str) -> None:
+    """DTypeError unless x is a torch.Tensor, as torch.nn's modules require (with or without parameters).
+
+    The functions would take another framework's x and return that type; a module's parameters are tensors.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise DTypeError(
+            f"layernorm.torch.{module} takes a torch.Tensor; got {type(x).__module__}.{type(x).__qualname__}"
+        )
 
 
 def _require_normalized_shape(

@@ -188,11 +188,12 @@ def run(
     return _convert(engine, source, outputs, device, owner)
 
 
-_engine_dtypes: set[tuple[ModuleType, str]] = set()
-"""(engine module, dtype name) pairs `_require_engine_dtype` found computed: its backend's info() takes 1.5-4 us, a
-quarter of a small call between frameworks. Keyed by the module, not the name, so a plugin registered again under
-that name with fewer dtypes is asked anew. Only yeses are kept: a no can turn into a yes (JAX's x64 switched on);
-a yes that turns into a no (x64 switched off) is the engine's own conversion's DTypeError."""
+_engine_dtypes: set[tuple[str, str, str]] = set()
+"""(engine name, its implementation module's name, dtype name) triples `_require_engine_dtype` found computed: its
+backend's info() takes 1.5-4 us, a quarter of a small call between frameworks. The module's name tells a plugin
+registered again under the engine's name by another implementation, which is asked anew (a string, not the module:
+dynamo cannot hash a module). Only yeses are kept: a no can turn into a yes (JAX's x64 switched on); a yes that
+turns into a no (x64 switched off) is the engine's own conversion's DTypeError."""
 
 
 def _require_engine_dtype(engine: ModuleType, name: str, x: Any) -> None:
@@ -202,11 +203,12 @@ def _require_engine_dtype(engine: ModuleType, name: str, x: Any) -> None:
     are left to the core's checks, which word them the same for every engine.
     """
     x_dtype = dtype_name(x.dtype)
-    if (engine, x_dtype) in _engine_dtypes or x_dtype not in FLOAT_DTYPES:
+    key = (name, engine.__name__, x_dtype)
+    if key in _engine_dtypes or x_dtype not in FLOAT_DTYPES:
         return
     info = registry.info(name)
     if x_dtype in info.dtypes:
-        _engine_dtypes.add((engine, x_dtype))
+        _engine_dtypes.add(key)
     else:
         note = info.notes.get(x_dtype)
         raise DTypeError(

@@ -126,6 +126,19 @@ def test_module_refuses_an_input_of_other_sizes(
 
 
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("affine", [False, True], ids=["no-parameters", "parameters"])
+@pytest.mark.parametrize("x", [np.ones((2, 4), np.float32), [[1.0, 2.0, 3.0, 4.0]]], ids=["numpy", "list"])
+def test_module_refuses_an_x_that_is_no_tensor(module: str, affine: bool, x: Any) -> None:
+    """torch.nn's modules raise TypeError for a NumPy array: ours a DTypeError (a TypeError), with or without
+    parameters (without, they returned a NumPy array; RMSNorm raised AttributeError before the checks)."""
+    with pytest.raises(TypeError):
+        getattr(torch.nn, module)(4, elementwise_affine=affine)(x)
+    expected = rf"^layernorm\.torch\.{module} takes a torch\.Tensor; got {type(x).__module__}\.{type(x).__name__}$"
+    with pytest.raises(layernorm.DTypeError, match=expected):
+        getattr(lt, module)(4, elementwise_affine=affine)(x)
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
 def test_a_weight_that_does_not_fit_is_blamed_when_x_fits(module: str) -> None:
     ours = getattr(lt, module)(4)
     ours.weight = torch.nn.Parameter(torch.ones(5))

@@ -15,6 +15,7 @@ from typing import Any
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
 from layernorm_core.errors import BackendError, DeviceError, DTypeError
+from layernorm_core.foreign import dlpack_device_type
 from layernorm_core.registry import registry
 
 AUTO = "auto"
@@ -168,6 +169,8 @@ def run(
         return call(engine, x, params)
     if owner is None:
         return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+    if not registry.multi_device(owner):  # where it does, `_check_companions` compared them
+        check_devices(source.device_of, x, params)  # torch's meta tensors beside CPU ones: no conversion takes both
     _require_engine_dtype(engine, name, x)
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
@@ -226,6 +229,11 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, ta
     """
     if device.partition(":")[0] == "cpu":
         return target.from_numpy(source.to_numpy(array), device)
+    if dlpack_device_type(array) is None:
+        raise DeviceError(
+            f"a {type(array).__module__}.{type(array).__qualname__} on {device} has no DLPack device, so the "
+            f"{target_name!r} backend cannot take it: use x's own backend"
+        )
     converted = target.from_foreign(array)
     if target.device_of(converted).partition(":")[0] == "cpu":
         raise DeviceError(

@@ -17,11 +17,12 @@ def require_host(x: Any, framework: str, error: BaseException) -> None:
     Called before a backend copies such an array through NumPy: a host copy of a device array would fail, or
     hide a device-to-host transfer (and compute on the CPU what the caller placed on a GPU).
     """
-    device_type = _device_type(x)
+    device_type = dlpack_device_type(x)
     if device_type not in DLPACK_HOST:
+        where = "no DLPack device" if device_type is None else f"DLPack device type {device_type}"
         raise DeviceError(
-            f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} (DLPack device type "
-            f"{device_type}) through DLPack: {error}"
+            f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} ({where}) through DLPack: "
+            f"{error}"
         ) from None
 
 
@@ -32,10 +33,19 @@ def row_major_on_device(x: Any) -> Any | None:
     copy it through NumPy, which takes any strides.
     """
     is_contiguous = getattr(x, "is_contiguous", None)
-    if _device_type(x) in DLPACK_HOST or is_contiguous is None or is_contiguous():
+    if dlpack_device_type(x) in DLPACK_HOST or is_contiguous is None or is_contiguous():
         return None
     return x.contiguous()
 
 
-def _device_type(x: Any) -> int:
-    return int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else DLPACK_CPU
+def dlpack_device_type(x: Any) -> int | None:
+    """The DLPack device type of ``x``: kDLCPU for an array without ``__dlpack_device__``.
+
+    None where x has none to give (torch's meta tensors raise ValueError).
+    """
+    if not hasattr(x, "__dlpack_device__"):
+        return DLPACK_CPU
+    try:
+        return int(x.__dlpack_device__()[0])
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,28 @@ def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -
 
     with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
         registry.get(engine).from_foreign(_FakeCudaTensor())
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax", "tensorflow"])
+@pytest.mark.parametrize("on_meta", ["x", "weight", "both"])
+def test_torch_meta_tensors_sent_to_another_engine_are_a_device_error(engine: str, on_meta: str) -> None:
+    """torch reports one device here, so the core compared none: a meta weight beside a CPU x reached torch's
+    NotImplementedError (no copy out of meta), a meta x torch's ValueError (no DLPack device)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip(engine)
+    x, w = torch.from_numpy(X), torch.from_numpy(W)
+    if on_meta in ("x", "both"):
+        x = x.to("meta")
+    if on_meta in ("weight", "both"):
+        w = w.to("meta")
+    expected = {
+        "x": "x is on meta but another argument is on cpu; move them to one device",
+        "weight": "x is on cpu but another argument is on meta; move them to one device",
+        "both": f"a torch.Tensor on meta has no DLPack device, so the '{engine}' backend cannot take it: use x's own "
+        "backend",
+    }[on_meta]
+    with pytest.raises(layernorm.DeviceError, match=f"^{re.escape(expected)}$"):
+        layernorm.layer_norm(x, w, backend=engine)
 
 
 class _HostBfloat16:

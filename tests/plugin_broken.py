@@ -23,6 +23,12 @@ def info_is_a_dict() -> Any:
     return {"version": "1", "devices": ("cpu",)}
 
 
+def info_names_an_unknown_dtype() -> Any:
+    from layernorm_core.protocol import BackendInfo
+
+    return BackendInfo(version="1", devices=("cpu",), dtypes=("fp32",))  # checks of float32 would never run
+
+
 @contextmanager
 def broken_info_backend(name: str, info: Callable[[], Any]) -> Iterator[str]:
     """Register backend ``name``, NumPy's functions with ``info`` as its ``info()``, for a ``with`` block."""

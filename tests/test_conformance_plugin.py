@@ -11,7 +11,7 @@ import pytest
 from conformance_run import run_suite
 from layernorm_conformance import matrix
 from layernorm_conformance.targets import select_targets
-from plugin_broken import broken_info_backend, info_is_a_dict, info_raises
+from plugin_broken import broken_info_backend, info_is_a_dict, info_names_an_unknown_dtype, info_raises
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
@@ -33,6 +33,24 @@ def test_absent_device_is_skipped_with_reason(tmp_path: Path) -> None:
     assert records and all(r["outcome"] == "skipped" for r in records)
     assert all("no cuda device for backend 'numpy'" in r["message"] for r in records)
     assert {r["device"] for r in records} == {"cuda"}
+
+
+def test_a_backend_without_the_dtypes_asked_for_is_skipped_with_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks that draw a dtype from those the backend declares (test_random) had none to draw: hypothesis raised
+    InvalidArgument, a failure."""
+    from dataclasses import replace
+
+    from layernorm_core.registry import registry
+
+    numpy_backend = registry.get("numpy")
+    declared = replace(numpy_backend.info(), dtypes=("float32",))
+    monkeypatch.setattr(numpy_backend, "info", lambda: declared)
+    code, records = _run(tmp_path, "--backend", "numpy", "--dtype", "float16", "-k", "test_random")
+    assert code == pytest.ExitCode.OK
+    assert records and all(r["outcome"] == "skipped" for r in records)
+    assert all("backend 'numpy' computes none of float16 here (it computes float32)" in r["message"] for r in records)
 
 
 def test_records_carry_ids_dtypes_and_ratios(tmp_path: Path) -> None:
@@ -58,7 +76,9 @@ def test_matrix_command_that_runs_no_check_is_not_a_pass(tmp_path: Path, capsys:
     assert f"numpy: {matrix.EXIT_CODES[5]}; pytest exit 5" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("info", [info_raises, info_is_a_dict], ids=["raises", "dict"])
+@pytest.mark.parametrize(
+    "info", [info_raises, info_is_a_dict, info_names_an_unknown_dtype], ids=["raises", "dict", "unknown-dtype"]
+)
 def test_backend_with_broken_info_fails_its_own_checks_only(info: Callable[[], Any], tmp_path: Path) -> None:
     with broken_info_backend("badinfo", info):
         targets = {t.backend: t for t in select_targets(None, None, ["float32"])}
@@ -72,3 +92,8 @@ def test_backend_with_broken_info_fails_its_own_checks_only(info: Callable[[], A
         code, records = run_suite(tmp_path / "bad.json", "--backend", "badinfo", "--dtype", "float32", "-k", "test_eps")
         assert code == pytest.ExitCode.TESTS_FAILED and len(records) == 12
         assert all(r["outcome"] == "failed" and "backend 'badinfo'" in r["message"] for r in records)
+
+        # checks parametrized by asking the backend get None for those parameters: the loader's error, not theirs
+        code, records = run_suite(tmp_path / "traced.json", "--backend", "badinfo", "-k", "test_traced")
+        assert code == pytest.ExitCode.TESTS_FAILED and records
+        assert all(r["outcome"] == "failed" and "BackendError: backend 'badinfo'" in r["message"] for r in records)

@@ -24,6 +24,7 @@ from layernorm_conformance.plugin import (  # noqa: E402 - the plugin's hooks, s
     pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_terminal_summary,
+    target_loads,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
     "pytest_terminal_summary",
+    "target_loads",
 ]

@@ -126,6 +126,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(names, params)
 
 
+@pytest.fixture(autouse=True)
+def target_loads(request: pytest.FixtureRequest) -> None:
+    """Fail a check of a backend that does not load with the loader's BackendError, before the check starts.
+
+    Its parameters from a ``conformance_params`` factory are None (the factory could not ask the backend).
+    """
+    if "target" in request.fixturenames and request.node.module.__name__.startswith(CHECKS_PACKAGE + "."):
+        request.getfixturevalue("target").module  # noqa: B018 - raises the BackendError of a broken target
+
+
 @pytest.fixture
 def numerics(request: pytest.FixtureRequest) -> Numerics:
     """Compares results with the reference and remembers the worst error ratio for the record."""

@@ -80,5 +80,10 @@ def select_targets(
             skip = None
             if device not in info.devices:
                 skip = f"no {device} device for backend {name!r} here (it reports {', '.join(info.devices)})"
+            elif not declared:
+                skip = (
+                    f"backend {name!r} computes none of {', '.join(wanted_dtypes)} here "
+                    f"(it computes {', '.join(info.dtypes) or 'no dtype'})"
+                )
             targets.append(Target(name, device, declared, skip))
     return targets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from layernorm_core.dtypes import FLOAT_DTYPES
 from layernorm_core.spec import NormSpec
 
 
@@ -49,6 +50,12 @@ class BackendInfo:
     """Devices this process can address, of every kind; None: one of each kind in ``devices``. Above one, the
     core compares the `device_of` answers of each call's arrays."""
     notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """ValueError for a dtype name the core does not know (``"fp32"``): no check would run on it."""
+        unknown = [d for d in self.dtypes if d not in FLOAT_DTYPES]
+        if unknown:
+            raise ValueError(f"dtypes {unknown} are not among {', '.join(FLOAT_DTYPES)}")
 
 
 class BackendModule(Protocol):

@@ -87,9 +87,17 @@ class Registry:
             self._collect(plugin_name, plugin)
             return plugin_name
 
-    def unregister_plugin(self, name: str) -> None:
-        """Remove a plugin registered under ``name`` and the backends it declared."""
+    def is_registered(self, name: str) -> bool:
+        """Whether a plugin is registered under ``name`` (not dropped for declaring no backend)."""
         with self._lock:
+            self._discover()
+            return self._manager.get_plugin(name) is not None
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin registered under ``name`` and the backends it declared; BackendError if there is none."""
+        with self._lock:
+            if not self.is_registered(name):
+                raise BackendError(f"no plugin is registered under {name!r}")
             self._manager.unregister(name=name)
             self._distribution_of.pop(name, None)
             for backend in [b for b, p in self._plugin_of.items() if p == name]:

@@ -10,9 +10,11 @@ from layernorm_core.registry import registry
 
 @contextmanager
 def registered(plugin: object, name: str) -> Iterator[str]:
-    """Register ``plugin`` under ``name`` (as an entry-point plugin would be); unregister it on leaving, however."""
+    """Register ``plugin`` under ``name`` (as an entry-point plugin would be); unregister it on leaving, however,
+    unless the registry dropped it (a plugin that declares no backend)."""
     plugin_name = registry.register_plugin(plugin, name=name)
     try:
         yield plugin_name
     finally:
-        registry.unregister_plugin(plugin_name)
+        if registry.is_registered(plugin_name):
+            registry.unregister_plugin(plugin_name)

@@ -267,6 +267,12 @@ def test_malformed_declaration_warns_and_is_not_registered(fields: dict[str, obj
     assert fresh.names() == ()
 
 
+def test_unregistering_a_name_no_plugin_has_is_a_backend_error() -> None:
+    fresh = Registry(entry_point_group="layernorm.no-such-group")
+    with pytest.raises(layernorm.BackendError, match="no plugin is registered under 'nothere'"):
+        fresh.unregister_plugin("nothere")
+
+
 def test_exclusion_outside_the_plugins_own_modules_is_ignored_with_a_warning() -> None:
     """A plugin cannot exclude NumPy's or torch's arrays: every other backend keeps working."""
 

@@ -210,9 +210,10 @@ class Registry:
     def _rebuild_owners(self) -> None:
         """Recompute which backend owns which module; keep the per-type caches that are still right.
 
-        The first declaration of a module keeps it, so a new plugin never changes an owner already cached; only
-        types cached as unowned, or owned by a backend that is gone, are forgotten. Warm caches matter: the
-        per-call path must not fall into the locked slow path while torch.compile traces it.
+        The first declaration of a module keeps it, so a new plugin changes no owner found by a type's own module;
+        only types cached as unowned, owned by a backend that is gone, or owned through a base class whose
+        subclass's package a new plugin declares, are forgotten. Warm caches matter: the per-call path must not
+        fall into the locked slow path while torch.compile traces it.
         """
         self._owner_by_module = {}
         self._excluded_by_module = {}
@@ -222,9 +223,11 @@ class Registry:
             for module in declaration.excluded_modules:
                 if _among_own_modules(module, declaration):
                     self._excluded_by_module.setdefault(module, declaration.name)
-        self._owner_by_type = {cls: owner for cls, owner in self._owner_by_type.items() if owner in self._declarations}
+        self._owner_by_type = {
+            cls: owner for cls, owner in self._owner_by_type.items() if owner and self._nearest_owner(cls) == owner
+        }
         self._loaded_owner_by_type = {
-            cls: owner for cls, owner in self._loaded_owner_by_type.items() if owner in self._declarations
+            cls: owner for cls, owner in self._loaded_owner_by_type.items() if self._owner_by_type.get(cls) == owner
         }
         self.single_device_engines = {
             cls: engine for cls, engine in self.single_device_engines.items() if cls in self._loaded_owner_by_type
@@ -361,11 +364,15 @@ class Registry:
             self._discover()
             for cls in array_type.__mro__:
                 self._reject_excluded(array_type, cls.__module__)
-            for cls in array_type.__mro__:
-                owner = self._owner_by_module.get(cls.__module__.partition(".")[0])
-                if owner is not None:
-                    return owner
-            return None
+            return self._nearest_owner(array_type)
+
+    def _nearest_owner(self, array_type: type) -> str | None:
+        """The backend declared for the package of ``array_type`` or, failing that, of its nearest base class."""
+        for cls in array_type.__mro__:
+            owner = self._owner_by_module.get(cls.__module__.partition(".")[0])
+            if owner is not None:
+                return owner
+        return None
 
     def _reject_excluded(self, array_type: type, module: str) -> None:
         """DTypeError if ``module`` lies within a module that a backend excludes (masked, sparse, ragged arrays)."""

@@ -217,6 +217,32 @@ def test_subclass_of_an_owned_type_belongs_to_its_base_class_owner() -> None:
     np.testing.assert_array_equal(layernorm.layer_norm(x), layernorm.layer_norm(np.asarray(x)))
 
 
+def test_a_plugin_for_a_subclass_package_takes_its_type_even_after_the_base_owner_did() -> None:
+    """A NumPy subclass from a package no backend declares goes to numpy (its base class's owner) until a plugin
+    declares that package; then to that plugin, as it would have in a fresh process (the cached owner stayed)."""
+    import recording_backend
+
+    from layernorm_core import BackendDeclaration, hookimpl
+
+    boxed = type("Boxed", (np.ndarray,), {"__module__": "zzboxed"})
+
+    class Plugin:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            declared = BackendDeclaration(name="boxed", implementation="recording_backend", array_modules=("zzboxed",))
+            return [declared]
+
+    x = X.view(boxed)
+    recording_backend.calls.clear()
+    layernorm.layer_norm(x)
+    assert recording_backend.calls == []  # numpy's
+    with registered(Plugin(), "boxed-plugin"):
+        layernorm.layer_norm(x)
+        assert recording_backend.calls == ["layer_norm"]
+    layernorm.layer_norm(x)
+    assert recording_backend.calls == ["layer_norm"]  # numpy's again
+
+
 def test_weight_of_another_framework_is_rejected() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(DTypeError, match=r"x is a numpy array but another argument is a torch\.Tensor"):

@@ -12,6 +12,7 @@ from layernorm_core.errors import (
     LayerNormError,
     ShapeError,
     not_dense_error,
+    uncomputed_dtype_error,
 )
 from layernorm_core.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspec
 from layernorm_core.protocol import BackendDeclaration, BackendInfo, BackendModule
@@ -40,4 +41,5 @@ __all__ = [
     "hookspec",
     "normalize_axes",
     "not_dense_error",
+    "uncomputed_dtype_error",
 ]

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
-from layernorm_core.errors import BackendError, DeviceError, DTypeError
+from layernorm_core.errors import BackendError, DeviceError, DTypeError, uncomputed_dtype_error
 from layernorm_core.foreign import dlpack_device_type
 from layernorm_core.registry import registry
 
@@ -213,11 +213,7 @@ def _require_engine_dtype(engine: ModuleType, name: str, x: Any) -> None:
     if x_dtype in info.dtypes:
         _engine_dtypes.add(key)
     else:
-        note = info.notes.get(x_dtype)
-        raise DTypeError(
-            f"the {name!r} backend does not compute {x_dtype} here (it computes {', '.join(info.dtypes)})"
-            + (f": {note}" if note else "")
-        )
+        raise uncomputed_dtype_error(name, x_dtype, info.dtypes, info.notes.get(x_dtype))
 
 
 def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, target_name: str) -> Any:

@@ -44,6 +44,18 @@ def not_dense_error(array: str, backend: str, excluded: str, remedy: str) -> DTy
     )
 
 
+def uncomputed_dtype_error(backend: str, dtype: str, computed: tuple[str, ...], note: str | None) -> DTypeError:
+    """The DTypeError for an array of ``dtype`` that ``backend`` does not compute here.
+
+    Worded alike by the core (arrays crossing into the backend) and a backend (its own arrays): ``computed`` lists
+    what it does, ``note`` says why not (its `BackendInfo` note for ``dtype``).
+    """
+    return DTypeError(
+        f"the {backend!r} backend does not compute {dtype} here (it computes {', '.join(computed)})"
+        + (f": {note}" if note else "")
+    )
+
+
 def missing_framework_error(module: str, needs: str, missing: ImportError, install: str) -> ImportError:
     """The ImportError of a layer module (``layernorm.torch``, ``.flax``, ``.keras``) whose framework is missing.
 

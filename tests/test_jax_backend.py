@@ -17,7 +17,7 @@ from cases import HOST_DTYPES, shape_cases
 from jax_compat import enable_x64
 
 import layernorm
-from layernorm_core import check_forward, normalize_axes, reference
+from layernorm_core import check_forward, dispatch, normalize_axes, reference
 from layernorm_core.registry import registry
 from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
@@ -230,7 +230,7 @@ def test_float64_without_x64_is_a_dtype_error_not_a_downcast() -> None:
         assert isinstance(y, np.ndarray) and y.dtype == np.float64
 
 
-def test_a_float64_array_made_under_x64_is_refused_once_x64_is_off() -> None:
+def test_a_float64_array_made_under_x64_is_refused_once_x64_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """It ran as float32 (y, statistics and gradients float32 for a float64 x), with only JAX's own warning."""
     assert not jax.config.read("jax_enable_x64")
     with enable_x64(True):
@@ -242,9 +242,13 @@ def test_a_float64_array_made_under_x64_is_refused_once_x64_is_off() -> None:
         partial(layernorm.layer_norm_backward, x),
         partial(layernorm.rms_norm_backward, x),
     )
+    monkeypatch.setattr(dispatch, "_engine_dtypes", set())  # forget float64 found computed while x64 was on
+    with pytest.raises(layernorm.DTypeError) as crossing:  # the core's check: a NumPy array for the JAX engine
+        layernorm.layer_norm(np.ones((2, 3)), backend="jax")
     for call in calls:
-        with pytest.raises(layernorm.DTypeError, match="jax_enable_x64"):
+        with pytest.raises(layernorm.DTypeError, match="jax_enable_x64") as own:
             call(x)
+        assert str(own.value) == str(crossing.value)  # one wording, whichever path refused it
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -15,13 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
-from layernorm_core.errors import DeviceError, DTypeError
+from layernorm_core.errors import DeviceError, uncomputed_dtype_error
 from layernorm_core.foreign import require_host, row_major_on_device
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_jax import kernels
 
 _DEVICE_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+_X64_OFF = (
+    "x64 is disabled, and JAX would make a float64 array float32; enable it with "
+    "jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1, or cast the array to float32 first"
+)
+"""Why float64 is not computed while x64 is off: `info`'s note, and the end of the DTypeError for such arrays."""
 
 # Compiled once per (shapes, dtypes, axes, eps): an eager call runs one XLA program, not op by op. Inside an
 # outer jit they inline; the custom_vjp rules stay attached.
@@ -61,7 +66,7 @@ def info() -> BackendInfo:
         notes={
             "determinism": "XLA compiles per shape: two runs of one program agree bitwise on the CPU, but a row "
             "may differ in the last bit between batch sizes, so no bitwise promise is made",
-            "float64": "enabled (jax_enable_x64)" if x64 else "needs jax.config.update('jax_enable_x64', True)",
+            "float64": "enabled (jax_enable_x64)" if x64 else _X64_OFF,
             "autodiff": "jax.custom_vjp with the analytic backward; grad of grad and jax.hessian work; plain "
             "forward mode (jax.jvp, jax.jacfwd of the function itself) raises JAX's custom_vjp TypeError",
         },
@@ -208,11 +213,7 @@ def _require_x64_for(spec: NormSpec) -> None:
 
 def _check_representable(dtype: Any) -> None:
     if dtype_name(dtype) == "float64" and not jax.config.read("jax_enable_x64"):
-        raise DTypeError(
-            "a float64 array cannot become a JAX array while x64 is disabled (JAX would silently make it "
-            "float32); enable it with jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1, or cast "
-            "the array to float32 first"
-        )
+        raise uncomputed_dtype_error("jax", "float64", info().dtypes, _X64_OFF)
 
 
 def _devices(kind: str) -> list[jax.Device]:

@@ -711,6 +711,23 @@ def test_meta_tensors_beside_cpu_ones_are_a_device_error(
         getattr(layernorm, op)(first, *params)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows", [8, 2048], ids=["small", "blocked"])
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_outputs_take_in_place_ops_before_the_backward(op: str, axis: int, rows: int, dtype: str) -> None:
+    """``y += 1`` (or ``relu_()``) on a recorded output, as on F.layer_norm's: the blocked rms_norm returned a view
+    made inside its autograd.Function, which autograd refuses to modify in place."""
+    x, w, b, dy = make((rows, 256, 2) if axis == 1 else (rows, 256), axis, dtype, "cpu")
+    params = (w, b) if op == "layer_norm" else (w,)
+    x.requires_grad_()
+    (expected,) = torch.autograd.grad(getattr(layernorm, op)(x, *params, axis=axis), x, dy)
+    y = getattr(layernorm, op)(x, *params, axis=axis)
+    y += 1
+    (dx,) = torch.autograd.grad(y, x, dy)
+    torch.testing.assert_close(dx, expected)  # a moved axis: autograd's in-place rebase may reorder a sum
+
+
 def _every_result(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
     """Forward with and without autograd, autograd's gradient and the explicit backward, of both ops."""
     results = []

@@ -105,12 +105,16 @@ def forward(
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     x_rows = x.reshape(rows, n)
     w = None if weight is None else weight.reshape(n).to(dtype=compute)
-    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)  # not torch's default device
-    rstd = torch.empty((rows, 1), dtype=compute, device=x.device)
+    stats_shape = (*x.shape[: x.ndim - len(normalized_shape)], *(1 for _ in normalized_shape))
+    # Returned as allocated, not as views of row-shaped tensors: autograd refuses in-place ops on an output of a
+    # custom Function that is a view made inside it (``y += 1`` after the forward).
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # not torch's default device
+    rstd = torch.empty(stats_shape, dtype=compute, device=x.device)
+    y_rows, rstd_rows = y.view(rows, n), rstd.view(rows, 1)
     block = max(1, _FORWARD_BLOCK_ELEMENTS // n)
     for start in range(0, rows, block):
         stop = min(start + block, rows)
-        x_b, rstd_b, y_b = x_rows[start:stop], rstd[start:stop], y[start:stop]
+        x_b, rstd_b, y_b = x_rows[start:stop], rstd_rows[start:stop], y_rows[start:stop]
         (work,) = scratch.views((stop - start, n), 1, compute)
         if x.dtype == compute:
             torch.mul(x_b, x_b, out=work)
@@ -124,8 +128,7 @@ def forward(
             out.mul_(w)
         if out is not y_b:
             y_b.copy_(out)
-    stats_shape = (*x.shape[: x.ndim - len(normalized_shape)], *(1 for _ in normalized_shape))
-    return y.reshape(x.shape), rstd.reshape(stats_shape)
+    return y, rstd
 
 
 def gradients(

@@ -14,6 +14,7 @@ between the levels keeps XLA from folding them back into one reduction.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -36,7 +37,7 @@ _UNKNOWN_LEVELS = 3
 
 def row_mean(t: Tensor, spec: NormSpec) -> Tensor:
     """The mean of ``t`` (x's shape, in the compute dtype) over ``spec.axes``, shaped ``spec.stats_shape``."""
-    if _xla_compiled():
+    if xla_compiled():
         levels = _cascade_levels(spec)
         return _cascade_mean(t, spec, levels) if levels > 1 else _plain_mean(t, spec)
     outer = _running_axes(spec)
@@ -73,7 +74,7 @@ def _plain_mean(t: Tensor, spec: NormSpec) -> Tensor:
     return tf.reduce_mean(t, axis=spec.axes, keepdims=True)
 
 
-def _xla_compiled() -> bool:
+def xla_compiled() -> bool:
     """True while tracing a function that XLA compiles (``tf.function(jit_compile=True)``, or one called in it)."""
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
@@ -99,20 +100,24 @@ def _cascade_mean(t: Tensor, spec: NormSpec, levels: int) -> Tensor:
     return tf.reshape(mean, _stats_shape(t, spec))
 
 
-@tf.custom_gradient
-def _barrier(t: Tensor) -> Any:
-    """``xla.optimization_barrier`` of t, differentiable: its gradient is the identity's, and so on to any order.
+def _barrier(t: Tensor) -> Tensor:
+    """``xla.optimization_barrier`` of t: differentiable, its gradient the identity's (`_identity_gradient`)."""
+    (out,) = xla.optimization_barrier(t)
+    return out
 
-    TensorFlow registers no gradient for the barrier: a second derivative, or a tape around a jit-compiled
-    function, through the backward's row sums (which cascade) raised LookupError. stop_gradient keeps tapes and
-    forward accumulators from recording the barrier itself (an accumulator looks its gradient up too).
+
+def _identity_gradient(op: Any, *upstream: Tensor) -> list[Tensor]:
+    """The barrier's gradient: the identity's, to any order, for tapes and forward accumulators alike.
+
+    TensorFlow registers none: without it a second derivative, or a tape around a jit-compiled function, through
+    the backward's row sums (which cascade) raised LookupError. A tf.custom_gradient around the barrier served
+    tapes, but a ForwardAccumulator under XLA took the tangent of its body, which had to stop gradients: zero.
     """
-    (out,) = xla.optimization_barrier(tf.stop_gradient(t))
+    return list(upstream)
 
-    def grad(upstream: Tensor) -> Tensor:
-        return tf.identity(upstream)
 
-    return out, grad
+with contextlib.suppress(KeyError):  # KeyError: a TensorFlow that registers one itself (the identity's too)
+    tf.RegisterGradient("XlaOptimizationBarrier")(_identity_gradient)
 
 
 def _rows(t: Tensor, spec: NormSpec) -> Tensor:

@@ -283,6 +283,8 @@ def _layer_norm_half_via_float32(
     and their sums are float32.
     """
     x32, weight, bias = x.float(), _as(weight, torch.float32), _as(bias, torch.float32)
+    if spec.is_trailing and not return_stats:  # one aten::layer_norm: the legacy ONNX exporter writes one op for it
+        return _layer_norm(x32, spec.normalized_shape, weight, bias, spec.eps).to(dtype=x.dtype)
     if spec.is_trailing:
         y, mean, rstd = _native_layer_norm(x32, spec.normalized_shape, weight, bias, spec.eps)
     else:

@@ -395,9 +395,17 @@ def _rms_norm_half_via_float32(x: torch.Tensor, weight: torch.Tensor | None, spe
 def _rms_norm_permuted(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """_fused_rms_norm over non-trailing axes: moved to the end by a permute (a view), and moved back."""
+    """_fused_rms_norm over non-trailing axes: moved to the end by a permute, and moved back.
+
+    On the CPU the moved x is made contiguous, as `rms_cpu.forward`'s blocks make it: torch's composite sums a
+    strided row in another order, so a batch large enough for the blocks gave its rows other bits than the same
+    rows alone (the promise of batch invariance).
+    """
     perm, inverse = spec.perm, spec.inverse_perm
-    y, rstd = _fused_rms_norm(x.permute(perm), spec.normalized_shape, weight, spec.eps)
+    moved = x.permute(perm)
+    if moved.is_cpu:
+        moved = moved.contiguous()
+    y, rstd = _fused_rms_norm(moved, spec.normalized_shape, weight, spec.eps)
     return y.permute(inverse), rstd.permute(inverse)
 
 

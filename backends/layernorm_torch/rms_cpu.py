@@ -97,8 +97,8 @@ def forward(
     its time there). From there on, block by block: ``sum(x * x)`` by cascade summation into rstd, then
     ``y = x * rstd * weight``, rounded to x's dtype once.
     """
-    if x.numel() < BLOCKED_FORWARD_ELEMENTS:
-        y, rstd = _fused_rms_norm(x, normalized_shape, weight, eps)
+    if x.numel() < BLOCKED_FORWARD_ELEMENTS:  # contiguous rows, as the blocks read them: the same sums (bits)
+        y, rstd = _fused_rms_norm(x.contiguous(), normalized_shape, weight, eps)
         return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd  # a float32 weight promotes a half y
     n = math.prod(normalized_shape)
     rows = x.numel() // n

@@ -125,6 +125,8 @@ class _Norm(nnx.Module):
     reduction_axes: Axes
     feature_axes: Axes
     use_fast_variance: bool
+    axis_name: None
+    axis_index_groups: None
 
     def _keep_settings(
         self,
@@ -152,6 +154,7 @@ class _Norm(nnx.Module):
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
         self.use_fast_variance = use_fast_variance
+        self.axis_name = self.axis_index_groups = None  # Flax's attributes, for code that reads them
 
 
 class LayerNorm(_Norm):

@@ -239,6 +239,15 @@ def test_what_flax_offers_and_layernorm_does_not_is_refused(kwargs: dict[str, An
             RMSNorm(8, rngs=nnx.Rngs(0), **kwargs)
 
 
+@pytest.mark.parametrize(("ours", "theirs"), [(LayerNorm, nnx.LayerNorm), (RMSNorm, nnx.RMSNorm)], ids=["ln", "rms"])
+def test_flax_attributes_read_as_flax_defaults(ours: Any, theirs: Any) -> None:
+    """Code written for flax.nnx reads these attributes; ours hold what Flax's hold by default (they raised
+    AttributeError)."""
+    ours, theirs = ours(8, rngs=nnx.Rngs(0)), theirs(8, rngs=nnx.Rngs(0))
+    for name in ("axis_name", "axis_index_groups", "epsilon", "reduction_axes", "feature_axes", "use_scale"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
 def test_module_trains_under_nnx_jit_and_grad() -> None:
     model = LayerNorm(12, rngs=nnx.Rngs(0))
     reference_model = nnx.LayerNorm(12, rngs=nnx.Rngs(0))

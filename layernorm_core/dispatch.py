@@ -255,8 +255,9 @@ def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]
     """A DeviceError unless x and params are of one device kind and those bound to a device name the same one.
 
     ``device_of`` is the backend's (`BackendModule.device_of`). A bare kind is an array bound to no device of it:
-    it goes with any of them. Called for every call to a backend that reports several devices; a backend that
-    reports one may call it where its framework refused a call (torch's meta tensors beside CPU ones).
+    it goes with any of them. Called for every call to a backend that reports several devices, and for every call
+    whose arrays cross to another framework's engine; a backend that reports one may call it where its framework
+    refused a call (torch's meta tensors beside CPU ones).
     """
     x_device = device_of(x)
     kind = x_device.partition(":")[0]

@@ -307,10 +307,12 @@ class Registry:
             )
         return info
 
-    # The lookups by type or name that follow never change their answer once given. dynamo calls them eagerly
-    # while it traces (`constant_for_dynamo`), so traced code reads none of the caches behind them: a trace that
-    # read a cache would be guarded on it, and an eager call that then added an entry (a new array type, a
-    # backend loaded) would recompile every graph. They take locks and import, which dynamo cannot trace either.
+    # The lookups by type or name that follow never change their answer once given, but for plugins registered
+    # or unregistered at run time (`_rebuild_owners`): code compiled before keeps the answer it traced with. dynamo
+    # calls them eagerly while it traces (`constant_for_dynamo`), so traced code reads none of the caches behind
+    # them: a trace that read a cache would be guarded on it, and an eager call that then added an entry (a new
+    # array type, a backend loaded) would recompile every graph. They take locks and import, which dynamo cannot
+    # trace either.
 
     @constant_for_dynamo
     def loaded_owner(self, array_type: type) -> str | None:

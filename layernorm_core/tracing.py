@@ -44,7 +44,8 @@ def constant_for_dynamo(function: F) -> F:
     """Mark a lookup that dynamo calls eagerly while it traces, taking its result as a constant.
 
     Sets the marker ``torch._dynamo.assume_constant_result`` sets, importing nothing. For the registry's lookups
-    by type or name, whose answer never changes once given: read by traced code, their caches would be guarded,
+    by type or name, whose answer never changes once given (but for plugins registered or unregistered at run
+    time, which code compiled before does not see): read by traced code, their caches would be guarded,
     and an eager call that added an entry (a new array type, a backend loaded) would recompile every graph.
     Dynamo cannot trace their locks and imports either, so a compiled function may be a process's first call.
     """

@@ -69,7 +69,7 @@ def from_foreign(x: Any) -> Array:
     if hasattr(x, "__dlpack__"):
         try:
             return np.from_dlpack(x)
-        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        except (BufferError, RuntimeError, TypeError) as exc:
             require_host(x, "NumPy", exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
     return np.asarray(x)
 

@@ -276,7 +276,7 @@ def _in_transform() -> bool:
 def _layer_norm_half_via_float32(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
-    """Half layer_norm on the CPU for torch.func and forward-mode AD: torch's float32 kernel on float32 copies.
+    """Half layer_norm on the CPU for torch.func, forward-mode AD and jit.trace: torch's float32 kernel on copies.
 
     `HalfLayerNormCPU` (an autograd.Function with a thread-local scratch and no jvp) and the mixed-type backward
     have no torch.func support; these ops each have a batching rule, a derivative and a forward-mode derivative,

@@ -111,7 +111,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names += [a.strip() for a in params_marker.args[0].split(",") if a.strip()]
     params = []
     for target in targets(metafunc.config):
-        for dtype in [d for d in target.dtypes if d in only] if with_dtype else [None]:
+        dtypes = [d for d in target.dtypes if d in only] if with_dtype else [None]
+        if not dtypes and target.skip:  # it computes none of the dtypes asked for: one skip, with its reason
+            dtypes = [None]
+        for dtype in dtypes:
             head = (target, dtype) if with_dtype else (target,)
             base = f"{target.id}-{dtype}" if with_dtype else target.id
             for extra in _per_target(metafunc, target, dtype):
@@ -176,7 +179,7 @@ def _record(item: pytest.Item, report: pytest.TestReport) -> results.Record | No
         "id": item.name,
         "backend": target.backend if isinstance(target, Target) else results.REFERENCE,
         "device": target.device if isinstance(target, Target) else "-",
-        "dtype": params.get("dtype", "-"),
+        "dtype": params.get("dtype") or "-",
         "outcome": report.outcome,
         "max_ratio": None if numerics is None else numerics.worst,
         "ratios": {} if numerics is None else dict(numerics.ratios),

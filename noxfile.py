@@ -16,7 +16,9 @@ import nox
 BACKENDS = {"numpy": "test", "torch": "test,torch", "jax": "test,jax", "tensorflow": "test,tensorflow"}
 """Each backend's conformance virtualenv holds only its framework (NumPy is a core dependency) and test tools."""
 CONSTRAINTS = ("-c", "constraints/cpu.txt")
-RESULTS = Path("conformance-results")
+RESULTS = Path("conformance-results/nox")
+"""The conformance sessions' JSON files, which `matrix` merges: not `check`'s default folder, whose partial runs
+(-k, --dtype) would reach the committed table."""
 CONFORMANCE_ENV = {"jax": {"JAX_ENABLE_X64": "1"}}
 """Environment of each backend's conformance run: JAX runs float64 only with x64 enabled, and it is checked too."""
 MATRIX_DOC = "docs/conformance.md"

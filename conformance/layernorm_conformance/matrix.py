@@ -15,7 +15,7 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 
 from layernorm_conformance import results
 from layernorm_conformance.targets import available_backends
+from layernorm_core.dtypes import FLOAT_DTYPES
 from layernorm_core.errors import BackendError
 from layernorm_core.registry import registry
 
@@ -34,8 +35,9 @@ EXIT_CODES = {
     EXIT_FAILED: "a check failed",
     EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, a --merge file missing or unreadable",
     EXIT_CRASHED: "a backend's run crashed (pytest interrupted, say by an error while collecting): results incomplete",
-    EXIT_EMPTY: "no check ran: a backend's run held none (nothing matched -k, --dtype or --device), every check was "
-    "skipped (a --device or --dtype that no backend runs here), or the merged files hold no record",
+    EXIT_EMPTY: "a backend checked nothing: its run held no check (nothing matched -k, --dtype or --device), every "
+    "one was skipped (its framework missing, a --device or --dtype it does not run here), or its merged file holds "
+    "no record",
 }
 SEVERITY = (EXIT_CRASHED, EXIT_USAGE, EXIT_FAILED, EXIT_EMPTY, EXIT_OK)
 """The exit codes, most serious first."""
@@ -75,14 +77,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", action="append", help="backend to check (repeatable); default: all installed")
     parser.add_argument("--device", action="append", help="device to check (repeatable); default: all reported")
-    parser.add_argument("--dtype", action="append", help="dtype to check (repeatable); default: all declared")
+    parser.add_argument(
+        "--dtype", action="append", choices=FLOAT_DTYPES, help="dtype to check (repeatable); default: all declared"
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the JSON records (default {DEFAULT_OUT})")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge these JSON files instead of running")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table into this Markdown file")
     parser.add_argument("-k", dest="keyword", help="only checks matching this pytest -k expression")
-    parser.add_argument("--examples", type=int, help="hypothesis examples per random check")
+    parser.add_argument("--examples", type=_positive, help="hypothesis examples per random check")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
 
 
 def run_backend(backend: str, args: argparse.Namespace) -> Run:
@@ -109,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run (or merge) the suite's results and print the matrix; return the exit status (`EXIT_CODES`)."""
     args = parse_args(argv)
     try:
+        _check_paths(args)
         runs = _merged(args.merge) if args.merge else [run_backend(b, args) for b in _backends(args)]
         records, versions = _load(runs)
     except (UsageError, BackendError) as exc:
@@ -122,13 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = results.failures(records)
     for record in failed:
         print(f"FAILED {record['id']}: {record['message']}")
-    # The reference's own checks count only where they are all that was asked for (-k reference).
-    backend_records = [record for record in records if record["backend"] != results.REFERENCE] or records
-    ran = any(record["outcome"] != "skipped" for record in backend_records)
-    if not ran:  # say why the backends' checks were skipped
-        for reason in sorted({record["message"] for record in backend_records})[:3]:
-            print(f"skipped: {reason}", file=sys.stderr)
-    return _status(runs, failed=bool(failed), ran=ran)
+    return _status([_emptied(run, records) for run in runs], failed=bool(failed))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """UsageError, before anything runs, for an ``--out`` or a ``--markdown`` that cannot be written.
+
+    ``--out`` must not be a file; ``--markdown`` must be a file (or none yet) in an existing folder.
+    """
+    if not args.merge and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    markdown = Path(args.markdown) if args.markdown else None
+    if markdown is not None and (markdown.is_dir() or not markdown.parent.is_dir()):
+        raise UsageError(f"--markdown {markdown}: a file in an existing folder, please")
 
 
 def _backends(args: argparse.Namespace) -> list[str]:
@@ -159,19 +178,37 @@ def _load(runs: Sequence[Run]) -> tuple[list[results.Record], dict[str, Any]]:
             more, their_versions = results.load([run.path])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{run.path} is not a results file of --conformance-json: {exc!r}") from exc
-        records += more
+        records += [{**record, RUN_KEY: run.path} for record in more]
         versions.update(their_versions)
     return records, versions
 
 
-def _status(runs: Sequence[Run], *, failed: bool, ran: bool) -> int:
+RUN_KEY = "_run"
+"""The key `_load` adds to each record: the path of the run's file, so that each run's records can be told."""
+
+
+def _emptied(run: Run, records: Sequence[results.Record]) -> Run:
+    """``run``, or, where none of its backends' checks ran (all skipped, or none at all), ``run`` as EXIT_EMPTY.
+
+    The reference's own checks count only where they are all that was asked for (-k reference). A run that
+    crashed or was refused keeps its status.
+    """
+    if run.status not in (EXIT_OK, EXIT_FAILED):
+        return run
+    own = [record for record in records if record[RUN_KEY] == run.path]
+    checked = [record for record in own if record["backend"] != results.REFERENCE] or own
+    if any(record["outcome"] != "skipped" for record in checked):
+        return run
+    reasons = sorted({record["message"] for record in checked})[:3]
+    return replace(run, status=EXIT_EMPTY, output="; ".join(reasons) or "it holds no record")
+
+
+def _status(runs: Sequence[Run], *, failed: bool) -> int:
     """The command's exit status; explains, on stderr, each run that crashed, was refused or ran nothing."""
     unusual = [run for run in runs if run.status not in (EXIT_OK, EXIT_FAILED)]
     for run in unusual:
         print(f"\n{run.backend}: {EXIT_CODES[run.status]}; {run.output}", file=sys.stderr)
-    statuses = {run.status for run in unusual} | {EXIT_FAILED if failed else EXIT_OK if ran else EXIT_EMPTY}
-    if not unusual and not ran:
-        print(f"\n{EXIT_CODES[EXIT_EMPTY]}", file=sys.stderr)
+    statuses = {run.status for run in unusual} | {EXIT_FAILED if failed else EXIT_OK}
     return next(code for code in SEVERITY if code in statuses)
 
 

@@ -66,12 +66,22 @@ def _jsonable(record: Record) -> Record:
     return {**record, "ratios": ratios}
 
 
+RECORD_KEYS = frozenset({"id", "backend", "device", "dtype", "outcome"})
+"""The keys every record has, whatever else it holds: the matrix and the failure list read them."""
+
+
 def load(paths: Iterable[str | Path]) -> tuple[list[Record], dict[str, Any]]:
-    """Read several JSON files: all their records, and the backends' versions merged."""
+    """Read several JSON files: all their records, and the backends' versions merged.
+
+    ValueError for a file whose records lack `RECORD_KEYS` or hold an outcome not in `OUTCOMES`.
+    """
     records: list[Record] = []
     backends: dict[str, Any] = {}
     for path in paths:
         document = json.loads(Path(path).read_text())
+        for record in document["records"]:
+            if not (isinstance(record, dict) and record.keys() >= RECORD_KEYS and record["outcome"] in OUTCOMES):
+                raise ValueError(f"a record is not one of a conformance run: {str(record)[:200]}")
         records += document["records"]
         backends.update(document.get("backends", {}))
     return records, backends

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from benchmarks import machine, plots, report, runner
 from benchmarks.cases import DTYPES, SHAPES, select_shapes
+from layernorm.cli import positive_int
+from layernorm_core.registry import registry
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,21 +28,50 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", help="benchmark only this backend (repeatable); default: all")
     p.add_argument("--dtype", action="append", choices=DTYPES, help="only this dtype (repeatable)")
     p.add_argument("--shape", action="append", choices=[s.label for s in SHAPES], help="only this shape (repeatable)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or gpu; auto (default): the accelerator if present")
-    p.add_argument("--threads", type=int, help="compute threads per framework (default: each framework's own choice)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "gpu"),
+        default="auto",
+        help="cpu, cuda or gpu; auto (default): the accelerator if present",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, help="compute threads per framework (default: each framework's own choice)"
+    )
     p.add_argument(
         "--clock",
         choices=sorted(runner.CLOCKS),
         default="wall",
         help="wall (default) or process: CPU time of this process, steadier on a busy machine (CPU only)",
     )
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
-    p.add_argument("--repeats", type=int, help="repeats per round (default 3, quick 1)")
-    p.add_argument("--min-time", type=float, help="seconds each repeat lasts at least (default 0.01, quick 0.005)")
+    p.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 5, quick 3)")
+    p.add_argument("--repeats", type=positive_int, help="repeats per round (default 3, quick 1)")
+    p.add_argument(
+        "--min-time", type=_positive_seconds, help="seconds each repeat lasts at least (default 0.01, quick 0.005)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--from-json", type=Path, help="re-render report.md and plots from an existing results.json")
     return p
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0; got {text}")
+    return value
+
+
+def _check(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """command.error (exit 2) for what the options cannot mean, before anything runs or is written."""
+    unknown = [name for name in args.backend or () if name not in registry.names()]
+    if unknown:
+        command.error(f"unknown backend {', '.join(unknown)}; registered: {', '.join(registry.names())}")
+    if args.clock == "process" and args.device in runner.GPU_KINDS:
+        command.error(f"--clock process cannot time {args.device} work (it counts this process's CPU time)")
+    if args.out.exists() and not args.out.is_dir():
+        command.error(f"--out {args.out} is a file, not a folder")
+    if args.from_json and not args.from_json.is_file():
+        command.error(f"--from-json {args.from_json}: no such file")
 
 
 def config_from(args: argparse.Namespace) -> runner.Config:
@@ -66,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args = command.parse_args(argv)
     if not args.no_plots and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
         command.error("the plots need matplotlib: pip install -e '.[bench]' in this checkout, or pass --no-plots")
+    _check(command, args)
     if args.from_json:
-        data = json.loads(args.from_json.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(args.from_json.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            command.error(f"--from-json {args.from_json} is not a results.json: {exc}")
     else:
         if args.threads:
             machine.limit_threads(args.threads)
@@ -85,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for backend in skipped:
         print(f"skipped {backend['name']}: {backend.get('reason', '')}")
     print(f"\nwrote {path}")
+    if len(skipped) == len(data["backends"]):
+        print("nothing was measured: every backend was skipped", file=sys.stderr)
+        return 1
     return 0
 
 

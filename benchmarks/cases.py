@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 OPS: Final = ("layer_norm", "rms_norm")
 PASSES: Final = ("forward", "forward+backward")
@@ -76,6 +78,30 @@ def traffic_bytes(op: str, pass_: str, shape: Shape, dtype: str) -> int:
 def copy_bytes(shape: Shape, dtype: str) -> int:
     """The bytes a plain copy of x moves: read x, write the copy."""
     return 2 * shape.numel * ITEMSIZE[dtype]
+
+
+def rows_by_columns(text: str) -> tuple[tuple[int, int], ...]:
+    """An argparse type for the speed scripts' ``--shapes``: "8x64,4096x768" as ((8, 64), (4096, 768))."""
+    try:
+        shapes = tuple(tuple(int(size) for size in shape.split("x")) for shape in text.split(","))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"shapes are ROWSxCOLUMNS, comma-separated (8x64,4096x768); got {text!r}")
+    return cast(tuple[tuple[int, int], ...], shapes)
+
+
+def names_among(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names, each one of ``choices``."""
+
+    def names(text: str) -> list[str]:
+        given = text.split(",")
+        unknown = [name for name in given if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose among {', '.join(choices)}")
+        return given
+
+    return names
 
 
 def select_shapes(labels: list[str] | None, quick: bool) -> list[Shape]:

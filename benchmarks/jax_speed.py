@@ -9,6 +9,7 @@ the ratios to layernorm's median (ratio > 1: the other candidate is slower).
     python -m benchmarks.jax_speed                # (4096, 768) and (8192, 4096), float32 and bfloat16
     python -m benchmarks.jax_speed --quick        # smaller shapes, fewer rounds
     python -m benchmarks.jax_speed --threads 1 --clock process   # steadier on a busy machine
+    python -m benchmarks.jax_speed --shapes 1x768,1024x768 --dtype float32
 
 ``--threads 1`` runs XLA:CPU single-threaded and ``--clock process`` times with the process CPU clock, which a
 busy shared machine disturbs far less than the wall clock (time spent descheduled is not counted).
@@ -26,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 import layernorm
+from benchmarks.cases import rows_by_columns
 from benchmarks.timing import Clock, Timing, interleaved, print_timings
+from layernorm.cli import positive_int
 
 EPS = 1e-6  # Flax's default; every candidate uses it
 SHAPES = ((4096, 768), (8192, 4096))
@@ -131,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run every case and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
-    parser.add_argument("--threads", type=int, default=None, help="XLA:CPU threads (1: single-threaded)")
+    parser.add_argument("--shapes", type=rows_by_columns, help="comma-separated rows x columns, e.g. 1x768,4096x768")
+    parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 7, quick 3)")
+    parser.add_argument("--threads", type=positive_int, help="XLA:CPU threads (1: single-threaded)")
     parser.add_argument("--clock", choices=("wall", "process"), default="wall", help="wall clock or process CPU time")
     parser.add_argument("--dtype", choices=DTYPES, action="append", help="only this dtype (repeatable)")
     args = parser.parse_args(argv)
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--xla_cpu_multi_thread_eigen={str(args.threads > 1).lower()} intra_op_parallelism_threads={args.threads}"
         )
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     rounds = args.rounds or (3 if args.quick else 7)
     clock = time.process_time if args.clock == "process" else time.perf_counter
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), clock={args.clock}")

@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 
 import layernorm
+from benchmarks.cases import OPS, names_among, rows_by_columns
 from benchmarks.timing import Timing, interleaved
+from layernorm.cli import positive_int
 
 EPS = 1e-5
 SHAPES = ((8, 64), (4096, 768), (8192, 4096))
 QUICK_SHAPES = ((8, 64), (4096, 768))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_DTYPES = "float32,bfloat16"
+DEFAULT_DTYPES = ["float32", "bfloat16"]
 
 
 def sync_for(device: str) -> Callable[[Any], Any]:
@@ -167,12 +169,6 @@ def backward_breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, i
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def _parsed_shapes(text: str) -> tuple[tuple[int, int], ...]:
-    """The shapes of ``--shapes``: "8x64,4096x768" as ((8, 64), (4096, 768))."""
-    pairs = [tuple(int(size) for size in shape.split("x")) for shape in text.split(",")]
-    return tuple((rows, columns) for rows, columns in pairs)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table per (op, mode)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,23 +176,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
     parser.add_argument(
         "--device",
+        choices=("cpu", "cuda"),
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda (default: cuda if present)",
     )
-    parser.add_argument("--ops", default="layer_norm,rms_norm", help="comma-separated, of layer_norm, rms_norm")
-    parser.add_argument("--shapes", default=None, help="comma-separated rows x columns, e.g. 8x64,64x768")
-    parser.add_argument("--dtypes", default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
-    parser.add_argument("--sets", type=int, default=2, help="input sets in rotation; more than the caches hold: cold")
+    parser.add_argument(
+        "--ops", type=names_among(OPS), default=list(OPS), help="comma-separated, of layer_norm, rms_norm"
+    )
+    parser.add_argument("--shapes", type=rows_by_columns, help="comma-separated rows x columns, e.g. 8x64,64x768")
+    dtypes = names_among(tuple(DTYPES))
+    parser.add_argument(
+        "--dtypes", type=dtypes, default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}"
+    )
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 5, quick 3)")
+    parser.add_argument(
+        "--sets", type=positive_int, default=2, help="input sets in rotation; more than the caches hold: cold"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
     if args.breakdown:
-        for shape in _parsed_shapes(args.shapes) if args.shapes else ((8, 64),):
-            for dtype in args.dtypes.split(","):
+        for shape in args.shapes or ((8, 64),):
+            for dtype in args.dtypes:
                 for mode, timed in (("forward", breakdown), ("forward+backward", backward_breakdown)):
                     timings = timed(rounds, args.device, dtype, shape)
                     base = timings["F.layer_norm"].median
@@ -204,17 +208,15 @@ def main(argv: list[str] | None = None) -> None:
                     for name, t in timings.items():
                         print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
         return
-    shapes: tuple[tuple[int, int], ...] = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = _parsed_shapes(args.shapes)
-    for op in args.ops.split(","):
+    shapes: tuple[tuple[int, int], ...] = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    for op in args.ops:
         for backward in (False, True):
             mode = "forward+backward" if backward else "forward"
             print(f"\n{op} {mode}")
             header = ("shape", "dtype", "ours us", "torch us", "copy us", "ours/torch", "p10 ratio", "ours/f32")
             print("  " + " ".join(f"{h:>11s}" for h in header))
             for shape in shapes:
-                for dtype in args.dtypes.split(","):
+                for dtype in args.dtypes:
                     case = bench_case(op, shape, dtype, args.device, backward, rounds, args.sets)
                     ours, theirs, copy = (case[k].median * 1e6 for k in ("ours", "torch", "copy"))
                     dims = "x".join(map(str, shape))

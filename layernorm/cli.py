@@ -16,6 +16,14 @@ EXIT_USAGE = 2
 DESCRIPTION = "The layernorm command line: list the registered backends, or check them against the conformance suite."
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an int of at least 1 (a count of rounds, examples, threads)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table with columns padded to their widest cell."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]

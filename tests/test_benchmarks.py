@@ -427,6 +427,61 @@ def test_torch_speed_times_a_half_layer_norm_against_torch_on_float32_copies(
     assert all(float(row[-1]) > 0 for row in rows if row[1] == "bfloat16")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--backend", "nope"],
+        ["--device", "foo"],
+        ["--rounds", "0"],
+        ["--threads", "-1"],
+        ["--min-time", "0"],
+        ["--clock", "process", "--device", "cuda"],
+        ["--out-is-a-file"],
+        ["--from-json", "missing.json"],
+        ["--from-json", "not-json.json"],
+    ],
+    ids=lambda options: "-".join(options).lstrip("-"),
+)
+def test_cli_refuses_what_it_cannot_use_before_the_run(
+    options: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each measured nothing and exited 0 (a typo in CI passed), or raised a traceback."""
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran before refusing")
+
+    monkeypatch.setattr(runner, "run", unreachable)
+    (tmp_path / "not-json.json").write_text("{")
+    (tmp_path / "file").write_text("")
+    out = tmp_path / ("file" if options == ["--out-is-a-file"] else "out")
+    options = [str(tmp_path / o) if o.endswith(".json") else o for o in options if o != "--out-is-a-file"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--out", str(out), "--no-plots", *options])
+    assert exited.value.code == 2
+
+
+def test_cli_exits_1_when_every_backend_was_skipped(numpy_run: dict[str, Any], tmp_path: Path) -> None:
+    skipped = {**numpy_run, "backends": [b for b in numpy_run["backends"] if b["status"] != "ran"], "results": []}
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(skipped), encoding="utf-8")
+    assert cli.main(["--out", str(tmp_path / "out"), "--from-json", str(source), "--no-plots"]) == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--ops", "foo"], ["--dtypes", "float64"], ["--shapes", "8x"], ["--shapes", "32x128x1024"], ["--device", "tpu"]],
+    ids=lambda options: "-".join(options).lstrip("-"),
+)
+def test_torch_speed_refuses_what_it_cannot_use(options: list[str]) -> None:
+    """--ops foo timed rms_norm under the label foo; the others raised tracebacks."""
+    pytest.importorskip("torch")
+    from benchmarks import torch_speed
+
+    with pytest.raises(SystemExit) as exited:
+        torch_speed.main(options)
+    assert exited.value.code == 2
+
+
 def test_missing_matplotlib_is_refused_before_the_run(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from layernorm.cli import positive_int
 from layernorm_conformance import results
 from layernorm_conformance.targets import available_backends
 from layernorm_core.dtypes import FLOAT_DTYPES
@@ -84,17 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge these JSON files instead of running")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table into this Markdown file")
     parser.add_argument("-k", dest="keyword", help="only checks matching this pytest -k expression")
-    parser.add_argument("--examples", type=_positive, help="hypothesis examples per random check")
+    parser.add_argument("--examples", type=positive_int, help="hypothesis examples per random check")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an int of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
 
 
 def run_backend(backend: str, args: argparse.Namespace) -> Run:

@@ -34,7 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED, EXIT_EMPTY = 0, 1, 2, 3, 5
 EXIT_CODES = {
     EXIT_OK: "every check passed or was skipped",
     EXIT_FAILED: "a check failed",
-    EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, a --merge file missing or unreadable",
+    EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, an --out or --markdown that cannot be "
+    "written, a --merge file missing or unreadable",
     EXIT_CRASHED: "a backend's run crashed (pytest interrupted, say by an error while collecting): results incomplete",
     EXIT_EMPTY: "a backend checked nothing: its run held no check (nothing matched -k, --dtype or --device), every "
     "one was skipped (its framework missing, a --device or --dtype it does not run here), or its merged file holds "
@@ -160,6 +161,10 @@ def _merged(paths: Sequence[str]) -> list[Run]:
     return [Run(Path(path).stem, Path(path), EXIT_OK) for path in paths]
 
 
+RUN_KEY = "_run"
+"""The key `_load` adds to each record: the path of the run's file, so that each run's records can be told."""
+
+
 def _load(runs: Sequence[Run]) -> tuple[list[results.Record], dict[str, Any]]:
     """The records and backend versions of every run that wrote its file; UsageError for a file that is not one."""
     records: list[results.Record] = []
@@ -174,10 +179,6 @@ def _load(runs: Sequence[Run]) -> tuple[list[results.Record], dict[str, Any]]:
         records += [{**record, RUN_KEY: run.path} for record in more]
         versions.update(their_versions)
     return records, versions
-
-
-RUN_KEY = "_run"
-"""The key `_load` adds to each record: the path of the run's file, so that each run's records can be told."""
 
 
 def _emptied(run: Run, records: Sequence[results.Record]) -> Run:

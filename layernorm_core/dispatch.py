@@ -164,13 +164,11 @@ def run(
     engine, owner, name = resolve(x, backend, tracing)
     if owner is not None:
         source = engine if owner == name else registry.get(owner)
-        _check_companions(source, owner, x, params)
+        _check_companions(source, owner, x, params, crossing=owner != name)
     if owner == name:
         return call(engine, x, params)
     if owner is None:
         return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
-    if not registry.multi_device(owner):  # where it does, `_check_companions` compared them
-        check_devices(source.device_of, x, params)  # torch's meta tensors beside CPU ones: no conversion takes both
     _require_engine_dtype(engine, name, x)
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
@@ -239,7 +237,12 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, ta
     return converted
 
 
-def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any]) -> None:
+def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any], crossing: bool = False) -> None:
+    """DTypeError unless params are of x's framework; DeviceError unless they are on x's device.
+
+    Devices are compared where ``owner`` reports several, or where the arrays are ``crossing`` to another engine
+    (torch reports one device here, yet meta tensors beside CPU ones would reach a conversion that takes neither).
+    """
     x_type = type(x)
     for array in params:
         if array is not None and type(array) is not x_type and registry.owner_of(array) != owner:
@@ -247,7 +250,7 @@ def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[A
                 f"x is a {owner} array but another argument is a {type(array).__module__}."
                 f"{type(array).__qualname__}; pass arrays of one framework"
             )
-    if registry.multi_device(owner):
+    if crossing or registry.multi_device(owner):
         check_devices(source.device_of, x, params)
 
 

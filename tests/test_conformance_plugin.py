@@ -78,57 +78,6 @@ def test_matrix_command_that_runs_no_check_is_not_a_pass(tmp_path: Path, capsys:
     assert f"numpy: {matrix.EXIT_CODES[5]}; pytest exit 5" in capsys.readouterr().err
 
 
-def _record(backend: str, outcome: str, message: str = "") -> dict[str, Any]:
-    return {"id": f"test_x[{backend}-cpu-float32]", "backend": backend, "device": "cpu", "dtype": "float32",
-            "outcome": outcome, "max_ratio": None, "message": message}  # fmt: skip
-
-
-def test_matrix_command_says_which_backend_checked_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """One backend's checks all skipped (its framework missing) beside one that ran is exit 5, not a pass: the
-    command decided over all backends' records together."""
-    from layernorm_conformance import results
-
-    results.write(tmp_path / "numpy.json", [_record("numpy", "passed")], {})
-    results.write(tmp_path / "torch.json", [_record("torch", "skipped", "backend 'torch': torch is not installed")], {})
-    code = matrix.main(["--merge", str(tmp_path / "numpy.json"), str(tmp_path / "torch.json")])
-    assert code == matrix.EXIT_EMPTY
-    assert "torch: a backend checked nothing" in capsys.readouterr().err
-    assert matrix.main(["--merge", str(tmp_path / "numpy.json")]) == matrix.EXIT_OK
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        pytest.param(["--dtype", "float8"], id="unknown-dtype"),
-        pytest.param(["--examples", "0"], id="no-examples"),
-    ],
-)
-def test_matrix_command_refuses_bad_options_before_running(options: list[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        matrix.main(["--backend", "numpy", *options])
-    assert exit_.value.code == matrix.EXIT_USAGE
-
-
-@pytest.mark.parametrize("problem", ["out-is-a-file", "markdown-in-no-folder", "markdown-is-a-folder", "bad-record"])
-def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
-    problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from layernorm_conformance import results
-
-    (tmp_path / "file").write_text("")
-    good = tmp_path / "numpy.json"
-    results.write(good, [_record("numpy", "passed")], {})
-    (tmp_path / "bad.json").write_text('{"records": [{"x": 1}]}')
-    options = {
-        "out-is-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file")],
-        "markdown-in-no-folder": ["--merge", str(good), "--markdown", str(tmp_path / "no" / "such.md")],
-        "markdown-is-a-folder": ["--merge", str(good), "--markdown", str(tmp_path)],
-        "bad-record": ["--merge", str(tmp_path / "bad.json")],
-    }[problem]
-    assert matrix.main(options) == matrix.EXIT_USAGE
-    assert "python -m layernorm check: error:" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "info", [info_raises, info_is_a_dict, info_names_an_unknown_dtype], ids=["raises", "dict", "unknown-dtype"]
 )

@@ -115,6 +115,52 @@ def test_matrix_merge_of_no_records_is_not_a_pass(tmp_path: Path) -> None:
     assert matrix.main(["--merge", str(empty)]) == 5
 
 
+def test_matrix_command_says_which_backend_checked_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One backend's checks all skipped (its framework missing) beside one that ran is exit 5, not a pass: the
+    command decided over all backends' records together."""
+    results.write(tmp_path / "numpy.json", [_record("numpy", "float32", "passed", 0.25)], {})
+    results.write(
+        tmp_path / "torch.json",
+        [{**_record("torch", "float32", "skipped", None), "message": "backend 'torch': torch is not installed"}],
+        {},
+    )
+    code = matrix.main(["--merge", str(tmp_path / "numpy.json"), str(tmp_path / "torch.json")])
+    assert code == matrix.EXIT_EMPTY
+    assert "torch: a backend checked nothing" in capsys.readouterr().err
+    assert matrix.main(["--merge", str(tmp_path / "numpy.json")]) == matrix.EXIT_OK
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(["--dtype", "float8"], id="unknown-dtype"),
+        pytest.param(["--examples", "0"], id="no-examples"),
+    ],
+)
+def test_matrix_command_refuses_bad_options_before_running(options: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        matrix.main(["--backend", "numpy", *options])
+    assert exit_.value.code == matrix.EXIT_USAGE
+
+
+@pytest.mark.parametrize("problem", ["out-is-a-file", "markdown-in-no-folder", "markdown-is-a-folder", "bad-record"])
+def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
+    problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    good = tmp_path / "numpy.json"
+    results.write(good, [_record("numpy", "float32", "passed", 0.25)], {})
+    (tmp_path / "bad.json").write_text('{"records": [{"x": 1}]}')
+    options = {
+        "out-is-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file")],
+        "markdown-in-no-folder": ["--merge", str(good), "--markdown", str(tmp_path / "no" / "such.md")],
+        "markdown-is-a-folder": ["--merge", str(good), "--markdown", str(tmp_path)],
+        "bad-record": ["--merge", str(tmp_path / "bad.json")],
+    }[problem]
+    assert matrix.main(options) == matrix.EXIT_USAGE
+    assert "python -m layernorm check: error:" in capsys.readouterr().err
+
+
 def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[dict] | None) -> None:
     """Let every backend run end with pytest's ``returncode``, having written ``records`` (None: no file)."""
 

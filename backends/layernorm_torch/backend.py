@@ -227,13 +227,14 @@ def _layer_norm_half(
     On CUDA the kernel keeps float32 statistics and reads parameters in x's dtype: float32 ones are cast to it.
     """
     on_cpu = x.is_cpu
+    if _in_transform() or (on_cpu and (torch.compiler.is_exporting() or torch.jit.is_tracing())):
+        # The mixed-type kernel's tangent is float32 (so is the CUDA half kernel's, its statistics being float32),
+        # and its fake kernel says its statistics are half; HalfLayerNormCPU has no tangent and no batching rule,
+        # and strict export runs it without autograd. torch.jit.trace cannot record HalfLayerNormCPU, and its
+        # check traces again under no_grad: the traced graph must not depend on grad mode, so a CPU trace always
+        # takes this route.
+        return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
     if on_cpu:
-        if _in_transform() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-            # The mixed-type kernel's tangent is float32, and its fake kernel says its statistics are half;
-            # HalfLayerNormCPU has no tangent and no batching rule, and strict export runs it without autograd.
-            # torch.jit.trace cannot record HalfLayerNormCPU, and its check traces again under no_grad: the traced
-            # graph must not depend on grad mode, so a trace always takes this route.
-            return _layer_norm_half_via_float32(x, weight, bias, spec, return_stats)
         train_params = (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
         if train_params and torch.is_grad_enabled():
             return _layer_norm_half_cpu_autograd(x, weight, bias, spec, return_stats)
@@ -276,7 +277,7 @@ def _in_transform() -> bool:
 def _layer_norm_half_via_float32(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, spec: NormSpec, return_stats: bool
 ) -> Any:
-    """Half layer_norm on the CPU for torch.func, forward-mode AD and jit.trace: torch's float32 kernel on copies.
+    """Half layer_norm for torch.func and forward-mode AD (and jit.trace on the CPU): the float32 kernel on copies.
 
     `HalfLayerNormCPU` (an autograd.Function with a thread-local scratch and no jvp) and the mixed-type backward
     have no torch.func support; these ops each have a batching rule, a derivative and a forward-mode derivative,

@@ -127,6 +127,80 @@ def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row", [40, 33], ids=["row-of-40", "row-of-33"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "one-element-in"])
+def test_rms_norm_rows_with_inf(offset: int, row: int, dtype: str, device: str) -> None:
+    """A row holding an Inf: rstd 0, y 0 but NaN at the Inf (docs/spec.md), on every kernel path.
+
+    torch's CUDA kernel gives such a row rstd NaN where it cannot read four values at a time (float64, a row of
+    33, an x starting one element into its storage): those rows take another route.
+    """
+    base, w, _, _ = make((6 * row + offset,), -1, dtype, device)
+    x = base[offset:].view(6, row)
+    x[1, 3], x[4, 5] = float("nan"), float("inf")
+    weight = w[offset : offset + row]
+    spec = check_forward("rms_norm", x, weight, None, -1, 1e-5)
+    ref_y, ref_rstd = reference.rms_norm(f64(x), f64(weight), spec)
+    y, rstd = layernorm.rms_norm(x, weight, return_stats=True)
+    assert (rstd[4] == 0).all() and rstd[1].isnan().all()
+    finite = [0, 2, 3, 5]
+    assert error_ratio(f64(y)[finite], ref_y[finite], tolerance(dtype, "output")) <= 1
+    assert error_ratio(f64(rstd)[finite], ref_rstd[finite], tolerance(dtype, "stats")) <= 1
+    for got in (y, layernorm.rms_norm(x, weight)):
+        assert got[1].isnan().all() and got[4, 5].isnan()
+        assert (got[4, :5] == 0).all() and (got[4, 6:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "mixed"), [(dtype, False) for dtype in DTYPES] + [("float16", True), ("bfloat16", True)]
+)
+@pytest.mark.parametrize(("shape", "axis"), CASES[:5])
+def test_rms_norm_by_reductions(shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool) -> None:
+    """The route CUDA rows with an Inf would misread take (`_rms_norm_by_reductions`), here on the CPU: y and
+    rstd against the reference, and autograd's gradients through them (float32 parameters with a half x too)."""
+    from layernorm_torch import backend
+
+    x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
+    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+    leaves = [t.clone().requires_grad_() for t in (x, w)]
+    y, rstd = backend._rms_norm_by_reductions(*leaves, spec, return_stats=True)
+    ref_y, ref_rstd = reference.rms_norm(f64(x), f64(w), spec)
+    assert (y.dtype, tuple(y.shape)) == (x.dtype, tuple(x.shape))
+    assert rstd.dtype == DTYPES[spec.compute_dtype] and tuple(rstd.shape) == spec.stats_shape
+    assert error_ratio(f64(y), ref_y, tolerance(dtype, "output")) <= 1
+    assert error_ratio(f64(rstd), ref_rstd, tolerance(dtype, "stats")) <= 1
+    y.backward(dy)
+    check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e15), ("float32", 1e-15), ("float64", 1e120), ("float64", 1e-120)]
+)
+@TRAILING_OR_CHANNELS_FIRST
+def test_rms_rows_by_reductions_under_autograd(
+    monkeypatch: pytest.MonkeyPatch, axis: Any, dtype: str, scale: float
+) -> None:
+    """`RMSNormRows` with `rms_rows.by_reductions` as its forward, the route of CUDA rows torch's kernel misreads
+    (`rms_rows.forward` takes it off the CPU), here on the CPU: rows of RMS far from 1 with eps = 0, where autograd's
+    derivative of the reductions goes through an rstd**3 out of range (dx inf), and the analytic backward does not."""
+    from layernorm_torch import backend, rms_rows
+
+    def off_the_cpu(x: Any, weight: Any, normalized_shape: tuple[int, ...], eps: float) -> Any:
+        return rms_rows.by_reductions(x, weight, tuple(range(x.ndim - len(normalized_shape), x.ndim)), eps)
+
+    monkeypatch.setattr(rms_rows, "forward", off_the_cpu)
+    x, w, _, dy = make((6, 20, 12), axis, dtype, "cpu")
+    x = x * scale
+    spec = check_forward("rms_norm", x, w, None, axis, 0.0)
+    leaves = [t.clone().requires_grad_() for t in (x, w)]
+    y = backend._rms_norm_rows(*leaves, spec, return_stats=False, recorded=True)
+    assert error_ratio(f64(y), reference.rms_norm(f64(x), f64(w), spec)[0], tolerance(dtype, "output")) <= 1
+    y.backward(dy)
+    check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype, eps=0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), AUTOGRAD_CASES)
 def test_autograd_matches_reference(shape: tuple[int, ...], axis: Any, dtype: str, device: str) -> None:
     x, w, b, dy = make(shape, axis, dtype, device)
@@ -219,22 +293,22 @@ def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
 
 @pytest.fixture
 def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every CPU rms_norm through `rms_cpu` (and `RMSNormCPU` when autograd records), in blocks of 72 elements."""
-    from layernorm_torch import rms_cpu
+    """Run every CPU rms_norm through `rms_rows` (and `RMSNormRows` when autograd records), in blocks of 72 elements."""
+    from layernorm_torch import rms_rows
 
-    monkeypatch.setattr(rms_cpu, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(rms_cpu, "_BLOCK_ELEMENTS", 72)
-    monkeypatch.setattr(rms_cpu, "_FORWARD_BLOCK_ELEMENTS", 72)
-    monkeypatch.setattr(rms_cpu, "BLOCKED_FORWARD_ELEMENTS", 72)
-    monkeypatch.setattr(rms_cpu, "UNRECORDED_FORWARD_ELEMENTS", 72)
+    monkeypatch.setattr(rms_rows, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(rms_rows, "_BLOCK_ELEMENTS", 72)
+    monkeypatch.setattr(rms_rows, "_FORWARD_BLOCK_ELEMENTS", 72)
+    monkeypatch.setattr(rms_rows, "BLOCKED_FORWARD_ELEMENTS", 72)
+    monkeypatch.setattr(rms_rows, "UNRECORDED_FORWARD_ELEMENTS", 72)
 
 
 def differentiated_by_rms_cpu(y: Any) -> bool:
-    """Whether autograd differentiates y with `RMSNormCPU` (under the permute back, for non-trailing axes)."""
+    """Whether autograd differentiates y with `RMSNormRows` (under the permute back, for non-trailing axes)."""
     node = y.grad_fn
     if type(node).__name__ == "PermuteBackward0":
         node = node.next_functions[0][0]
-    return type(node).__name__ == "RMSNormCPUBackward"
+    return type(node).__name__ == "RMSNormRowsBackward"
 
 
 RMS_CPU_CASES = [
@@ -242,7 +316,7 @@ RMS_CPU_CASES = [
     pytest.param((5, 24, 7), 1, id="channels-first"),
     pytest.param((3, 4, 2, 6), (1, 3), id="non-adjacent"),
     pytest.param((2, 200), -1, id="rows-over-a-block"),
-    pytest.param((2, 3, 8), -1, id="under-a-block"),  # forward: torch's kernel; backward: `RMSNormCPU`
+    pytest.param((2, 3, 8), -1, id="under-a-block"),  # forward: torch's kernel; backward: `RMSNormRows`
 ]
 
 
@@ -251,7 +325,7 @@ RMS_CPU_CASES = [
 @pytest.mark.parametrize("params", ["trained", "frozen-weight", "frozen-x", "no-weight", "float32-weight"])
 @pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
 def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, params: str, dtype: str) -> None:
-    """`RMSNormCPU` (block by block, several blocks and a short last one) against the reference, for each input
+    """`RMSNormRows` (block by block, several blocks and a short last one) against the reference, for each input
     that requires grad; a float32 weight for a half x gets a float32 gradient."""
     mixed = params == "float32-weight" and dtype in ("float16", "bfloat16")
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
@@ -279,7 +353,7 @@ def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, param
 def test_rms_norm_cpu_analytic_backward_when(
     shape: tuple[int, ...], grad: bool, analytic: bool, return_stats: bool
 ) -> None:
-    """Which CPU rms_norm calls `RMSNormCPU` differentiates: any size, with autograd on and x or weight requiring
+    """Which CPU rms_norm calls `RMSNormRows` differentiates: any size, with autograd on and x or weight requiring
     grad."""
     x, w, _, _ = make(shape, -1, "float32", "cpu")
     w.requires_grad_()
@@ -293,7 +367,7 @@ def test_rms_norm_cpu_analytic_backward_when(
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
 def test_rms_norm_cpu_forward(shape: tuple[int, ...], axis: Any, dtype: str) -> None:
-    """`rms_cpu.forward` (several blocks and a short last one) against the reference: y and rstd, the same bits
+    """`rms_rows.forward` (several blocks and a short last one) against the reference: y and rstd, the same bits
     with and without gradients, with and without return_stats; a loss on rstd reaches x."""
     x, w, _, _ = make(shape, axis, dtype, "cpu")
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
@@ -316,7 +390,7 @@ def test_rms_norm_cpu_forward(shape: tuple[int, ...], axis: Any, dtype: str) -> 
 @pytest.mark.usefixtures("rms_cpu_small_blocks")
 @pytest.mark.parametrize("axis", [-1, 1, (0, 2)], ids=["trailing", "channels-first", "non-adjacent"])
 def test_rms_norm_cpu_analytic_backward_second_order(axis: Any) -> None:
-    """Under create_graph=True `RMSNormCPU`'s backward is differentiable, with rstd recomputed from x."""
+    """Under create_graph=True `RMSNormRows`'s backward is differentiable, with rstd recomputed from x."""
     x, w, _, _ = make((4, 5, 6), axis, "float64", "cpu")
     x, w = x.requires_grad_(), w.requires_grad_()
     assert differentiated_by_rms_cpu(layernorm.rms_norm(x, w, axis=axis))
@@ -327,7 +401,7 @@ def test_rms_norm_cpu_analytic_backward_second_order(axis: Any) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rms_norm_cpu_transforms_keep_torch_ops(dtype: str) -> None:
     """torch.func and forward-mode AD cannot run an autograd.Function without a vmap or jvp rule: there rms_norm
-    keeps torch's ops, even above `rms_cpu.MIN_ELEMENTS` (lowered to 0 here)."""
+    keeps torch's ops, even above `rms_rows.MIN_ELEMENTS` (lowered to 0 here)."""
     import torch.autograd.forward_ad as fwad
 
     x, w, _, dy = make((6, 20, 12), -1, dtype, "cpu")
@@ -345,7 +419,7 @@ def test_rms_norm_cpu_transforms_keep_torch_ops(dtype: str) -> None:
 @pytest.mark.parametrize("rows", [8, 128], ids=["formula", "blocks"])
 def test_rms_norm_trains_a_weight_on_an_inference_tensor(rows: int, dtype: str) -> None:
     """As with torch.nn.RMSNorm, an x made under torch.inference_mode feeds a weight that autograd trains, below
-    and from `rms_cpu.MIN_ELEMENTS` (autograd cannot save an inference tensor: `RMSNormCPU` keeps a copy)."""
+    and from `rms_rows.MIN_ELEMENTS` (autograd cannot save an inference tensor: `RMSNormRows` keeps a copy)."""
     x, w, _, dy = make((rows, 512), -1, dtype, "cpu")
     with torch.inference_mode():
         x_inference = x.clone()

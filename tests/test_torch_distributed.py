@@ -51,7 +51,7 @@ CASES = pytest.mark.parametrize(
         )
     ],
 )
-"""1 << 15 rows reach the CPU routes that work in plain scratch tensors for plain inputs (`rms_cpu`, the blocked half
+"""1 << 15 rows reach the CPU routes that work in plain scratch tensors for plain inputs (`rms_rows`, the blocked half
 backward); a DTensor takes torch's ops there, which dispatch through it."""
 
 

@@ -31,9 +31,9 @@ def check_layer_norm_grads(grads: tuple, x: Any, w: Any, dy: Any, axis: Any, dty
         assert error_ratio(f64(got), exp, tolerance(dtype, "grad"), cond, scale=scale) <= 1, name
 
 
-def check_rms_norm_grads(grads: tuple, x: Any, w: Any, dy: Any, axis: Any, dtype: str) -> None:
+def check_rms_norm_grads(grads: tuple, x: Any, w: Any, dy: Any, axis: Any, dtype: str, eps: float = 1e-5) -> None:
     """dx, dweight (each unless None) against the reference."""
-    spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+    spec = check_forward("rms_norm", x, w, None, axis, eps)
     ref_rstd = reference.rms_norm(f64(x), None, spec)[1]
     w64 = None if w is None else f64(w)
     scales = (gradient_scale(f64(dy), w64, ref_rstd, spec), None)

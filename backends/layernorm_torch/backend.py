@@ -3,9 +3,10 @@
 layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
 rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
 op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). On CUDA, and for float32/float64 on
-the CPU, gradients go through torch.autograd with torch's own derivative formulas. Two CPU paths have their own
-autograd.Function: a half layer_norm (`half_cpu`: dweight and dbias summed in float32) and rms_norm
-(`rms_cpu`: block by block in scratch, analytic backward); under torch.compile, torch.export and torch.func
+the CPU, gradients go through torch.autograd with torch's own derivative formulas. Two paths have their own
+autograd.Function: a half layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm
+(`rms_rows`, analytic backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's
+kernel misreads, `_cuda_kernel_misreads_inf`); under torch.compile, torch.export and torch.func
 they keep torch's ops, so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten ops. Axes that are
 not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
@@ -16,6 +17,7 @@ against 1.7 µs a cast on a small tensor.
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import numpy as np
@@ -25,9 +27,9 @@ import torch.autograd.forward_ad as _forward_ad
 from layernorm_core import BackendInfo, NormSpec, not_dense_error
 from layernorm_core.dispatch import check_devices
 from layernorm_core.foreign import require_host
-from layernorm_torch import half_cpu, rms_cpu, scratch
+from layernorm_torch import half_cpu, rms_rows, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
-from layernorm_torch.rms_cpu import RMSNormCPU
+from layernorm_torch.rms_rows import RMSNormRows
 
 # The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
 _native_layer_norm: Any = torch.native_layer_norm
@@ -37,6 +39,9 @@ _rms_norm: Any = torch.rms_norm
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
+
+_SUMMED_SQUARES_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
+"""The dtypes torch's vectorized CUDA rms_norm kernel takes (`_cuda_kernel_misreads_inf`)."""
 
 _STRIDED = torch.strided
 """The dense layout. Sparse layouts and MKLDNN's opaque one are a DTypeError (`_require_dense`)."""
@@ -64,6 +69,9 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
+            "rms_norm on CUDA": "by reductions, with an analytic backward, where torch's kernel would give a row "
+            "holding an inf rstd NaN: float64, a row length not a multiple of 4, an x or weight off a 4-element "
+            "boundary",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
             "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
@@ -306,25 +314,27 @@ def _layer_norm_permuted(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``.
 
-    On the CPU, outside traces and transforms, `rms_cpu` runs what autograd differentiates, and every call from
-    `rms_cpu.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm is a composite that writes a fresh temporary per op,
+    On the CPU, outside traces and transforms, `rms_rows` runs what autograd differentiates, and every call from
+    `rms_rows.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm is a composite that writes a fresh temporary per op,
     and autograd differentiates it op by op, through an rstd**3 that leaves float32's range for rows of RMS beyond
-    1e+-13); everything else runs torch's rms_norm, the kernel `rms_cpu.forward` runs below a block, so y has the
+    1e+-13); everything else runs torch's rms_norm, the kernel `rms_rows.forward` runs below a block, so y has the
     same bits either way.
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     """
     try:
         if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):  # 80 ns inline, 0.3 us a call
-            _require_dense(x, weight)  # before `rms_cpu`'s blocks, which would fail on them in other ways
+            _require_dense(x, weight)  # before `rms_rows`'s blocks, which would fail on them in other ways
         if return_stats and x.is_nested:
-            return rms_norm(x, weight, spec, False), rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
+            return rms_norm(x, weight, spec, False), rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-            if (recorded or x.numel() >= rms_cpu.UNRECORDED_FORWARD_ELEMENTS) and not (
-                not scratch.usable_for(x) or torch.jit.is_tracing() or _in_transform()
-            ):
-                return _rms_norm_cpu(x, weight, spec, return_stats, recorded)
+            if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and _rms_rows_fits(x):
+                return _rms_norm_rows(x, weight, spec, return_stats, recorded)
+        elif x.is_cuda and not torch.compiler.is_compiling() and _cuda_kernel_misreads_inf(x, weight, spec):
+            if not _rms_rows_fits(x):
+                return _rms_norm_by_reductions(x, weight, spec, return_stats)
+            return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight))
         if spec.compute_dtype != spec.dtype:
             return _rms_norm_half(x, weight, spec, return_stats)
         if not spec.is_trailing:
@@ -339,22 +349,66 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
         raise
 
 
-def _rms_norm_cpu(
+def _rms_rows_fits(x: torch.Tensor) -> bool:
+    """Whether `_rms_norm_rows` may take x: a plain tensor (`scratch.usable_for`), outside jit traces and transforms.
+
+    `RMSNormRows` is an autograd.Function without a batching rule or a jvp, which torch.func cannot run.
+    """
+    return scratch.usable_for(x) and not torch.jit.is_tracing() and not _in_transform()
+
+
+def _cuda_kernel_misreads_inf(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> bool:
+    """True where torch's CUDA rms_norm kernel would give a row holding an Inf rstd NaN, not the spec's 0.
+
+    Its vectorized kernel sums squares (an Inf gives rstd 0); rows it cannot read four values at a time take its
+    Welford kernel, whose running mean and variance turn an Inf into NaN (torch 2.11 on an H100): a float64 x, a
+    row length not a multiple of 4 or above 2**24, an x or weight starting off a 4-element boundary. Such rows go
+    to `_rms_norm_by_reductions`. (A torch.func wrapper without a storage offset is taken as aligned.) Nested x:
+    not checked.
+    """
+    if x.is_nested:
+        return False
+    if x.dtype not in _SUMMED_SQUARES_DTYPES:
+        return True
+    row = math.prod(_sizes(spec.normalized_shape))
+    return row % 4 != 0 or row > 1 << 24 or _off_boundary(x) or (weight is not None and _off_boundary(weight))
+
+
+def _off_boundary(t: torch.Tensor) -> bool:
+    """True when t's first element sits off a 4-element boundary of its storage (its CUDA memory is aligned)."""
+    try:
+        return t.storage_offset() % 4 != 0
+    except (NotImplementedError, RuntimeError):  # a functorch wrapper
+        return False
+
+
+def _rms_norm_by_reductions(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """`rms_rows.by_reductions` over ``spec.axes``, differentiated op by op.
+
+    For the inputs that `_cuda_kernel_misreads_inf` names, inside torch.func transforms and jit traces, which
+    `RMSNormRows` cannot enter.
+    """
+    w = None if weight is None else weight.reshape(_sizes(spec.param_shape))
+    y, rstd = rms_rows.by_reductions(x, w, spec.axes, spec.eps)
+    return (y, rstd) if return_stats else y
+
+
+def _rms_norm_rows(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, recorded: bool
 ) -> Any:
-    """`rms_cpu.forward`, through `RMSNormCPU` when autograd ``recorded``; rstd differentiable when x requires grad."""
+    """`rms_rows.forward`, through `RMSNormRows` when autograd ``recorded``; rstd differentiable if x requires grad."""
     if weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight, and return garbage
         check_devices(device_of, x, (weight,))
     (xt,) = _normalized_last(spec, x)
     if recorded:
-        y, rstd = RMSNormCPU.apply(xt, weight, spec.normalized_shape, spec.eps)
+        y, rstd = RMSNormRows.apply(xt, weight, spec.normalized_shape, spec.eps)
     else:
-        y, rstd = rms_cpu.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
+        y, rstd = rms_rows.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
     y, rstd = _normalized_back(spec, y), _normalized_back(spec, rstd)
     if not return_stats:
         return y
     if recorded and x.requires_grad:
-        rstd = rms_cpu.differentiable_rstd(x, spec.axes, spec.eps)
+        rstd = rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
     return y, rstd
 
 
@@ -398,7 +452,7 @@ def _rms_norm_permuted(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """_fused_rms_norm over non-trailing axes: moved to the end by a permute, and moved back.
 
-    On the CPU the moved x is made contiguous, as `rms_cpu.forward`'s blocks make it: torch's composite sums a
+    On the CPU the moved x is made contiguous, as `rms_rows.forward`'s blocks make it: torch's composite sums a
     strided row in another order, so a batch large enough for the blocks gave its rows other bits than the same
     rows alone (the promise of batch invariance).
     """
@@ -471,11 +525,11 @@ def _layer_norm_backward_half_cpu(
 def rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dweight): torch's fused backward on CUDA, `rms_cpu.gradients` on the CPU, `rms_cpu.formula` elsewhere.
+    """(dx, dweight): torch's fused backward on CUDA, `rms_rows.gradients` on the CPU, `rms_rows.formula` elsewhere.
 
-    On the CPU, x below `rms_cpu.MIN_ELEMENTS` takes `rms_cpu.formula` too, as autograd's backward does (fewer ops).
+    On the CPU, x below `rms_rows.MIN_ELEMENTS` takes `rms_rows.formula` too, as autograd's backward does (fewer ops).
 
-    `rms_cpu.formula` also serves tensors that autograd records (`_recorded`), on any device: the gradients are
+    `rms_rows.formula` also serves tensors that autograd records (`_recorded`), on any device: the gradients are
     then differentiable, as layer_norm's are (torch has no derivative of its fused rms_norm backward, and uses it
     itself only outside grad mode); nested (jagged) tensors, for which torch has no fused backward; and on the CPU
     a tensor subclass (a DTensor) and torch.func's wrappers (vmap: `scratch.usable_for`), and torch.compile traces
@@ -490,16 +544,16 @@ def rms_norm_backward(
     if (
         x.is_cpu
         and not torch.compiler.is_compiling()  # first: a trace cannot call the query below, nor branch on sizes
-        and x.numel() >= rms_cpu.MIN_ELEMENTS
+        and x.numel() >= rms_rows.MIN_ELEMENTS
         and scratch.usable_for(x, dy)
         and not _recorded(dy, x, weight, rstd)
     ):
         dy, x, rstd = _normalized_last(spec, dy, x, rstd)
-        dx, dweight = rms_cpu.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
+        dx, dweight = rms_rows.gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
         assert dx is not None and dweight is not None
         dx = _normalized_back(spec, dx)
     else:
-        dx, dweight = rms_cpu.formula(dy, x, weight, rstd, spec.axes)
+        dx, dweight = rms_rows.formula(dy, x, weight, rstd, spec.axes)
     return dx, dweight.to(dtype=x.dtype)
 
 

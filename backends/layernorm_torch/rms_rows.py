@@ -1,4 +1,4 @@
-"""rms_norm of CPU tensors, forward and analytic backward, a cache-sized block of rows at a time in scratch.
+"""rms_norm with an analytic backward where torch's falls short: CPU tensors, and CUDA rows its kernel misreads.
 
 torch's CPU rms_norm is a composite of aten ops, each writing a fresh full-size temporary (page-faulted in anew on
 every call, see `scratch`), and autograd differentiates it op by op, into a dozen more: at (4096, 768) float32
@@ -9,11 +9,15 @@ and writes y once (`forward`), and the backward (`gradients`) computes, with ``x
     dx = rstd * (g - xhat * mean(g * xhat)),    dweight = sum over the rows of dy * xhat,
 
 each pass over a block in the block's scratch, in the compute dtype (float32 for half x; row sums by torch's
-cascade summation). `RMSNormCPU` connects them to autograd. Autograd's derivative of torch's composite goes
+cascade summation). `RMSNormRows` connects them to autograd. Autograd's derivative of torch's composite goes
 through ``rsqrt(v)**3``, which under- or overflows for rows whose RMS is beyond 1e+-13 in float32 (dx off by 8%,
 or inf); these formulas apply rstd one factor at a time. Under ``create_graph=True`` (a gradient penalty) its
 backward is differentiable ops on an rstd recomputed from x (`formula`), so second-order gradients reach x,
 weight and dy.
+
+On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it cannot read the row four values at
+a time (the backend's `_cuda_kernel_misreads_inf`); there `forward` computes by reductions (`by_reductions`) and
+the backward is `formula`.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ _FORWARD_BLOCK_ELEMENTS = 1 << 20
 was fastest from (512, 768) to (1024, 4096): fewer calls than 2**18, and the block stays in the L3 cache."""
 
 
-class RMSNormCPU(torch.autograd.Function):
-    """(y, rstd) over the trailing ``normalized_shape``; gradients for x and weight. rstd is not differentiable."""
+class RMSNormRows(torch.autograd.Function):
+    """(y, rstd) over the trailing ``normalized_shape`` (`forward`); gradients for x and weight.
+
+    rstd is not differentiable.
+    """
 
     @staticmethod
     def forward(
@@ -74,7 +81,7 @@ class RMSNormCPU(torch.autograd.Function):
         dims = tuple(range(x.ndim - len(shape), x.ndim))
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
             grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
-        elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not scratch.usable_for(dy):
+        elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not x.is_cpu or not scratch.usable_for(dy):
             grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; a batched dy (is_grads_batched)
         else:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
@@ -95,8 +102,10 @@ def forward(
     rstd has x's shape with the normalized axes 1. Below `BLOCKED_FORWARD_ELEMENTS`, torch's rms_norm kernel: its
     temporaries are then small enough to be reused without page faults, and its ops run in C++ (ours took 1.2-1.9x
     its time there). From there on, block by block: ``sum(x * x)`` by cascade summation into rstd, then
-    ``y = x * rstd * weight``, rounded to x's dtype once.
+    ``y = x * rstd * weight``, rounded to x's dtype once. Off the CPU, `by_reductions`.
     """
+    if not x.is_cpu:
+        return by_reductions(x, weight, tuple(range(x.ndim - len(normalized_shape), x.ndim)), eps)
     if x.numel() < BLOCKED_FORWARD_ELEMENTS:  # contiguous rows, as the blocks read them: the same sums (bits)
         y, rstd = _fused_rms_norm(x.contiguous(), normalized_shape, weight, eps)
         return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd  # a float32 weight promotes a half y
@@ -177,6 +186,21 @@ def gradients(
         None if dx is None else dx.reshape(x.shape),
         None if dweight is None else dweight.reshape(normalized_shape),
     )
+
+
+def by_reductions(
+    x: torch.Tensor, weight: torch.Tensor | None, dims: tuple[int, ...], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y in x's dtype, rstd in the compute dtype) over ``dims`` from plain differentiable ops, on any device.
+
+    rstd from the mean of squares (`differentiable_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded
+    to x's dtype once. weight broadcasts against x (shape 1 outside ``dims``).
+    """
+    rstd = differentiable_rstd(x, dims, eps)
+    y = x * rstd
+    if weight is not None:
+        y = y * weight
+    return y.to(dtype=x.dtype), rstd
 
 
 def differentiable_rstd(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:

@@ -36,7 +36,7 @@ from layernorm.cli import positive_int
 EPS = 1e-5
 SHAPES = ((8, 64), (4096, 768), (8192, 4096))
 QUICK_SHAPES = ((8, 64), (4096, 768))
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 DEFAULT_DTYPES = ["float32", "bfloat16"]
 
 
@@ -59,7 +59,7 @@ def candidates(op: str, n: int, dtype: str) -> dict[str, Callable[..., torch.Ten
             "torch": lambda x, w, b: F.layer_norm(x, shape, w, b, EPS),
             "copy": lambda x, w, b: x.clone(),
         }
-        if dtype != "float32":
+        if dtype in ("float16", "bfloat16"):
             named["torch f32"] = lambda x, w, b: F.layer_norm(x.float(), shape, w.float(), b.float(), EPS).to(
                 dtype=x.dtype
             )

@@ -128,20 +128,28 @@ def test_rms_norm_forward_and_backward(shape: tuple[int, ...], axis: Any, dtype:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("row", [40, 33], ids=["row-of-40", "row-of-33"])
-@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "one-element-in"])
-def test_rms_norm_rows_with_inf(offset: int, row: int, dtype: str, device: str) -> None:
+@pytest.mark.parametrize(("x_offset", "w_offset"), [(0, 0), (1, 0), (0, 1)], ids=["aligned", "x-off", "weight-off"])
+@pytest.mark.parametrize("recorded", [False, True], ids=["no-grad", "requires-grad"])
+def test_rms_norm_rows_with_inf(
+    recorded: bool, x_offset: int, w_offset: int, row: int, dtype: str, device: str
+) -> None:
     """A row holding an Inf: rstd 0, y 0 but NaN at the Inf (docs/spec.md), on every kernel path.
 
-    torch's CUDA kernel gives such a row rstd NaN where it cannot read four values at a time (float64, a row of
-    33, an x starting one element into its storage): those rows take another route.
+    torch's CUDA kernel gives such a row rstd NaN where it reads rows value by value (float64, a row of 33, an x or
+    weight starting one element in): those calls take another route, `RMSNormRows` when autograd records.
     """
-    base, w, _, _ = make((6 * row + offset,), -1, dtype, device)
-    x = base[offset:].view(6, row)
-    x[1, 3], x[4, 5] = float("nan"), float("inf")
-    weight = w[offset : offset + row]
+    x_storage, w, _, _ = make((6 * row + 1,), -1, dtype, device)
+    x_storage[x_offset + row + 3], x_storage[x_offset + 4 * row + 5] = float("nan"), float("inf")  # rows 1 and 4
+    w_storage = w[: row + 1].clone()
+    if recorded:
+        x_storage.requires_grad_()
+        w_storage.requires_grad_()
+    x, weight = x_storage[x_offset : x_offset + 6 * row].view(6, row), w_storage[w_offset : w_offset + row]
     spec = check_forward("rms_norm", x, weight, None, -1, 1e-5)
     ref_y, ref_rstd = reference.rms_norm(f64(x), f64(weight), spec)
     y, rstd = layernorm.rms_norm(x, weight, return_stats=True)
+    if recorded and device == "cuda" and (dtype == "float64" or row == 33):
+        assert differentiated_by_rms_rows(y)
     assert (rstd[4] == 0).all() and rstd[1].isnan().all()
     finite = [0, 2, 3, 5]
     assert error_ratio(f64(y)[finite], ref_y[finite], tolerance(dtype, "output")) <= 1
@@ -151,19 +159,51 @@ def test_rms_norm_rows_with_inf(offset: int, row: int, dtype: str, device: str) 
         assert (got[4, :5] == 0).all() and (got[4, 6:] == 0).all()
 
 
+def test_cuda_rms_norm_route() -> None:
+    """Which CUDA rms_norm calls leave torch's kernel (its conditions, checked here on CPU tensors): rows it reads
+    value by value go to `RMSNormRows`; an x or weight off a four-value boundary, also a DLPack import of a slice
+    (storage offset 0), is copied to fresh memory first."""
+    from layernorm_torch import backend
+
+    for row, by_values in ((32, False), (33, True), (2**24, False), (2**24 + 4, True)):
+        spec = check_forward("rms_norm", torch.empty(0, row), None, None, -1, 1e-5)
+        assert backend._rows_not_in_vectors(spec) is by_values, row
+    assert backend._VECTOR_BYTES.get(torch.float64) is None
+    for dtype, vector_bytes in backend._VECTOR_BYTES.items():
+        base = torch.arange(40.0).to(dtype)
+        for start in range(8):
+            view = base[start:]
+            moved = backend._on_vector_boundary(view, vector_bytes)
+            on_boundary = view.data_ptr() % vector_bytes == 0
+            assert (moved is view) is on_boundary, (dtype, start)
+            assert moved.data_ptr() % vector_bytes == 0 and torch.equal(moved, view)
+    imported = torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])
+    assert imported.storage_offset() == 0 and backend._on_vector_boundary(imported, 16) is not imported
+
+    def inside_a_transform(t: Any) -> Any:
+        assert backend._on_vector_boundary(t, 16) is not t
+        return t.sum()
+
+    torch.func.grad(inside_a_transform)(torch.arange(40.0)[1:])
+
+
 @pytest.mark.parametrize(
     ("dtype", "mixed"), [(dtype, False) for dtype in DTYPES] + [("float16", True), ("bfloat16", True)]
 )
 @pytest.mark.parametrize(("shape", "axis"), CASES[:5])
-def test_rms_norm_by_reductions(shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool) -> None:
-    """The route CUDA rows with an Inf would misread take (`_rms_norm_by_reductions`), here on the CPU: y and
-    rstd against the reference, and autograd's gradients through them (float32 parameters with a half x too)."""
-    from layernorm_torch import backend
+def test_rms_norm_by_reductions(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool
+) -> None:
+    """`rms_rows.by_reductions`, what `rms_rows.forward` runs off the CPU, here on the CPU through
+    `_rms_norm_rows` unrecorded (as in torch.func transforms and jit traces): y and rstd against the reference,
+    and autograd's gradients through its ops (float32 parameters with a half x too)."""
+    from layernorm_torch import backend, rms_rows
 
+    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
-    y, rstd = backend._rms_norm_by_reductions(*leaves, spec, return_stats=True)
+    y, rstd = backend._rms_norm_rows(*leaves, spec, return_stats=True, recorded=False)
     ref_y, ref_rstd = reference.rms_norm(f64(x), f64(w), spec)
     assert (y.dtype, tuple(y.shape)) == (x.dtype, tuple(x.shape))
     assert rstd.dtype == DTYPES[spec.compute_dtype] and tuple(rstd.shape) == spec.stats_shape
@@ -180,20 +220,18 @@ def test_rms_norm_by_reductions(shape: tuple[int, ...], axis: Any, dtype: str, m
 def test_rms_rows_by_reductions_under_autograd(
     monkeypatch: pytest.MonkeyPatch, axis: Any, dtype: str, scale: float
 ) -> None:
-    """`RMSNormRows` with `rms_rows.by_reductions` as its forward, the route of CUDA rows torch's kernel misreads
-    (`rms_rows.forward` takes it off the CPU), here on the CPU: rows of RMS far from 1 with eps = 0, where autograd's
-    derivative of the reductions goes through an rstd**3 out of range (dx inf), and the analytic backward does not."""
+    """`RMSNormRows` with `rms_rows.by_reductions` as its forward, the route of CUDA rows torch's kernel reads value
+    by value (`rms_rows.forward` takes it off the CPU), here on the CPU: rows of RMS far from 1 with eps = 0, where
+    autograd's derivative of the reductions goes through an rstd**3 out of range, and the analytic backward not."""
     from layernorm_torch import backend, rms_rows
 
-    def off_the_cpu(x: Any, weight: Any, normalized_shape: tuple[int, ...], eps: float) -> Any:
-        return rms_rows.by_reductions(x, weight, tuple(range(x.ndim - len(normalized_shape), x.ndim)), eps)
-
-    monkeypatch.setattr(rms_rows, "forward", off_the_cpu)
+    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
     x, w, _, dy = make((6, 20, 12), axis, dtype, "cpu")
     x = x * scale
     spec = check_forward("rms_norm", x, w, None, axis, 0.0)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
     y = backend._rms_norm_rows(*leaves, spec, return_stats=False, recorded=True)
+    assert differentiated_by_rms_rows(y)
     assert error_ratio(f64(y), reference.rms_norm(f64(x), f64(w), spec)[0], tolerance(dtype, "output")) <= 1
     y.backward(dy)
     check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype, eps=0.0)
@@ -292,7 +330,7 @@ def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
 
 
 @pytest.fixture
-def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+def rms_rows_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every CPU rms_norm through `rms_rows` (and `RMSNormRows` when autograd records), in blocks of 72 elements."""
     from layernorm_torch import rms_rows
 
@@ -303,7 +341,7 @@ def rms_cpu_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rms_rows, "UNRECORDED_FORWARD_ELEMENTS", 72)
 
 
-def differentiated_by_rms_cpu(y: Any) -> bool:
+def differentiated_by_rms_rows(y: Any) -> bool:
     """Whether autograd differentiates y with `RMSNormRows` (under the permute back, for non-trailing axes)."""
     node = y.grad_fn
     if type(node).__name__ == "PermuteBackward0":
@@ -311,7 +349,7 @@ def differentiated_by_rms_cpu(y: Any) -> bool:
     return type(node).__name__ == "RMSNormRowsBackward"
 
 
-RMS_CPU_CASES = [
+RMS_ROWS_CASES = [
     pytest.param((37, 24), -1, id="trailing"),  # 12 blocks of 3 rows and one of 1
     pytest.param((5, 24, 7), 1, id="channels-first"),
     pytest.param((3, 4, 2, 6), (1, 3), id="non-adjacent"),
@@ -320,10 +358,10 @@ RMS_CPU_CASES = [
 ]
 
 
-@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.usefixtures("rms_rows_small_blocks")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["trained", "frozen-weight", "frozen-x", "no-weight", "float32-weight"])
-@pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
+@pytest.mark.parametrize(("shape", "axis"), RMS_ROWS_CASES)
 def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, params: str, dtype: str) -> None:
     """`RMSNormRows` (block by block, several blocks and a short last one) against the reference, for each input
     that requires grad; a float32 weight for a half x gets a float32 gradient."""
@@ -332,7 +370,7 @@ def test_rms_norm_cpu_analytic_backward(shape: tuple[int, ...], axis: Any, param
     weight = None if params == "no-weight" else w.clone().requires_grad_(params != "frozen-weight")
     x = x.clone().requires_grad_(params != "frozen-x")
     y = layernorm.rms_norm(x, weight, axis=axis)
-    assert differentiated_by_rms_cpu(y)
+    assert differentiated_by_rms_rows(y)
     y.backward(dy)
     grads = (x.grad, None if weight is None else weight.grad)
     assert (grads[0] is None) == (params == "frozen-x")
@@ -360,12 +398,12 @@ def test_rms_norm_cpu_analytic_backward_when(
     with torch.set_grad_enabled(grad):
         out = layernorm.rms_norm(x, w, return_stats=return_stats)
     y = out[0] if return_stats else out
-    assert differentiated_by_rms_cpu(y) == analytic
+    assert differentiated_by_rms_rows(y) == analytic
 
 
-@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.usefixtures("rms_rows_small_blocks")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("shape", "axis"), RMS_CPU_CASES)
+@pytest.mark.parametrize(("shape", "axis"), RMS_ROWS_CASES)
 def test_rms_norm_cpu_forward(shape: tuple[int, ...], axis: Any, dtype: str) -> None:
     """`rms_rows.forward` (several blocks and a short last one) against the reference: y and rstd, the same bits
     with and without gradients, with and without return_stats; a loss on rstd reaches x."""
@@ -387,17 +425,17 @@ def test_rms_norm_cpu_forward(shape: tuple[int, ...], axis: Any, dtype: str) -> 
     assert error_ratio(f64(leaves[0].grad), f64(expected), tolerance(dtype, "grad")) <= 1
 
 
-@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.usefixtures("rms_rows_small_blocks")
 @pytest.mark.parametrize("axis", [-1, 1, (0, 2)], ids=["trailing", "channels-first", "non-adjacent"])
 def test_rms_norm_cpu_analytic_backward_second_order(axis: Any) -> None:
     """Under create_graph=True `RMSNormRows`'s backward is differentiable, with rstd recomputed from x."""
     x, w, _, _ = make((4, 5, 6), axis, "float64", "cpu")
     x, w = x.requires_grad_(), w.requires_grad_()
-    assert differentiated_by_rms_cpu(layernorm.rms_norm(x, w, axis=axis))
+    assert differentiated_by_rms_rows(layernorm.rms_norm(x, w, axis=axis))
     assert torch.autograd.gradgradcheck(lambda x, w: layernorm.rms_norm(x, w, axis=axis), (x, w))
 
 
-@pytest.mark.usefixtures("rms_cpu_small_blocks")
+@pytest.mark.usefixtures("rms_rows_small_blocks")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rms_norm_cpu_transforms_keep_torch_ops(dtype: str) -> None:
     """torch.func and forward-mode AD cannot run an autograd.Function without a vmap or jvp rule: there rms_norm
@@ -425,7 +463,7 @@ def test_rms_norm_trains_a_weight_on_an_inference_tensor(rows: int, dtype: str) 
         x_inference = x.clone()
     weight = w.clone().requires_grad_()
     y = layernorm.rms_norm(x_inference, weight)
-    assert differentiated_by_rms_cpu(y)
+    assert differentiated_by_rms_rows(y)
     y.backward(dy)
     check_rms_norm_grads((None, weight.grad), x, w, dy, -1, dtype)
 
@@ -441,7 +479,7 @@ def test_rows_longer_than_a_block_leave_no_scratch_held() -> None:
         x, w, _, dy = make((2, 3 * 2**20), -1, "float32", "cpu")
         leaves = [t.clone().requires_grad_() for t in (x, w)]
         y = layernorm.rms_norm(*leaves)
-        assert differentiated_by_rms_cpu(y)
+        assert differentiated_by_rms_rows(y)
         y.backward(dy)
         check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, "float32")
         buffer = getattr(scratch._local, "buffer", None)

@@ -2,11 +2,11 @@
 
 layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``, which also returns mean and
 rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
-op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). On CUDA, and for float32/float64 on
-the CPU, gradients go through torch.autograd with torch's own derivative formulas. Two paths have their own
-autograd.Function: a half layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm
-(`rms_rows`, analytic backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's
-kernel misreads, `_cuda_kernel_misreads_inf`); under torch.compile, torch.export and torch.func
+op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Elsewhere gradients go through
+torch.autograd with torch's own derivative formulas; two paths have their own autograd.Function: a half
+layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`, analytic
+backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's kernel reads value by
+value and so misreads an Inf, `_rows_not_in_vectors`); under torch.compile, torch.export and torch.func
 they keep torch's ops, so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten ops. Axes that are
 not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
@@ -40,8 +40,8 @@ _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
 
-_SUMMED_SQUARES_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
-"""The dtypes torch's vectorized CUDA rms_norm kernel takes (`_cuda_kernel_misreads_inf`)."""
+_VECTOR_BYTES = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
+"""Bytes of four values, for the dtypes torch's CUDA rms_norm kernel reads four at a time (`_on_vector_boundary`)."""
 
 _STRIDED = torch.strided
 """The dense layout. Sparse layouts and MKLDNN's opaque one are a DTypeError (`_require_dense`)."""
@@ -69,16 +69,17 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
-            "rms_norm on CUDA": "by reductions, with an analytic backward, where torch's kernel would give a row "
-            "holding an inf rstd NaN: float64, a row length not a multiple of 4, an x or weight off a 4-element "
-            "boundary",
+            "rms_norm on CUDA": "by reductions, with an analytic backward, for the rows torch's kernel reads "
+            "value by value (float64, lengths not a multiple of 4 or over 2**24: it gives a row holding an inf "
+            "rstd NaN there, docs/spec.md); an x or weight off a four-value boundary is copied to fresh memory first",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
             "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
             "autograd under torch.compile, torch.export and torch.func",
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
-            "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype",
+            "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype "
+            "(kept in float32 under torch.func transforms and forward-mode AD, and for rms_norm rows by reductions)",
             "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
             "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
             "them in half precision, outside the tolerances); under torch.func transforms, forward-mode AD and "
@@ -321,6 +322,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     same bits either way.
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
+    On CUDA, the rows torch's kernel reads value by value go to `rms_rows` too (`_rows_not_in_vectors`: by
+    reductions, `RMSNormRows` when autograd records), and an x or weight off a four-value boundary is copied first
+    (`_on_vector_boundary`): there the kernel misreads a row holding an Inf (docs/spec.md).
     """
     try:
         if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):  # 80 ns inline, 0.3 us a call
@@ -331,10 +335,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
             if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and _rms_rows_fits(x):
                 return _rms_norm_rows(x, weight, spec, return_stats, recorded)
-        elif x.is_cuda and not torch.compiler.is_compiling() and _cuda_kernel_misreads_inf(x, weight, spec):
-            if not _rms_rows_fits(x):
-                return _rms_norm_by_reductions(x, weight, spec, return_stats)
-            return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight))
+        elif x.is_cuda and not x.is_nested and not torch.compiler.is_compiling():
+            vector_bytes = _VECTOR_BYTES.get(x.dtype)
+            if vector_bytes is None or _rows_not_in_vectors(spec):  # the kernel would misread an Inf (docs/spec.md)
+                recorded = _recorded(x, weight) and not (torch.jit.is_tracing() or _in_transform())
+                return _rms_norm_rows(x, weight, spec, return_stats, recorded)
+            x = _on_vector_boundary(x, vector_bytes)
+            if weight is not None:
+                weight = _on_vector_boundary(weight, vector_bytes)
         if spec.compute_dtype != spec.dtype:
             return _rms_norm_half(x, weight, spec, return_stats)
         if not spec.is_trailing:
@@ -350,54 +358,47 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
 
 
 def _rms_rows_fits(x: torch.Tensor) -> bool:
-    """Whether `_rms_norm_rows` may take x: a plain tensor (`scratch.usable_for`), outside jit traces and transforms.
+    """Whether `_rms_norm_rows` may take a CPU x through `RMSNormRows`: a plain tensor, outside traces and transforms.
 
-    `RMSNormRows` is an autograd.Function without a batching rule or a jvp, which torch.func cannot run.
+    A plain tensor: `scratch.usable_for`. jit traces and torch.func transforms cannot enter an autograd.Function
+    without a batching rule.
     """
     return scratch.usable_for(x) and not torch.jit.is_tracing() and not _in_transform()
 
 
-def _cuda_kernel_misreads_inf(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> bool:
-    """True where torch's CUDA rms_norm kernel would give a row holding an Inf rstd NaN, not the spec's 0.
+def _rows_not_in_vectors(spec: NormSpec) -> bool:
+    """Whether torch's CUDA rms_norm kernel reads these rows value by value: length not a multiple of 4, or over 2**24.
 
-    Its vectorized kernel sums squares (an Inf gives rstd 0); rows it cannot read four values at a time take its
-    Welford kernel, whose running mean and variance turn an Inf into NaN (torch 2.11 on an H100): a float64 x, a
-    row length not a multiple of 4 or above 2**24, an x or weight starting off a 4-element boundary. Such rows go
-    to `_rms_norm_by_reductions`. (A torch.func wrapper without a storage offset is taken as aligned.) Nested x:
-    not checked.
+    That is its condition in torch 2.11-2.13 (float64 rows it always reads so). It then takes Welford's mean and
+    variance, which turn an Inf into NaN (docs/spec.md): such calls go to `_rms_norm_rows` (by reductions) instead.
     """
-    if x.is_nested:
-        return False
-    if x.dtype not in _SUMMED_SQUARES_DTYPES:
-        return True
     row = math.prod(_sizes(spec.normalized_shape))
-    return row % 4 != 0 or row > 1 << 24 or _off_boundary(x) or (weight is not None and _off_boundary(weight))
+    return row % 4 != 0 or row > 1 << 24
 
 
-def _off_boundary(t: torch.Tensor) -> bool:
-    """True when t's first element sits off a 4-element boundary of its storage (its CUDA memory is aligned)."""
-    try:
-        return t.storage_offset() % 4 != 0
-    except (NotImplementedError, RuntimeError):  # a functorch wrapper
-        return False
+def _on_vector_boundary(t: torch.Tensor, vector_bytes: int) -> torch.Tensor:
+    """t, or a contiguous copy of it (fresh memory, aligned) when its address is off a ``vector_bytes`` boundary.
 
-
-def _rms_norm_by_reductions(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """`rms_rows.by_reductions` over ``spec.axes``, differentiated op by op.
-
-    For the inputs that `_cuda_kernel_misreads_inf` names, inside torch.func transforms and jit traces, which
-    `RMSNormRows` cannot enter.
+    torch's CUDA rms_norm kernel reads x and weight four values at a time only from such a boundary, else value by
+    value (`_rows_not_in_vectors`). A slice imported through DLPack has storage offset 0 at any address; a
+    torch.func wrapper has no address, but the offset of the tensor it wraps.
     """
-    w = None if weight is None else weight.reshape(_sizes(spec.param_shape))
-    y, rstd = rms_rows.by_reductions(x, w, spec.axes, spec.eps)
-    return (y, rstd) if return_stats else y
+    try:
+        off_boundary = t.data_ptr() % vector_bytes != 0
+    except RuntimeError:
+        off_boundary = t.storage_offset() * t.element_size() % vector_bytes != 0
+    return t.clone(memory_format=torch.contiguous_format) if off_boundary else t
 
 
 def _rms_norm_rows(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, recorded: bool
 ) -> Any:
-    """`rms_rows.forward`, through `RMSNormRows` when autograd ``recorded``; rstd differentiable if x requires grad."""
-    if weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight, and return garbage
+    """`rms_rows.forward`, through `RMSNormRows` when autograd ``recorded``; rstd differentiable if x requires grad.
+
+    On CUDA (by reductions) an unrecorded call inside a torch.func transform or a jit trace is differentiated op by
+    op, through an rstd**3 that leaves float32's range for rows of RMS beyond 1e+-13.
+    """
+    if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
         check_devices(device_of, x, (weight,))
     (xt,) = _normalized_last(spec, x)
     if recorded:

@@ -15,9 +15,9 @@ or inf); these formulas apply rstd one factor at a time. Under ``create_graph=Tr
 backward is differentiable ops on an rstd recomputed from x (`formula`), so second-order gradients reach x,
 weight and dy.
 
-On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it cannot read the row four values at
-a time (the backend's `_cuda_kernel_misreads_inf`); there `forward` computes by reductions (`by_reductions`) and
-the backward is `formula`.
+On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it reads the row value by value
+(docs/spec.md; the backend's `_rows_not_in_vectors`); such calls come here, where `forward` computes by reductions
+(`by_reductions`) and the backward is `formula`.
 """
 
 from __future__ import annotations
@@ -78,11 +78,11 @@ class RMSNormRows(torch.autograd.Function):
         want_x, want_weight = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
         shape = ctx.normalized_shape
         grads: tuple[torch.Tensor | None, torch.Tensor | None]
-        dims = tuple(range(x.ndim - len(shape), x.ndim))
+        dims = trailing_dims(x, shape)
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
             grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
         elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not x.is_cpu or not scratch.usable_for(dy):
-            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; a batched dy (is_grads_batched)
+            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; off the CPU; a batched dy
         else:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         dx, dweight = grads
@@ -105,7 +105,7 @@ def forward(
     ``y = x * rstd * weight``, rounded to x's dtype once. Off the CPU, `by_reductions`.
     """
     if not x.is_cpu:
-        return by_reductions(x, weight, tuple(range(x.ndim - len(normalized_shape), x.ndim)), eps)
+        return by_reductions(x, weight, normalized_shape, eps)
     if x.numel() < BLOCKED_FORWARD_ELEMENTS:  # contiguous rows, as the blocks read them: the same sums (bits)
         y, rstd = _fused_rms_norm(x.contiguous(), normalized_shape, weight, eps)
         return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd  # a float32 weight promotes a half y
@@ -189,18 +189,23 @@ def gradients(
 
 
 def by_reductions(
-    x: torch.Tensor, weight: torch.Tensor | None, dims: tuple[int, ...], eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y in x's dtype, rstd in the compute dtype) over ``dims`` from plain differentiable ops, on any device.
+    """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, in plain differentiable ops.
 
-    rstd from the mean of squares (`differentiable_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded
-    to x's dtype once. weight broadcasts against x (shape 1 outside ``dims``).
+    What `forward` runs off the CPU: rstd from the mean of squares (`differentiable_rstd`), ``y = x * rstd *
+    weight`` in the compute dtype, rounded to x's dtype once. A row holding an Inf gets rstd 0.
     """
-    rstd = differentiable_rstd(x, dims, eps)
+    rstd = differentiable_rstd(x, trailing_dims(x, normalized_shape), eps)
     y = x * rstd
     if weight is not None:
         y = y * weight
     return y.to(dtype=x.dtype), rstd
+
+
+def trailing_dims(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dims of x that the trailing ``normalized_shape`` covers."""
+    return tuple(range(x.ndim - len(normalized_shape), x.ndim))
 
 
 def differentiable_rstd(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:

@@ -136,7 +136,9 @@ def test_rms_norm_rows_with_inf(
     """A row holding an Inf: rstd 0, y 0 but NaN at the Inf (docs/spec.md), on every kernel path.
 
     torch's CUDA kernel gives such a row rstd NaN where it reads rows value by value (float64, a row of 33, an x or
-    weight starting one element in): those calls take another route, `RMSNormRows` when autograd records.
+    weight starting one element in): those calls take another route, `RMSNormRows` when autograd records. Those
+    cases can fail only on CUDA (`test_cuda_rms_norm_route` checks the route's conditions everywhere); on the CPU
+    they run torch's composite and `rms_rows`.
     """
     x_storage, w, _, _ = make((6 * row + 1,), -1, dtype, device)
     x_storage[x_offset + row + 3], x_storage[x_offset + 4 * row + 5] = float("nan"), float("inf")  # rows 1 and 4
@@ -160,31 +162,44 @@ def test_rms_norm_rows_with_inf(
 
 
 def test_cuda_rms_norm_route() -> None:
-    """Which CUDA rms_norm calls leave torch's kernel (its conditions, checked here on CPU tensors): rows it reads
+    """Which CUDA rms_norm calls leave torch's kernel (`_in_vectors`, checked here on CPU tensors): rows it reads
     value by value go to `RMSNormRows`; an x or weight off a four-value boundary, also a DLPack import of a slice
-    (storage offset 0), is copied to fresh memory first."""
+    (storage offset 0), also inside torch.func, is copied to aligned memory first."""
     from layernorm_torch import backend
 
-    for row, by_values in ((32, False), (33, True), (2**24, False), (2**24 + 4, True)):
-        spec = check_forward("rms_norm", torch.empty(0, row), None, None, -1, 1e-5)
-        assert backend._rows_not_in_vectors(spec) is by_values, row
-    assert backend._VECTOR_BYTES.get(torch.float64) is None
-    for dtype, vector_bytes in backend._VECTOR_BYTES.items():
-        base = torch.arange(40.0).to(dtype)
+    four_values = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
+    assert four_values == backend._VECTOR_BYTES
+    for dtype, row, by_values in (
+        ("float64", 32, True),
+        ("float32", 32, False),
+        ("float32", 33, True),
+        ("float32", 2**24, False),
+        ("float32", 2**24 + 4, True),
+        ("bfloat16", 36, False),
+    ):
+        x = torch.empty(0, row, dtype=DTYPES[dtype])
+        spec = check_forward("rms_norm", x, None, None, -1, 1e-5)
+        assert (backend._in_vectors(x, None, spec) is None) is by_values, (dtype, row)
+    for dtype in ("float16", "bfloat16", "float32"):
+        x_storage, w_storage = torch.arange(48.0).to(DTYPES[dtype]), torch.arange(48.0)
         for start in range(8):
-            view = base[start:]
-            moved = backend._on_vector_boundary(view, vector_bytes)
-            on_boundary = view.data_ptr() % vector_bytes == 0
-            assert (moved is view) is on_boundary, (dtype, start)
-            assert moved.data_ptr() % vector_bytes == 0 and torch.equal(moved, view)
+            x, w = x_storage[start : start + 40], w_storage[start : start + 40]  # w: a float32 weight of a half x
+            spec = check_forward("rms_norm", x, w, None, -1, 1e-5)
+            got = backend._in_vectors(x, w, spec)
+            assert got is not None
+            for given, used in zip((x, w), got, strict=True):
+                vector_bytes = 4 * given.element_size()
+                assert used is not None and torch.equal(used, given) and used.data_ptr() % vector_bytes == 0
+                assert (used is given) == (given.data_ptr() % vector_bytes == 0), (dtype, start)
     imported = torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])
-    assert imported.storage_offset() == 0 and backend._on_vector_boundary(imported, 16) is not imported
+    assert imported.storage_offset() == 0 and backend._aligned(imported, 16) is not imported
 
     def inside_a_transform(t: Any) -> Any:
-        assert backend._on_vector_boundary(t, 16) is not t
+        assert backend._aligned(t, 16) is not t
         return t.sum()
 
-    torch.func.grad(inside_a_transform)(torch.arange(40.0)[1:])
+    for misaligned in (torch.arange(41.0)[1:], torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])):
+        torch.func.grad(inside_a_transform)(misaligned)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +218,7 @@ def test_rms_norm_by_reductions(
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
-    y, rstd = backend._rms_norm_rows(*leaves, spec, return_stats=True, recorded=False)
+    y, rstd = backend._rms_norm_rows(*leaves, spec, return_stats=True, through_function=False)
     ref_y, ref_rstd = reference.rms_norm(f64(x), f64(w), spec)
     assert (y.dtype, tuple(y.shape)) == (x.dtype, tuple(x.shape))
     assert rstd.dtype == DTYPES[spec.compute_dtype] and tuple(rstd.shape) == spec.stats_shape
@@ -230,7 +245,7 @@ def test_rms_rows_by_reductions_under_autograd(
     x = x * scale
     spec = check_forward("rms_norm", x, w, None, axis, 0.0)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
-    y = backend._rms_norm_rows(*leaves, spec, return_stats=False, recorded=True)
+    y = backend._rms_norm_rows(*leaves, spec, return_stats=False, through_function=True)
     assert differentiated_by_rms_rows(y)
     assert error_ratio(f64(y), reference.rms_norm(f64(x), f64(w), spec)[0], tolerance(dtype, "output")) <= 1
     y.backward(dy)

@@ -6,8 +6,9 @@ op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Els
 torch.autograd with torch's own derivative formulas; two paths have their own autograd.Function: a half
 layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`, analytic
 backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's kernel reads value by
-value and so misreads an Inf, `_rows_not_in_vectors`); under torch.compile, torch.export and torch.func
-they keep torch's ops, so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten ops. Axes that are
+value and so misreads an Inf, `_in_vectors`); under torch.compile, torch.export and torch.func they keep
+plain ops (torch's, or on CUDA `rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and
+gradcheck see ordinary aten ops. Axes that are
 not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
@@ -41,7 +42,7 @@ _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.def
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
 
 _VECTOR_BYTES = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
-"""Bytes of four values, for the dtypes torch's CUDA rms_norm kernel reads four at a time (`_on_vector_boundary`)."""
+"""Bytes of four values, for the dtypes torch's CUDA rms_norm kernel reads four at a time (`_in_vectors`)."""
 
 _STRIDED = torch.strided
 """The dense layout. Sparse layouts and MKLDNN's opaque one are a DTypeError (`_require_dense`)."""
@@ -69,9 +70,9 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
-            "rms_norm on CUDA": "by reductions, with an analytic backward, for the rows torch's kernel reads "
-            "value by value (float64, lengths not a multiple of 4 or over 2**24: it gives a row holding an inf "
-            "rstd NaN there, docs/spec.md); an x or weight off a four-value boundary is copied to fresh memory first",
+            "rms_norm on CUDA": "by reductions for the rows torch's kernel reads value by value, where it gives a "
+            "row holding an inf rstd NaN (docs/spec.md lists them): an analytic backward, except inside torch.func "
+            "transforms and jit traces (op by op); an x or weight off a four-value boundary is copied first",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
             "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
@@ -322,9 +323,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     same bits either way.
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
-    On CUDA, the rows torch's kernel reads value by value go to `rms_rows` too (`_rows_not_in_vectors`: by
-    reductions, `RMSNormRows` when autograd records), and an x or weight off a four-value boundary is copied first
-    (`_on_vector_boundary`): there the kernel misreads a row holding an Inf (docs/spec.md).
+    On CUDA, the calls torch's kernel would read value by value, and so misread a row holding an Inf (docs/spec.md),
+    go to `rms_rows` too, or have their x or weight copied to aligned memory first (`_in_vectors`).
     """
     try:
         if not (x.layout is _STRIDED and (weight is None or weight.layout is _STRIDED)):  # 80 ns inline, 0.3 us a call
@@ -333,16 +333,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
             return rms_norm(x, weight, spec, False), rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not torch.compiler.is_compiling():  # first: in a trace, comparing a symbolic size would pin it
             recorded = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-            if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and _rms_rows_fits(x):
+            if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and (
+                scratch.usable_for(x) and _function_allowed()
+            ):
                 return _rms_norm_rows(x, weight, spec, return_stats, recorded)
         elif x.is_cuda and not x.is_nested and not torch.compiler.is_compiling():
-            vector_bytes = _VECTOR_BYTES.get(x.dtype)
-            if vector_bytes is None or _rows_not_in_vectors(spec):  # the kernel would misread an Inf (docs/spec.md)
-                recorded = _recorded(x, weight) and not (torch.jit.is_tracing() or _in_transform())
-                return _rms_norm_rows(x, weight, spec, return_stats, recorded)
-            x = _on_vector_boundary(x, vector_bytes)
-            if weight is not None:
-                weight = _on_vector_boundary(weight, vector_bytes)
+            read_in_vectors = _in_vectors(x, weight, spec)  # else the kernel would misread an Inf (docs/spec.md)
+            if read_in_vectors is None:
+                return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight) and _function_allowed())
+            x, weight = read_in_vectors
         if spec.compute_dtype != spec.dtype:
             return _rms_norm_half(x, weight, spec, return_stats)
         if not spec.is_trailing:
@@ -357,58 +356,69 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
         raise
 
 
-def _rms_rows_fits(x: torch.Tensor) -> bool:
-    """Whether `_rms_norm_rows` may take a CPU x through `RMSNormRows`: a plain tensor, outside traces and transforms.
+def _function_allowed() -> bool:
+    """Whether autograd may record `RMSNormRows`: outside jit traces and torch.func transforms.
 
-    A plain tensor: `scratch.usable_for`. jit traces and torch.func transforms cannot enter an autograd.Function
-    without a batching rule.
+    Neither can enter an autograd.Function without a batching rule or a jvp.
     """
-    return scratch.usable_for(x) and not torch.jit.is_tracing() and not _in_transform()
+    return not torch.jit.is_tracing() and not _in_transform()
 
 
-def _rows_not_in_vectors(spec: NormSpec) -> bool:
-    """Whether torch's CUDA rms_norm kernel reads these rows value by value: length not a multiple of 4, or over 2**24.
+def _in_vectors(
+    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(x, weight) for torch's CUDA rms_norm kernel to read four values at a time, or None where it cannot.
 
-    That is its condition in torch 2.11-2.13 (float64 rows it always reads so). It then takes Welford's mean and
-    variance, which turn an Inf into NaN (docs/spec.md): such calls go to `_rms_norm_rows` (by reductions) instead.
+    It reads rows value by value for float64, for lengths not a multiple of 4 or over 2**24 (its conditions in torch
+    2.11-2.13), and from memory off a boundary of four values; then it takes Welford's mean and variance, which turn
+    an Inf into NaN (docs/spec.md). None sends the call to `_rms_norm_rows` (by reductions); an x or weight off the
+    boundary is replaced by an aligned copy (`_aligned`).
     """
+    vector_bytes = _VECTOR_BYTES.get(x.dtype)
     row = math.prod(_sizes(spec.normalized_shape))
-    return row % 4 != 0 or row > 1 << 24
+    if vector_bytes is None or row % 4 != 0 or row > 1 << 24:
+        return None
+    return _aligned(x, vector_bytes), None if weight is None else _aligned(weight, _VECTOR_BYTES[weight.dtype])
 
 
-def _on_vector_boundary(t: torch.Tensor, vector_bytes: int) -> torch.Tensor:
+def _aligned(t: torch.Tensor, vector_bytes: int) -> torch.Tensor:
     """t, or a contiguous copy of it (fresh memory, aligned) when its address is off a ``vector_bytes`` boundary.
 
-    torch's CUDA rms_norm kernel reads x and weight four values at a time only from such a boundary, else value by
-    value (`_rows_not_in_vectors`). A slice imported through DLPack has storage offset 0 at any address; a
-    torch.func wrapper has no address, but the offset of the tensor it wraps.
+    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. A torch.func
+    wrapper has none: the tensor it wraps has. A subclass without storage of its own (a DTensor: its local shard)
+    is taken as it is. (A float32 weight of a half x is checked at float32's boundary: the float32 kernel reads it
+    as it is under torch.func.)
     """
+    inner = t
+    while torch._C._functorch.is_functorch_wrapped_tensor(inner):
+        inner = torch._C._functorch.get_unwrapped(inner)
     try:
-        off_boundary = t.data_ptr() % vector_bytes != 0
+        off_boundary = inner.data_ptr() % vector_bytes != 0
     except RuntimeError:
-        off_boundary = t.storage_offset() * t.element_size() % vector_bytes != 0
+        return t
     return t.clone(memory_format=torch.contiguous_format) if off_boundary else t
 
 
 def _rms_norm_rows(
-    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, recorded: bool
+    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, through_function: bool
 ) -> Any:
-    """`rms_rows.forward`, through `RMSNormRows` when autograd ``recorded``; rstd differentiable if x requires grad.
+    """`rms_rows.forward`, through `RMSNormRows` (its analytic backward) when ``through_function``.
 
-    On CUDA (by reductions) an unrecorded call inside a torch.func transform or a jit trace is differentiated op by
-    op, through an rstd**3 that leaves float32's range for rows of RMS beyond 1e+-13.
+    rstd is differentiable when x requires grad. Without the Function, a transform or trace around the call
+    differentiates `rms_rows.forward`'s ops: on CUDA (by reductions) through an rstd**3 that leaves the compute
+    dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
     """
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
         check_devices(device_of, x, (weight,))
     (xt,) = _normalized_last(spec, x)
-    if recorded:
+    if through_function:
         y, rstd = RMSNormRows.apply(xt, weight, spec.normalized_shape, spec.eps)
     else:
         y, rstd = rms_rows.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
     y, rstd = _normalized_back(spec, y), _normalized_back(spec, rstd)
     if not return_stats:
         return y
-    if recorded and x.requires_grad:
+    if through_function and x.requires_grad:
         rstd = rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
     return y, rstd
 

@@ -8,8 +8,8 @@ layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_
 backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's kernel reads value by
 value and so misreads an Inf, `_in_vectors`); under torch.compile, torch.export and torch.func they keep
 plain ops (torch's, or on CUDA `rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and
-gradcheck see ordinary aten ops. Axes that are
-not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
+gradcheck see ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
+kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
 Casts name the dtype by keyword (``t.to(dtype=d)``), which skips ``Tensor.to``'s overload resolution: 1.3 µs

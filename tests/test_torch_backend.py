@@ -206,15 +206,13 @@ def test_cuda_rms_norm_route() -> None:
     ("dtype", "mixed"), [(dtype, False) for dtype in DTYPES] + [("float16", True), ("bfloat16", True)]
 )
 @pytest.mark.parametrize(("shape", "axis"), CASES[:5])
-def test_rms_norm_by_reductions(
-    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool
-) -> None:
+@pytest.mark.usefixtures("rms_rows_off_the_cpu")
+def test_rms_norm_by_reductions(shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool) -> None:
     """`rms_rows.by_reductions`, what `rms_rows.forward` runs off the CPU, here on the CPU through
     `_rms_norm_rows` unrecorded (as in torch.func transforms and jit traces): y and rstd against the reference,
     and autograd's gradients through its ops (float32 parameters with a half x too)."""
-    from layernorm_torch import backend, rms_rows
+    from layernorm_torch import backend
 
-    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
@@ -232,15 +230,13 @@ def test_rms_norm_by_reductions(
     ("dtype", "scale"), [("float32", 1e15), ("float32", 1e-15), ("float64", 1e120), ("float64", 1e-120)]
 )
 @TRAILING_OR_CHANNELS_FIRST
-def test_rms_rows_by_reductions_under_autograd(
-    monkeypatch: pytest.MonkeyPatch, axis: Any, dtype: str, scale: float
-) -> None:
+@pytest.mark.usefixtures("rms_rows_off_the_cpu")
+def test_rms_rows_by_reductions_under_autograd(axis: Any, dtype: str, scale: float) -> None:
     """`RMSNormRows` with `rms_rows.by_reductions` as its forward, the route of CUDA rows torch's kernel reads value
     by value (`rms_rows.forward` takes it off the CPU), here on the CPU: rows of RMS far from 1 with eps = 0, where
     autograd's derivative of the reductions goes through an rstd**3 out of range, and the analytic backward not."""
-    from layernorm_torch import backend, rms_rows
+    from layernorm_torch import backend
 
-    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
     x, w, _, dy = make((6, 20, 12), axis, dtype, "cpu")
     x = x * scale
     spec = check_forward("rms_norm", x, w, None, axis, 0.0)
@@ -342,6 +338,14 @@ def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         layernorm.layer_norm(*leaves).backward(dy)
         check_layer_norm_grads(tuple(t.grad for t in leaves), x, w, dy, -1, dtype)
+
+
+@pytest.fixture
+def rms_rows_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `rms_rows.forward` run what it runs off the CPU (`rms_rows.by_reductions`), here on CPU tensors."""
+    from layernorm_torch import rms_rows
+
+    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
 
 
 @pytest.fixture

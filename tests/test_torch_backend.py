@@ -192,14 +192,15 @@ def test_cuda_rms_norm_route() -> None:
                 assert used is not None and torch.equal(used, given) and used.data_ptr() % vector_bytes == 0
                 assert (used is given) == (given.data_ptr() % vector_bytes == 0), (dtype, start)
     imported = torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])
-    assert imported.storage_offset() == 0 and backend._aligned(imported, 16) is not imported
+    assert imported.storage_offset() == 0 and backend._off_boundary(imported, 16)
 
-    def inside_a_transform(t: Any) -> Any:
-        assert backend._aligned(t, 16) is not t
+    def inside_a_transform(t: Any, off_boundary: bool) -> Any:
+        assert backend._off_boundary(t, 16) is off_boundary
         return t.sum()
 
     for misaligned in (torch.arange(41.0)[1:], torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])):
-        torch.func.grad(inside_a_transform)(misaligned)
+        torch.func.grad(inside_a_transform)(misaligned, True)
+    torch.func.grad(inside_a_transform)(torch.arange(40.0), False)
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ For a half layer_norm it also times torch's route to the spec's accuracy, ``F.la
 back ("torch f32"): torch's half backward on the CPU sums dweight and dbias in half precision, outside the
 tolerances, which ours does in float32 (docs/benchmarks.md).
 ``--breakdown`` splits the per-call cost of a call (forward, and forward+backward) into the layers of the public
-API's path.
+API's path, for each of ``--ops``.
 
     python -m benchmarks.torch_speed                 # (8, 64), (4096, 768), (8192, 4096); float32, bfloat16
     python -m benchmarks.torch_speed --quick         # (8, 64), (4096, 768), fewer rounds
-    python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes, per dtype
+    python -m benchmarks.torch_speed --breakdown     # where the overhead of a (8, 64) call goes, per op and dtype
     python -m benchmarks.torch_speed --breakdown --device cuda --shapes 8x64,4096x768
     python -m benchmarks.torch_speed --shapes 64x768 --dtypes float16,bfloat16 --ops layer_norm
     python -m benchmarks.torch_speed --shapes 4096x768 --sets 12   # 150 MB of inputs in rotation: cold caches
@@ -22,6 +22,7 @@ API's path.
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -121,8 +122,8 @@ def bench_case(
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
-    """Per-call time of each piece of the public path, timed side by side.
+def breakdown(op: str, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+    """Per-call time of each piece of the public path of ``op``, timed side by side; torch's own call first.
 
     On CUDA the calls run back to back with one synchronize per repeat, so a call's time is its host time while
     the kernels keep up.
@@ -134,37 +135,59 @@ def breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> d
     from layernorm_core.tracing import dynamo_tracing
 
     x, w, b, _ = make_inputs(shape, DTYPES[dtype], device, grad=False, count=1)[0]
-    spec = check_forward("layer_norm", x, w, b, -1, EPS)
     normalized = shape[-1:]
-    fns: dict[str, Callable[[Any], Any]] = {
-        "F.layer_norm": lambda _: F.layer_norm(x, normalized, w, b, EPS),
-        "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, normalized, w, b, EPS),
-        "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
-        "core: dynamo_tracing": lambda _: dynamo_tracing(),
-        "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
-        "core: local_engine": lambda _: local_engine(x, (w, b), None, False),
-        "layernorm.layer_norm": lambda _: layernorm.layer_norm(x, w, b, eps=EPS),
-        "layernorm.layer_norm(backend=)": lambda _: layernorm.layer_norm(x, w, b, eps=EPS, backend="torch"),
-    }
+    fns: dict[str, Callable[[Any], Any]]
+    if op == "layer_norm":
+        spec = check_forward("layer_norm", x, w, b, -1, EPS)
+        fns = {
+            "F.layer_norm": lambda _: F.layer_norm(x, normalized, w, b, EPS),
+            "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, normalized, w, b, EPS),
+            "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
+            "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
+            "core: local_engine": lambda _: local_engine(x, (w, b), None, False),
+            "layernorm.layer_norm": lambda _: layernorm.layer_norm(x, w, b, eps=EPS),
+            "layernorm.layer_norm(backend=)": lambda _: layernorm.layer_norm(x, w, b, eps=EPS, backend="torch"),
+        }
+    else:
+        spec = check_forward("rms_norm", x, w, None, -1, EPS)
+        fns = {
+            "F.rms_norm": lambda _: F.rms_norm(x, normalized, w, EPS),
+            "torch.rms_norm": lambda _: torch.rms_norm(x, normalized, w, EPS),
+            "backend.rms_norm(spec)": lambda _: backend.rms_norm(x, w, spec, False),
+            "core: check_forward": lambda _: check_forward("rms_norm", x, w, None, -1, EPS),
+            "core: local_engine": lambda _: local_engine(x, (w,), None, False),
+            "layernorm.rms_norm": lambda _: layernorm.rms_norm(x, w, eps=EPS),
+            "layernorm.rms_norm(backend=)": lambda _: layernorm.rms_norm(x, w, eps=EPS, backend="torch"),
+        }
+    fns["core: dynamo_tracing"] = lambda _: dynamo_tracing()
     return interleaved(fns, [None], sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def backward_breakdown(rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
-    """Forward+backward time of the public path and of the layers below it, timed side by side."""
+def backward_breakdown(op: str, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+    """Forward+backward time of the public path of ``op`` and of the layers below it, timed side by side."""
     from layernorm_torch import backend
 
     from layernorm_core.spec import check_forward
 
     inputs = make_inputs(shape, DTYPES[dtype], device, grad=True)
     x, w, b, _ = inputs[0]
-    spec = check_forward("layer_norm", x, w, b, -1, EPS)
     normalized = shape[-1:]
-    layers: dict[str, Callable[..., torch.Tensor]] = {
-        "F.layer_norm": lambda x, w, b: F.layer_norm(x, normalized, w, b, EPS),
-        "torch.native_layer_norm(...)[0]": lambda x, w, b: torch.native_layer_norm(x, normalized, w, b, EPS)[0],
-        "backend.layer_norm(spec)": lambda x, w, b: backend.layer_norm(x, w, b, spec, False),
-        "layernorm.layer_norm": lambda x, w, b: layernorm.layer_norm(x, w, b, eps=EPS),
-    }
+    layers: dict[str, Callable[..., torch.Tensor]]
+    if op == "layer_norm":
+        spec = check_forward("layer_norm", x, w, b, -1, EPS)
+        layers = {
+            "F.layer_norm": lambda x, w, b: F.layer_norm(x, normalized, w, b, EPS),
+            "torch.native_layer_norm(...)[0]": lambda x, w, b: torch.native_layer_norm(x, normalized, w, b, EPS)[0],
+            "backend.layer_norm(spec)": lambda x, w, b: backend.layer_norm(x, w, b, spec, False),
+            "layernorm.layer_norm": lambda x, w, b: layernorm.layer_norm(x, w, b, eps=EPS),
+        }
+    else:
+        spec = check_forward("rms_norm", x, w, None, -1, EPS)
+        layers = {
+            "F.rms_norm": lambda x, w, b: F.rms_norm(x, normalized, w, EPS),
+            "backend.rms_norm(spec)": lambda x, w, b: backend.rms_norm(x, w, spec, False),
+            "layernorm.rms_norm": lambda x, w, b: layernorm.rms_norm(x, w, eps=EPS),
+        }
     fns = {name: _timed(fn, backward=True) for name, fn in layers.items()}
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
@@ -199,14 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; medians")
     if args.breakdown:
-        for shape in args.shapes or ((8, 64),):
-            for dtype in args.dtypes:
-                for mode, timed in (("forward", breakdown), ("forward+backward", backward_breakdown)):
-                    timings = timed(rounds, args.device, dtype, shape)
-                    base = timings["F.layer_norm"].median
-                    print(f"\nlayer_norm {mode}, {dtype}, {shape}")
-                    for name, t in timings.items():
-                        print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.layer_norm")
+        for op, shape, dtype in itertools.product(args.ops, args.shapes or ((8, 64),), args.dtypes):
+            for mode, timed in (("forward", breakdown), ("forward+backward", backward_breakdown)):
+                timings = timed(op, rounds, args.device, dtype, shape)
+                base = timings[f"F.{op}"].median
+                print(f"\n{op} {mode}, {dtype}, {shape}")
+                for name, t in timings.items():
+                    print(f"  {name:34s} {t.median * 1e6:8.3f} us   {t.median / base:5.2f}x F.{op}")
         return
     shapes: tuple[tuple[int, int], ...] = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     for op in args.ops:

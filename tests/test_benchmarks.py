@@ -408,9 +408,19 @@ def test_torch_speed_breakdown_times_every_piece(capsys: pytest.CaptureFixture[s
 
     torch_speed.main(["--breakdown", "--rounds", "1", "--dtypes", "bfloat16", "--shapes", "4x32", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "layer_norm forward, bfloat16, (4, 32)" in out and "layer_norm forward+backward, bfloat16, (4, 32)" in out
-    pieces = ("core: check_forward", "core: local_engine", "torch.native_layer_norm(...)[0]", "layernorm.layer_norm(")
+    for op in ("layer_norm", "rms_norm"):
+        assert f"{op} forward, bfloat16, (4, 32)" in out and f"{op} forward+backward, bfloat16, (4, 32)" in out
+    pieces = (
+        "core: check_forward",
+        "core: local_engine",
+        "torch.native_layer_norm(...)[0]",
+        "layernorm.layer_norm(",
+        "torch.rms_norm",
+        "backend.rms_norm(spec)",
+        "layernorm.rms_norm(backend=)",
+    )
     assert all(piece in out for piece in pieces)
+    assert out.count("core: check_forward") == 2
 
 
 def test_torch_speed_times_a_half_layer_norm_against_torch_on_float32_copies(

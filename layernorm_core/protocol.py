@@ -19,7 +19,8 @@ class BackendDeclaration:
     ``excluded_modules`` are modules under those whose array types are not dense arrays (masked, sparse,
     ragged): a dense kernel would misread them (a NumPy masked array's mask would be dropped), so an argument of
     such a type, or of a subclass, is a DTypeError before any backend runs. Non-dense variants of an owned type
-    (torch's sparse layouts) are the backend's to refuse, with `not_dense_error`, before it computes anything.
+    (torch's sparse layouts) are the backend's to refuse, with `not_dense_error`: before its own code computes
+    anything, or in place of the error its framework's kernel raised on them.
     ``implementation`` is the module (imported on first use) that implements `BackendModule`.
     """
 

@@ -1,7 +1,9 @@
-"""Masked, sparse and ragged arrays are a DTypeError before anything is computed, on every engine.
+"""Masked, sparse and ragged arrays are a DTypeError, with no result computed, on every engine.
 
 A dense kernel would misread them: NumPy's masked arrays lost their mask silently (the masked values were
-normalized with the rest), and the other frameworks failed deep inside their kernels with their own errors.
+normalized with the rest), and the other frameworks failed deep inside their kernels with their own errors. The
+core refuses them by type before any backend runs; torch's non-dense layouts, all torch.Tensor, are refused by
+its backend (there, where a kernel fails on them; tests/test_torch_backend.py covers its own ops).
 """
 
 from __future__ import annotations
@@ -107,21 +109,6 @@ def test_x_that_is_not_dense_is_a_dtype_error_on_every_engine(not_dense: NotDens
         with pytest.raises(DTypeError, match=NOT_A_DENSE_ARRAY) as raised:
             call()
         assert type(x).__qualname__ in str(raised.value)
-
-
-@pytest.mark.parametrize(("shape", "requires_grad"), [((2, 4), True), ((1024, 512), False)])
-@pytest.mark.parametrize("make", [_torch_sparse_coo, _torch_sparse_csr, _torch_mkldnn])
-def test_torch_tensor_that_is_not_dense_is_refused_on_the_backends_own_paths(
-    make: NotDense, shape: tuple[int, int], requires_grad: bool
-) -> None:
-    """torch's rms_norm calls that run the backend's own ops (`rms_rows`) instead of torch's kernel: a call autograd
-    records, and a large one. The first op that refuses the tensor names it (`_refused`), as the kernel's would."""
-    x, dense = make(shape)
-    with pytest.raises(DTypeError, match=NOT_A_DENSE_ARRAY):
-        layernorm.rms_norm(x.requires_grad_(requires_grad))
-    if make is not _torch_sparse_csr:  # a CSR tensor has two dimensions: it cannot be a weight
-        with pytest.raises(DTypeError, match=NOT_A_DENSE_ARRAY):
-            layernorm.rms_norm(dense.requires_grad_(requires_grad), make(shape[-1:])[0])
 
 
 def test_weight_bias_or_dy_that_is_not_dense_is_a_dtype_error(not_dense: NotDense) -> None:

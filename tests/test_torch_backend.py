@@ -14,6 +14,7 @@ from cases import check_second_order, shape_cases  # noqa: E402
 from torch_checks import check_layer_norm_grads, check_rms_norm_grads, f64  # noqa: E402
 
 import layernorm  # noqa: E402
+from layernorm import DTypeError  # noqa: E402
 from layernorm_core import check_forward, reference  # noqa: E402
 from layernorm_core.tolerances import error_ratio, row_condition, tolerance  # noqa: E402
 
@@ -164,7 +165,7 @@ def test_rms_norm_rows_with_inf(
 def test_cuda_rms_norm_route() -> None:
     """Which CUDA rms_norm calls leave torch's kernel (`_in_vectors`, checked here on CPU tensors): rows it reads
     value by value go to `RMSNormRows`; an x or weight off a four-value boundary, also a DLPack import of a slice
-    (storage offset 0), also inside torch.func, is copied to aligned memory first."""
+    (storage offset 0), also inside torch.func transforms, is copied to aligned memory first."""
     from layernorm_torch import backend
 
     four_values = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
@@ -192,15 +193,68 @@ def test_cuda_rms_norm_route() -> None:
                 assert used is not None and torch.equal(used, given) and used.data_ptr() % vector_bytes == 0
                 assert (used is given) == (given.data_ptr() % vector_bytes == 0), (dtype, start)
     imported = torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])
-    assert imported.storage_offset() == 0 and backend._off_boundary(imported, 16)
+    assert imported.storage_offset() == 0 and backend._off_boundary(imported, 16, in_transform=False)
 
     def inside_a_transform(t: Any, off_boundary: bool) -> Any:
-        assert backend._off_boundary(t, 16) is off_boundary
+        used, _ = backend._in_vectors(t, None, check_forward("rms_norm", t, None, None, -1, 1e-5))
+        assert (used is not t) is off_boundary
         return t.sum()
 
-    for misaligned in (torch.arange(41.0)[1:], torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])):
-        torch.func.grad(inside_a_transform)(misaligned, True)
-    torch.func.grad(inside_a_transform)(torch.arange(40.0), False)
+    for transform in (torch.func.grad, torch.func.functionalize):  # functionalize's wrapper has an address of 0
+        for misaligned in (torch.arange(41.0)[1:], torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])):
+            transform(inside_a_transform)(misaligned, True)
+        transform(inside_a_transform)(torch.arange(40.0), False)
+
+
+NOT_DENSE = {
+    "sparse-coo": lambda t: t.to_sparse(),
+    "sparse-csr": lambda t: t.to_sparse_csr(),
+    "mkldnn": lambda t: t.to_mkldnn(),
+}
+
+
+@pytest.mark.parametrize("layout", list(NOT_DENSE))
+@pytest.mark.parametrize(
+    ("shape", "requires_grad", "off_the_cpu"),
+    [((2, 4), True, False), ((1024, 512), False, False), ((2, 4), True, True), ((1024, 512), False, True)],
+    ids=["recorded", "large", "recorded-by-reductions", "by-reductions"],
+)
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+def test_rms_norm_rows_refuse_tensors_that_are_not_dense(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+    shape: tuple[int, int],
+    requires_grad: bool,
+    off_the_cpu: bool,
+) -> None:
+    """rms_norm calls that run the backend's own ops (`_rms_norm_rows`) instead of torch's kernel: one autograd
+    records, a large one, and the route of CUDA rows by reductions (on CPU tensors), which multiplies by a sparse
+    weight without complaint: a DTypeError for a sparse or MKLDNN x or weight, as the core's would read."""
+    from layernorm_torch import backend
+
+    if layout == "mkldnn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch was built without MKLDNN (oneDNN)")
+    if off_the_cpu:
+        request.getfixturevalue("rms_rows_off_the_cpu")
+    reached = []
+    rows = backend._rms_norm_rows
+
+    def counted(*args: Any) -> Any:
+        reached.append(args)
+        return rows(*args)
+
+    monkeypatch.setattr(backend, "_rms_norm_rows", counted)
+    to_layout = NOT_DENSE[layout]
+    dtype = torch.float64 if layout != "mkldnn" else torch.float32  # MKLDNN holds float32
+    dense = torch.ones(shape, dtype=dtype)
+    calls = [(to_layout(dense), None)]
+    if layout != "sparse-csr":  # a CSR tensor has two dimensions, the weight of rows of one axis one
+        calls.append((dense, to_layout(torch.ones(shape[-1], dtype=dtype))))
+    for x, weight in calls:
+        with pytest.raises(DTypeError, match="is not a dense array"):
+            layernorm.rms_norm(x.requires_grad_(requires_grad), weight)
+    assert len(reached) == len(calls)
 
 
 @pytest.mark.parametrize(

@@ -376,27 +376,26 @@ def _in_vectors(
     row = math.prod(_sizes(spec.normalized_shape))
     if vector_bytes is None or row % 4 != 0 or row > 1 << 24:
         return None
-    if _off_boundary(x, vector_bytes):
+    in_transform = torch._C._functorch.peek_interpreter_stack() is not None
+    if _off_boundary(x, vector_bytes, in_transform):
         x = x.clone(memory_format=torch.contiguous_format)  # fresh memory is aligned
-    if weight is not None and _off_boundary(weight, _VECTOR_BYTES[weight.dtype]):
+    if weight is not None and _off_boundary(weight, _VECTOR_BYTES[weight.dtype], in_transform):
         weight = weight.clone(memory_format=torch.contiguous_format)
     return x, weight
 
 
-def _off_boundary(t: torch.Tensor, vector_bytes: int) -> bool:
+def _off_boundary(t: torch.Tensor, vector_bytes: int, in_transform: bool) -> bool:
     """Whether t's data address is off a ``vector_bytes`` boundary.
 
-    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. A torch.func
-    wrapper has none: the tensor it wraps has. A subclass without storage of its own (a DTensor: its local shard)
-    counts as on the boundary. (A float32 weight of a half x is checked at float32's boundary: the float32 kernel
-    reads it as it is under torch.func.)
+    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. Inside a
+    torch.func transform, the tensor that t wraps has it: functionalize's wrapper reports an address of its own
+    making, the others none. A subclass without storage of its own (a DTensor: its local shard) counts as on the
+    boundary. (A float32 weight of a half x is checked at float32's boundary: the float32 kernel reads it as it is
+    under torch.func.)
     """
-    try:
-        return t.data_ptr() % vector_bytes != 0  # a plain tensor: 0.05 us, against 0.1 us for the wrapper query
-    except RuntimeError:
-        pass
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
+    if in_transform:
+        while torch._C._functorch.is_functorch_wrapped_tensor(t):
+            t = torch._C._functorch.get_unwrapped(t)
     try:
         return t.data_ptr() % vector_bytes != 0
     except RuntimeError:
@@ -412,6 +411,7 @@ def _rms_norm_rows(
     differentiates `rms_rows.forward`'s ops: on CUDA (by reductions) through an rstd**3 that leaves the compute
     dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
     """
+    _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
         check_devices(device_of, x, (weight,))
     (xt,) = _normalized_last(spec, x)
@@ -605,7 +605,8 @@ def _require_dense(*tensors: torch.Tensor | None) -> None:
     """DTypeError where a tensor is sparse or MKLDNN's; nested (jagged) ones pass (the core checks their axes).
 
     Their type is torch.Tensor, so the core's check by type cannot tell them; torch's kernels would fail on them
-    with errors of their own. Called by `to_numpy` before it copies, and by `_refused` once a kernel or op failed.
+    with errors of their own. Called before the backend's own ops run (`_rms_norm_rows`, `to_numpy`), and by
+    `_refused`: before the backward functions, and where a kernel refused a tensor.
     """
     for t in tensors:
         if t is not None and t.layout is not _STRIDED and not t.is_nested:

@@ -33,6 +33,7 @@ import layernorm
 from benchmarks.cases import OPS, names_among, rows_by_columns
 from benchmarks.timing import Timing, interleaved
 from layernorm.cli import positive_int
+from layernorm_core.spec import Kind
 
 EPS = 1e-5
 SHAPES = ((8, 64), (4096, 768), (8192, 4096))
@@ -122,7 +123,7 @@ def bench_case(
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def breakdown(op: str, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+def breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
     """Per-call time of each piece of the public path of ``op``, timed side by side; torch's own call first.
 
     On CUDA the calls run back to back with one synchronize per repeat, so a call's time is its host time while
@@ -135,35 +136,23 @@ def breakdown(op: str, rounds: int, device: str, dtype: str, shape: tuple[int, i
     from layernorm_core.tracing import dynamo_tracing
 
     x, w, b, _ = make_inputs(shape, DTYPES[dtype], device, grad=False, count=1)[0]
-    normalized = shape[-1:]
-    fns: dict[str, Callable[[Any], Any]]
-    if op == "layer_norm":
-        spec = check_forward("layer_norm", x, w, b, -1, EPS)
-        fns = {
-            "F.layer_norm": lambda _: F.layer_norm(x, normalized, w, b, EPS),
-            "torch.native_layer_norm": lambda _: torch.native_layer_norm(x, normalized, w, b, EPS),
-            "backend.layer_norm(spec)": lambda _: backend.layer_norm(x, w, b, spec, False),
-            "core: check_forward": lambda _: check_forward("layer_norm", x, w, b, -1, EPS),
-            "core: local_engine": lambda _: local_engine(x, (w, b), None, False),
-            "layernorm.layer_norm": lambda _: layernorm.layer_norm(x, w, b, eps=EPS),
-            "layernorm.layer_norm(backend=)": lambda _: layernorm.layer_norm(x, w, b, eps=EPS, backend="torch"),
-        }
-    else:
-        spec = check_forward("rms_norm", x, w, None, -1, EPS)
-        fns = {
-            "F.rms_norm": lambda _: F.rms_norm(x, normalized, w, EPS),
-            "torch.rms_norm": lambda _: torch.rms_norm(x, normalized, w, EPS),
-            "backend.rms_norm(spec)": lambda _: backend.rms_norm(x, w, spec, False),
-            "core: check_forward": lambda _: check_forward("rms_norm", x, w, None, -1, EPS),
-            "core: local_engine": lambda _: local_engine(x, (w,), None, False),
-            "layernorm.rms_norm": lambda _: layernorm.rms_norm(x, w, eps=EPS),
-            "layernorm.rms_norm(backend=)": lambda _: layernorm.rms_norm(x, w, eps=EPS, backend="torch"),
-        }
-    fns["core: dynamo_tracing"] = lambda _: dynamo_tracing()
+    params = _params(op, w, b)
+    spec = check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS)
+    public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
+    fns: dict[str, Callable[[Any], Any]] = {
+        f"F.{op}": lambda _: getattr(F, op)(x, shape[-1:], *params, EPS),
+        f"torch.{kernel.__name__}": lambda _: kernel(x, shape[-1:], *params, EPS),
+        f"backend.{op}(spec)": lambda _: ours(x, *params, spec, False),
+        "core: dynamo_tracing": lambda _: dynamo_tracing(),
+        "core: check_forward": lambda _: check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS),
+        "core: local_engine": lambda _: local_engine(x, params, None, False),
+        f"layernorm.{op}": lambda _: public(x, *params, eps=EPS),
+        f"layernorm.{op}(backend=)": lambda _: public(x, *params, eps=EPS, backend="torch"),
+    }
     return interleaved(fns, [None], sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 
-def backward_breakdown(op: str, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
+def backward_breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tuple[int, int]) -> dict[str, Timing]:
     """Forward+backward time of the public path of ``op`` and of the layers below it, timed side by side."""
     from layernorm_torch import backend
 
@@ -171,25 +160,29 @@ def backward_breakdown(op: str, rounds: int, device: str, dtype: str, shape: tup
 
     inputs = make_inputs(shape, DTYPES[dtype], device, grad=True)
     x, w, b, _ = inputs[0]
-    normalized = shape[-1:]
-    layers: dict[str, Callable[..., torch.Tensor]]
-    if op == "layer_norm":
-        spec = check_forward("layer_norm", x, w, b, -1, EPS)
-        layers = {
-            "F.layer_norm": lambda x, w, b: F.layer_norm(x, normalized, w, b, EPS),
-            "torch.native_layer_norm(...)[0]": lambda x, w, b: torch.native_layer_norm(x, normalized, w, b, EPS)[0],
-            "backend.layer_norm(spec)": lambda x, w, b: backend.layer_norm(x, w, b, spec, False),
-            "layernorm.layer_norm": lambda x, w, b: layernorm.layer_norm(x, w, b, eps=EPS),
-        }
-    else:
-        spec = check_forward("rms_norm", x, w, None, -1, EPS)
-        layers = {
-            "F.rms_norm": lambda x, w, b: F.rms_norm(x, normalized, w, EPS),
-            "backend.rms_norm(spec)": lambda x, w, b: backend.rms_norm(x, w, spec, False),
-            "layernorm.rms_norm": lambda x, w, b: layernorm.rms_norm(x, w, eps=EPS),
-        }
+    spec = check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS)
+    public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
+
+    def first(out: Any) -> torch.Tensor:  # native_layer_norm returns (y, mean, rstd)
+        return out[0] if isinstance(out, tuple) else out
+
+    layers: dict[str, Callable[..., torch.Tensor]] = {
+        f"F.{op}": lambda x, w, b: getattr(F, op)(x, shape[-1:], *_params(op, w, b), EPS),
+        f"torch.{kernel.__name__}": lambda x, w, b: first(kernel(x, shape[-1:], *_params(op, w, b), EPS)),
+        f"backend.{op}(spec)": lambda x, w, b: ours(x, *_params(op, w, b), spec, False),
+        f"layernorm.{op}": lambda x, w, b: public(x, *_params(op, w, b), eps=EPS),
+    }
     fns = {name: _timed(fn, backward=True) for name, fn in layers.items()}
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
+
+
+_KERNELS: dict[str, Callable[..., Any]] = {"layer_norm": torch.native_layer_norm, "rms_norm": torch.rms_norm}
+"""The torch function under ``F.<op>``: for layer_norm the one that also returns the statistics."""
+
+
+def _params(op: str, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The parameters ``op`` takes: weight and bias, or weight alone (rms_norm)."""
+    return (weight, bias) if op == "layer_norm" else (weight,)
 
 
 def main(argv: list[str] | None = None) -> None:

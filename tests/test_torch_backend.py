@@ -200,10 +200,15 @@ def test_cuda_rms_norm_route() -> None:
         assert (used is not t) is off_boundary
         return t.sum()
 
-    for transform in (torch.func.grad, torch.func.functionalize):  # functionalize's wrapper has an address of 0
+    # functionalize's wrapper reports its storage offset in bytes as its address: 0 for the DLPack import
+    for transform in (torch.func.grad, torch.func.functionalize):
         for misaligned in (torch.arange(41.0)[1:], torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])):
             transform(inside_a_transform)(misaligned, True)
         transform(inside_a_transform)(torch.arange(40.0), False)
+    escaped: list[Any] = []
+    torch.func.grad(lambda t: escaped.append(t) or t.sum())(torch.from_dlpack(np.arange(41, dtype=np.float32)[1:]))
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])  # a wrapper, its transform over
+    assert backend._off_boundary(escaped[0], 16, in_transform=False)
 
 
 NOT_DENSE = {

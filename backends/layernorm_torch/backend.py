@@ -387,15 +387,19 @@ def _in_vectors(
 def _off_boundary(t: torch.Tensor, vector_bytes: int, in_transform: bool) -> bool:
     """Whether t's data address is off a ``vector_bytes`` boundary.
 
-    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. Inside a
-    torch.func transform, the tensor that t wraps has it: functionalize's wrapper reports an address of its own
-    making, the others none. A subclass without storage of its own (a DTensor: its local shard) counts as on the
-    boundary. (A float32 weight of a half x is checked at float32's boundary: the float32 kernel reads it as it is
-    under torch.func.)
+    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. A torch.func
+    wrapper, inside its transform or escaped from it, does not have it, the tensor it wraps does: functionalize's
+    reports its storage offset in bytes instead (0 for a DLPack import), the others none. A subclass without
+    storage of its own (a DTensor: its local shard) counts as on the boundary. (A float32 weight of a half x is
+    checked at float32's boundary: the float32 kernel reads it as it is under torch.func.)
     """
-    if in_transform:
-        while torch._C._functorch.is_functorch_wrapped_tensor(t):
-            t = torch._C._functorch.get_unwrapped(t)
+    if not in_transform:
+        try:
+            return t.data_ptr() % vector_bytes != 0
+        except RuntimeError:  # a subclass without storage, or a wrapper that escaped its transform
+            pass
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
     try:
         return t.data_ptr() % vector_bytes != 0
     except RuntimeError:
@@ -592,7 +596,7 @@ def _rms_norm_backward_fused(
 
 
 def _refused(x: torch.Tensor, *others: torch.Tensor | None) -> None:
-    """The error the core would have raised for arrays that a kernel refused (RuntimeError), if any.
+    """Raise the core's error for these arrays, if any: called before a backward function, and once a kernel failed.
 
     A sparse or MKLDNN tensor (`_require_dense`), or tensors on two devices where torch reports one (meta tensors
     beside CPU ones: the core compares devices only where a framework reports several, torch with CUDA).

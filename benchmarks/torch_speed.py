@@ -33,7 +33,7 @@ import layernorm
 from benchmarks.cases import OPS, names_among, rows_by_columns
 from benchmarks.timing import Timing, interleaved
 from layernorm.cli import positive_int
-from layernorm_core.spec import Kind
+from layernorm_core.spec import Kind, check_forward
 
 EPS = 1e-5
 SHAPES = ((8, 64), (4096, 768), (8192, 4096))
@@ -132,19 +132,18 @@ def breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tuple[int, 
     from layernorm_torch import backend
 
     from layernorm_core.dispatch import local_engine
-    from layernorm_core.spec import check_forward
     from layernorm_core.tracing import dynamo_tracing
 
     x, w, b, _ = make_inputs(shape, DTYPES[dtype], device, grad=False, count=1)[0]
-    params = _params(op, w, b)
-    spec = check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS)
+    params, bias = _params(op, w, b), _bias(op, b)
+    spec = check_forward(op, x, w, bias, -1, EPS)
     public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
     fns: dict[str, Callable[[Any], Any]] = {
         f"F.{op}": lambda _: getattr(F, op)(x, shape[-1:], *params, EPS),
         f"torch.{kernel.__name__}": lambda _: kernel(x, shape[-1:], *params, EPS),
         f"backend.{op}(spec)": lambda _: ours(x, *params, spec, False),
         "core: dynamo_tracing": lambda _: dynamo_tracing(),
-        "core: check_forward": lambda _: check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS),
+        "core: check_forward": lambda _: check_forward(op, x, w, bias, -1, EPS),
         "core: local_engine": lambda _: local_engine(x, params, None, False),
         f"layernorm.{op}": lambda _: public(x, *params, eps=EPS),
         f"layernorm.{op}(backend=)": lambda _: public(x, *params, eps=EPS, backend="torch"),
@@ -156,11 +155,9 @@ def backward_breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tu
     """Forward+backward time of the public path of ``op`` and of the layers below it, timed side by side."""
     from layernorm_torch import backend
 
-    from layernorm_core.spec import check_forward
-
     inputs = make_inputs(shape, DTYPES[dtype], device, grad=True)
     x, w, b, _ = inputs[0]
-    spec = check_forward(op, x, w, b if op == "layer_norm" else None, -1, EPS)
+    spec = check_forward(op, x, w, _bias(op, b), -1, EPS)
     public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
 
     def first(out: Any) -> torch.Tensor:  # native_layer_norm returns (y, mean, rstd)
@@ -180,9 +177,15 @@ _KERNELS: dict[str, Callable[..., Any]] = {"layer_norm": torch.native_layer_norm
 """The torch function under ``F.<op>``: for layer_norm the one that also returns the statistics."""
 
 
-def _params(op: str, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _params(op: Kind, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The parameters ``op`` takes: weight and bias, or weight alone (rms_norm)."""
-    return (weight, bias) if op == "layer_norm" else (weight,)
+    bias_or_none = _bias(op, bias)
+    return (weight,) if bias_or_none is None else (weight, bias_or_none)
+
+
+def _bias(op: Kind, bias: torch.Tensor) -> torch.Tensor | None:
+    """The bias ``op`` takes: rms_norm none."""
+    return bias if op == "layer_norm" else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,9 +137,9 @@ def breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tuple[int, 
     x, w, b, _ = make_inputs(shape, DTYPES[dtype], device, grad=False, count=1)[0]
     params, bias = _params(op, w, b), _bias(op, b)
     spec = check_forward(op, x, w, bias, -1, EPS)
-    public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
+    functional, public, ours, kernel = getattr(F, op), getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
     fns: dict[str, Callable[[Any], Any]] = {
-        f"F.{op}": lambda _: getattr(F, op)(x, shape[-1:], *params, EPS),
+        f"F.{op}": lambda _: functional(x, shape[-1:], *params, EPS),
         f"torch.{kernel.__name__}": lambda _: kernel(x, shape[-1:], *params, EPS),
         f"backend.{op}(spec)": lambda _: ours(x, *params, spec, False),
         "core: dynamo_tracing": lambda _: dynamo_tracing(),
@@ -158,18 +158,24 @@ def backward_breakdown(op: Kind, rounds: int, device: str, dtype: str, shape: tu
     inputs = make_inputs(shape, DTYPES[dtype], device, grad=True)
     x, w, b, _ = inputs[0]
     spec = check_forward(op, x, w, _bias(op, b), -1, EPS)
-    public, ours, kernel = getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
+    functional, public, ours, kernel = getattr(F, op), getattr(layernorm, op), getattr(backend, op), _KERNELS[op]
 
     def first(out: Any) -> torch.Tensor:  # native_layer_norm returns (y, mean, rstd)
         return out[0] if isinstance(out, tuple) else out
 
+    def on_input_set(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``call(x, *params)`` as a function of an input set's (x, w, b), chosen once: rms_norm takes no bias."""
+        if op == "layer_norm":
+            return lambda x, w, b: call(x, w, b)
+        return lambda x, w, b: call(x, w)
+
     layers: dict[str, Callable[..., torch.Tensor]] = {
-        f"F.{op}": lambda x, w, b: getattr(F, op)(x, shape[-1:], *_params(op, w, b), EPS),
-        f"torch.{kernel.__name__}": lambda x, w, b: first(kernel(x, shape[-1:], *_params(op, w, b), EPS)),
-        f"backend.{op}(spec)": lambda x, w, b: ours(x, *_params(op, w, b), spec, False),
-        f"layernorm.{op}": lambda x, w, b: public(x, *_params(op, w, b), eps=EPS),
+        f"F.{op}": lambda x, *p: functional(x, shape[-1:], *p, EPS),
+        f"torch.{kernel.__name__}": lambda x, *p: first(kernel(x, shape[-1:], *p, EPS)),
+        f"backend.{op}(spec)": lambda x, *p: ours(x, *p, spec, False),
+        f"layernorm.{op}": lambda x, *p: public(x, *p, eps=EPS),
     }
-    fns = {name: _timed(fn, backward=True) for name, fn in layers.items()}
+    fns = {name: _timed(on_input_set(fn), backward=True) for name, fn in layers.items()}
     return interleaved(fns, inputs, sync_for(device), rounds=rounds, repeats=3, min_time=0.05)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 from typing import Any
 
@@ -162,14 +163,25 @@ def test_rms_norm_rows_with_inf(
         assert (got[4, :5] == 0).all() and (got[4, 6:] == 0).all()
 
 
-def test_cuda_rms_norm_route() -> None:
-    """Which CUDA rms_norm calls leave torch's kernel (`_in_vectors`, checked here on CPU tensors): rows it reads
-    value by value go to `RMSNormRows`; an x or weight off a four-value boundary, also a DLPack import of a slice
-    (storage offset 0), also inside torch.func transforms, is copied to aligned memory first."""
+def test_cuda_rms_norm_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a CUDA rms_norm call goes (`_rms_norm_cuda`, driven here with CPU tensors): rows torch's kernel reads
+    value by value go to `_rms_norm_rows`; the rest reach the kernel, the one-call ones directly, others through
+    `_rms_norm_kernel`, each with an x or weight off a four-value boundary (also a DLPack import of a slice, storage
+    offset 0, and inside torch.func transforms) replaced by an aligned copy."""
     from layernorm_torch import backend
 
-    four_values = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
-    assert four_values == backend._VECTOR_BYTES
+    reached: list[tuple[str, Any, Any]] = []
+    monkeypatch.setattr(backend, "_rms_norm_rows", lambda x, w, *_: reached.append(("rows", x, w)))
+    monkeypatch.setattr(backend, "_rms_norm", lambda x, _, w, __: reached.append(("kernel", x, w)) or x)
+    monkeypatch.setattr(backend, "_rms_norm_kernel", lambda x, w, *_: reached.append(("kernel, general", x, w)))
+
+    def route(x: Any, w: Any = None, return_stats: bool = False) -> tuple[str, Any, Any]:
+        reached.clear()
+        backend._rms_norm_cuda(x, w, check_forward("rms_norm", x, w, None, -1, 1e-5), return_stats)
+        (got,) = reached
+        return got
+
+    assert backend._VECTOR_BYTES == {"float16": 8, "bfloat16": 8, "float32": 16}
     for dtype, row, by_values in (
         ("float64", 32, True),
         ("float32", 32, False),
@@ -178,26 +190,25 @@ def test_cuda_rms_norm_route() -> None:
         ("float32", 2**24 + 4, True),
         ("bfloat16", 36, False),
     ):
-        x = torch.empty(0, row, dtype=DTYPES[dtype])
-        spec = check_forward("rms_norm", x, None, None, -1, 1e-5)
-        assert (backend._in_vectors(x, None, spec) is None) is by_values, (dtype, row)
+        assert (route(torch.empty(0, row, dtype=DTYPES[dtype]))[0] == "rows") is by_values, (dtype, row)
+    one_call = torch.ones(2, 8)
+    assert route(one_call)[0] == route(one_call.bfloat16())[0] == "kernel"
+    assert route(one_call, return_stats=True)[0] == route(one_call.bfloat16(), one_call[0])[0] == "kernel, general"
     for dtype in ("float16", "bfloat16", "float32"):
-        x_storage, w_storage = torch.arange(48.0).to(DTYPES[dtype]), torch.arange(48.0)
-        for start in range(8):
-            x, w = x_storage[start : start + 40], w_storage[start : start + 40]  # w: a float32 weight of a half x
-            spec = check_forward("rms_norm", x, w, None, -1, 1e-5)
-            got = backend._in_vectors(x, w, spec)
-            assert got is not None
-            for given, used in zip((x, w), got, strict=True):
-                vector_bytes = 4 * given.element_size()
-                assert used is not None and torch.equal(used, given) and used.data_ptr() % vector_bytes == 0
-                assert (used is given) == (given.data_ptr() % vector_bytes == 0), (dtype, start)
+        x_storage = torch.arange(48.0).to(DTYPES[dtype])
+        for w_storage in (x_storage, torch.arange(48.0)):  # a weight of x's dtype; a float32 weight of a half x
+            for x_start, w_start in itertools.product(range(8), repeat=2):
+                x, w = x_storage[x_start : x_start + 40], w_storage[w_start : w_start + 40]
+                _, *used = route(x, w)
+                for given, got in zip((x, w), used, strict=True):
+                    vector_bytes = 4 * given.element_size()
+                    assert torch.equal(got, given) and got.data_ptr() % vector_bytes == 0
+                    assert (got is given) == (given.data_ptr() % vector_bytes == 0), (dtype, x_start, w_start)
     imported = torch.from_dlpack(np.arange(41, dtype=np.float32)[1:])
-    assert imported.storage_offset() == 0 and backend._off_boundary(imported, 16, in_transform=False)
+    assert imported.storage_offset() == 0 and route(imported)[1] is not imported
 
     def inside_a_transform(t: Any, off_boundary: bool) -> Any:
-        used, _ = backend._in_vectors(t, None, check_forward("rms_norm", t, None, None, -1, 1e-5))
-        assert (used is not t) is off_boundary
+        assert (route(t)[1] is not t) is off_boundary
         return t.sum()
 
     # functionalize's wrapper reports its storage offset in bytes as its address: 0 for the DLPack import
@@ -208,7 +219,7 @@ def test_cuda_rms_norm_route() -> None:
     escaped: list[Any] = []
     torch.func.grad(lambda t: escaped.append(t) or t.sum())(torch.from_dlpack(np.arange(41, dtype=np.float32)[1:]))
     assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])  # a wrapper, its transform over
-    assert backend._off_boundary(escaped[0], 16, in_transform=False)
+    assert route(escaped[0])[1] is not escaped[0]
 
 
 NOT_DENSE = {

@@ -6,7 +6,7 @@ op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Els
 torch.autograd with torch's own derivative formulas; two paths have their own autograd.Function: a half
 layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`, analytic
 backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's kernel reads value by
-value and so misreads an Inf, `_in_vectors`); under torch.compile, torch.export and torch.func they keep
+value and so misreads an Inf, `_rms_norm_cuda`); under torch.compile, torch.export and torch.func they keep
 plain ops (torch's, or on CUDA `rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and
 gradcheck see ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
 kernel makes it contiguous) and moved back.
@@ -32,7 +32,8 @@ from layernorm_torch import half_cpu, rms_rows, scratch
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 from layernorm_torch.rms_rows import RMSNormRows
 
-# The kernels, bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never None here.
+# The kernels (and math.prod), bound once. Typed Any: the spec's shapes are typed with None for unknown sizes, never
+# None here.
 _native_layer_norm: Any = torch.native_layer_norm
 _layer_norm: Any = torch.layer_norm
 _rms_norm: Any = torch.rms_norm
@@ -40,9 +41,15 @@ _rms_norm: Any = torch.rms_norm
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
+_product: Any = math.prod
 
-_VECTOR_BYTES = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 16}
-"""Bytes of four values, for the dtypes torch's CUDA rms_norm kernel reads four at a time (`_in_vectors`)."""
+_VECTOR_BYTES = {"float16": 8, "bfloat16": 8, "float32": 16}
+"""Bytes of four values, by dtype name, for the dtypes torch's CUDA rms_norm kernel reads four at a time
+(`_rms_norm_cuda`)."""
+_VECTOR_ROW_MAX = 1 << 24
+"""The longest row torch's CUDA rms_norm kernel reads four values at a time."""
+_interpreter_stack: Any = torch._C._functorch.peek_interpreter_stack
+"""Not None inside a torch.func transform."""
 
 _STRIDED = torch.strided
 """The dense layout. Sparse layouts and MKLDNN's opaque one are a DTypeError (`_require_dense`)."""
@@ -99,10 +106,12 @@ def device_of(x: torch.Tensor) -> str:
     With several CUDA devices the index is part of the answer, so arrays of one call on two of them are a
     DeviceError before any kernel runs.
     """
-    if x.is_cpu:  # two flag reads: x.device builds a torch.device, about 0.2 us, on every checked call
-        return "cpu"
+    # Flag reads, not x.device, which builds a torch.device (about 0.2 us). CUDA's first: where CUDA is, the core
+    # compares the devices of a call's arrays on every call.
     if x.is_cuda:
         return "cuda" if _CUDA_DEVICE_COUNT < 2 else f"cuda:{x.get_device()}"
+    if x.is_cpu:
+        return "cpu"
     return x.device.type
 
 
@@ -324,7 +333,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     On CUDA, the calls torch's kernel would read value by value, and so misread a row holding an Inf (docs/spec.md),
-    go to `rms_rows` too, or have their x or weight copied to aligned memory first (`_in_vectors`).
+    go to `rms_rows` too, or have their x or weight copied to aligned memory first (`_rms_norm_cuda`).
     """
     try:
         if return_stats and x.is_nested:
@@ -336,19 +345,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
             ):
                 return _rms_norm_rows(x, weight, spec, return_stats, recorded)
         elif x.is_cuda and not x.is_nested and not torch.compiler.is_compiling():
-            read_in_vectors = _in_vectors(x, weight, spec)  # else the kernel would misread an Inf (docs/spec.md)
-            if read_in_vectors is None:
-                return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight) and _function_allowed())
-            x, weight = read_in_vectors
-        if spec.compute_dtype != spec.dtype:
-            return _rms_norm_half(x, weight, spec, return_stats)
-        if not spec.is_trailing:
-            y, rstd = _rms_norm_permuted(x, weight, spec)
-        elif return_stats:
-            y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
-        else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
-            return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
-        return (y, rstd) if return_stats else y
+            return _rms_norm_cuda(x, weight, spec, return_stats)
+        return _rms_norm_kernel(x, weight, spec, return_stats)
     except (RuntimeError, NotImplementedError):  # as in `layer_norm`
         _refused(x, weight)
         raise
@@ -362,48 +360,70 @@ def _function_allowed() -> bool:
     return not torch.jit.is_tracing() and not _in_transform()
 
 
-def _in_vectors(
-    x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(x, weight) for torch's CUDA rms_norm kernel to read four values at a time, or None where it cannot.
+def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """rms_norm of a dense CUDA x outside traces: torch's kernel where it reads four values at a time.
 
     It reads rows value by value for float64, for lengths not a multiple of 4 or over 2**24 (its conditions in torch
     2.11-2.13), and from memory off a boundary of four values; then it takes Welford's mean and variance, which turn
-    an Inf into NaN (docs/spec.md). None sends the call to `_rms_norm_rows` (by reductions); an x or weight off the
-    boundary (`_off_boundary`) is replaced by a contiguous copy, in fresh memory, which is aligned.
+    an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (by reductions); an x or weight off the
+    boundary is replaced by a contiguous copy, in fresh memory, which is aligned (`_aligned`). A call that
+    `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype) runs it here,
+    without the calls between: its checks cost a tiny call 0.7 us on the H100's host, a quarter of its 1.3x budget.
     """
-    vector_bytes = _VECTOR_BYTES.get(x.dtype)
-    row = math.prod(_sizes(spec.normalized_shape))
-    if vector_bytes is None or row % 4 != 0 or row > 1 << 24:
-        return None
-    in_transform = torch._C._functorch.peek_interpreter_stack() is not None
-    if _off_boundary(x, vector_bytes, in_transform):
-        x = x.clone(memory_format=torch.contiguous_format)  # fresh memory is aligned
-    if weight is not None and _off_boundary(weight, _VECTOR_BYTES[weight.dtype], in_transform):
-        weight = weight.clone(memory_format=torch.contiguous_format)
-    return x, weight
-
-
-def _off_boundary(t: torch.Tensor, vector_bytes: int, in_transform: bool) -> bool:
-    """Whether t's data address is off a ``vector_bytes`` boundary.
-
-    The address, not the storage offset: a slice imported through DLPack has offset 0 at any address. A torch.func
-    wrapper, inside its transform or escaped from it, does not have it, the tensor it wraps does: functionalize's
-    reports its storage offset in bytes instead (0 for a DLPack import), the others none. A subclass without
-    storage of its own (a DTensor: its local shard) counts as on the boundary. (A float32 weight of a half x is
-    checked at float32's boundary: the float32 kernel reads it as it is under torch.func.)
-    """
-    if not in_transform:
-        try:
-            return t.data_ptr() % vector_bytes != 0
-        except RuntimeError:  # a subclass without storage, or a wrapper that escaped its transform
-            pass
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
+    vector_bytes = _VECTOR_BYTES.get(spec.dtype)
+    row = _product(spec.normalized_shape)
+    if vector_bytes is None or row % 4 != 0 or row > _VECTOR_ROW_MAX:
+        return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight) and _function_allowed())
+    in_transform = _interpreter_stack() is not None
+    weight_bytes = _VECTOR_BYTES[spec.compute_dtype] if spec.mixed_params else vector_bytes
     try:
-        return t.data_ptr() % vector_bytes != 0
+        aligned = (
+            not in_transform
+            and x.data_ptr() % vector_bytes == 0
+            and (weight is None or weight.data_ptr() % weight_bytes == 0)
+        )
+    except RuntimeError:  # a subclass without storage, or a torch.func wrapper that escaped its transform
+        aligned = False
+    if not aligned:
+        x, weight = _aligned(x, vector_bytes), None if weight is None else _aligned(weight, weight_bytes)
+    if spec.is_trailing and not return_stats and not spec.mixed_params:
+        if spec.compute_dtype == spec.dtype:
+            return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+        if not in_transform and _forward_ad._current_level < 0:  # else `_rms_norm_half`'s float32 route
+            y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+            return y if y.dtype is x.dtype else y.to(dtype=x.dtype)  # CUDA autocast runs rms_norm in float32
+    return _rms_norm_kernel(x, weight, spec, return_stats)
+
+
+def _aligned(t: torch.Tensor, vector_bytes: int) -> torch.Tensor:
+    """t, or where its data is off a ``vector_bytes`` boundary, a contiguous copy of it (fresh memory is aligned).
+
+    The data address, not the storage offset: a slice imported through DLPack has offset 0 at any address. A
+    torch.func wrapper, inside its transform or escaped from it, does not have it, the tensor it wraps does:
+    functionalize's reports its storage offset in bytes instead (0 for a DLPack import), the others none. A
+    subclass without storage of its own (a DTensor: its local shard) counts as on the boundary.
+    """
+    inner = t
+    while torch._C._functorch.is_functorch_wrapped_tensor(inner):
+        inner = torch._C._functorch.get_unwrapped(inner)
+    try:
+        off_boundary = inner.data_ptr() % vector_bytes != 0
     except RuntimeError:
-        return False
+        off_boundary = False
+    return t.clone(memory_format=torch.contiguous_format) if off_boundary else t
+
+
+def _rms_norm_kernel(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
+    """rms_norm by torch's kernel: `_rms_norm_half` for a half x; for axes not trailing, permuted around it."""
+    if spec.compute_dtype != spec.dtype:
+        return _rms_norm_half(x, weight, spec, return_stats)
+    if not spec.is_trailing:
+        y, rstd = _rms_norm_permuted(x, weight, spec)
+    elif return_stats:
+        y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
+        return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    return (y, rstd) if return_stats else y
 
 
 def _rms_norm_rows(

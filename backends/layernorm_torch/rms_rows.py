@@ -16,7 +16,7 @@ backward is differentiable ops on an rstd recomputed from x (`formula`), so seco
 weight and dy.
 
 On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it reads the row value by value
-(docs/spec.md; the backend's `_in_vectors`); such calls come here, where `forward` computes by reductions
+(docs/spec.md; the backend's `_rms_norm_cuda`); such calls come here, where `forward` computes by reductions
 (`by_reductions`) and the backward is `formula`.
 """
 

@@ -233,7 +233,7 @@ NOT_DENSE = {
 @pytest.mark.parametrize(
     ("shape", "requires_grad", "off_the_cpu"),
     [((2, 4), True, False), ((1024, 512), False, False), ((2, 4), True, True), ((1024, 512), False, True)],
-    ids=["recorded", "large", "recorded-by-reductions", "by-reductions"],
+    ids=["recorded", "large", "recorded-off-the-cpu", "off-the-cpu"],
 )
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
 def test_rms_norm_rows_refuse_tensors_that_are_not_dense(
@@ -245,8 +245,8 @@ def test_rms_norm_rows_refuse_tensors_that_are_not_dense(
     off_the_cpu: bool,
 ) -> None:
     """rms_norm calls that run the backend's own ops (`_rms_norm_rows`) instead of torch's kernel: one autograd
-    records, a large one, and the route of CUDA rows by reductions (on CPU tensors), which multiplies by a sparse
-    weight without complaint: a DTypeError for a sparse or MKLDNN x or weight, as the core's would read."""
+    records, a large one, and the route of CUDA rows (on CPU tensors), whose ops multiply by a sparse weight
+    without complaint: a DTypeError for a sparse or MKLDNN x or weight, as the core's would read."""
     from layernorm_torch import backend
 
     if layout == "mkldnn" and not torch.backends.mkldnn.is_available():
@@ -277,38 +277,51 @@ def test_rms_norm_rows_refuse_tensors_that_are_not_dense(
     ("dtype", "mixed"), [(dtype, False) for dtype in DTYPES] + [("float16", True), ("bfloat16", True)]
 )
 @pytest.mark.parametrize(("shape", "axis"), CASES[:5])
-@pytest.mark.usefixtures("rms_rows_off_the_cpu")
-def test_rms_norm_by_reductions(shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool) -> None:
-    """`rms_rows.by_reductions`, what `rms_rows.forward` runs off the CPU, here on the CPU through
-    `_rms_norm_rows` unrecorded (as in torch.func transforms and jit traces): y and rstd against the reference,
-    and autograd's gradients through its ops (float32 parameters with a half x too)."""
-    from layernorm_torch import backend
+def test_rms_norm_rows_off_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], axis: Any, dtype: str, mixed: bool
+) -> None:
+    """The forwards of CUDA's rms_norm rows that nothing records, here on CPU tensors through `_rms_norm_rows`:
+    `rms_rows.by_norm` for a plain call, `rms_rows.by_reductions` inside a torch.func transform, which
+    differentiates its ops. y and rstd against the reference, and the transform's gradients (float32 parameters
+    with a half x too)."""
+    from layernorm_torch import backend, rms_rows
 
+    ran: list[str] = []
+    by_norm, by_reductions = rms_rows.by_norm, rms_rows.by_reductions
+    monkeypatch.setattr(rms_rows, "forward", lambda *args: ran.append("by_norm") or by_norm(*args))
+    monkeypatch.setattr(rms_rows, "by_reductions", lambda *args: ran.append("by_reductions") or by_reductions(*args))
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
     spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
-    leaves = [t.clone().requires_grad_() for t in (x, w)]
-    y, rstd = backend._rms_norm_rows(*leaves, spec, return_stats=True, through_function=False)
     ref_y, ref_rstd = reference.rms_norm(f64(x), f64(w), spec)
-    assert (y.dtype, tuple(y.shape)) == (x.dtype, tuple(x.shape))
-    assert rstd.dtype == DTYPES[spec.compute_dtype] and tuple(rstd.shape) == spec.stats_shape
-    assert error_ratio(f64(y), ref_y, tolerance(dtype, "output")) <= 1
-    assert error_ratio(f64(rstd), ref_rstd, tolerance(dtype, "stats")) <= 1
-    y.backward(dy)
-    check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype)
+    plain = backend._rms_norm_rows(x, w, spec, return_stats=True, through_function=False)
+    transformed, pullback = torch.func.vjp(
+        lambda x_, w_: backend._rms_norm_rows(x_, w_, spec, return_stats=True, through_function=False), x, w
+    )
+    assert ran == ["by_norm", "by_reductions"]
+    for y, rstd in (plain, transformed):
+        assert (y.dtype, tuple(y.shape)) == (x.dtype, tuple(x.shape))
+        assert rstd.dtype == DTYPES[spec.compute_dtype] and tuple(rstd.shape) == spec.stats_shape
+        assert error_ratio(f64(y), ref_y, tolerance(dtype, "output")) <= 1
+        assert error_ratio(f64(rstd), ref_rstd, tolerance(dtype, "stats")) <= 1
+    check_rms_norm_grads(pullback((dy, torch.zeros_like(transformed[1]))), x, w, dy, axis, dtype)
 
 
 @pytest.mark.parametrize(
     ("dtype", "scale"), [("float32", 1e15), ("float32", 1e-15), ("float64", 1e120), ("float64", 1e-120)]
 )
 @TRAILING_OR_CHANNELS_FIRST
-@pytest.mark.usefixtures("rms_rows_off_the_cpu")
-def test_rms_rows_by_reductions_under_autograd(axis: Any, dtype: str, scale: float) -> None:
-    """`RMSNormRows` with `rms_rows.by_reductions` as its forward, the route of CUDA rows torch's kernel reads value
-    by value (`rms_rows.forward` takes it off the CPU), here on the CPU: rows of RMS far from 1 with eps = 0, where
-    autograd's derivative of the reductions goes through an rstd**3 out of range, and the analytic backward not."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_rms_rows_off_the_cpu_under_autograd(
+    request: pytest.FixtureRequest, device: str, axis: Any, dtype: str, scale: float
+) -> None:
+    """`RMSNormRows` as it runs the CUDA rows torch's kernel reads value by value: forward `rms_rows.by_norm`,
+    backward torch's fused kernel on CUDA (`rms_rows.fused_gradients`), `rms_rows.formula` on the CPU. Rows of RMS
+    far from 1 with eps = 0, where autograd's derivative of the reductions goes through an rstd**3 out of range."""
     from layernorm_torch import backend
 
-    x, w, _, dy = make((6, 20, 12), axis, dtype, "cpu")
+    if device == "cpu":
+        request.getfixturevalue("rms_rows_off_the_cpu")
+    x, w, _, dy = make((6, 20, 12), axis, dtype, device)
     x = x * scale
     spec = check_forward("rms_norm", x, w, None, axis, 0.0)
     leaves = [t.clone().requires_grad_() for t in (x, w)]
@@ -413,10 +426,10 @@ def test_half_cpu_scratch_across_shapes(dtype: str) -> None:
 
 @pytest.fixture
 def rms_rows_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make `rms_rows.forward` run what it runs off the CPU (`rms_rows.by_reductions`), here on CPU tensors."""
+    """Make `rms_rows.forward` run what it runs off the CPU (`rms_rows.by_norm`), here on CPU tensors."""
     from layernorm_torch import rms_rows
 
-    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_reductions)
+    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_norm)
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm r
 op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Elsewhere gradients go through
 torch.autograd with torch's own derivative formulas; two paths have their own autograd.Function: a half
 layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`, analytic
-backward: on the CPU block by block in scratch; on CUDA by reductions, for the rows torch's kernel reads value by
-value and so misreads an Inf, `_rms_norm_cuda`); under torch.compile, torch.export and torch.func they keep
-plain ops (torch's, or on CUDA `rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and
-gradcheck see ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
+backward: on the CPU block by block in scratch; on CUDA, for the rows torch's kernel reads value by value and so
+misreads an Inf (`_rms_norm_cuda`), a forward from the rows' norms and torch's fused backward kernel on that rstd);
+under torch.compile, torch.export and torch.func they keep plain ops (torch's, or on CUDA
+`rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten
+ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
 kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
@@ -40,7 +41,6 @@ _rms_norm: Any = torch.rms_norm
 # torch.ops, not the private torch._fused_rms_norm binding, which torch.compile refuses to trace.
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _native_layer_norm_backward: Any = torch.ops.aten.native_layer_norm_backward.default
-_fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
 _product: Any = math.prod
 
 _VECTOR_BYTES = {"float16": 8, "bfloat16": 8, "float32": 16}
@@ -77,9 +77,10 @@ def info() -> BackendInfo:
         notes={
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
-            "rms_norm on CUDA": "by reductions for the rows torch's kernel reads value by value, where it gives a "
-            "row holding an inf rstd NaN (docs/spec.md lists them): an analytic backward, except inside torch.func "
-            "transforms and jit traces (op by op); an x or weight off a four-value boundary is copied first",
+            "rms_norm on CUDA": "for the rows torch's kernel reads value by value, where it gives a row holding an "
+            "inf rstd NaN (docs/spec.md lists them): rstd from the rows' norms, torch's fused backward on it, "
+            "except inside torch.func transforms and jit traces (reductions, differentiated op by op); an x or "
+            "weight off a four-value boundary is copied first",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
             "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
@@ -87,7 +88,8 @@ def info() -> BackendInfo:
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype "
-            "(kept in float32 under torch.func transforms and forward-mode AD, and for rms_norm rows by reductions)",
+            "(kept in float32 under torch.func transforms and forward-mode AD, and in the forward of the rms_norm "
+            "rows torch's kernel reads value by value)",
             "half on CPU": "float32 statistics always; dx from torch's mixed-type backward kernel; dweight/dbias "
             "from its float32 kernel on float32 copies of x and dy, block by block (its half backward accumulates "
             "them in half precision, outside the tolerances); under torch.func transforms, forward-mode AD and "
@@ -365,7 +367,7 @@ def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
 
     It reads rows value by value for float64, for lengths not a multiple of 4 or over 2**24 (its conditions in torch
     2.11-2.13), and from memory off a boundary of four values; then it takes Welford's mean and variance, which turn
-    an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (by reductions); an x or weight off the
+    an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (`rms_rows`); an x or weight off the
     boundary is replaced by a contiguous copy, in fresh memory, which is aligned (`_aligned`). A call that
     `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype) runs it here,
     without the calls between: its checks cost a tiny call 0.7 us on the H100's host, a quarter of its 1.3x budget.
@@ -431,9 +433,9 @@ def _rms_norm_rows(
 ) -> Any:
     """`rms_rows.forward`, through `RMSNormRows` (its analytic backward) when ``through_function``.
 
-    rstd is differentiable when x requires grad. Without the Function, a transform or trace around the call
-    differentiates `rms_rows.forward`'s ops: on CUDA (by reductions) through an rstd**3 that leaves the compute
-    dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
+    rstd is differentiable when x requires grad. Inside a torch.func transform or a jit trace, which differentiate
+    the ops that run, `rms_rows.by_reductions` (CUDA tensors only come here there): its derivative goes through an
+    rstd**3 that leaves the compute dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
     """
     _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
@@ -441,8 +443,10 @@ def _rms_norm_rows(
     (xt,) = _normalized_last(spec, x)
     if through_function:
         y, rstd = RMSNormRows.apply(xt, weight, spec.normalized_shape, spec.eps)
-    else:
+    elif _function_allowed():  # nothing differentiates the call
         y, rstd = rms_rows.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
+    else:
+        y, rstd = rms_rows.by_reductions(xt, weight, _sizes(spec.normalized_shape), spec.eps)
     y, rstd = _normalized_back(spec, y), _normalized_back(spec, rstd)
     if not return_stats:
         return y
@@ -599,16 +603,13 @@ def rms_norm_backward(
 def _rms_norm_backward_fused(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rms_rows.fused_gradients` over any axes; dweight also without a weight (as of a weight of ones)."""
     if weight is None:
         weight = _ones(spec, x, x.dtype)
-    elif weight.dtype != x.dtype:
-        weight = weight.to(dtype=x.dtype)
     dy, x, rstd = _normalized_last(spec, dy, x, rstd)
-    dx, dweight = _fused_rms_norm_backward(
-        dy.contiguous(), x.contiguous(), list(spec.normalized_shape), rstd.contiguous(), weight, [True, True]
-    )
-    dx = _normalized_back(spec, dx)
-    return dx.to(dtype=x.dtype), dweight.to(dtype=x.dtype)
+    dx, dweight = rms_rows.fused_gradients(dy, x, weight, rstd, _sizes(spec.normalized_shape), (True, True))
+    assert dx is not None and dweight is not None
+    return _normalized_back(spec, dx), dweight
 
 
 # ---------------------------------------------------------------------------------------------------------------

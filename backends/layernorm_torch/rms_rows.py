@@ -16,8 +16,10 @@ backward is differentiable ops on an rstd recomputed from x (`formula`), so seco
 weight and dy.
 
 On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it reads the row value by value
-(docs/spec.md; the backend's `_rms_norm_cuda`); such calls come here, where `forward` computes by reductions
-(`by_reductions`) and the backward is `formula`.
+(docs/spec.md; the backend's `_rms_norm_cuda`); such calls come here, where `forward` takes rstd from the rows'
+norms (`by_norm`) and the backward is torch's fused backward kernel, which reads rstd as given
+(`fused_gradients`). Inside torch.func transforms and jit traces, which differentiate the ops that run, the
+forward is `by_reductions` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from layernorm_torch import scratch
 
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
+_fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
 MIN_ELEMENTS = 1 << 15
 """Below this many elements the backward is `formula`, a few plain ops: the blocks of `gradients` cost a dozen op
 calls from Python (forward+backward of (8, 64) float32: 1.37x torch's time with them, 1.04x with `formula`)."""
@@ -81,8 +84,10 @@ class RMSNormRows(torch.autograd.Function):
         dims = trailing_dims(x, shape)
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
             grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
+        elif x.is_cuda and not torch.compiler.is_compiling() and scratch.usable_for(dy):
+            grads = fused_gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not x.is_cpu or not scratch.usable_for(dy):
-            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; off the CPU; a batched dy
+            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; another device; a batched dy
         else:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         dx, dweight = grads
@@ -102,10 +107,10 @@ def forward(
     rstd has x's shape with the normalized axes 1. Below `BLOCKED_FORWARD_ELEMENTS`, torch's rms_norm kernel: its
     temporaries are then small enough to be reused without page faults, and its ops run in C++ (ours took 1.2-1.9x
     its time there). From there on, block by block: ``sum(x * x)`` by cascade summation into rstd, then
-    ``y = x * rstd * weight``, rounded to x's dtype once. Off the CPU, `by_reductions`.
+    ``y = x * rstd * weight``, rounded to x's dtype once. Off the CPU, `by_norm`.
     """
     if not x.is_cpu:
-        return by_reductions(x, weight, normalized_shape, eps)
+        return by_norm(x, weight, normalized_shape, eps)
     if x.numel() < BLOCKED_FORWARD_ELEMENTS:  # contiguous rows, as the blocks read them: the same sums (bits)
         y, rstd = _fused_rms_norm(x.contiguous(), normalized_shape, weight, eps)
         return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd  # a float32 weight promotes a half y
@@ -188,13 +193,34 @@ def gradients(
     )
 
 
+def by_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, from the rows' 2-norms.
+
+    What `forward` runs off the CPU, for calls that nothing differentiates (else `by_reductions`). rstd is
+    ``1 / sqrt(norm**2 / n + eps)``: the norm reads x once, where the mean of squares writes a full-size ``x * x``
+    and reads it back. ``y = x * rstd * weight`` in the compute dtype, the weight applied in place, rounded to x's
+    dtype once. A row holding an Inf gets rstd 0. The norm's derivative is not finite at a zero row (its second
+    order: NaN), so nothing may differentiate these ops.
+    """
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    norm = torch.linalg.vector_norm(x, 2, trailing_dims(x, normalized_shape), keepdim=True, dtype=compute)
+    rstd = norm.square_().div_(math.prod(normalized_shape)).add_(eps).rsqrt_()
+    y = x * rstd
+    if weight is not None:
+        y.mul_(weight)
+    return (y if y.dtype == x.dtype else y.to(dtype=x.dtype)), rstd
+
+
 def by_reductions(
     x: torch.Tensor, weight: torch.Tensor | None, normalized_shape: tuple[int, ...], eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, in plain differentiable ops.
 
-    What `forward` runs off the CPU: rstd from the mean of squares (`differentiable_rstd`), ``y = x * rstd *
-    weight`` in the compute dtype, rounded to x's dtype once. A row holding an Inf gets rstd 0.
+    What a torch.func transform or jit trace differentiates off the CPU: rstd from the mean of squares
+    (`differentiable_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded to x's dtype once. A row
+    holding an Inf gets rstd 0.
     """
     rstd = differentiable_rstd(x, trailing_dims(x, normalized_shape), eps)
     y = x * rstd
@@ -212,6 +238,27 @@ def differentiable_rstd(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> t
     """The rstd of rms_norm, ``1 / sqrt(mean(x^2) + eps)`` over ``dims`` (kept), from differentiable ops."""
     xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
     return torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+
+
+def fused_gradients(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    rstd: torch.Tensor,
+    normalized_shape: tuple[int, ...],
+    mask: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dweight) in x's dtype over the trailing ``normalized_shape``, by torch's fused CUDA backward kernel.
+
+    None where ``mask`` says (dweight needs a weight). The kernel reads rstd as given, not as its forward would
+    compute it (a row holding an Inf), and the weight in x's dtype. Rows of RMS 1e+-120 in float64 pass the
+    conformance suite through it.
+    """
+    if weight is not None and weight.dtype != x.dtype:
+        weight = weight.to(dtype=x.dtype)
+    return _fused_rms_norm_backward(
+        dy.contiguous(), x.contiguous(), list(normalized_shape), rstd.contiguous(), weight, [mask[0], mask[1]]
+    )
 
 
 def formula(

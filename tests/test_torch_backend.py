@@ -194,9 +194,19 @@ def test_cuda_rms_norm_route(monkeypatch: pytest.MonkeyPatch) -> None:
     one_call = torch.ones(2, 8)
     assert route(one_call)[0] == route(one_call.bfloat16())[0] == "kernel"
     assert route(one_call, return_stats=True)[0] == route(one_call.bfloat16(), one_call[0])[0] == "kernel, general"
+    half = one_call.bfloat16()
+    with torch.autograd.forward_ad.dual_level():  # a half x here takes `_rms_norm_half`'s float32 route
+        assert route(torch.autograd.forward_ad.make_dual(half, half))[0] == "kernel, general"
+
+    def half_inside_a_transform(t: Any) -> Any:
+        assert route(t.bfloat16())[0] == "kernel, general"
+        return t.sum()
+
+    torch.func.grad(half_inside_a_transform)(one_call)
     for dtype in ("float16", "bfloat16", "float32"):
         x_storage = torch.arange(48.0).to(DTYPES[dtype])
-        for w_storage in (x_storage, torch.arange(48.0)):  # a weight of x's dtype; a float32 weight of a half x
+        weights = [x_storage] if dtype == "float32" else [x_storage, torch.arange(48.0)]  # a float32 one of a half x
+        for w_storage in weights:
             for x_start, w_start in itertools.product(range(8), repeat=2):
                 x, w = x_storage[x_start : x_start + 40], w_storage[w_start : w_start + 40]
                 _, *used = route(x, w)
@@ -288,6 +298,10 @@ def test_rms_norm_rows_off_the_cpu(
 
     ran: list[str] = []
     by_norm, by_reductions = rms_rows.by_norm, rms_rows.by_reductions
+    monkeypatch.setattr(rms_rows, "by_norm", lambda *args: ran.append("by_norm off the CPU") or by_norm(*args))
+    rms_rows.forward(torch.empty(2, 8, device="meta"), None, (8,), 1e-5)
+    assert ran == ["by_norm off the CPU"]
+    ran.clear()
     monkeypatch.setattr(rms_rows, "forward", lambda *args: ran.append("by_norm") or by_norm(*args))
     monkeypatch.setattr(rms_rows, "by_reductions", lambda *args: ran.append("by_reductions") or by_reductions(*args))
     x, w, _, dy = make(shape, axis, dtype, "cpu", mixed=mixed)
@@ -312,15 +326,19 @@ def test_rms_norm_rows_off_the_cpu(
 @TRAILING_OR_CHANNELS_FIRST
 @pytest.mark.parametrize("device", DEVICES)
 def test_rms_rows_off_the_cpu_under_autograd(
-    request: pytest.FixtureRequest, device: str, axis: Any, dtype: str, scale: float
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, device: str, axis: Any, dtype: str, scale: float
 ) -> None:
     """`RMSNormRows` as it runs the CUDA rows torch's kernel reads value by value: forward `rms_rows.by_norm`,
     backward torch's fused kernel on CUDA (`rms_rows.fused_gradients`), `rms_rows.formula` on the CPU. Rows of RMS
     far from 1 with eps = 0, where autograd's derivative of the reductions goes through an rstd**3 out of range."""
-    from layernorm_torch import backend
+    from layernorm_torch import backend, rms_rows
 
+    ran: list[Any] = []
     if device == "cpu":
         request.getfixturevalue("rms_rows_off_the_cpu")
+    else:
+        fused = rms_rows.fused_gradients
+        monkeypatch.setattr(rms_rows, "fused_gradients", lambda *args: ran.append(args) or fused(*args))
     x, w, _, dy = make((6, 20, 12), axis, dtype, device)
     x = x * scale
     spec = check_forward("rms_norm", x, w, None, axis, 0.0)
@@ -329,6 +347,7 @@ def test_rms_rows_off_the_cpu_under_autograd(
     assert differentiated_by_rms_rows(y)
     assert error_ratio(f64(y), reference.rms_norm(f64(x), f64(w), spec)[0], tolerance(dtype, "output")) <= 1
     y.backward(dy)
+    assert len(ran) == (device == "cuda")
     check_rms_norm_grads(tuple(t.grad for t in leaves), x, w, dy, axis, dtype, eps=0.0)
 
 

@@ -122,3 +122,27 @@ def test_fully_shard_trains_the_torch_modules_as_the_plain_model(mesh: Any) -> N
     for (name, ours), theirs in zip(sharded.named_parameters(), plain.parameters(), strict=True):
         assert isinstance(ours, DTensor), name
         torch.testing.assert_close(ours.grad.full_tensor(), theirs.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("placement", [Shard(0), Shard(1)], ids=["batch-sharded", "row-sharded"])
+@pytest.mark.parametrize("recorded", [False, True], ids=["no-grad", "requires-grad"])
+def test_dtensor_rms_norm_rows_off_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, mesh: Any, placement: Any, recorded: bool
+) -> None:
+    """The route of the CUDA rms_norm rows torch's kernel reads value by value (`rms_rows.by_norm`, through
+    `RMSNormRows` when autograd records), here on CPU DTensors: sharded along the normalized axis too, where the
+    rows' norms are partial sums, which an in-place op on them would have to reshard (DTensor refuses)."""
+    from layernorm_torch import backend, rms_rows
+
+    monkeypatch.setattr(rms_rows, "forward", rms_rows.by_norm)
+    x, dy, params = _problem("rms_norm", "float32", 6, True)
+    x_d = distribute_tensor(x, mesh, [placement]).requires_grad_(recorded)
+    w_d = distribute_tensor(params[0], mesh, [Replicate()]).requires_grad_(recorded)
+    spec = check_forward("rms_norm", x_d, w_d, None, -1, 1e-5)
+    y = backend._rms_norm_rows(x_d, w_d, spec, return_stats=False, through_function=recorded)
+    assert isinstance(y, DTensor) and y.placements == (placement,)
+    grads: tuple[Any, ...] = ()
+    if recorded:
+        torch.autograd.backward(y, distribute_tensor(dy, mesh, [placement]))
+        grads = (x_d.grad, w_d.grad)
+    _check("rms_norm", "float32", x, dy, params, y, grads)

@@ -4,12 +4,12 @@ layer_norm runs ``torch.native_layer_norm`` (the kernel behind ``F.layer_norm``,
 rstd; ``torch.layer_norm`` over trailing axes when only y is wanted); rms_norm runs ``torch._fused_rms_norm`` (the
 op behind ``F.rms_norm``: a fused kernel on CUDA, torch's composite on CPU). Elsewhere gradients go through
 torch.autograd with torch's own derivative formulas; two paths have their own autograd.Function: a half
-layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`, analytic
-backward: on the CPU block by block in scratch; on CUDA, for the rows torch's kernel reads value by value and so
-misreads an Inf (`_rms_norm_cuda`), a forward from the rows' norms and torch's fused backward kernel on that rstd);
-under torch.compile, torch.export and torch.func they keep plain ops (torch's, or on CUDA
-`rms_rows.by_reductions` for those rows), so ``torch.compile(fullgraph=True)`` and gradcheck see ordinary aten
-ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
+layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_norm (`rms_rows`: on the CPU an
+analytic backward, block by block in scratch; on CUDA, for the rows torch's kernel reads value by value and so
+misreads an Inf (`_rms_norm_cuda`), a forward from the rows' norms and torch's fused backward kernel on that
+rstd). Under torch.compile and torch.export they keep torch's ops; under torch.func, forward-mode AD and jit
+traces, torch's ops or on CUDA `rms_rows.by_reductions` for those rows: so ``torch.compile(fullgraph=True)`` and
+gradcheck see ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
 kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
@@ -78,9 +78,9 @@ def info() -> BackendInfo:
             "kernels": "layer_norm: torch.native_layer_norm; rms_norm: torch._fused_rms_norm (fused on CUDA, "
             "torch's composite on CPU); non-trailing axes are permuted to the end around the kernel",
             "rms_norm on CUDA": "for the rows torch's kernel reads value by value, where it gives a row holding an "
-            "inf rstd NaN (docs/spec.md lists them): rstd from the rows' norms, torch's fused backward on it, "
-            "except inside torch.func transforms and jit traces (reductions, differentiated op by op); an x or "
-            "weight off a four-value boundary is copied first",
+            "inf rstd NaN (docs/spec.md lists them): rstd from the rows' norms, torch's fused backward on it "
+            "(plain ops under create_graph), except inside torch.func transforms, forward-mode AD and jit traces "
+            "(reductions, differentiated op by op); an x or weight off a four-value boundary is copied first",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
             "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
@@ -291,7 +291,7 @@ def _in_transform() -> bool:
     One read for any number of tensors. False while dynamo traces: it cannot call the functorch query.
     """
     return not torch.compiler.is_dynamo_compiling() and (
-        torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0
+        _interpreter_stack() is not None or _forward_ad._current_level >= 0
     )
 
 
@@ -355,28 +355,31 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
 
 
 def _function_allowed() -> bool:
-    """Whether autograd may record `RMSNormRows`: outside jit traces and torch.func transforms.
+    """Whether autograd may record `RMSNormRows`: outside jit traces, torch.func transforms and forward-mode AD.
 
-    Neither can enter an autograd.Function without a batching rule or a jvp.
+    None of them can enter an autograd.Function without a batching rule or a jvp. Outside them, nothing but autograd
+    differentiates the ops that run, so `_rms_norm_rows` may run ops no derivative may see (`rms_rows.by_norm`).
     """
     return not torch.jit.is_tracing() and not _in_transform()
 
 
 def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """rms_norm of a dense CUDA x outside traces: torch's kernel where it reads four values at a time.
+    """rms_norm of a CUDA x (not nested) outside torch.compile: torch's kernel where it reads four values at a time.
 
     It reads rows value by value for float64, for lengths not a multiple of 4 or over 2**24 (its conditions in torch
     2.11-2.13), and from memory off a boundary of four values; then it takes Welford's mean and variance, which turn
     an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (`rms_rows`); an x or weight off the
     boundary is replaced by a contiguous copy, in fresh memory, which is aligned (`_aligned`). A call that
-    `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype) runs it here,
-    without the calls between: its checks cost a tiny call 0.7 us on the H100's host, a quarter of its 1.3x budget.
+    `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype; a half x outside
+    torch.func transforms and forward-mode AD) runs it here, without the calls between: at f36f2e2 the backend took
+    1.5 us (float32) over `torch.rms_norm` on the H100's host, where the alignment check it replaced had taken 0.7 us.
     """
     vector_bytes = _VECTOR_BYTES.get(spec.dtype)
     row = _product(spec.normalized_shape)
     if vector_bytes is None or row % 4 != 0 or row > _VECTOR_ROW_MAX:
         return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight) and _function_allowed())
     in_transform = _interpreter_stack() is not None
+    # A float32 weight of a half x at float32's boundary: the float32 kernel reads it as it is under torch.func.
     weight_bytes = _VECTOR_BYTES[spec.compute_dtype] if spec.mixed_params else vector_bytes
     try:
         aligned = (
@@ -387,7 +390,8 @@ def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
     except RuntimeError:  # a subclass without storage, or a torch.func wrapper that escaped its transform
         aligned = False
     if not aligned:
-        x, weight = _aligned(x, vector_bytes), None if weight is None else _aligned(weight, weight_bytes)
+        x = _aligned(x, vector_bytes)
+        weight = None if weight is None else _aligned(weight, weight_bytes)
     if spec.is_trailing and not return_stats and not spec.mixed_params:
         if spec.compute_dtype == spec.dtype:
             return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
@@ -431,11 +435,12 @@ def _rms_norm_kernel(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpe
 def _rms_norm_rows(
     x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool, through_function: bool
 ) -> Any:
-    """`rms_rows.forward`, through `RMSNormRows` (its analytic backward) when ``through_function``.
+    """`rms_rows.forward`, through `RMSNormRows` when ``through_function``.
 
-    rstd is differentiable when x requires grad. Inside a torch.func transform or a jit trace, which differentiate
-    the ops that run, `rms_rows.by_reductions` (CUDA tensors only come here there): its derivative goes through an
-    rstd**3 that leaves the compute dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
+    `RMSNormRows` has its own backward: analytic on the CPU, torch's fused kernel on CUDA. rstd is differentiable
+    when x requires grad. Inside a torch.func transform, forward-mode AD or a jit trace, which differentiate the ops
+    that run, `rms_rows.by_reductions` (only CUDA calls reach this there): its derivative goes through an rstd**3
+    that leaves the compute dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
     """
     _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
@@ -443,7 +448,7 @@ def _rms_norm_rows(
     (xt,) = _normalized_last(spec, x)
     if through_function:
         y, rstd = RMSNormRows.apply(xt, weight, spec.normalized_shape, spec.eps)
-    elif _function_allowed():  # nothing differentiates the call
+    elif _function_allowed():  # an unrecorded call: no derivative sees these ops
         y, rstd = rms_rows.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
     else:
         y, rstd = rms_rows.by_reductions(xt, weight, _sizes(spec.normalized_shape), spec.eps)

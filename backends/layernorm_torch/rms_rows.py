@@ -1,4 +1,4 @@
-"""rms_norm with an analytic backward where torch's falls short: CPU tensors, and CUDA rows its kernel misreads.
+"""rms_norm where torch's falls short: CPU tensors (an analytic backward), and CUDA rows its kernel misreads.
 
 torch's CPU rms_norm is a composite of aten ops, each writing a fresh full-size temporary (page-faulted in anew on
 every call, see `scratch`), and autograd differentiates it op by op, into a dozen more: at (4096, 768) float32
@@ -18,7 +18,8 @@ weight and dy.
 On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it reads the row value by value
 (docs/spec.md; the backend's `_rms_norm_cuda`); such calls come here, where `forward` takes rstd from the rows'
 norms (`by_norm`) and the backward is torch's fused backward kernel, which reads rstd as given
-(`fused_gradients`). Inside torch.func transforms and jit traces, which differentiate the ops that run, the
+(`fused_gradients`; `formula` under ``create_graph=True``, compiled autograd, and for a dy the scratch cannot
+take). Inside torch.func transforms, forward-mode AD and jit traces, which differentiate the ops that run, the
 forward is `by_reductions` instead.
 """
 
@@ -34,8 +35,9 @@ from layernorm_torch import scratch
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
 MIN_ELEMENTS = 1 << 15
-"""Below this many elements the backward is `formula`, a few plain ops: the blocks of `gradients` cost a dozen op
-calls from Python (forward+backward of (8, 64) float32: 1.37x torch's time with them, 1.04x with `formula`)."""
+"""On the CPU, below this many elements the backward is `formula`, a few plain ops: the blocks of `gradients` cost a
+dozen op calls from Python (forward+backward of (8, 64) float32: 1.37x torch's time with them, 1.04x with
+`formula`)."""
 _BLOCK_ELEMENTS = 1 << 18
 """Elements per block of the backward (three scratch blocks of 1 MiB in float32). Of 2**14, 2**16, 2**18 and
 2**20, 2**18 was fastest forward+backward at (4096, 768) and (8192, 4096), float32 and bfloat16."""
@@ -87,7 +89,7 @@ class RMSNormRows(torch.autograd.Function):
         elif x.is_cuda and not torch.compiler.is_compiling() and scratch.usable_for(dy):
             grads = fused_gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not x.is_cpu or not scratch.usable_for(dy):
-            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; another device; a batched dy
+            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; another device; a batched or subclass dy
         else:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         dx, dweight = grads
@@ -198,7 +200,8 @@ def by_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, from the rows' 2-norms.
 
-    What `forward` runs off the CPU, for calls that nothing differentiates (else `by_reductions`). rstd is
+    What `forward` runs off the CPU, where no derivative sees its ops: unrecorded calls, and `RMSNormRows`, whose
+    backward is its own (inside torch.func transforms, forward-mode AD and jit traces, `by_reductions`). rstd is
     ``1 / sqrt(norm**2 / n + eps)``: the norm reads x once, where the mean of squares writes a full-size ``x * x``
     and reads it back. ``y = x * rstd * weight`` in the compute dtype, the weight applied in place, rounded to x's
     dtype once. A row holding an Inf gets rstd 0. The norm's derivative is not finite at a zero row (its second
@@ -206,7 +209,7 @@ def by_norm(
     """
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     norm = torch.linalg.vector_norm(x, 2, trailing_dims(x, normalized_shape), keepdim=True, dtype=compute)
-    rstd = norm.square_().div_(math.prod(normalized_shape)).add_(eps).rsqrt_()
+    rstd = norm.square().div_(math.prod(normalized_shape)).add_(eps).rsqrt_()  # a DTensor's partial sums: not in place
     y = x * rstd
     if weight is not None:
         y.mul_(weight)
@@ -251,8 +254,9 @@ def fused_gradients(
     """(dx, dweight) in x's dtype over the trailing ``normalized_shape``, by torch's fused CUDA backward kernel.
 
     None where ``mask`` says (dweight needs a weight). The kernel reads rstd as given, not as its forward would
-    compute it (a row holding an Inf), and the weight in x's dtype. Rows of RMS 1e+-120 in float64 pass the
-    conformance suite through it.
+    compute it (a row holding an Inf), and the weight in x's dtype: a float32 weight of a half x is rounded to it
+    here, as torch's kernel path of aligned rows reads it, though `by_norm` applied it unrounded. Rows of RMS
+    1e+-120 in float64 pass the conformance suite through it.
     """
     if weight is not None and weight.dtype != x.dtype:
         weight = weight.to(dtype=x.dtype)

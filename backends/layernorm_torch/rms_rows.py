@@ -84,14 +84,15 @@ class RMSNormRows(torch.autograd.Function):
         shape = ctx.normalized_shape
         grads: tuple[torch.Tensor | None, torch.Tensor | None]
         dims = trailing_dims(x, shape)
+        plain = not torch.compiler.is_compiling() and scratch.usable_for(dy)  # not compiled autograd; a plain dy
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
             grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
-        elif x.is_cuda and not torch.compiler.is_compiling() and scratch.usable_for(dy):
+        elif plain and x.is_cuda:
             grads = fused_gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
-        elif torch.compiler.is_compiling() or x.numel() < MIN_ELEMENTS or not x.is_cpu or not scratch.usable_for(dy):
-            grads = formula(dy, x, weight, rstd, dims)  # compiled autograd; another device; a batched or subclass dy
-        else:
+        elif plain and x.is_cpu and x.numel() >= MIN_ELEMENTS:
             grads = gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
+        else:  # compiled autograd; a batched or subclass dy; a small x; another device
+            grads = formula(dy, x, weight, rstd, dims)
         dx, dweight = grads
         return (
             dx if want_x else None,

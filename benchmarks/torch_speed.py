@@ -194,11 +194,8 @@ def _bias(op: Kind, bias: torch.Tensor) -> torch.Tensor | None:
     return bias if op == "layer_norm" else None
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print one table per (op, mode)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer rounds")
-    parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
+def add_case_arguments(parser: argparse.ArgumentParser, default_dtypes: list[str]) -> None:
+    """Add --device, --ops and --dtypes, as the torch tools here take them (`torch_profile` too)."""
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -208,11 +205,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ops", type=names_among(OPS), default=list(OPS), help="comma-separated, of layer_norm, rms_norm"
     )
-    parser.add_argument("--shapes", type=rows_by_columns, help="comma-separated rows x columns, e.g. 8x64,64x768")
-    dtypes = names_among(tuple(DTYPES))
     parser.add_argument(
-        "--dtypes", type=dtypes, default=DEFAULT_DTYPES, help=f"comma-separated, of {', '.join(DTYPES)}"
+        "--dtypes",
+        type=names_among(tuple(DTYPES)),
+        default=default_dtypes,
+        help=f"comma-separated, of {', '.join(DTYPES)} (default {','.join(default_dtypes)})",
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one table per (op, mode)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer rounds")
+    parser.add_argument("--breakdown", action="store_true", help="split the per-call overhead of a tiny call")
+    add_case_arguments(parser, DEFAULT_DTYPES)
+    parser.add_argument("--shapes", type=rows_by_columns, help="comma-separated rows x columns, e.g. 8x64,64x768")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 5, quick 3)")
     parser.add_argument(

@@ -438,6 +438,63 @@ def test_torch_speed_times_a_half_layer_norm_against_torch_on_float32_copies(
     assert all(float(row[-1]) > 0 for row in rows if row[1] == "bfloat16")
 
 
+def test_torch_profile_lists_each_candidates_ops(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from benchmarks import torch_profile
+
+    args = ["--ops", "layer_norm", "--dtypes", "bfloat16", "--shapes", "4x32", "--steps", "2", "--top", "50"]
+    torch_profile.main([*args, "--device", "cpu"])
+    out = capsys.readouterr().out
+    forward, backward = out.split("layer_norm forward+backward, bfloat16, 4x32")
+    assert "layer_norm forward, bfloat16, 4x32" in forward
+    ours, torchs = backward.split("  torch: ")
+    assert "HalfLayerNormCPUBackward" in ours and "HalfLayerNormCPUBackward" not in torchs  # float32 gradients
+    assert "NativeLayerNormBackward0" in torchs
+    for table in (*forward.split("  torch: "), ours, torchs):
+        total = float(table.split(" us a call")[0].split()[-1])
+        rows = [line.split() for line in table.splitlines() if line.startswith("    ") and "op" not in line.split()]
+        printed = sum(float(row[0]) for row in rows)  # each rounded to 0.01
+        assert total > 0 and printed == pytest.approx(total, abs=0.005 * (len(rows) + 1))
+
+
+def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    from torch.autograd import DeviceType
+
+    from benchmarks import torch_profile
+
+    class Event:
+        def __init__(self, key: str, device_type: Any, device_us: float, cpu_us: float) -> None:
+            self.key, self.count, self.device_type = key, 4, device_type
+            self.self_device_time_total, self.self_cpu_time_total = device_us, cpu_us
+
+    events = [
+        Event("aten::mul", DeviceType.CPU, 30.0, 8.0),  # reports its kernel's device time as its own
+        Event("elementwise_kernel", DeviceType.CUDA, 30.0, 0.0),
+        Event("aten::empty", DeviceType.CPU, 0.0, 2.0),
+    ]
+
+    class FakeProfile:
+        def __init__(self, activities: Any) -> None:
+            pass
+
+        def __enter__(self) -> FakeProfile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def key_averages(self) -> list[Event]:
+            return events
+
+    monkeypatch.setattr(torch_profile, "profile", FakeProfile)
+    monkeypatch.setattr(torch_profile, "sync_for", lambda device: lambda out: out)
+    on_gpu = torch_profile.profile_candidate(lambda: None, "cuda", steps=2)
+    assert on_gpu.ops == (torch_profile.OpTime("elementwise_kernel", 2.0, 15.0),) and on_gpu.total_us == 15.0
+    on_cpu = torch_profile.profile_candidate(lambda: None, "cpu", steps=2)
+    assert [op.name for op in on_cpu.ops] == ["aten::mul", "aten::empty"] and on_cpu.total_us == 5.0
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -491,6 +548,31 @@ def test_torch_speed_refuses_what_it_cannot_use(options: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         torch_speed.main(options)
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--ops", "foo"], ["--dtypes", "float8"], ["--shapes", "8x"], ["--steps", "0"], ["--mode", "backward"]],
+    ids=lambda options: "-".join(options).lstrip("-"),
+)
+def test_torch_profile_refuses_what_it_cannot_use(options: list[str]) -> None:
+    pytest.importorskip("torch")
+    from benchmarks import torch_profile
+
+    with pytest.raises(SystemExit) as exited:
+        torch_profile.main(options)
+    assert exited.value.code == 2
+
+
+def test_torch_profile_refuses_cuda_where_torch_sees_none(capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    from benchmarks import torch_profile
+
+    with pytest.raises(SystemExit) as exited:
+        torch_profile.main(["--device", "cuda"])
+    assert exited.value.code == 2 and "torch sees no CUDA device" in capsys.readouterr().err
 
 
 def test_missing_matplotlib_is_refused_before_the_run(

@@ -28,8 +28,6 @@ from layernorm.cli import positive_int
 
 WARMUP_STEPS = 3
 """Unprofiled calls first: the first call of a case loads kernels, fills caches and allocates memory."""
-NAME_MAX = 110
-"""Characters of an op's name printed: a CUDA kernel's name spells out its template arguments."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +50,11 @@ class Profile:
 def profile_candidate(step: Callable[[], Any], device: str, steps: int) -> Profile:
     """Profile ``steps`` calls of ``step`` (after `WARMUP_STEPS` unprofiled ones); times per call.
 
-    On CUDA the GPU's own events (kernels, copies, fills) and their device time: the ops that launched them report
-    that time too, and are left out so nothing counts twice. On the CPU the ops and their self CPU time (an op's
-    own, not its callees'). Either way the rows add up to the total.
+    On CUDA the GPU's own events (kernels, copies, fills) and their device time: the ops that launched them, and
+    user annotations around them, report that time too, and are left out so nothing counts twice. On the CPU the
+    ops and their self CPU time (an op's own, not its callees'). Either way the rows add up to the total. Names are
+    printed whole: kernels that differ only in a functor deep in their template arguments (mul, div) share long
+    prefixes.
     """
     sync = sync_for(device)
     for _ in range(WARMUP_STEPS):
@@ -66,11 +66,12 @@ def profile_candidate(step: Callable[[], Any], device: str, steps: int) -> Profi
     ops = []
     for event in prof.key_averages():
         if device == "cuda":
-            self_us = event.self_device_time_total if event.device_type == DeviceType.CUDA else 0.0
+            on_gpu = event.device_type == DeviceType.CUDA and not event.is_user_annotation
+            self_us = event.self_device_time_total if on_gpu else 0.0
         else:
             self_us = event.self_cpu_time_total
         if self_us > 0:
-            ops.append(OpTime(event.key[:NAME_MAX], event.count / steps, self_us / steps))
+            ops.append(OpTime(event.key, event.count / steps, self_us / steps))
     ops.sort(key=lambda op: op.self_us, reverse=True)
     return Profile(tuple(ops), sum(op.self_us for op in ops))
 

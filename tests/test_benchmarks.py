@@ -464,13 +464,19 @@ def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -
     from benchmarks import torch_profile
 
     class Event:
-        def __init__(self, key: str, device_type: Any, device_us: float, cpu_us: float) -> None:
-            self.key, self.count, self.device_type = key, 4, device_type
+        def __init__(self, key: str, device_type: Any, device_us: float, cpu_us: float, note: bool = False) -> None:
+            self.key, self.count, self.device_type, self.is_user_annotation = key, 4, device_type, note
             self.self_device_time_total, self.self_cpu_time_total = device_us, cpu_us
 
+    mul = (
+        "void at::native::elementwise_kernel<128, 2, at::native::BinaryFunctor<float, float, float, MulFunctor<float>>>"
+    )
+    div = mul.replace("Mul", "Div")  # the same first 100 characters
     events = [
         Event("aten::mul", DeviceType.CPU, 30.0, 8.0),  # reports its kernel's device time as its own
-        Event("elementwise_kernel", DeviceType.CUDA, 30.0, 0.0),
+        Event(mul, DeviceType.CUDA, 30.0, 0.0),
+        Event(div, DeviceType.CUDA, 10.0, 0.0),
+        Event("a record_function span", DeviceType.CUDA, 40.0, 0.0, note=True),  # the kernels inside it, again
         Event("aten::empty", DeviceType.CPU, 0.0, 2.0),
     ]
 
@@ -490,7 +496,10 @@ def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch_profile, "profile", FakeProfile)
     monkeypatch.setattr(torch_profile, "sync_for", lambda device: lambda out: out)
     on_gpu = torch_profile.profile_candidate(lambda: None, "cuda", steps=2)
-    assert on_gpu.ops == (torch_profile.OpTime("elementwise_kernel", 2.0, 15.0),) and on_gpu.total_us == 15.0
+    assert on_gpu.ops == (torch_profile.OpTime(mul, 2.0, 15.0), torch_profile.OpTime(div, 2.0, 5.0))
+    assert on_gpu.total_us == 20.0
+    lines = torch_profile.format_profile("ours", on_gpu, top=2)
+    assert lines[0] == "  ours: 20.00 us a call" and lines[2].endswith(mul) and lines[3].endswith(div)
     on_cpu = torch_profile.profile_candidate(lambda: None, "cpu", steps=2)
     assert [op.name for op in on_cpu.ops] == ["aten::mul", "aten::empty"] and on_cpu.total_us == 5.0
 

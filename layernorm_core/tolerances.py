@@ -97,7 +97,7 @@ def error_ratio(
     finite = np.isfinite(e)
     same_special = (~finite) & ((a == e) | (np.isnan(a) & np.isnan(e)))
     if scale is None:
-        scale = float(np.sqrt(np.mean(np.square(e[finite])))) if finite.any() else 1.0
+        scale = rms(e[finite]) if finite.any() else 1.0
     kappa = np.asarray(condition, dtype=np.float64)
     if not _broadcasts_to(kappa.shape, e.shape):
         kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
@@ -114,7 +114,7 @@ def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.Ar
     g = np.asarray(dy).astype(np.float64) * np.asarray(rstd, dtype=np.float64)
     if weight is not None:
         g = g * np.asarray(weight).astype(np.float64).reshape(spec.param_shape)
-    return float(np.sqrt(np.mean(np.square(g)))) if g.size else 1.0
+    return rms(g) if g.size else 1.0
 
 
 def mean_scale(rstd: npt.ArrayLike) -> float:
@@ -125,7 +125,20 @@ def mean_scale(rstd: npt.ArrayLike) -> float:
     """
     r = np.asarray(rstd, dtype=np.float64)
     spread = 1.0 / r[np.isfinite(r) & (r > 0)]
-    return float(np.sqrt(np.mean(spread * spread))) if spread.size else 1.0
+    return rms(spread) if spread.size else 1.0
+
+
+def rms(values: npt.NDArray[np.float64]) -> float:
+    """The root mean square of float64 ``values`` (at least one), without overflow or underflow.
+
+    Their squares leave float64's range beyond 1e154 and below 1e-154: the gradient a loss on rstd sends to x is
+    about 1e240 at rows of spread 1e-120, 1e-240 at 1e120. (A scale that underflowed to 0 fell back to 1, and let
+    any error of such a result pass.)
+    """
+    peak = float(np.max(np.abs(values)))
+    if peak == 0.0 or not np.isfinite(peak):  # all zero; an Inf or a NaN, which the plain formula also gives
+        return peak
+    return peak * float(np.sqrt(np.mean(np.square(values / peak))))
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:

@@ -352,8 +352,7 @@ def _layer_norm_statistics_bwd(
     xf, n = _upcast(x), _count(x, axes)
 
     def rows() -> jax.Array:
-        # rstd applied one factor at a time: rstd**3 alone under- or overflows for spreads beyond 1e+-13 in float32
-        return dmean / n - (xf - mean) * (rstd * (rstd * (rstd * drstd))) / n
+        return dmean / n - _times_rstd_squared(((xf - mean) * rstd), rstd, drstd) / n
 
     def single_elements() -> jax.Array:
         # x - mean is 0 whatever x: the rstd term is 0 (NaN where x is not finite or rstd is inf, as in `rows`).
@@ -383,8 +382,17 @@ def _rms_norm_statistics_bwd(
     """The cotangent's dx: rstd = (mean(x^2) + eps)^-1/2 adds -drstd * rstd^3 * x / N."""
     x, rstd = residuals
     drstd = drstd.astype(rstd.dtype)
-    dx = -_upcast(x) * (rstd * (rstd * (rstd * drstd))) / _count(x, axes)
+    dx = -_times_rstd_squared(_upcast(x) * rstd, rstd, drstd) / _count(x, axes)
     return (dx.astype(x.dtype),)
+
+
+def _times_rstd_squared(xhat: jax.Array, rstd: jax.Array, drstd: jax.Array) -> jax.Array:
+    """``xhat * rstd**2 * drstd``, one factor of rstd at a time from xhat (about 1): each product stays in range.
+
+    rstd**3 alone (which the derivative of (v + eps)^-1/2 is made of) under- or overflows for rows of spread beyond
+    1e+-13 in float32 (1e+-102 in float64), where the result, about rstd**2 times drstd, is in range.
+    """
+    return xhat * (rstd * drstd) * rstd
 
 
 rms_norm_statistics.defvjp(_rms_norm_statistics_fwd, _rms_norm_statistics_bwd)

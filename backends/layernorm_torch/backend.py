@@ -29,7 +29,7 @@ import torch.autograd.forward_ad as _forward_ad
 from layernorm_core import BackendInfo, NormSpec, not_dense_error
 from layernorm_core.dispatch import check_devices
 from layernorm_core.foreign import require_host
-from layernorm_torch import half_cpu, rms_rows, scratch
+from layernorm_torch import half_cpu, rms_rows, scratch, statistics
 from layernorm_torch.half_cpu import HalfLayerNormCPU
 from layernorm_torch.rms_rows import RMSNormRows
 
@@ -180,7 +180,7 @@ def layer_norm(
     y alone over trailing axes comes from torch.layer_norm: the same kernel, which hands Python one tensor, not three.
     The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode); when
     x's gradient is taken, and inside torch.func transforms and forward-mode AD, they come from
-    `_differentiable_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
+    `statistics.layer_norm_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
     for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout;
     and in code torch.compile traces, which cannot tell whether a transform around it (torch.func.grad) wants them.
     """
@@ -212,28 +212,11 @@ def layer_norm(
         if not return_stats:
             return out[0]
         if (x.requires_grad and _grad_enabled()) or x.is_nested or _in_transform() or _compiling():
-            return (out[0], *_differentiable_statistics(x, spec))
+            return (out[0], *statistics.layer_norm_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
         _refused(x, weight, bias)
         raise
-
-
-def _differentiable_statistics(x: torch.Tensor, spec: NormSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and rstd of x in ``spec.compute_dtype`` from differentiable ops, two-pass as the spec asks.
-
-    Their values agree with the kernel's within the statistics tolerance. (torch.var_mean warns on an empty batch.)
-    The mean is taken about each row's first element p (0 where it is not finite), ``p + mean(x - p)``: exact for a
-    constant row, whose rstd is then inf with eps = 0, as the kernel's is.
-    """
-    x_c = x if spec.compute_dtype == spec.dtype else x.float()
-    first = x_c.detach()
-    for d in spec.axes:  # narrow, not indexing: a nested tensor cannot be indexed along its batch dimension
-        first = first.narrow(d, 0, 1)
-    pivot = torch.where(first.isfinite(), first, 0.0)
-    mean = pivot + (x_c - pivot).mean(dim=spec.axes, keepdim=True)
-    centred = x_c - mean
-    return mean, torch.rsqrt((centred * centred).mean(dim=spec.axes, keepdim=True) + spec.eps)
 
 
 def _layer_norm_half(
@@ -340,7 +323,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     """
     try:
         if return_stats and x.is_nested:
-            return rms_norm(x, weight, spec, False), rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
+            return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
             recorded = _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
             if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and (
@@ -440,8 +423,8 @@ def _rms_norm_rows(
 
     `RMSNormRows` has its own backward: analytic on the CPU, torch's fused kernel on CUDA. rstd is differentiable
     when x requires grad. Inside a torch.func transform, forward-mode AD or a jit trace, which differentiate the ops
-    that run, `rms_rows.by_reductions` (only CUDA calls reach this there): its derivative goes through an rstd**3
-    that leaves the compute dtype's range for rows of RMS beyond 1e+-13 in float32, 1e+-102 in float64.
+    that run, `rms_rows.by_reductions` (only CUDA calls reach this there), on an rstd whose derivative stays in the
+    compute dtype's range for rows of any RMS (`statistics.rms_rstd`).
     """
     _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
@@ -457,7 +440,7 @@ def _rms_norm_rows(
     if not return_stats:
         return y
     if through_function and x.requires_grad:
-        rstd = rms_rows.differentiable_rstd(x, spec.axes, spec.eps)
+        rstd = statistics.rms_rstd(x, spec.axes, spec.eps)
     return y, rstd
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from layernorm_torch import scratch
+from layernorm_torch import scratch, statistics
 
 _fused_rms_norm: Any = torch.ops.aten._fused_rms_norm.default
 _fused_rms_norm_backward: Any = torch.ops.aten._fused_rms_norm_backward.default
@@ -86,7 +86,7 @@ class RMSNormRows(torch.autograd.Function):
         dims = trailing_dims(x, shape)
         plain = not torch.compiler.is_compiling() and scratch.usable_for(dy)  # not compiled autograd; a plain dy
         if torch.is_grad_enabled():  # create_graph=True: autograd differentiates these gradients
-            grads = formula(dy, x, weight, differentiable_rstd(x, dims, ctx.eps), dims)
+            grads = formula(dy, x, weight, statistics.rms_rstd(x, dims, ctx.eps), dims)
         elif plain and x.is_cuda:
             grads = fused_gradients(dy, x, weight, rstd, shape, (want_x, want_weight))
         elif plain and x.is_cpu and x.numel() >= MIN_ELEMENTS:
@@ -223,10 +223,10 @@ def by_reductions(
     """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, in plain differentiable ops.
 
     What a torch.func transform or jit trace differentiates off the CPU: rstd from the mean of squares
-    (`differentiable_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded to x's dtype once. A row
+    (`statistics.rms_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded to x's dtype once. A row
     holding an Inf gets rstd 0.
     """
-    rstd = differentiable_rstd(x, trailing_dims(x, normalized_shape), eps)
+    rstd = statistics.rms_rstd(x, trailing_dims(x, normalized_shape), eps)
     y = x * rstd
     if weight is not None:
         y = y * weight
@@ -236,12 +236,6 @@ def by_reductions(
 def trailing_dims(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The dims of x that the trailing ``normalized_shape`` covers."""
     return tuple(range(x.ndim - len(normalized_shape), x.ndim))
-
-
-def differentiable_rstd(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
-    """The rstd of rms_norm, ``1 / sqrt(mean(x^2) + eps)`` over ``dims`` (kept), from differentiable ops."""
-    xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
 
 
 def fused_gradients(

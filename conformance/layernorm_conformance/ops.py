@@ -232,6 +232,31 @@ def autodiff_backward(target: Target, problem: Problem, dy: Array) -> dict[str, 
     return {n: target.module.to_numpy(g) for n, g in zip(names, grads, strict=False) if g is not None}
 
 
+def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Problem, stat: str) -> None:
+    """Check that a loss on a returned statistic (mean or rstd) sends the reference's gradient to x.
+
+    Through the framework's autodiff (the target needs a gradient hook, `vjp_for`), against
+    `reference.statistics_backward`.
+    """
+    spec = problem.spec
+    index = stat_names(problem.op).index(stat)
+    stats_shape = tuple(1 if d in spec.axes else size for d, size in enumerate(np.shape(problem.x)))
+    dstat = random_array(stats_shape, compute_dtype(spec.dtype), "dstat", problem.op, stat)
+    x, weight, bias = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias))
+    vjp = vjp_for(x)
+    assert vjp is not None
+
+    def fn(x: Any, weight: Any, bias: Any) -> Any:
+        return call_forward(target.backend, problem, x, weight, bias, True)[index]
+
+    dx = vjp(fn, [x, weight, bias], to_target(target, dstat))[0]
+    assert dx is not None, f"no gradient reached x from {stat}"
+    expected = reference.statistics_backward(
+        problem.x, spec, dstat if stat == "mean" else None, dstat if stat == "rstd" else None
+    )
+    numerics.check({"dx": target.module.to_numpy(dx)}, {"dx": expected}, spec.dtype, problem.condition())
+
+
 def reference_backward(problem: Problem, dy: Array) -> dict[str, npt.NDArray[np.float64]]:
     """The float64 reference of `backward` (dweight/dbias as for a weight of ones when weight is None)."""
     if problem.op == "layer_norm":

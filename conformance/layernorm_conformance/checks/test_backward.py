@@ -7,24 +7,21 @@ from typing import Any
 import pytest
 
 from layernorm_conformance.autodiff import vjp_for
-from layernorm_conformance.data import BACKWARD_CASES, Case, random_array
+from layernorm_conformance.data import BACKWARD_CASES, Case
 from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.ops import (
     OPS,
     Affine,
     Op,
     autodiff_backward,
-    call_forward,
     check_backward_problem,
+    check_statistics_autodiff,
     make_dy,
     make_problem,
     reference_backward,
     stat_names,
-    to_target,
 )
 from layernorm_conformance.targets import Target
-from layernorm_core import reference
-from layernorm_core.dtypes import compute_dtype
 
 GRAD_AFFINES: tuple[Affine, ...] = ("none", "weight", "full")
 
@@ -105,20 +102,4 @@ def test_autodiff_through_statistics(
     numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, stat: str
 ) -> None:
     """A loss on a returned statistic (mean or rstd) sends its gradient to x through the framework's autodiff."""
-    problem = make_problem(op, case, dtype, "full", key="statistics")
-    spec = problem.spec
-    index = stat_names(op).index(stat)
-    dstat = random_array(tuple(int(d) for d in spec.stats_shape), compute_dtype(dtype), "dstat", op, stat)
-    x, weight, bias = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias))
-    vjp = vjp_for(x)
-    assert vjp is not None
-
-    def fn(x: Any, weight: Any, bias: Any) -> Any:
-        return call_forward(target.backend, problem, x, weight, bias, True)[index]
-
-    dx = vjp(fn, [x, weight, bias], to_target(target, dstat))[0]
-    assert dx is not None, f"no gradient reached x from {stat}"
-    expected = reference.statistics_backward(
-        problem.x, spec, dstat if stat == "mean" else None, dstat if stat == "rstd" else None
-    )
-    numerics.check({"dx": target.module.to_numpy(dx)}, {"dx": expected}, dtype, problem.condition())
+    check_statistics_autodiff(numerics, target, make_problem(op, case, dtype, "full", key="statistics"), stat)

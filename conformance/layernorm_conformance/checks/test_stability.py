@@ -18,11 +18,13 @@ from layernorm_conformance.ops import (
     backward,
     check_backward_problem,
     check_forward_problem,
+    check_statistics_autodiff,
     forward,
     make_dy,
     make_problem,
     reference_backward,
     reference_forward,
+    stat_names,
 )
 from layernorm_conformance.targets import Target
 
@@ -83,7 +85,8 @@ float16 cannot hold them): rstd**3 under- or overflows there, so a backward that
 def test_extreme_spread(numerics: Numerics, target: Target, dtype: str, op: Op, spread: str) -> None:
     """Rows of spread 1e15 or 1e-15 (1e120, 1e-120 in float64), eps = 0: forward, backward, autodiff.
 
-    The autodiff gradients where the framework differentiates here.
+    The autodiff gradients where the framework differentiates here: of y, and from each returned statistic (rstd's
+    derivative is -rstd**2 * xhat / N, whose rstd**3 under- or overflows when formed).
     """
     large, small = SPREADS[dtype]
     scale = large if spread == "large" else small
@@ -97,6 +100,8 @@ def test_extreme_spread(numerics: Numerics, target: Target, dtype: str, op: Op, 
     through_autodiff = autodiff_backward(target, problem, dy) if target.info.autodiff else None
     if through_autodiff is not None:
         numerics.check(through_autodiff, expected, dtype, problem.condition(), scales=scales)
+        for stat in stat_names(op)[1:]:
+            check_statistics_autodiff(numerics, target, problem, stat)
 
 
 LONG_ROW = Case((1, 2**22 + 5), (-1,))

@@ -368,3 +368,16 @@ def test_reference_is_quiet_where_the_formula_gives_inf_and_nan() -> None:
     assert np.isposinf(rstd[:2]).all() and np.isnan(y[:2]).all() and (mean[:2, 0] == [3.0, 0.0]).all()
     assert np.isposinf(rrstd[1]).all() and np.isnan(ry[1]).all() and np.isfinite(ry[[0, 2]]).all()
     assert np.isfinite(y[2]).all() and all(np.isfinite(g[2]).all() for g in (grads[0], grads[3], grads[5], grads[6]))
+
+
+@pytest.mark.parametrize("size", [1e240, 1e-240, 1.0])
+def test_tolerances_hold_results_far_from_one_to_their_own_size(size: float) -> None:
+    """A result of about 1e240 or 1e-240 (rstd's gradient at rows of spread 1e-120 or 1e120) is judged against its
+    own RMS: a 1% error fails float64's tolerance, one ulp passes. (Squared, its RMS overflowed to an infinite
+    scale, or underflowed to 0, which fell back to 1: both passed any error.)"""
+    from layernorm_core.tolerances import error_ratio, rms, tolerance
+
+    expected = np.array([3.0, -4.0, 0.5]) * size
+    assert rms(expected) == pytest.approx(size * np.sqrt((9 + 16 + 0.25) / 3), rel=1e-15)
+    assert error_ratio(expected * 1.01, expected, tolerance("float64", "grad")) > 1
+    assert error_ratio(np.nextafter(expected, np.inf), expected, tolerance("float64", "grad")) <= 1

@@ -83,21 +83,31 @@ def layer_norm_apply(
 ) -> jax.Array:
     """Return y = (x - mean) * rstd * weight + bias in the compute dtype, cast to x's dtype.
 
-    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf). XLA:CPU, though, may fuse the mean's
-    division into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and y
-    +-inf: so for an eps that is 0 in the compute dtype (XLA flushes a subnormal one to 0) such rows are set to
-    NaN. eps is static: the programs of larger eps are unchanged.
+    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf), as `centred` makes sure.
     """
     dtype = mean.dtype
-    y = (_upcast(x) - mean) * rstd
-    if flushed_to_zero(eps, dtype_name(dtype)):
-        y = jnp.where(jnp.isinf(rstd), jnp.nan, y)
+    y = centred(x, mean, rstd, eps) * rstd
     w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
     if w is not None:
         y = y * w
     if b is not None:
         y = y + b
     return y.astype(x.dtype)
+
+
+def centred(x: jax.Array, mean: jax.Array, rstd: jax.Array, eps: float) -> jax.Array:
+    """X - mean in the compute dtype; NaN in the rows whose rstd is inf.
+
+    With eps = 0 a row of variance 0 has rstd = inf, and everything its x - mean multiplies rstd into is NaN
+    (0 * inf): y, the parameter gradients, dx, the statistics' gradients. XLA:CPU, though, may fuse the mean's
+    division into x - mean as an FMA with the unrounded quotient (sum * (1/N)), leaving x - mean nonzero and those
+    +-inf, in compiled code only. So for an eps that is 0 in the compute dtype (XLA flushes a subnormal one to 0)
+    such rows are NaN here. eps is static: the programs of larger eps are unchanged.
+    """
+    c = _upcast(x) - mean
+    if flushed_to_zero(eps, dtype_name(mean.dtype)):
+        c = jnp.where(jnp.isinf(rstd), jnp.nan, c)
+    return c
 
 
 def rms_norm_apply(x: jax.Array, weight: jax.Array | None, rstd: jax.Array, axes: Axes) -> jax.Array:
@@ -115,6 +125,7 @@ def layer_norm_grads(
     mean: jax.Array,
     rstd: jax.Array,
     axes: Axes,
+    eps: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dx, dweight, dbias) in the compute dtype, dweight/dbias with the normalized shape.
 
@@ -125,7 +136,7 @@ def layer_norm_grads(
     return _by_row_length(
         n,
         lambda: _single_element_grads(dyf, x, rstd, axes),
-        lambda: _row_grads(dyf, x, weight, mean, rstd, axes, n),
+        lambda: _row_grads(dyf, centred(x, mean, rstd, eps), weight, rstd, axes, n),
     )
 
 
@@ -141,22 +152,22 @@ def _by_row_length(n: Any, single_elements: Callable[[], T], rows: Callable[[], 
 
 def _row_grads(
     dyf: jax.Array,
-    x: jax.Array,
+    centered: jax.Array,
     weight: jax.Array | None,
-    mean: jax.Array,
     rstd: jax.Array,
     axes: Axes,
     n: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`layer_norm_grads` of rows of ``n`` elements, n > 1; dyf is dy in the compute dtype."""
-    dtype = mean.dtype
+    """`layer_norm_grads` of rows of ``n`` elements, n > 1.
+
+    dyf is dy, centered is x - mean (`centred`), both in the compute dtype.
+    """
     # Written on centered = x - mean, with rstd applied to row-sized factors: XLA then keeps one full-size
     # intermediate instead of also materializing xhat = centered * rstd.
-    centered = _upcast(x) - mean
-    w = _param(weight, x, axes, dtype)
+    w = _param(weight, centered, axes, rstd.dtype)
     g = dyf if w is None else dyf * w
     g_sum, gc_sum = _row_sums(g, g * centered, axes)
-    g_mean, gc_mean = g_sum.reshape(mean.shape) / n, gc_sum.reshape(mean.shape) / n
+    g_mean, gc_mean = g_sum.reshape(rstd.shape) / n, gc_sum.reshape(rstd.shape) / n
     # rstd applied one factor at a time: rstd**3 alone under- or overflows for spreads beyond 1e+-13 in float32
     dx = rstd * (g - g_mean - centered * (rstd * (rstd * gc_mean)))
     return dx, _sum_to_param(dyf * centered * rstd, axes), _sum_to_param(dyf, axes)
@@ -299,7 +310,7 @@ def _layer_norm_bwd(
     axes: Axes, eps: float, residuals: tuple[jax.Array, ...], dy: jax.Array
 ) -> tuple[jax.Array | None, ...]:
     x, weight, bias, mean, rstd = residuals
-    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes)
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps)
     return dx.astype(x.dtype), _cast_like(dweight, weight), _cast_like(dbias, bias)
 
 
@@ -352,7 +363,7 @@ def _layer_norm_statistics_bwd(
     xf, n = _upcast(x), _count(x, axes)
 
     def rows() -> jax.Array:
-        return dmean / n - _times_rstd_squared(((xf - mean) * rstd), rstd, drstd) / n
+        return dmean / n - _times_rstd_squared(centred(x, mean, rstd, eps) * rstd, rstd, drstd) / n
 
     def single_elements() -> jax.Array:
         # x - mean is 0 whatever x: the rstd term is 0 (NaN where x is not finite or rstd is inf, as in `rows`).
@@ -425,7 +436,7 @@ def layer_norm_backward(
     mean, rstd = stats
     if mean is None or rstd is None:
         mean, rstd = layer_norm_stats(x, axes, eps)
-    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes)
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps)
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 

@@ -202,19 +202,33 @@ def test_constant_row_along_a_leading_axis_without_eps(
 ) -> None:
     """Rows along x's first axis (x of shape (size, 3, 2), axis=0), one constant, eps 0 or 1e-46: y never +-inf.
 
-    y is NaN wherever rstd is inf (0 * inf); 1e-46 is 0 in float32, which half inputs compute in too. XLA:CPU
-    fused the mean's division into x - mean as one FMA with the unrounded sum * (1/N): x - mean was then not 0 and
-    y came out +-inf beside a returned rstd of inf. Where a backend's compiled mean of the row is inexact, rstd is
-    finite and y = +-1 (docs/spec.md).
+    y is NaN wherever rstd is inf (0 * inf), and so is all that the row's x - mean multiplies rstd into: its dx
+    and dweight, through the explicit backward and autodiff, are never +-inf there either. 1e-46 is 0 in float32,
+    which half inputs compute in too. XLA:CPU fused the mean's division into x - mean as one FMA with the
+    unrounded sum * (1/N): x - mean was then not 0, and y (later dx and dweight) came out +-inf beside a returned
+    rstd of inf. Where a backend's compiled mean of the row is inexact, rstd is finite and y = +-1 (docs/spec.md;
+    its gradients may then leave a half dtype's range).
     """
     problem = make_problem(op, Case((size, 3, 2), (0,)), dtype, "full", eps=eps, key="no-eps-leading")
     x = problem.x.copy()
     x[:, 1, 0] = cast(np.full(size, _constant(op)), dtype)
-    actual = _forward_without_warning(target, problem.with_x(x))
+    problem = problem.with_x(x)
+    actual = _forward_without_warning(target, problem)
     y, rstd = actual["y"][:, 1, 0], actual["rstd"][0, 1, 0]
     assert not np.isinf(y).any(), f"y of a constant row is {y} with eps = 0 (rstd {rstd})"
-    if np.isinf(rstd):
-        assert np.isnan(y).all(), f"y of a constant row is {y} with eps = 0 and rstd inf"
+    if not np.isinf(rstd):
+        return
+    assert np.isnan(y).all(), f"y of a constant row is {y} with eps = 0 and rstd inf"
+    dy = make_dy(problem)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a backend may compute 0 * inf in NumPy
+        routes = {"explicit backward": backward(target, problem, dy, False)}
+        if target.info.autodiff:
+            routes["autodiff"] = autodiff_backward(target, problem, dy) or {}
+    for route, grads in routes.items():
+        for name, of_the_row in (("dx", grads["dx"][:, 1, 0]), ("dweight", grads.get("dweight"))):
+            if of_the_row is not None:  # dweight sums the row into every element
+                assert not np.isinf(of_the_row.astype(np.float64)).any(), f"{route} {name}: {of_the_row}"
 
 
 @pytest.mark.parametrize("op", OPS)

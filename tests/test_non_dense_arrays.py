@@ -80,6 +80,13 @@ def _tensorflow_sparse(shape: tuple[int, ...]) -> tuple[Any, Any]:
     return tf.sparse.from_dense(dense), dense
 
 
+def _tensorflow_indexed_slices(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Some rows of a dense shape (what tf.gather's gradient is); converted to a tensor, the rest are zeros."""
+    tf = pytest.importorskip("tensorflow")
+    dense = tf.ones(shape)
+    return tf.IndexedSlices(dense[:1], tf.constant([0]), dense_shape=tf.constant(shape)), dense
+
+
 NOT_DENSE = {
     "numpy-masked": _numpy_masked,
     "torch-masked": _torch_masked,
@@ -89,6 +96,7 @@ NOT_DENSE = {
     "jax-sparse": _jax_sparse,
     "tensorflow-ragged": _tensorflow_ragged,
     "tensorflow-sparse": _tensorflow_sparse,
+    "tensorflow-indexed-slices": _tensorflow_indexed_slices,
 }
 NOT_A_DENSE_ARRAY = r"is not a dense array \(the '\w+' backend excludes [\w.]+"
 

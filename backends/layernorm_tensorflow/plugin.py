@@ -11,7 +11,11 @@ def layernorm_backends() -> list[BackendDeclaration]:
             name="tensorflow",
             implementation="layernorm_tensorflow.backend",
             array_modules=("tensorflow",),
-            excluded_modules=("tensorflow.python.ops.ragged", "tensorflow.python.framework.sparse_tensor"),
+            excluded_modules=(
+                "tensorflow.python.ops.ragged",
+                "tensorflow.python.framework.sparse_tensor",
+                "tensorflow.python.framework.indexed_slices",  # tf.IndexedSlices: rows of a dense shape, sparse
+            ),
             requires=("tensorflow",),
             extra="tensorflow",
             description="TensorFlow (eager, tf.function, XLA): tf.custom_gradient with the analytic backward",

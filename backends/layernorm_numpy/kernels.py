@@ -270,7 +270,7 @@ def forward(
                 else:
                     np.copyto(t, xb, casting="unsafe")
                     t -= pivot
-                np.add.reduce(t, axis=1, keepdims=True, out=column)
+                _sum_along_n(t, column)
                 column *= inv_n
                 t -= column
                 assert mean_out is not None
@@ -340,7 +340,7 @@ def backward(
                 g_mean, gx_mean = (_scratch(buffer, rstd_b.shape) for buffer in kept[5:])
             dyb, g = _xhat_and_g(xb, dy[block], None if mean is None else mean[block], rstd_b, weight, xhat, dyb, g)
             if mean is not None:
-                np.add.reduce(g, axis=1, keepdims=True, out=g_mean)
+                _sum_along_n(g, g_mean)
                 g_mean *= inv_n
             _row_dot(g, xhat, gx_mean[:, 0])
             gx_mean *= inv_n
@@ -546,6 +546,32 @@ def _dots(a: Array, b: Array, out: Array | None = None) -> Array:
     if _vecdot is not None:
         return cast(Array, _vecdot(a, b, out=out))
     return cast(Array, np.einsum("...k,...k->...", a, b, out=out))
+
+
+SUM_CHUNK = 32
+"""Values a 3-D block sums along N (axis 1) in one running sum before the partial sums are added (`_sum_along_n`)."""
+
+
+def _sum_along_n(block: Array, out: Array) -> None:
+    """Write the sums of ``block`` along axis 1 into ``out`` (axis 1 kept), in two levels for a 3-D block.
+
+    Along a 2-D block's rows np.add.reduce sums pairwise; along a 3-D block's middle axis it keeps one running sum
+    per column, whose rounding grows with the square of the row's length times the values' offset from 0. The mean
+    sums values shifted by the row's first element, offset by that element's distance from the mean: ReLU-like
+    rows of 1024 float32 values (first element 3, mean 0.36) gave y 2 times the tolerance; the backward's mean of
+    g = dy * weight is offset wherever dy is. So a 3-D block sums `SUM_CHUNK` values at a time, then those sums:
+    y's error there fell to 0.35 of the tolerance, for 1.05x the forward's time at (8, 64, 56, 56) over axis 1.
+    """
+    n = block.shape[1]
+    whole = n - n % SUM_CHUNK
+    if block.ndim != 3 or whole < 2 * SUM_CHUNK:
+        np.add.reduce(block, axis=1, keepdims=True, out=out)
+        return
+    rows, _, inner = block.shape
+    chunks = np.add.reduce(block[:, :whole].reshape(rows, whole // SUM_CHUNK, SUM_CHUNK, inner), axis=2)
+    np.add.reduce(chunks, axis=1, keepdims=True, out=out)
+    if whole < n:
+        out += np.add.reduce(block[:, whole:], axis=1, keepdims=True)
 
 
 def stats_layout(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -59,6 +59,30 @@ def test_large_offset_backward(numerics: Numerics, target: Target, dtype: str, o
     check_backward_problem(numerics, target, problem)
 
 
+SKEWED_CASES = (Case((4, 1024, 64), (1,)), Case((64, 1024), (-1,)))
+"""Rows of 1024 values, channels-first (over a middle axis, as a strided sum runs) and trailing."""
+
+
+@pytest.mark.parametrize("case", SKEWED_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("op", OPS)
+def test_rows_far_from_their_first_element(numerics: Numerics, target: Target, dtype: str, op: Op, case: Case) -> None:
+    """ReLU-like rows (max(x, 0) of a normal x, mean 0.4) whose first element is 3.1 to 6: forward and backward.
+
+    A mean taken about the row's first element sums values offset by its distance from the mean; in one running
+    sum per column (NumPy's reduction over a middle axis) that rounding grew with the row's length: y 2 to 6
+    times the float32 tolerance at 1024 values. (A first element of exactly 3 hid it: the many zeros then shift
+    to -3 and sum exactly.)
+    """
+    problem = make_problem(op, case, dtype, "full", key="relu")
+    x = np.maximum(problem.x.astype(np.float64), 0.0)
+    first, second = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+    first[case.axis[0]], second[case.axis[0]] = slice(0, 1), slice(1, 2)
+    x[tuple(first)] = 3.1 + x[tuple(second)]
+    problem = problem.with_x(cast(x, dtype))
+    check_forward_problem(numerics, target, problem)
+    check_backward_problem(numerics, target, problem)
+
+
 @pytest.mark.conformance_dtypes("float16", "bfloat16")
 @pytest.mark.parametrize("op", OPS)
 def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:

@@ -371,6 +371,23 @@ def test_rms_rows_by_reductions_at_extreme_spreads(axis: Any, dtype: str, scale:
     check_rms_norm_grads(pullback((dy, torch.zeros_like(rstd))), x, w, dy, axis, dtype, eps=0.0)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e15), ("float32", 1e-15), ("float64", 1e120), ("float64", 1e-120)]
+)
+@TRAILING_OR_CHANNELS_FIRST
+@pytest.mark.parametrize("device", DEVICES)
+def test_rms_norm_under_torch_func_at_extreme_spreads(device: str, axis: Any, dtype: str, scale: float) -> None:
+    """torch.func.vjp of the public rms_norm, rows of RMS far from 1 with eps = 0: the reference's gradients, as
+    eager autograd gives. The transform differentiates the ops that run; torch's CPU composite's derivative goes
+    through rsqrt(v)**3, out of range there (dx 8% off or inf), so such calls run `rms_rows.by_reductions`."""
+    x, w, _, dy = make((6, 20, 12), axis, dtype, device)
+    x = x * scale
+    y, pullback = torch.func.vjp(lambda x_, w_: layernorm.rms_norm(x_, w_, axis=axis, eps=0.0), x, w)
+    spec = check_forward("rms_norm", x, w, None, axis, 0.0)
+    assert error_ratio(f64(y), reference.rms_norm(f64(x), f64(w), spec)[0], tolerance(dtype, "output")) <= 1
+    check_rms_norm_grads(pullback(dy), x, w, dy, axis, dtype, eps=0.0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "axis"), AUTOGRAD_CASES)

@@ -89,8 +89,9 @@ def info() -> BackendInfo:
             "(reductions, differentiated op by op); an x or weight off a four-value boundary is copied first",
             "rms_norm backward on CPU": "analytic at every size: block by block in per-thread scratch from 2**15 "
             "elements, plain ops below (torch differentiates its composite op by op, 2.5-3x slower at (4096, 768), "
-            "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); torch's own "
-            "autograd under torch.compile, torch.export and torch.func",
+            "through an rsqrt(v)**3 that leaves float32's range for rows of RMS beyond 1e+-13); under torch.func "
+            "and forward-mode AD plain ops whose derivative stays in range; torch's own autograd under "
+            "torch.compile, torch.export and jit traces (that rsqrt(v)**3, as F.rms_norm's)",
             "autocast": "the output keeps x's dtype under torch.autocast (CUDA autocast computes layer_norm in "
             "float32; the result is cast back to x's dtype)",
             "mixed precision": "float32 weight/bias for a half x: native on CPU; on CUDA they are cast to x's dtype "
@@ -314,8 +315,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     On the CPU, outside traces and transforms, `rms_rows` runs what autograd differentiates, and every call from
     `rms_rows.UNRECORDED_FORWARD_ELEMENTS` (torch's CPU rms_norm is a composite that writes a fresh temporary per op,
     and autograd differentiates it op by op, through an rstd**3 that leaves float32's range for rows of RMS beyond
-    1e+-13); everything else runs torch's rms_norm, the kernel `rms_rows.forward` runs below a block, so y has the
-    same bits either way.
+    1e+-13); inside torch.func transforms and forward-mode AD, which differentiate the ops that run,
+    `rms_rows.by_reductions`, whose derivative stays in range; everything else runs torch's rms_norm, the kernel
+    `rms_rows.forward` runs below a block, so y has the same bits either way (under torch.compile, torch.export and
+    jit traces, torch's derivative, as for F.rms_norm).
     So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
     (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
     On CUDA, the calls torch's kernel would read value by value, and so misread a row holding an Inf (docs/spec.md),
@@ -330,6 +333,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
                 scratch.usable_for(x) and _function_allowed()
             ):
                 return _rms_norm_rows(x, weight, spec, return_stats, recorded)
+            if not x.is_nested and _in_transform():  # differentiates the ops that run: torch's composite's rsqrt
+                return _rms_norm_rows(x, weight, spec, return_stats, False)  # `rms_rows.by_reductions`
         elif x.is_cuda and not x.is_nested and not _compiling():
             return _rms_norm_cuda(x, weight, spec, return_stats)
         return _rms_norm_kernel(x, weight, spec, return_stats)

@@ -246,6 +246,25 @@ def test_compiled_func_grad_reaches_x_through_the_statistics(op: str, axis: Any,
     assert got.abs().max() > 0
 
 
+@pytest.mark.parametrize("scale", [1e15, 1e-15])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_compiled_gradient_through_rstd_at_extreme_spreads(op: str, scale: float) -> None:
+    """torch.compile(fullgraph=True): a loss on the returned rstd of float32 rows of spread 1e15 or 1e-15 (eps = 0)
+    sends x the reference's gradient. rms_norm's rstd came from torch's kernel there, whose derivative is of the
+    size rstd**3: dx was 0 or inf."""
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * scale
+    k = torch.randn(4, 1, generator=torch.Generator().manual_seed(1))
+
+    def loss(x: Any) -> Any:
+        return (getattr(layernorm, op)(x, eps=0.0, return_stats=True)[-1] * k).sum()
+
+    leaf = x.clone().requires_grad_()
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(leaf).backward()
+    spec = check_forward(op, x, None, None, -1, 0.0)
+    expected = reference.statistics_backward(f64(x), spec, None, f64(k))
+    assert error_ratio(f64(leaf.grad), expected, tolerance("float32", "grad")) <= 1
+
+
 def test_rms_norm_backward_compiles_once_for_any_batch() -> None:
     """The explicit rms_norm_backward under dynamic=True: one graph for every batch size (the CPU blocks branched
     on the size and guarded on the thread's scratch)."""

@@ -83,10 +83,10 @@ def layer_norm_apply(
 ) -> jax.Array:
     """Return y = (x - mean) * rstd * weight + bias in the compute dtype, cast to x's dtype.
 
-    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf), as `centred` makes sure.
+    With eps = 0 a row of variance 0 has rstd = inf and y = NaN (0 * inf), as `centered_rows` makes sure.
     """
     dtype = mean.dtype
-    y = centred(x, mean, rstd, eps) * rstd
+    y = centered_rows(x, mean, rstd, eps) * rstd
     w, b = _param(weight, x, axes, dtype), _param(bias, x, axes, dtype)
     if w is not None:
         y = y * w
@@ -95,7 +95,7 @@ def layer_norm_apply(
     return y.astype(x.dtype)
 
 
-def centred(x: jax.Array, mean: jax.Array, rstd: jax.Array, eps: float) -> jax.Array:
+def centered_rows(x: jax.Array, mean: jax.Array, rstd: jax.Array, eps: float) -> jax.Array:
     """X - mean in the compute dtype; NaN in the rows whose rstd is inf.
 
     With eps = 0 a row of variance 0 has rstd = inf, and everything its x - mean multiplies rstd into is NaN
@@ -136,7 +136,7 @@ def layer_norm_grads(
     return _by_row_length(
         n,
         lambda: _single_element_grads(dyf, x, rstd, axes),
-        lambda: _row_grads(dyf, centred(x, mean, rstd, eps), weight, rstd, axes, n),
+        lambda: _row_grads(dyf, centered_rows(x, mean, rstd, eps), weight, rstd, axes, n),
     )
 
 
@@ -160,7 +160,7 @@ def _row_grads(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`layer_norm_grads` of rows of ``n`` elements, n > 1.
 
-    dyf is dy, centered is x - mean (`centred`), both in the compute dtype.
+    dyf is dy, centered is x - mean (`centered_rows`), both in the compute dtype.
     """
     # Written on centered = x - mean, with rstd applied to row-sized factors: XLA then keeps one full-size
     # intermediate instead of also materializing xhat = centered * rstd.
@@ -363,7 +363,7 @@ def _layer_norm_statistics_bwd(
     xf, n = _upcast(x), _count(x, axes)
 
     def rows() -> jax.Array:
-        return dmean / n - _times_rstd_squared(centred(x, mean, rstd, eps) * rstd, rstd, drstd) / n
+        return dmean / n - _times_rstd_squared(centered_rows(x, mean, rstd, eps) * rstd, rstd, drstd) / n
 
     def single_elements() -> jax.Array:
         # x - mean is 0 whatever x: the rstd term is 0 (NaN where x is not finite or rstd is inf, as in `rows`).

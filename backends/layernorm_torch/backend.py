@@ -8,9 +8,10 @@ layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_
 analytic backward, block by block in scratch; on CUDA, for the rows torch's kernel reads value by value and so
 misreads an Inf (`_rms_norm_cuda`), a forward from the rows' norms and torch's fused backward kernel on that
 rstd). Under torch.compile and torch.export they keep torch's ops; under torch.func, forward-mode AD and jit
-traces, torch's ops or on CUDA `rms_rows.by_reductions` for those rows: so ``torch.compile(fullgraph=True)`` and
-gradcheck see ordinary aten ops. Axes that are not trailing are moved to the end with one ``permute`` (a view: the
-kernel makes it contiguous) and moved back.
+traces, torch's ops, or for rms_norm plain ops (`rms_rows.by_reductions`: CPU calls in torch.func transforms and
+forward-mode AD, and CUDA's rows above in those and jit traces): so ``torch.compile(fullgraph=True)`` and
+gradcheck see ordinary aten ops. Statistics that a gradient may flow through come from `statistics`. Axes that
+are not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
 Everything here is on the per-call path: no argument checks (the core did them), no loop over rows in Python.
 Casts name the dtype by keyword (``t.to(dtype=d)``), which skips ``Tensor.to``'s overload resolution: 1.3 µs
@@ -325,7 +326,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     go to `rms_rows` too, or have their x or weight copied to aligned memory first (`_rms_norm_cuda`).
     """
     try:
-        if return_stats and x.is_nested:
+        if return_stats and (x.is_nested or _compiling()):  # as layer_norm's: a gradient may flow through rstd
             return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
             recorded = _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
@@ -428,8 +429,8 @@ def _rms_norm_rows(
 
     `RMSNormRows` has its own backward: analytic on the CPU, torch's fused kernel on CUDA. rstd is differentiable
     when x requires grad. Inside a torch.func transform, forward-mode AD or a jit trace, which differentiate the ops
-    that run, `rms_rows.by_reductions` (only CUDA calls reach this there), on an rstd whose derivative stays in the
-    compute dtype's range for rows of any RMS (`statistics.rms_rstd`).
+    that run, `rms_rows.by_reductions` (CPU calls reach this inside transforms and forward-mode AD, CUDA calls in
+    jit traces too), on an rstd whose derivative stays in the compute dtype's range (`statistics.rms_rstd`).
     """
     _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight

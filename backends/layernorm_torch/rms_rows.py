@@ -222,9 +222,9 @@ def by_reductions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y in x's dtype, rstd in the compute dtype) over the trailing ``normalized_shape``, in plain differentiable ops.
 
-    What a torch.func transform or jit trace differentiates off the CPU: rstd from the mean of squares
-    (`statistics.rms_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded to x's dtype once. A row
-    holding an Inf gets rstd 0.
+    What torch.func transforms and forward-mode AD differentiate (and jit traces, off the CPU): rstd from the mean
+    of squares (`statistics.rms_rstd`), ``y = x * rstd * weight`` in the compute dtype, rounded to x's dtype once.
+    A row holding an Inf gets rstd 0.
     """
     rstd = statistics.rms_rstd(x, trailing_dims(x, normalized_shape), eps)
     y = x * rstd

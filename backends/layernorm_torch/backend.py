@@ -329,13 +329,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
         if return_stats and (x.is_nested or _compiling()):  # as layer_norm's: a gradient may flow through rstd
             return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
-            recorded = _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-            if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and (
-                scratch.usable_for(x) and _function_allowed()
-            ):
-                return _rms_norm_rows(x, weight, spec, return_stats, recorded)
-            if not x.is_nested and _in_transform():  # differentiates the ops that run: torch's composite's rsqrt
-                return _rms_norm_rows(x, weight, spec, return_stats, False)  # `rms_rows.by_reductions`
+            if _in_transform():  # it differentiates the ops that run: not torch's composite, through rsqrt
+                if not x.is_nested:
+                    return _rms_norm_rows(x, weight, spec, return_stats, False)  # `rms_rows.by_reductions`
+            else:
+                recorded = _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+                if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and (
+                    scratch.usable_for(x) and _tracing_state() is None  # `_function_allowed`, out of transforms
+                ):
+                    return _rms_norm_rows(x, weight, spec, return_stats, recorded)
         elif x.is_cuda and not x.is_nested and not _compiling():
             return _rms_norm_cuda(x, weight, spec, return_stats)
         return _rms_norm_kernel(x, weight, spec, return_stats)

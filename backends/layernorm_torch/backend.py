@@ -8,8 +8,8 @@ layer_norm on the CPU (`half_cpu`: dweight and dbias summed in float32) and rms_
 analytic backward, block by block in scratch; on CUDA, for the rows torch's kernel reads value by value and so
 misreads an Inf (`_rms_norm_cuda`), a forward from the rows' norms and torch's fused backward kernel on that
 rstd). Under torch.compile and torch.export they keep torch's ops; under torch.func, forward-mode AD and jit
-traces, torch's ops, or for rms_norm plain ops (`rms_rows.by_reductions`: CPU calls in torch.func transforms and
-forward-mode AD, and CUDA's rows above in those and jit traces): so ``torch.compile(fullgraph=True)`` and
+traces, torch's ops, or for rms_norm plain ops (`rms_rows.by_reductions`: every call in torch.func transforms
+and forward-mode AD but a nested one, and CUDA's rows above in jit traces): so ``torch.compile(fullgraph=True)`` and
 gradcheck see ordinary aten ops. Statistics that a gradient may flow through come from `statistics`. Axes that
 are not trailing are moved to the end with one ``permute`` (a view: the kernel makes it contiguous) and moved back.
 
@@ -320,14 +320,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     `rms_rows.by_reductions`, whose derivative stays in range; everything else runs torch's rms_norm, the kernel
     `rms_rows.forward` runs below a block, so y has the same bits either way (under torch.compile, torch.export and
     jit traces, torch's derivative, as for F.rms_norm).
-    So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass. A nested
-    (jagged) x gets rstd from differentiable ops, in its nested layout (the kernels give it for the packed rows).
+    So do tensor subclasses (a DTensor: `scratch.usable_for`), whose ops dispatch through the subclass.
     On CUDA, the calls torch's kernel would read value by value, and so misread a row holding an Inf (docs/spec.md),
-    go to `rms_rows` too, or have their x or weight copied to aligned memory first (`_rms_norm_cuda`).
+    go to `rms_rows` too, as do calls in torch.func transforms and forward-mode AD; others have their x or weight
+    copied to aligned memory first (`_rms_norm_cuda`).
+    A returned rstd comes from `statistics.rms_rstd`, as layer_norm's statistics do, where a gradient may flow
+    through it (x's is taken, a transform, torch.compile; the kernels' rstd is outside the graph, or on CUDA
+    differentiated through rstd**3) and for a nested (jagged) x, in its nested layout (the kernels give it for the
+    packed rows).
     """
     try:
-        if return_stats and (x.is_nested or _compiling()):  # as layer_norm's: a gradient may flow through rstd
-            return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)
+        if return_stats and ((x.requires_grad and _grad_enabled()) or x.is_nested or _in_transform() or _compiling()):
+            return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)  # as layer_norm's
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
             if _in_transform():  # it differentiates the ops that run: not torch's composite, through rsqrt
                 if not x.is_nested:
@@ -360,36 +364,33 @@ def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
 
     It reads rows value by value for float64, for lengths not a multiple of 4 or over 2**24 (its conditions in torch
     2.11-2.13), and from memory off a boundary of four values; then it takes Welford's mean and variance, which turn
-    an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (`rms_rows`); an x or weight off the
+    an Inf into NaN (docs/spec.md). Such rows go to `_rms_norm_rows` (`rms_rows`), and so do calls inside
+    torch.func transforms and forward-mode AD: they differentiate torch's kernel by its derivative, of the size
+    rstd**3, out of range at rows of RMS beyond 1e+-13 in float32 (dx 8% off, or inf). An x or weight off the
     boundary is replaced by a contiguous copy, in fresh memory, which is aligned (`_aligned`). A call that
-    `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype; a half x outside
-    torch.func transforms and forward-mode AD) runs it here, without the calls between: at f36f2e2 the backend took
-    1.5 us (float32) over `torch.rms_norm` on the H100's host, where the alignment check it replaced had taken 0.7 us.
+    `_rms_norm_kernel` would run as one kernel call (trailing axes, y alone, parameters in x's dtype) runs it here,
+    without the calls between: at f36f2e2 the backend took 1.5 us (float32) over `torch.rms_norm` on the H100's
+    host, where the alignment check it replaced had taken 0.7 us.
     """
     vector_bytes = _VECTOR_BYTES.get(spec.dtype)
     row = _product(spec.normalized_shape)
-    if vector_bytes is None or row % 4 != 0 or row > _VECTOR_ROW_MAX:
-        return _rms_norm_rows(x, weight, spec, return_stats, _recorded(x, weight) and _function_allowed())
-    in_transform = _interpreter_stack() is not None
-    # A float32 weight of a half x at float32's boundary: the float32 kernel reads it as it is under torch.func.
-    weight_bytes = _VECTOR_BYTES[spec.compute_dtype] if spec.mixed_params else vector_bytes
+    in_transform = _interpreter_stack() is not None or _forward_ad._current_level >= 0  # `_in_transform`, uncompiled
+    if in_transform or vector_bytes is None or row % 4 != 0 or row > _VECTOR_ROW_MAX:
+        through_function = not in_transform and _tracing_state() is None and _recorded(x, weight)
+        return _rms_norm_rows(x, weight, spec, return_stats, through_function)
+    read_weight = None if spec.mixed_params else weight  # a float32 weight of a half x is cast: fresh memory
     try:
-        aligned = (
-            not in_transform
-            and x.data_ptr() % vector_bytes == 0
-            and (weight is None or weight.data_ptr() % weight_bytes == 0)
+        aligned = x.data_ptr() % vector_bytes == 0 and (
+            read_weight is None or read_weight.data_ptr() % vector_bytes == 0
         )
     except RuntimeError:  # a subclass without storage, or a torch.func wrapper that escaped its transform
         aligned = False
     if not aligned:
         x = _aligned(x, vector_bytes)
-        weight = None if weight is None else _aligned(weight, weight_bytes)
+        weight = weight if read_weight is None else _aligned(read_weight, vector_bytes)
     if spec.is_trailing and not return_stats and not spec.mixed_params:
-        if spec.compute_dtype == spec.dtype:
-            return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
-        if not in_transform and _forward_ad._current_level < 0:  # else `_rms_norm_half`'s float32 route
-            y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
-            return y if y.dtype is x.dtype else y.to(dtype=x.dtype)  # CUDA autocast runs rms_norm in float32
+        y = _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+        return y if y.dtype is x.dtype else y.to(dtype=x.dtype)  # CUDA autocast runs rms_norm in float32
     return _rms_norm_kernel(x, weight, spec, return_stats)
 
 
@@ -429,10 +430,11 @@ def _rms_norm_rows(
 ) -> Any:
     """`rms_rows.forward`, through `RMSNormRows` when ``through_function``.
 
-    `RMSNormRows` has its own backward: analytic on the CPU, torch's fused kernel on CUDA. rstd is differentiable
-    when x requires grad. Inside a torch.func transform, forward-mode AD or a jit trace, which differentiate the ops
-    that run, `rms_rows.by_reductions` (CPU calls reach this inside transforms and forward-mode AD, CUDA calls in
-    jit traces too), on an rstd whose derivative stays in the compute dtype's range (`statistics.rms_rstd`).
+    `RMSNormRows` has its own backward: analytic on the CPU, torch's fused kernel on CUDA; its rstd is not
+    differentiable (`rms_norm` takes a differentiable one from `statistics`). Inside a torch.func transform,
+    forward-mode AD or a jit trace, which differentiate the ops that run, `rms_rows.by_reductions` (every call
+    reaches this inside transforms and forward-mode AD, CUDA's misread rows in jit traces too), on an rstd whose
+    derivative stays in the compute dtype's range (`statistics.rms_rstd`).
     """
     _require_dense(x, weight)  # these ops are not torch's kernels: a sparse weight would give a sparse y
     if x.is_cpu and weight is not None and not weight.is_cpu:  # its blocks would run with a meta weight
@@ -444,20 +446,16 @@ def _rms_norm_rows(
         y, rstd = rms_rows.forward(xt, weight, _sizes(spec.normalized_shape), spec.eps)
     else:
         y, rstd = rms_rows.by_reductions(xt, weight, _sizes(spec.normalized_shape), spec.eps)
-    y, rstd = _normalized_back(spec, y), _normalized_back(spec, rstd)
-    if not return_stats:
-        return y
-    if through_function and x.requires_grad:
-        rstd = statistics.rms_rstd(x, spec.axes, spec.eps)
-    return y, rstd
+    y = _normalized_back(spec, y)
+    return (y, _normalized_back(spec, rstd)) if return_stats else y
 
 
 def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
     """rms_norm of a float16/bfloat16 x: torch computes in float32 (CPU composite, CUDA kernel), y in x's dtype.
 
-    A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype. Under forward-mode AD
-    and torch.func on CUDA, the float32 kernel runs on a float32 copy instead: the half kernel's tangent there is
-    float32 (torch 2.11).
+    A float32 weight goes to x's dtype on CUDA, whose fused kernel reads it in x's dtype. For a nested CUDA x under
+    forward-mode AD and torch.func, the float32 kernel runs on a float32 copy instead: the half kernel's tangent
+    there is float32 (torch 2.11).
     """
     dtype = x.dtype
     if not x.is_cpu:

@@ -19,8 +19,8 @@ On CUDA, torch's rms_norm kernel gives a row holding an Inf rstd NaN where it re
 (docs/spec.md; the backend's `_rms_norm_cuda`); such calls come here, where `forward` takes rstd from the rows'
 norms (`by_norm`) and the backward is torch's fused backward kernel, which reads rstd as given
 (`fused_gradients`; `formula` under ``create_graph=True``, compiled autograd, and for a dy the scratch cannot
-take). Inside torch.func transforms, forward-mode AD and jit traces, which differentiate the ops that run, the
-forward is `by_reductions` instead.
+take). Inside torch.func transforms and forward-mode AD (on any device) and jit traces, which differentiate the
+ops that run, the forward is `by_reductions` instead.
 """
 
 from __future__ import annotations

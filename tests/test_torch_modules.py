@@ -253,6 +253,20 @@ def test_torch_jit_trace_of_a_half_model_with_trainable_parameters(dtype: str) -
     assert kernels == ["aten::layer_norm"]
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_torch_jit_trace_of_statistics_of_a_trainable_x(op: str, dtype: str) -> None:
+    """torch.jit.trace of a call returning the statistics of an x that requires grad, with the trace's check (which
+    traces again under no_grad): the statistics came from other ops with and without grad mode, and the check
+    failed ("Graphs differed across invocations")."""
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(DTYPES[dtype]).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a half trace's rounding may differ by an ulp
+        traced = torch.jit.trace(lambda t: getattr(layernorm, op)(t, return_stats=True), (x,))
+    for got, expected in zip(traced(x), getattr(layernorm, op)(x, return_stats=True), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize(
     ("x_dtype", "weight_dtype"),
     [("float32", "bfloat16"), ("float64", "float32"), ("float32", "float64"), ("bfloat16", "float16")],

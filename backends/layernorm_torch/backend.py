@@ -184,7 +184,8 @@ def layer_norm(
     x's gradient is taken, and inside torch.func transforms and forward-mode AD, they come from
     `statistics.layer_norm_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
     for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout;
-    and in code torch.compile traces, which cannot tell whether a transform around it (torch.func.grad) wants them.
+    in code torch.compile traces, which cannot tell whether a transform around it (torch.func.grad) wants them;
+    and in torch.jit traces, whose check traces again under no_grad and must record the same ops.
     """
     try:
         if spec.compute_dtype != spec.dtype and (
@@ -213,7 +214,13 @@ def layer_norm(
             out = _layer_norm_permuted(x, weight, bias, spec)
         if not return_stats:
             return out[0]
-        if (x.requires_grad and _grad_enabled()) or x.is_nested or _in_transform() or _compiling():
+        if (
+            (x.requires_grad and _grad_enabled())
+            or x.is_nested
+            or _in_transform()
+            or _compiling()
+            or _tracing_state() is not None
+        ):
             return (out[0], *statistics.layer_norm_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
@@ -326,11 +333,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     copied to aligned memory first (`_rms_norm_cuda`).
     A returned rstd comes from `statistics.rms_rstd`, as layer_norm's statistics do, where a gradient may flow
     through it (x's is taken, a transform, torch.compile; the kernels' rstd is outside the graph, or on CUDA
-    differentiated through rstd**3) and for a nested (jagged) x, in its nested layout (the kernels give it for the
-    packed rows).
+    differentiated through rstd**3), in torch.jit traces (their check traces again under no_grad), and for a nested
+    (jagged) x, in its nested layout (the kernels give it for the packed rows).
     """
     try:
-        if return_stats and ((x.requires_grad and _grad_enabled()) or x.is_nested or _in_transform() or _compiling()):
+        if return_stats and (
+            (x.requires_grad and _grad_enabled())
+            or x.is_nested
+            or _in_transform()
+            or _compiling()
+            or _tracing_state() is not None
+        ):
             return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)  # as layer_norm's
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
             if _in_transform():  # it differentiates the ops that run: not torch's composite, through rsqrt

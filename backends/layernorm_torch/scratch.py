@@ -20,19 +20,23 @@ KEPT_MAX_BYTES = 8 << 20
 """Most scratch a thread keeps: what a block takes at most. One row longer than a block takes more, and gets fresh
 tensors: a single call on huge rows would otherwise hold their size for the thread's life."""
 _local = threading.local()
+_Parameter = torch.nn.Parameter
 
 
 def usable_for(*tensors: torch.Tensor) -> bool:
     """Whether these may be computed on in plain scratch tensors: plain tensors, not subclasses or wrappers.
 
-    A subclass (a DTensor) dispatches its ops through itself; mixed with plain tensors, torch refuses the op. So
+    An ``nn.Parameter`` counts as plain: it disables ``__torch_function__``, so its ops are a plain tensor's (as a
+    subclass, a Parameter x took torch's CPU rms_norm composite, whose derivative leaves float32's range at rows of
+    RMS beyond 1e+-13). A subclass (a DTensor) dispatches its ops through itself; mixed with plain tensors, torch
+    refuses the op. So
     do batched tensors, torch.func's (vmap) and autograd's legacy ones (``is_grads_batched`` cotangents), which
     have no batching rule for ``out=`` ops or copies into plain memory. Not for a torch.compile trace, which cannot
     call the queries.
     """
     for t in tensors:
         if (
-            type(t) is not torch.Tensor
+            (type(t) is not torch.Tensor and type(t) is not _Parameter)
             or _functorch.is_functorch_wrapped_tensor(t)
             or _functorch.is_legacy_batchedtensor(t)
         ):

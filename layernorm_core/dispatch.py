@@ -164,7 +164,7 @@ def run(
     engine, owner, name = resolve(x, backend, tracing)
     if owner is not None:
         source = engine if owner == name else registry.get(owner)
-        _check_companions(source, owner, x, params, crossing=owner != name)
+        device = _check_companions(source, owner, x, params, crossing=owner != name)
     if owner == name:
         return call(engine, x, params)
     if owner is None:
@@ -177,7 +177,7 @@ def run(
                 f"or tracing; the {name!r} backend "
                 f"cannot see that graph. Use backend={owner!r}, or detach the array first."
             )
-    device = source.device_of(x)
+    assert device is not None  # `_check_companions` compares devices of arrays that cross
     kind = device.partition(":")[0]
     outputs = call(
         engine,
@@ -237,11 +237,14 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, ta
     return converted
 
 
-def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[Any], crossing: bool = False) -> None:
+def _check_companions(
+    source: ModuleType, owner: str, x: Any, params: Sequence[Any], crossing: bool = False
+) -> str | None:
     """DTypeError unless params are of x's framework; DeviceError unless they are on x's device.
 
     Devices are compared where ``owner`` reports several, or where the arrays are ``crossing`` to another engine
     (torch reports one device here, yet meta tensors beside CPU ones would reach a conversion that takes neither).
+    Returns the device the outputs belong on (`check_devices`) where devices were compared, else None.
     """
     x_type = type(x)
     for array in params:
@@ -251,14 +254,17 @@ def _check_companions(source: ModuleType, owner: str, x: Any, params: Sequence[A
                 f"{type(array).__qualname__}; pass arrays of one framework"
             )
     if crossing or registry.multi_device(owner):
-        check_devices(source.device_of, x, params)
+        return check_devices(source.device_of, x, params)
+    return None
 
 
-def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> None:
-    """A DeviceError unless x and params are of one device kind and those bound to a device name the same one.
+def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> str:
+    """The device the outputs belong on; a DeviceError unless x and params share one.
 
-    ``device_of`` is the backend's (`BackendModule.device_of`). A bare kind is an array bound to no device of it:
-    it goes with any of them. Called for every call to a backend that reports several devices, and for every call
+    They share one when they are of one device kind and those bound to a device name the same one. ``device_of`` is
+    the backend's (`BackendModule.device_of`). A bare kind is an array bound to no device of it: it goes with any of
+    them. The answer is the bound arrays' device, or the bare kind where none is bound: where the framework itself
+    would put the outputs. Called for every call to a backend that reports several devices, and for every call
     whose arrays cross to another framework's engine; a backend that reports one may call it where its framework
     refused a call (torch's meta tensors beside CPU ones).
     """
@@ -275,3 +281,4 @@ def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]
             raise DeviceError(f"{bound_by} is on {bound} but another argument is on {device}; move them to one device")
         if bound == kind:
             bound, bound_by = device, "an argument"
+    return bound

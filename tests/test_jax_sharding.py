@@ -35,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 16  # 3 layouts x (forward, gradients) + 5 under shard_map + 5 single tests
+MESH_TESTS = 18  # 3 layouts x (forward, gradients) + 5 under shard_map + 5 single tests + 2 engines' placement
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -235,6 +235,25 @@ def test_outputs_of_another_engine_come_back_to_x_devices() -> None:
             assert out.committed == (len(xa.devices()) == 1) and out.devices() <= xa.devices()
             np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(outputs[0] + xa), np.asarray(outputs[0]) + x)
+
+
+@needs_mesh
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_outputs_of_another_engine_go_where_jax_would_put_them(backend: str) -> None:
+    """An uncommitted x with a weight committed to a device: the outputs go to that device, as the JAX engine's do
+    (the NumPy engine put them on device 0, committed, and ``y * w`` failed); with every array uncommitted they are
+    uncommitted too."""
+    x, w, b, _ = _inputs((16, 64), -1)
+    on_3 = jax.devices("cpu")[3]
+    spec = check_forward("layer_norm", x, w, b, -1, 1e-5)
+    expected = reference.layer_norm(x, w, b, spec)[0]
+    wa = jax.device_put(w, on_3)
+    y = layernorm.layer_norm(jnp.asarray(x), wa, jnp.asarray(b), backend=backend)
+    assert y.devices() == {on_3} and y.committed
+    np.testing.assert_allclose(np.asarray(y * wa), expected * w, rtol=1e-5, atol=1e-5)
+    y = layernorm.layer_norm(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), backend=backend)
+    assert not y.committed
+    np.testing.assert_allclose(np.asarray(y * wa), expected * w, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(len(jax.devices("cpu")) >= DEVICES, reason="this is the 8-device child process")

@@ -102,9 +102,11 @@ def to_numpy(x: Any) -> np.ndarray:
 def from_numpy(array: Any, device: str = "cpu") -> jax.Array:
     """A jax.Array holding ``array``'s values and dtype on ``device``.
 
-    A kind ("cpu", "gpu"/"cuda", "tpu") commits it to the first device of that kind, a `device_of` answer of one
-    device ("cpu:1") to that one. An answer of several ("cpu:0,1", an array sharded over them) leaves it
-    uncommitted on the first, so that it combines with arrays on those devices whatever their mesh. A float64
+    A kind ("cpu", "gpu"/"cuda", "tpu") leaves it uncommitted where that kind holds JAX's default device, as
+    `jnp.asarray` would (an uncommitted x's outputs then combine with arrays on any device, as the JAX engine's
+    do), else commits it to the kind's first device. A `device_of` answer of one device ("cpu:1") commits it to
+    that one. An answer of several ("cpu:0,1", an array sharded over them) leaves it uncommitted on the first, so
+    that it combines with arrays on those devices whatever their mesh. A float64
     array needs x64 (``jax.config.update('jax_enable_x64', True)``): without it, DTypeError rather than a silent
     cast to float32.
     """
@@ -113,7 +115,12 @@ def from_numpy(array: Any, device: str = "cpu") -> jax.Array:
     kind, _, ids = device.partition(":")
     devices = _devices(kind)
     if not ids:
-        return jax.device_put(array, devices[0])
+        placed = jax.device_put(array)  # uncommitted, on the default device
+        return (
+            placed
+            if next(iter(placed.devices())).platform == devices[0].platform
+            else jax.device_put(placed, devices[0])
+        )
     wanted = {int(i) for i in ids.split(",")}
     named = [d for d in devices if d.id in wanted]
     if len(named) == 1:

@@ -314,7 +314,7 @@ def checked_axis(axis: Any) -> Axis:
 
 
 def _axis_int(a: Any) -> int | None:
-    """``a`` as an int, or None where it is no integer (a bool, a float, a float array).
+    """``a`` as an int, or None where it is no integer (a bool, a float, a float or bool array).
 
     A wrong type raises nothing to be caught: under torch.compile, torch 2.11's dynamo turned such a TypeError
     into an InternalTorchDynamoError (a float axis from operator.index, a bool axis from a helper of ours).
@@ -323,9 +323,11 @@ def _axis_int(a: Any) -> int | None:
         return None if isinstance(a, bool) else a
     if not hasattr(type(a), "__index__"):
         return None
+    if hasattr(a, "dtype") and dtype_name(a.dtype) == "bool":  # torch's tensor(True) has an index: 1
+        return None
     try:
         return operator.index(a)
-    except TypeError:  # a 0-d array of a non-integer dtype has __index__ but raises
+    except (TypeError, AttributeError):  # a 0-d float array: __index__ raises (TensorFlow's: AttributeError)
         return None
 
 

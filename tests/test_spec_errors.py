@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,30 @@ def test_invalid_input_equal_to_a_valid_one_is_still_rejected(valid: dict, inval
     layernorm.layer_norm(X, **valid)
     with pytest.raises(ArgumentError):
         layernorm.layer_norm(X, **invalid)
+
+
+ZERO_D = {
+    "numpy": "numpy.array",
+    "torch": "torch.tensor",
+    "jax": "jax.numpy.array",
+    "tensorflow": "tensorflow.constant",
+}
+"""The function that makes a 0-d array, by framework."""
+
+
+@pytest.mark.parametrize("value", [True, 1.0], ids=["bool", "float"])
+@pytest.mark.parametrize("framework", list(ZERO_D))
+def test_a_zero_d_bool_or_float_axis_of_any_framework_is_an_argument_error(framework: str, value: Any) -> None:
+    """A 0-d array holding True or 1.0 is no axis, as True and 1.0 are not: torch's tensor(True) passed as axis 1,
+    and TensorFlow's constants raised a bare AttributeError from their ``__index__``."""
+    module, _, name = ZERO_D[framework].rpartition(".")
+    make = getattr(pytest.importorskip(module), name)
+    axis = make(value)
+    with pytest.raises(ArgumentError, match="axis must be an int or a tuple of ints"):
+        layernorm.layer_norm(X, axis=axis)
+    with pytest.raises(ArgumentError, match="axis must be an int or a tuple of ints"):
+        layernorm.rms_norm(X, axis=(0, axis))
+    assert layernorm.layer_norm(X, axis=make(1)).shape == X.shape
 
 
 class MutableAxis:

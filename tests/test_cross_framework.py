@@ -152,6 +152,39 @@ def test_a_host_array_without_a_dlpack_import_is_copied_through_numpy(engine: st
     np.testing.assert_array_equal(np.asarray(imported, np.float32), values.astype(np.float32))
 
 
+class _HostArray:
+    """A host array of a framework no backend owns, exporting DLPack and the array protocol."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.dtype, self.shape = values.dtype, values.shape
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.values.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        return self.values
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
+def test_host_memory_at_any_alignment_crosses_to_every_engine(engine: str) -> None:
+    """Host memory at each 4-byte offset from a 64-byte boundary: TensorFlow's DLPack import aborted the process
+    (a failed CHECK) off that boundary, so the TensorFlow engine copies host memory through NumPy."""
+    pytest.importorskip(engine)
+    buffer = np.zeros(64 + 64 + 32, np.uint8)
+    start = -buffer.ctypes.data % 64
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    expected = reference.layer_norm(x, None, None, check_forward("layer_norm", x, None, None, -1, 1e-5))[0]
+    for offset in range(0, 64, 4):
+        held = buffer[start + offset : start + offset + 32].view(np.float32).reshape(2, 4)
+        held[...] = x
+        y = layernorm.layer_norm(_HostArray(held), backend=engine)
+        assert error_ratio(np.asarray(y), expected, tolerance("float32", "output")) <= 1
+
+
 class _FakeCudaView(_FakeCudaTensor):
     """A strided view on a CUDA device, as a transposed torch tensor is: XLA's DLPack import refuses its strides,
     and its row-major copy (here a NumPy array, which the engines can import on this machine) is what they take."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from layernorm_core.errors import BackendError, DeviceError
-from layernorm_core.foreign import require_host, row_major_on_device
+from layernorm_core.foreign import DLPACK_HOST, dlpack_device_type, require_host, row_major_on_device
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._quiet import quiet_tensorflow_logs
@@ -100,16 +100,20 @@ def from_numpy(array: Any, device: str = "cpu") -> Tensor:
 
 
 def from_foreign(x: Any) -> Tensor:
-    """An array of another framework as a tf.Tensor: DLPack where the producer offers it, else the array protocol."""
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+    """An array of another framework as a tf.Tensor: DLPack for device memory, else a copy through NumPy.
+
+    Host memory never goes through TensorFlow's DLPack import: for memory off a 64-byte boundary (a NumPy buffer
+    at an offset of 16 bytes) it aborts the process, a failed CHECK rather than an exception.
+    """
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and dlpack_device_type(x) not in DLPACK_HOST:
         try:
             return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
         except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError) as exc:
             compact = row_major_on_device(x)
             if compact is not None:
                 return tf.experimental.dlpack.from_dlpack(compact.__dlpack__())
-            require_host(x, "TensorFlow", exc)  # e.g. a dtype DLPack cannot carry here: a host array below
-    return tf.convert_to_tensor(np.asarray(x))
+            require_host(x, "TensorFlow", exc)  # device memory: a DeviceError
+    return tf.convert_to_tensor(np.asarray(x) if hasattr(x, "__array__") else np.from_dlpack(x))
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:

@@ -122,36 +122,6 @@ def test_torch_meta_tensors_sent_to_another_engine_are_a_device_error(engine: st
         layernorm.layer_norm(x, w, backend=engine)
 
 
-class _HostBfloat16:
-    """A host array of a framework no backend owns, whose DLPack export holds a dtype NumPy cannot import."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values
-        self.dtype, self.shape = values.dtype, values.shape
-
-    def __dlpack__(self, **kwargs: object) -> object:
-        raise BufferError("bfloat16 has no DLPack import in NumPy")
-
-    def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)  # kDLCPU
-
-    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
-        return self.values
-
-
-@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
-def test_a_host_array_without_a_dlpack_import_is_copied_through_numpy(engine: str) -> None:
-    """The numpy engine raised a DeviceError for it; the others copied it, as the host memory it is allows."""
-    pytest.importorskip(engine)
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    from layernorm_core.registry import registry
-
-    values = np.asarray([0.5, -1.25, 3.0], dtype=ml_dtypes.bfloat16)
-    backend = registry.get(engine)
-    imported = backend.to_numpy(backend.from_foreign(_HostBfloat16(values)))
-    np.testing.assert_array_equal(np.asarray(imported, np.float32), values.astype(np.float32))
-
-
 class _HostArray:
     """A host array of a framework no backend owns, exporting DLPack and the array protocol."""
 
@@ -167,6 +137,26 @@ class _HostArray:
 
     def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
         return self.values
+
+
+class _HostBfloat16(_HostArray):
+    """A host array of a framework no backend owns, whose DLPack export holds a dtype NumPy cannot import."""
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        raise BufferError("bfloat16 has no DLPack import in NumPy")
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
+def test_a_host_array_without_a_dlpack_import_is_copied_through_numpy(engine: str) -> None:
+    """The numpy engine raised a DeviceError for it; the others copied it, as the host memory it is allows."""
+    pytest.importorskip(engine)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from layernorm_core.registry import registry
+
+    values = np.asarray([0.5, -1.25, 3.0], dtype=ml_dtypes.bfloat16)
+    backend = registry.get(engine)
+    imported = backend.to_numpy(backend.from_foreign(_HostBfloat16(values)))
+    np.testing.assert_array_equal(np.asarray(imported, np.float32), values.astype(np.float32))
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])

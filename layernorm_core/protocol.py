@@ -92,7 +92,12 @@ class BackendModule(Protocol):
         """
 
     def from_foreign(self, x: Any) -> Any:
-        """x, an array of another framework, as this framework's array (DLPack, else the array protocol)."""
+        """x, an array of another framework, as this framework's array (DLPack, else the array protocol).
+
+        The core calls it for arrays of a framework no backend owns (with ``backend=`` named) and for device arrays
+        crossing frameworks; host arrays of an installed framework cross through `to_numpy` and `from_numpy`.
+        The dtype and values are kept exactly (conformance `test_foreign_arrays`).
+        """
 
     def layer_norm(self, x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
         """y, or (y, mean, rstd) when ``return_stats``."""

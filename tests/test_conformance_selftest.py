@@ -239,6 +239,22 @@ def _rounded_toward_zero(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _rounds_float32_weight(base: types.ModuleType) -> dict[str, Impl]:
+    """Rounds a half x's float32 weight to x's dtype in place (the half kernel reads it so), then normalizes."""
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        if weight is not None and weight.dtype != x.dtype:
+            weight[...] = weight.astype(x.dtype)
+        return base.layer_norm(x, weight, bias, spec, return_stats)
+
+    return {"layer_norm": layer_norm}
+
+
+def _foreign_values_changed(base: types.ModuleType) -> dict[str, Impl]:
+    """Imports a foreign array with wrong values (a scale and shift left over from some conversion)."""
+    return {"from_foreign": lambda x: np.asarray(x) * 1.5 + 1}
+
+
 def _faithful(base: types.ModuleType) -> dict[str, Impl]:
     """No defect: the control, which must pass."""
     return {}
@@ -260,6 +276,8 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "mixed-weight-ignored": (_mixed_weight_ignored, "test_backward_float32_params", {"float16"}),
     "nonfinite-rows-zeroed": (_nonfinite_rows_zeroed, "test_nonfinite_rows_isolated", {"float32"}),
     "rounded-toward-zero": (_rounded_toward_zero, "test_half_output_is_rounded_to_nearest", {"float16"}),
+    "rounds-float32-weight": (_rounds_float32_weight, "test_float32_params_unchanged", {"float16"}),
+    "foreign-values-changed": (_foreign_values_changed, "test_foreign_arrays", {"float32"}),
 }
 """Defect name -> (its implementation, the check that must fail, dtypes where it must fail)."""
 
@@ -283,6 +301,9 @@ def _make_backend(name: str, defect: Callable[[types.ModuleType], dict[str, Impl
             return tuple(wrap(o) for o in out)
         return None if out is None else np.asarray(out).view(array_type)
 
+    def delegate_foreign(from_foreign: Impl) -> Impl:
+        return lambda x: np.asarray(from_foreign(x)).view(array_type)
+
     def delegate(fn_name: str) -> Impl:
         fn = overrides.get(fn_name) or getattr(base, fn_name)
         return lambda *args: wrap(fn(*(_plain(a) if isinstance(a, np.ndarray) else a for a in args)))
@@ -293,7 +314,7 @@ def _make_backend(name: str, defect: Callable[[types.ModuleType], dict[str, Impl
     module.is_tracked = lambda x: False  # type: ignore[attr-defined]
     module.to_numpy = lambda x: np.array(x, copy=True).view(np.ndarray)  # type: ignore[attr-defined]
     module.from_numpy = lambda a, device="cpu": np.array(a, copy=True).view(array_type)  # type: ignore[attr-defined]
-    module.from_foreign = lambda x: np.asarray(x).view(array_type)  # type: ignore[attr-defined]
+    module.from_foreign = delegate_foreign(overrides.get("from_foreign", np.asarray))  # type: ignore[attr-defined]
     for fn_name in ("layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"):
         setattr(module, fn_name, delegate(fn_name))
     sys.modules[root] = module

@@ -143,9 +143,41 @@ def grad_names(op: Op) -> tuple[str, ...]:
 
 def forward(target: Target, problem: Problem) -> dict[str, Array]:
     """The target's (y, mean, rstd) or (y, rstd) as host NumPy arrays, by name, each checked for its dtype."""
-    outputs = forward_native(target, problem, return_stats=True)
+    return _named_forward(target, problem, forward_native(target, problem, return_stats=True))
+
+
+def forward_of_foreign(target: Target, problem: Problem) -> dict[str, Array]:
+    """`forward` of the problem's arrays as a framework no backend owns holds them (`ForeignHostArray`).
+
+    The call names the target's backend, so the core hands the arrays to it through its ``from_foreign``.
+    """
+    x, weight, bias = (None if a is None else ForeignHostArray(a) for a in (problem.x, problem.weight, problem.bias))
+    return _named_forward(target, problem, call_forward(target.backend, problem, x, weight, bias, True))
+
+
+def _named_forward(target: Target, problem: Problem, outputs: Any) -> dict[str, Array]:
     names = stat_names(problem.op)
     return _of_contract_dtypes(problem, {n: target.module.to_numpy(o) for n, o in zip(names, outputs, strict=True)})
+
+
+class ForeignHostArray:
+    """A host array of a framework no backend owns, as a third framework's CPU array offers itself.
+
+    shape, dtype, the array protocol and DLPack (which NumPy refuses for bfloat16).
+    """
+
+    def __init__(self, values: Array) -> None:
+        self.values = values
+        self.shape, self.dtype = values.shape, values.dtype
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Array:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.values.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
 
 
 def forward_y(target: Target, problem: Problem) -> dict[str, Array]:

@@ -11,11 +11,13 @@ from layernorm_conformance.data import Case
 from layernorm_conformance.numerics import Numerics, bitwise_equal
 from layernorm_conformance.ops import (
     OPS,
+    ForeignHostArray,
     Op,
     Problem,
     call_backward,
     call_forward,
     forward,
+    forward_of_foreign,
     grad_names,
     make_dy,
     make_problem,
@@ -68,13 +70,26 @@ def test_output_contract(target: Target, dtype: str, case: Case, op: Op) -> None
 
 @pytest.mark.parametrize("op", OPS)
 def test_inputs_unchanged(target: Target, dtype: str, op: Op) -> None:
+    """No call modifies x, weight, bias, dy or the saved statistics (`check_inputs_unchanged`)."""
+    check_inputs_unchanged(target, make_problem(op, Case((4, 3, 8), (1, 2)), dtype, "full", key="inputs"))
+
+
+@pytest.mark.conformance_dtypes("float16", "bfloat16")
+@pytest.mark.parametrize("op", OPS)
+def test_float32_params_unchanged(target: Target, dtype: str, op: Op) -> None:
+    """No call modifies a half x's float32 weight and bias (rounded to x's dtype in place, say), nor the rest."""
+    problem = make_problem(op, Case((4, 3, 8), (1, 2)), dtype, "full", mixed=True, key="inputs")
+    check_inputs_unchanged(target, problem)
+
+
+def check_inputs_unchanged(target: Target, problem: Problem) -> None:
     """No call modifies x, weight, bias, dy or the saved statistics.
 
     Forwards with and without statistics and backwards with and without saved statistics, each called twice (a
     first call may set up what a second reuses).
     """
     to = target.module
-    problem = make_problem(op, Case((4, 3, 8), (1, 2)), dtype, "full", key="inputs")
+    op = problem.op
     inputs = {"x": problem.x, "weight": problem.weight, "bias": problem.bias, "dy": make_dy(problem)}
     arrays = {name: to_target(target, a) for name, a in inputs.items() if a is not None}
     x, weight, bias, dy = (arrays.get(name) for name in ("x", "weight", "bias", "dy"))
@@ -89,6 +104,20 @@ def test_inputs_unchanged(target: Target, dtype: str, op: Op) -> None:
     after = {name: to.to_numpy(a) for name, a in (arrays | saved).items()}
     changed = [name for name in before if not bitwise_equal(before[name], after[name])]
     assert not changed, f"inputs modified: {changed}"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_foreign_arrays(numerics: Numerics, target: Target, dtype: str, op: Op) -> None:
+    """Arrays of a framework no backend owns, in host memory, as the backend's ``from_foreign`` takes them.
+
+    It keeps x's dtype and values exactly, and a call on such arrays that names the backend gives the reference's
+    results.
+    """
+    problem = make_problem(op, Case((5, 16), (-1,)), dtype, "full", key="foreign")
+    imported = target.module.to_numpy(target.module.from_foreign(ForeignHostArray(problem.x)))
+    assert bitwise_equal(imported, problem.x), f"from_foreign gave {imported.dtype} {imported!r}; x was {problem.x!r}"
+    results = forward_of_foreign(target, problem)
+    numerics.check(results, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
 
 
 def _forward_and_backward(target: Target, problem: Problem) -> list[Any]:

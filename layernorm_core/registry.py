@@ -59,6 +59,8 @@ class Registry:
         self._distribution_of: dict[str, str] = {}
         """Plugin name -> the distribution whose entry point it is (absent for plugins registered at run time)."""
         self._loaded: dict[str, ModuleType] = {}
+        self._failed: dict[str, str] = {}
+        """Plugin name -> why it failed to load or to declare its backends (the PluginWarning's message)."""
         self._owner_by_module: dict[str, str] = {}
         self._excluded_by_module: dict[str, str] = {}
         self._owner_by_type: dict[type, str | None] = {}
@@ -100,6 +102,7 @@ class Registry:
                 raise BackendError(f"no plugin is registered under {name!r}")
             self._manager.unregister(name=name)
             self._distribution_of.pop(name, None)
+            self._failed.pop(name, None)
             for backend in [b for b, p in self._plugin_of.items() if p == name]:
                 del self._declarations[backend], self._plugin_of[backend]
                 self._loaded.pop(backend, None)
@@ -125,7 +128,10 @@ class Registry:
                 plugin = entry_point.load()
                 self._manager.register(plugin, name=entry_point.name)
             except Exception as exc:
-                _warn(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}")
+                self._failed[entry_point.name] = (
+                    f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}"
+                )
+                _warn(self._failed[entry_point.name])
                 continue
             if entry_point.dist is not None:
                 self._distribution_of[entry_point.name] = entry_point.dist.name
@@ -133,11 +139,13 @@ class Registry:
 
     def _collect(self, plugin_name: str, plugin: Any) -> None:
         """Record the backends ``plugin`` declares; a plugin that declares none is warned about and dropped."""
+        self._failed.pop(plugin_name, None)
         impls = self._hookimpls(plugin_name, plugin)
         try:
             declared = [declaration for impl in impls for declaration in cast(Iterable[Any], impl.function())]
         except Exception as exc:
-            _warn(f"plugin {plugin_name!r} failed to declare its backends: {exc!r}")
+            self._failed[plugin_name] = f"plugin {plugin_name!r} failed to declare its backends: {exc!r}"
+            _warn(self._failed[plugin_name])
             impls = []
         if not impls:
             self._manager.unregister(plugin)
@@ -252,7 +260,8 @@ class Registry:
                 return self._declarations[name]
             except KeyError:
                 known = ", ".join(self._declarations) or "none"
-                raise BackendError(f"unknown backend {name!r}; registered backends: {known}") from None
+                failed = f" ({self._failed[name]})" if name in self._failed else ""
+                raise BackendError(f"unknown backend {name!r}{failed}; registered backends: {known}") from None
 
     def unavailable_reason(self, name: str) -> str | None:
         """Why backend ``name`` cannot run here (a missing module, with the pip extra of its plugin's distribution)."""

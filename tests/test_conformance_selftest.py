@@ -402,3 +402,14 @@ def test_tolerances_hold_results_far_from_one_to_their_own_size(size: float) -> 
     assert rms(expected) == pytest.approx(size * np.sqrt((9 + 16 + 0.25) / 3), rel=1e-15)
     assert error_ratio(expected * 1.01, expected, tolerance("float64", "grad")) > 1
     assert error_ratio(np.nextafter(expected, np.inf), expected, tolerance("float64", "grad")) <= 1
+
+
+def test_a_failure_just_over_the_tolerance_does_not_read_as_one_times_it() -> None:
+    """An error 1.0004 times the tolerance fails, and its message says so (it read "error 1x the ... tolerance")."""
+    from layernorm_conformance.numerics import Numerics
+
+    expected = np.linspace(-2, 2, 64).reshape(4, 16)
+    numerics = Numerics()
+    unit = numerics.ratio("y", expected + 1e-3, expected, "float32") / 1e-3  # ratio per unit of error
+    with pytest.raises(AssertionError, match=r"y: error 1\.0004x the float32 output tolerance"):
+        numerics.check({"y": expected + 1.0004 / unit}, {"y": expected}, "float32")

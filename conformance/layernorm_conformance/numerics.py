@@ -82,7 +82,8 @@ class Numerics:
         for name, value in expected.items():
             r = self.ratio(name, actual[name], value, dtype, condition, factor, (scales or {}).get(name))
             if not r <= 1.0:
-                failures.append(f"{name}: error {r:.3g}x the {dtype} {QUANTITY[name]} tolerance")
+                shown = f"{r:.3g}" if f"{r:.3g}" != "1" else f"{r:.6g}"  # 1.0004 is over: not "1x"
+                failures.append(f"{name}: error {shown}x the {dtype} {QUANTITY[name]} tolerance")
         if failures:
             raise AssertionError(label + "; ".join(failures))
 

@@ -238,6 +238,8 @@ def test_constant_row_along_a_leading_axis_without_eps(
     x[:, 1, 0] = cast(np.full(size, _constant(op)), dtype)
     problem = problem.with_x(x)
     actual = _forward_without_warning(target, problem)
+    for name, shape in (("y", x.shape), ("rstd", tuple(problem.spec.stats_shape))):
+        assert actual[name].shape == shape, f"{name}: shape {actual[name].shape}, expected {shape}"
     y, rstd = actual["y"][:, 1, 0], actual["rstd"][0, 1, 0]
     assert not np.isinf(y).any(), f"y of a constant row is {y} with eps = 0 (rstd {rstd})"
     if not np.isinf(rstd):

@@ -484,3 +484,16 @@ def test_correctly_rounded_float16_subnormal_outputs_pass_the_tolerance(op: str)
     np.testing.assert_array_equal(y, expected.astype(np.float16))
     assert np.abs(y).max() < np.finfo(np.float16).smallest_normal
     assert error_ratio(y, expected, tolerance("float16", "output"), row_condition(x, spec)) <= 1
+
+
+def test_a_numpy_subclass_comes_back_as_a_plain_ndarray() -> None:
+    """An ndarray subclass no backend declares (units, a mask of its own) is computed as its values: y and the
+    statistics are plain ndarrays, as the docstring of layer_norm says, not the subclass, whose meaning (units)
+    normalization would not keep."""
+
+    class Tagged(np.ndarray):
+        pass
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4).view(Tagged)
+    for outputs in (layernorm.layer_norm(x, return_stats=True), layernorm.rms_norm(x, return_stats=True)):
+        assert all(type(out) is np.ndarray for out in outputs)

@@ -774,3 +774,28 @@ def test_torch_tensor_converts_through_dlpack() -> None:
     converted = backend.from_foreign(source)
     assert isinstance(converted, tf.Tensor) and converted.dtype == tf.float32
     np.testing.assert_array_equal(_np(converted), source.numpy())
+
+
+@pytest.mark.parametrize(("row", "jit_compile"), [(1 << 20, True), (1 << 21, False)])
+def test_long_rows_with_a_weight_keep_the_gradient_tolerance(row: int, jit_compile: bool) -> None:
+    """layer_norm's dx of one long row with a weight and a dy of mean 1: the backward took mean(dy * weight) as a
+    matrix-vector product, which sums with too few accumulators (dx 2.1 times the float32 tolerance under XLA at
+    2**20 values, 1.5 times eagerly at 2**21); it cascades its sums now, as without a weight."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, row)).astype(np.float32)
+    dy = (1 + 0.01 * rng.standard_normal((1, row))).astype(np.float32)
+    w = (1 + 0.01 * rng.standard_normal(row)).astype(np.float32)
+
+    @tf.function(jit_compile=jit_compile)
+    def grad(x: Any, w: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layernorm.layer_norm(x, w) * dy)
+        return tape.gradient(loss, x)
+
+    spec = check_forward("layer_norm", x, w, None, -1, 1e-5)
+    rstd = reference.layer_norm(x, w, None, spec)[2]
+    expected = reference.layer_norm_backward(dy, x, w, spec)[0]
+    dx = grad(tf.constant(x), tf.constant(w)).numpy()
+    scale = gradient_scale(dy, w, rstd, spec)
+    assert error_ratio(dx, expected, tolerance("float32", "grad"), row_condition(x, spec), scale=scale) <= 1

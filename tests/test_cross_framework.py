@@ -175,6 +175,37 @@ def test_host_memory_at_any_alignment_crosses_to_every_engine(engine: str) -> No
         assert error_ratio(np.asarray(y), expected, tolerance("float32", "output")) <= 1
 
 
+class _DLPackOnly:
+    """A host array of a framework no backend owns that offers DLPack alone (no ``__array__``)."""
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor, self.shape, self.dtype = tensor, tuple(tensor.shape), tensor.dtype
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.tensor.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.tensor.__dlpack_device__()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
+def test_a_bfloat16_host_array_offering_dlpack_alone(engine: str) -> None:
+    """NumPy cannot import bfloat16 through DLPack: TensorFlow then takes it through its own import (host memory
+    through NumPy first had left it an untyped RuntimeError); the NumPy engine refuses it with a DTypeError (it
+    raised a bare ValueError from an object array)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip(engine)
+    x = torch.arange(8, dtype=torch.float32).reshape(2, 4).bfloat16()
+    if engine == "numpy":
+        with pytest.raises(layernorm.DTypeError, match="offers DLPack alone"):
+            layernorm.layer_norm(_DLPackOnly(x), backend=engine)
+        return
+    from layernorm_core.registry import registry
+
+    y = registry.get(engine).to_numpy(layernorm.layer_norm(_DLPackOnly(x), backend=engine, eps=0.0))
+    np.testing.assert_array_equal(y.astype(np.float32), layernorm.layer_norm(x, eps=0.0).float().numpy())
+
+
 class _FakeCudaView(_FakeCudaTensor):
     """A strided view on a CUDA device, as a transposed torch tensor is: XLA's DLPack import refuses its strides,
     and its row-major copy (here a NumPy array, which the engines can import on this machine) is what they take."""

@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from layernorm_core.errors import DeviceError
+from layernorm_core.errors import DeviceError, DTypeError
 from layernorm_core.foreign import require_host
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
@@ -64,13 +64,19 @@ def from_numpy(array: Array, device: str = "cpu") -> Array:
 def from_foreign(x: Any) -> Array:
     """A host array of another framework as NumPy (DLPack where NumPy can import it, else __array__).
 
-    DeviceError for an array that NumPy cannot import through DLPack and that is not in host memory.
+    DeviceError for an array that NumPy cannot import through DLPack and that is not in host memory; DTypeError
+    for a host array that offers DLPack alone, of a dtype NumPy cannot import through it (bfloat16).
     """
     if hasattr(x, "__dlpack__"):
         try:
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as exc:
             require_host(x, "NumPy", exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
+            if not hasattr(x, "__array__"):
+                raise DTypeError(
+                    f"NumPy cannot import this {type(x).__module__}.{type(x).__qualname__} of dtype {x.dtype}: "
+                    f"it offers DLPack alone, and NumPy's DLPack import refused it ({exc})"
+                ) from None
     return np.asarray(x)
 
 

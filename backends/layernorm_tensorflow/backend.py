@@ -103,8 +103,10 @@ def from_numpy(array: Any, device: str = "cpu") -> Tensor:
 def from_foreign(x: Any) -> Tensor:
     """An array of another framework as a tf.Tensor: DLPack for device memory, else a copy through NumPy.
 
-    Host memory never goes through TensorFlow's DLPack import: for memory off a 64-byte boundary (a NumPy buffer
-    at an offset of 16 bytes) it aborts the process, a failed CHECK rather than an exception.
+    Host memory goes through NumPy where NumPy takes it: TensorFlow's DLPack import aborts the process (a failed
+    CHECK, not an exception) for memory off a 64-byte boundary, such as a NumPy buffer at an offset of 16 bytes.
+    Only a host array that offers DLPack alone, of a dtype NumPy cannot import that way (bfloat16), still takes
+    TensorFlow's import.
     """
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and dlpack_device_type(x) not in DLPACK_HOST:
         try:
@@ -114,7 +116,12 @@ def from_foreign(x: Any) -> Tensor:
             if compact is not None:
                 return tf.experimental.dlpack.from_dlpack(compact.__dlpack__())
             require_host(x, "TensorFlow", exc)  # device memory: a DeviceError
-    return tf.convert_to_tensor(np.asarray(x) if hasattr(x, "__array__") else np.from_dlpack(x))
+    if hasattr(x, "__array__") or not hasattr(x, "__dlpack__"):
+        return tf.convert_to_tensor(np.asarray(x))
+    try:
+        return tf.convert_to_tensor(np.from_dlpack(x))
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:

@@ -255,6 +255,17 @@ def _foreign_values_changed(base: types.ModuleType) -> dict[str, Impl]:
     return {"from_foreign": lambda x: np.asarray(x) * 1.5 + 1}
 
 
+def _foreign_array_modified(base: types.ModuleType) -> dict[str, Impl]:
+    """Imports a foreign array by sharing its memory, then scales it in place (a normalization done early)."""
+
+    def from_foreign(x: Any) -> Any:
+        shared = np.asarray(x)
+        shared *= 1.5
+        return shared / 1.5
+
+    return {"from_foreign": from_foreign}
+
+
 def _faithful(base: types.ModuleType) -> dict[str, Impl]:
     """No defect: the control, which must pass."""
     return {}
@@ -278,6 +289,7 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "rounded-toward-zero": (_rounded_toward_zero, "test_half_output_is_rounded_to_nearest", {"float16"}),
     "rounds-float32-weight": (_rounds_float32_weight, "test_float32_params_unchanged", {"float16"}),
     "foreign-values-changed": (_foreign_values_changed, "test_foreign_arrays", {"float32"}),
+    "foreign-array-modified": (_foreign_array_modified, "test_foreign_arrays", {"float32"}),
 }
 """Defect name -> (its implementation, the check that must fail, dtypes where it must fail)."""
 

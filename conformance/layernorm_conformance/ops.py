@@ -15,7 +15,7 @@ import numpy.typing as npt
 import layernorm
 from layernorm_conformance.autodiff import vjp_for
 from layernorm_conformance.data import Array, Case, cast, param_dtype, random_array
-from layernorm_conformance.numerics import Numerics
+from layernorm_conformance.numerics import Numerics, bitwise_equal
 from layernorm_conformance.targets import Target
 from layernorm_core import reference
 from layernorm_core.dtypes import compute_dtype, dtype_name
@@ -151,8 +151,14 @@ def forward_of_foreign(target: Target, problem: Problem) -> dict[str, Array]:
 
     The call names the target's backend, so the core hands the arrays to it through its ``from_foreign``.
     """
-    x, weight, bias = (None if a is None else ForeignHostArray(a) for a in (problem.x, problem.weight, problem.bias))
-    return _named_forward(target, problem, call_forward(target.backend, problem, x, weight, bias, True))
+    given = [None if a is None else a.copy() for a in (problem.x, problem.weight, problem.bias)]
+    x, weight, bias = (None if a is None else ForeignHostArray(a) for a in given)
+    results = _named_forward(target, problem, call_forward(target.backend, problem, x, weight, bias, True))
+    for name, before, after in zip(
+        ("x", "weight", "bias"), (problem.x, problem.weight, problem.bias), given, strict=True
+    ):
+        assert before is None or bitwise_equal(before, after), f"the call modified the foreign {name}"
+    return results
 
 
 def _named_forward(target: Target, problem: Problem, outputs: Any) -> dict[str, Array]:
@@ -171,7 +177,8 @@ class ForeignHostArray:
         self.shape, self.dtype = values.shape, values.dtype
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Array:
-        return self.values if dtype is None else self.values.astype(dtype)
+        values = self.values if dtype is None else self.values.astype(dtype)
+        return values.copy() if copy and values is self.values else values
 
     def __dlpack__(self, **kwargs: Any) -> Any:
         return self.values.__dlpack__(**kwargs)

@@ -115,18 +115,22 @@ def from_numpy(array: Any, device: str = "cpu") -> jax.Array:
     kind, _, ids = device.partition(":")
     devices = _devices(kind)
     if not ids:
-        placed = jax.device_put(array)  # uncommitted, on the default device
-        return (
-            placed
-            if next(iter(placed.devices())).platform == devices[0].platform
-            else jax.device_put(placed, devices[0])
-        )
+        on_default = devices[0].platform == _default_platform()
+        return jax.device_put(array) if on_default else jax.device_put(array, devices[0])
     wanted = {int(i) for i in ids.split(",")}
     named = [d for d in devices if d.id in wanted]
     if len(named) == 1:
         return jax.device_put(array, named[0])
     with jax.default_device(named[0]):
         return jax.device_put(array)
+
+
+def _default_platform() -> str:
+    """The platform of the device JAX puts uncommitted arrays on: `jax.default_device`'s, else the default backend's."""
+    default = getattr(jax.config, "jax_default_device", None)  # set by jax.default_device
+    if default is None:
+        return jax.default_backend()
+    return default if isinstance(default, str) else str(default.platform)
 
 
 def from_foreign(x: Any) -> jax.Array:

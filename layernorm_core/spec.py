@@ -323,8 +323,8 @@ def _axis_int(a: Any) -> int | None:
         return None if isinstance(a, bool) else a
     if not hasattr(type(a), "__index__"):
         return None
-    if hasattr(a, "dtype") and dtype_name(a.dtype) == "bool":  # torch's tensor(True) has an index: 1
-        return None
+    if hasattr(a, "dtype") and (dtype_name(a.dtype) == "bool" or len(getattr(a, "shape", ())) != 0):
+        return None  # torch's tensor(True) and tensor([1]) have an index: 1
     try:
         return operator.index(a)
     except (TypeError, AttributeError):  # a 0-d float array: __index__ raises (TensorFlow's: AttributeError)

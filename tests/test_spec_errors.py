@@ -125,11 +125,12 @@ ZERO_D = {
 """The function that makes a 0-d array, by framework."""
 
 
-@pytest.mark.parametrize("value", [True, 1.0], ids=["bool", "float"])
+@pytest.mark.parametrize("value", [True, 1.0, [1], [[1]]], ids=["bool", "float", "1-d", "2-d"])
 @pytest.mark.parametrize("framework", list(ZERO_D))
-def test_a_zero_d_bool_or_float_axis_of_any_framework_is_an_argument_error(framework: str, value: Any) -> None:
-    """A 0-d array holding True or 1.0 is no axis, as True and 1.0 are not: torch's tensor(True) passed as axis 1,
-    and TensorFlow's constants raised a bare AttributeError from their ``__index__``."""
+def test_a_bool_float_or_array_axis_of_any_framework_is_an_argument_error(framework: str, value: Any) -> None:
+    """A 0-d array holding True or 1.0, or an array of one int, is no axis, as True, 1.0 and [1] are not: torch's
+    tensor(True) and tensor([1]) passed as axis 1, and TensorFlow's constants raised a bare AttributeError from
+    their ``__index__``."""
     module, _, name = ZERO_D[framework].rpartition(".")
     make = getattr(pytest.importorskip(module), name)
     axis = make(value)

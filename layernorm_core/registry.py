@@ -60,7 +60,7 @@ class Registry:
         """Plugin name -> the distribution whose entry point it is (absent for plugins registered at run time)."""
         self._loaded: dict[str, ModuleType] = {}
         self._failed: dict[str, str] = {}
-        """Plugin name -> why it failed to load or to declare its backends (the PluginWarning's message)."""
+        """Entry-point plugin name -> why it failed to load or to declare its backends (the PluginWarning's message)."""
         self._owner_by_module: dict[str, str] = {}
         self._excluded_by_module: dict[str, str] = {}
         self._owner_by_type: dict[type, str | None] = {}
@@ -87,6 +87,7 @@ class Registry:
             if plugin_name is None:
                 raise BackendError(f"plugin {name!r} is blocked")
             self._collect(plugin_name, plugin)
+            self._failed.pop(plugin_name, None)  # its caller has the warning: only installed plugins' are kept
             return plugin_name
 
     def is_registered(self, name: str) -> bool:
@@ -260,7 +261,8 @@ class Registry:
                 return self._declarations[name]
             except KeyError:
                 known = ", ".join(self._declarations) or "none"
-                failed = f" ({self._failed[name]})" if name in self._failed else ""
+                failures = [self._failed[name]] if name in self._failed else list(self._failed.values())
+                failed = f" ({'; '.join(failures)})" if failures else ""  # one of them may have declared it
                 raise BackendError(f"unknown backend {name!r}{failed}; registered backends: {known}") from None
 
     def unavailable_reason(self, name: str) -> str | None:

@@ -21,7 +21,7 @@ from plugin_docs_example import PLUGINS_DOC, doc_block, write_example
 from registered_plugin import registered
 
 import layernorm
-from layernorm import BackendError, PluginWarning, cli
+from layernorm import PluginWarning, cli
 from layernorm_core import BackendDeclaration, hookimpl
 from layernorm_core.registry import Registry, registry
 
@@ -49,8 +49,6 @@ def test_plugin_raising_in_its_hook_warns_and_the_rest_work() -> None:
     ):
         assert "broken" not in registry.names()
         assert layernorm.layer_norm(np.ones((2, 3))).shape == (2, 3)
-        with pytest.raises(BackendError, match=r"unknown backend 'broken' \(plugin 'broken' failed to declare"):
-            layernorm.layer_norm(np.ones((2, 3)), backend="broken")
 
 
 def test_duplicate_backend_name_warns_and_keeps_the_first() -> None:
@@ -129,11 +127,20 @@ def test_entry_point_that_fails_to_import_warns(tmp_path: Path) -> None:
         "[layernorm.backends]\nbroken = broken_layernorm_plugin\n",
         {"broken_layernorm_plugin": "raise ImportError('this plugin is broken')\n"},
     )
-    asked = "try:\n    layernorm.use('broken')\nexcept layernorm.BackendError as exc:\n    print('asked:', exc)\n"
+    asked = textwrap.dedent(
+        """
+        for name in ("broken", "cupy"):  # a plugin may declare backends of other names than its own
+            try:
+                layernorm.use(name)
+            except layernorm.BackendError as exc:
+                print("asked:", exc)
+        """
+    )
     out = _python(WARNINGS_OF_DISCOVERY + asked + "print(layernorm.layer_norm(np.ones((2, 3))).shape)\n", tmp_path)
     failure = "plugin 'broken' (broken_layernorm_plugin) failed to load: ImportError('this plugin is broken')"
     assert failure in out
-    assert f"asked: unknown backend 'broken' ({failure}); registered backends: " in out  # not a bare "unknown"
+    for name in ("broken", "cupy"):  # not a bare "unknown backend"
+        assert f"asked: unknown backend '{name}' ({failure}); registered backends: " in out
     assert out.strip().endswith("(2, 3)")
 
 

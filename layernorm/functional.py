@@ -35,7 +35,8 @@ def layer_norm(
         backend: run on this engine instead of the one in force (see `layernorm.use`).
 
     Returns:
-        y with x's shape, dtype, array type (a NumPy subclass's: ndarray) and device; or ``(y, mean, rstd)``.
+        y with x's shape, dtype, array type (ndarray for a NumPy subclass no backend declares) and device; or
+        ``(y, mean, rstd)``.
 
     Raises:
         ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.

@@ -217,7 +217,8 @@ def _require_engine_dtype(engine: ModuleType, name: str, x: Any) -> None:
 def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, target_name: str) -> Any:
     """Move an array between frameworks: through NumPy on the CPU (keeps bfloat16), DLPack on a device.
 
-    ``device``: the kind, or, for arrays going back to x's framework, x's own `device_of` answer. An array off
+    ``device``: the kind, or, for arrays going back to x's framework, the device the call's arrays share
+    (`check_devices`: x's, or a committed argument's where x is bound to none). An array off
     the CPU that arrives on the CPU (a tf.Tensor has no ``__dlpack__``: the target copied it through NumPy) is a
     DeviceError: the call would compute on the CPU what the caller placed on a device.
     """

@@ -180,12 +180,9 @@ def layer_norm(
     """y, or (y, mean, rstd) with ``spec.stats_shape`` and ``spec.compute_dtype``, via torch.native_layer_norm.
 
     y alone over trailing axes comes from torch.layer_norm: the same kernel, which hands Python one tensor, not three.
-    The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode); when
-    x's gradient is taken, and inside torch.func transforms and forward-mode AD, they come from
-    `statistics.layer_norm_statistics` instead, so a loss on them reaches x and their tangents are right. So they do
-    for a nested (jagged) x, whose kernels return them for the packed rows: these ops give them x's nested layout;
-    in code torch.compile traces, which cannot tell whether a transform around it (torch.func.grad) wants them;
-    and in torch.jit traces, whose check traces again under no_grad and must record the same ops.
+    The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode): where
+    `_statistics_by_ops` says, they come from `statistics.layer_norm_statistics` instead, so a loss on them reaches
+    x and their tangents are right.
     """
     try:
         if spec.compute_dtype != spec.dtype and (
@@ -214,18 +211,29 @@ def layer_norm(
             out = _layer_norm_permuted(x, weight, bias, spec)
         if not return_stats:
             return out[0]
-        if (
-            (x.requires_grad and _grad_enabled())
-            or x.is_nested
-            or _in_transform()
-            or _compiling()
-            or _tracing_state() is not None
-        ):
+        if _statistics_by_ops(x):
             return (out[0], *statistics.layer_norm_statistics(x, spec))
         return out
     except (RuntimeError, NotImplementedError):  # zero cost until raised, unlike a check before (0.1 us a call)
         _refused(x, weight, bias)
         raise
+
+
+def _statistics_by_ops(x: torch.Tensor) -> bool:
+    """Whether returned statistics come from `statistics`' differentiable ops rather than the kernels.
+
+    So they do where a gradient may reach them (x's is taken; a torch.func transform or forward-mode AD; code
+    torch.compile traces, which cannot tell whether a transform around it wants them), in torch.jit traces (whose
+    check traces again under no_grad and must record the same ops), and for a nested x (the kernels give them for
+    the packed rows: these ops, in x's nested layout).
+    """
+    return (
+        (x.requires_grad and _grad_enabled())
+        or x.is_nested
+        or _in_transform()
+        or _compiling()
+        or _tracing_state() is not None
+    )
 
 
 def _layer_norm_half(
@@ -331,20 +339,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
     On CUDA, the calls torch's kernel would read value by value, and so misread a row holding an Inf (docs/spec.md),
     go to `rms_rows` too, as do calls in torch.func transforms and forward-mode AD; others have their x or weight
     copied to aligned memory first (`_rms_norm_cuda`).
-    A returned rstd comes from `statistics.rms_rstd`, as layer_norm's statistics do, where a gradient may flow
-    through it (x's is taken, a transform, torch.compile; the kernels' rstd is outside the graph, or on CUDA
-    differentiated through rstd**3), in torch.jit traces (their check traces again under no_grad), and for a nested
-    (jagged) x, in its nested layout (the kernels give it for the packed rows).
+    A returned rstd comes from `statistics.rms_rstd` where `_statistics_by_ops` says, as layer_norm's statistics
+    do (the kernels' rstd is outside the graph, or on CUDA differentiated through rstd**3).
     """
     try:
-        if return_stats and (
-            (x.requires_grad and _grad_enabled())
-            or x.is_nested
-            or _in_transform()
-            or _compiling()
-            or _tracing_state() is not None
-        ):
-            return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)  # as layer_norm's
+        if return_stats and _statistics_by_ops(x):
+            return rms_norm(x, weight, spec, False), statistics.rms_rstd(x, spec.axes, spec.eps)
         if x.is_cpu and not _compiling():  # first: in a trace, comparing a symbolic size would pin it
             if _in_transform():  # it differentiates the ops that run: not torch's composite, through rsqrt
                 if not x.is_nested:

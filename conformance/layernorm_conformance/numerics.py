@@ -82,7 +82,8 @@ class Numerics:
         for name, value in expected.items():
             r = self.ratio(name, actual[name], value, dtype, condition, factor, (scales or {}).get(name))
             if not r <= 1.0:
-                shown = f"{r:.3g}" if f"{r:.3g}" != "1" else f"{r:.6g}"  # 1.0004 is over: not "1x"
+                # the fewest digits (3 at least) that show r over 1: 1.0004, not "1"
+                shown = next((f"{r:.{d}g}" for d in range(3, 18) if float(f"{r:.{d}g}") > 1), f"{r}")
                 failures.append(f"{name}: error {shown}x the {dtype} {QUANTITY[name]} tolerance")
         if failures:
             raise AssertionError(label + "; ".join(failures))

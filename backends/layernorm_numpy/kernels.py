@@ -276,6 +276,8 @@ def forward(
                 assert mean_out is not None
                 np.add(pivot, column, out=mean_out[block])
                 _row_dot(t, t, column[:, 0])
+                if t.ndim == 2 and n > SAFE_PIVOT_ROW:
+                    _recenter_far_rows(xb, t, pivot, mean_out[block], column)
             column *= inv_n
             column += eps
             np.sqrt(column, out=column)
@@ -303,6 +305,40 @@ def forward(
         return work
 
     _for_blocks(x, make_worker, compute.itemsize, quiet=compute.type(eps) == 0)
+
+
+FAR_PIVOT = 4.0
+"""How many standard deviations from its row's mean a pivot may lie before `_recenter_far_rows` centers the row
+again about the mean."""
+SAFE_PIVOT_ROW = 1024
+"""The longest row that needs no `_recenter_far_rows`: a row's first value lies within sqrt(N) standard deviations
+of its mean, and its rounding, about u * sqrt(N) a value, within the tolerance (a 3-D block's rows are no longer)."""
+
+
+def _recenter_far_rows(x: Array, t: Array, pivot: Array, mean: Array, squares: Array) -> None:
+    """Center again, about their mean, the rows of a 2-D block whose pivot lies over `FAR_PIVOT` deviations from it.
+
+    ``t`` holds x - pivot, corrected by its mean; ``mean`` and ``squares`` (the sums of t * t) are updated in
+    place, row by row, so a row's bits do not depend on the rows beside it. x - pivot rounds by about u * |pivot -
+    mean| a value, and the sum of those differences, of that size each, by about log2(N) times more: a row of
+    65536 float32 values whose first is 1000 while the rest are N(0, 1) (one large activation) gave y 2.0 times the
+    float32 tolerance and its mean 1.3 times. About the mean, the same correction by what is left of it makes both
+    exact to the tolerance. Rows up to `SAFE_PIVOT_ROW` long need none. The check costs about 4 us a block: a
+    (64, 65536) float32 forward, a row a block, took about 5% longer (one thread, within this machine's noise).
+    """
+    deviations = np.sqrt(squares[:, 0]) * (FAR_PIVOT / math.sqrt(t.shape[1]))  # no square to overflow
+    far = np.flatnonzero(np.abs(mean[:, 0] - pivot[:, 0]) > deviations)  # NaN and Inf rows compare False
+    if far.size == 0:
+        return
+    rows = x[far].astype(t.dtype)
+    rows -= mean[far]
+    correction = np.add.reduce(rows, axis=1, keepdims=True) / t.shape[1]
+    rows -= correction
+    mean[far] += correction
+    t[far] = rows
+    sums = np.empty(far.size, t.dtype)
+    _row_dot(rows, rows, sums)
+    squares[far, 0] = sums
 
 
 def backward(

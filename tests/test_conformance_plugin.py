@@ -27,6 +27,14 @@ def test_unknown_backend_is_a_usage_error(tmp_path: Path) -> None:
     assert code == pytest.ExitCode.USAGE_ERROR
 
 
+@pytest.mark.parametrize("examples", ["0", "-3"])
+def test_fewer_than_one_random_example_is_a_usage_error(tmp_path: Path, examples: str) -> None:
+    """As `python -m layernorm check --examples 0` is: hypothesis refused it inside the random checks, which then
+    read as conformance failures."""
+    code, _ = _run(tmp_path, "--backend", "numpy", "--conformance-examples", examples, "-k", "test_random")
+    assert code == pytest.ExitCode.USAGE_ERROR
+
+
 def test_absent_device_is_skipped_with_reason(tmp_path: Path) -> None:
     code, records = _run(tmp_path, "--backend", "numpy", "--device", "cuda", "-k", "test_eps")
     assert code == pytest.ExitCode.OK

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from layernorm.cli import positive_int
 from layernorm_conformance import CHECKS_PACKAGE, results
 from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.targets import Target, select_targets
@@ -41,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )  # fmt: skip
     group.addoption("--conformance-json", default=None, metavar="PATH", help="write every result to this JSON file")
     group.addoption(
-        "--conformance-examples", type=int, default=20, metavar="N",
+        "--conformance-examples", type=positive_int, default=20, metavar="N",
         help="hypothesis examples per random check (default 20)",
     )  # fmt: skip
 

@@ -236,12 +236,14 @@ def forward(
     y: Array | None,
     mean_out: Array | None,
     rstd_out: Array,
+    pivots: Array | None = None,
 ) -> None:
     """Normalize ``x`` along axis 1 into ``y``; write the mean (layer_norm) and rstd along that axis.
 
     With ``y`` None only the statistics are computed (for a backward that was not given them). The mean is taken
     about each row's first element (0 where it is not finite), exact for a constant row: with ``eps`` 0 its rstd
-    is inf and its y NaN, without a NumPy warning.
+    is inf and its y NaN, without a NumPy warning; or about ``pivots`` (shaped like the statistics), as
+    `_recenter_far_rows` gives them.
 
     ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
@@ -250,6 +252,7 @@ def forward(
     n = x.shape[1]
     inv_n = 1.0 / n
     same_dtype = x.dtype == compute  # y has x's dtype
+    params = weight, bias
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
@@ -263,7 +266,7 @@ def forward(
                 np.copyto(t, xb, casting="unsafe")
                 _row_dot(t, t, column[:, 0])
             else:
-                pivot = xb[:, :1].astype(compute)
+                pivot = (xb[:, :1] if pivots is None else pivots[block]).astype(compute)
                 pivot[~np.isfinite(pivot)] = 0  # an inf pivot would make x - pivot NaN where x is inf too
                 if same_dtype:
                     np.subtract(xb, pivot, out=t)
@@ -276,8 +279,6 @@ def forward(
                 assert mean_out is not None
                 np.add(pivot, column, out=mean_out[block])
                 _row_dot(t, t, column[:, 0])
-                if t.ndim == 2 and n > SAFE_PIVOT_ROW:
-                    _recenter_far_rows(xb, t, pivot, mean_out[block], column)
             column *= inv_n
             column += eps
             np.sqrt(column, out=column)
@@ -305,6 +306,9 @@ def forward(
         return work
 
     _for_blocks(x, make_worker, compute.itemsize, quiet=compute.type(eps) == 0)
+    if not rms and pivots is None and x.ndim == 2 and n > SAFE_PIVOT_ROW:
+        assert mean_out is not None
+        _recenter_far_rows(x, *params, eps, compute, y, mean_out, rstd_out)
 
 
 FAR_PIVOT = 4.0
@@ -315,30 +319,40 @@ SAFE_PIVOT_ROW = 1024
 of its mean, and its rounding, about u * sqrt(N) a value, within the tolerance (a 3-D block's rows are no longer)."""
 
 
-def _recenter_far_rows(x: Array, t: Array, pivot: Array, mean: Array, squares: Array) -> None:
-    """Center again, about their mean, the rows of a 2-D block whose pivot lies over `FAR_PIVOT` deviations from it.
+def _recenter_far_rows(
+    x: Array,
+    weight: Array | None,
+    bias: Array | None,
+    eps: float,
+    compute: np.dtype[np.floating],
+    y: Array | None,
+    mean: Array,
+    rstd: Array,
+) -> None:
+    """`forward` again, about their mean, for the rows of a 2-D layout whose first value lies far from it.
 
-    ``t`` holds x - pivot, corrected by its mean; ``mean`` and ``squares`` (the sums of t * t) are updated in
-    place, row by row, so a row's bits do not depend on the rows beside it. x - pivot rounds by about u * |pivot -
-    mean| a value, and the sum of those differences, of that size each, by about log2(N) times more: a row of
-    65536 float32 values whose first is 1000 while the rest are N(0, 1) (one large activation) gave y 2.0 times the
-    float32 tolerance and its mean 1.3 times. About the mean, the same correction by what is left of it makes both
-    exact to the tolerance. Rows up to `SAFE_PIVOT_ROW` long need none. The check costs about 4 us a block: a
-    (64, 65536) float32 forward, a row a block, took about 5% longer (one thread, within this machine's noise).
+    Far: over `FAR_PIVOT` deviations (``1 / rstd``). x - pivot rounds by about u * |pivot - mean| a value, and the
+    sum of those differences, of that size each, by about log2(N) times more: a row of 65536 float32 values whose
+    first is 1000 while the rest are N(0, 1) (one large activation) gave y 2.0 times the float32 tolerance and its
+    mean 1.3 times. About the mean, `forward`'s correction by what is left of it makes both exact to the
+    tolerance. A row's decision reads its own statistics only, and its second pass is `forward` of its own values,
+    so a row alone and in a batch give the same bits. Rows up to `SAFE_PIVOT_ROW` long need none. The check reads
+    the statistics once a call (a few microseconds: ordinary rows cost what they did); a far row costs about 3.5x
+    (a second forward, and the copies of its rows in and out).
     """
-    deviations = np.sqrt(squares[:, 0]) * (FAR_PIVOT / math.sqrt(t.shape[1]))  # no square to overflow
-    far = np.flatnonzero(np.abs(mean[:, 0] - pivot[:, 0]) > deviations)  # NaN and Inf rows compare False
+    pivot = x[:, 0].astype(np.float64)
+    pivot[~np.isfinite(pivot)] = 0
+    with np.errstate(invalid="ignore"):  # inf * 0 where a row holds an Inf: NaN, which compares False
+        far = np.flatnonzero(np.abs(mean[:, 0] - pivot) * rstd[:, 0] > FAR_PIVOT)
     if far.size == 0:
         return
-    rows = x[far].astype(t.dtype)
-    rows -= mean[far]
-    correction = np.add.reduce(rows, axis=1, keepdims=True) / t.shape[1]
-    rows -= correction
-    mean[far] += correction
-    t[far] = rows
-    sums = np.empty(far.size, t.dtype)
-    _row_dot(rows, rows, sums)
-    squares[far, 0] = sums
+    rows = x[far]
+    again_y = None if y is None else np.empty_like(rows, dtype=y.dtype)
+    again_mean, again_rstd = np.empty_like(mean[far]), np.empty_like(rstd[far])
+    forward(rows, weight, bias, eps, compute, False, again_y, again_mean, again_rstd, pivots=mean[far])
+    mean[far], rstd[far] = again_mean, again_rstd
+    if y is not None:
+        y[far] = again_y
 
 
 def backward(

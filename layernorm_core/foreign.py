@@ -1,10 +1,12 @@
-"""Arrays of another framework: whether a DLPack producer's memory is on the host, for the backends' from_foreign."""
+"""Arrays of another framework, for the backends' from_foreign: where a DLPack producer's memory is, host copies."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from layernorm_core.errors import DeviceError
+import numpy as np
+
+from layernorm_core.errors import DeviceError, DTypeError
 
 DLPACK_CPU = 1
 DLPACK_HOST = frozenset({DLPACK_CPU, 3})
@@ -24,6 +26,27 @@ def require_host(x: Any, framework: str, error: BaseException) -> None:
             f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} ({where}) through DLPack: "
             f"{error}"
         ) from None
+
+
+def host_array(x: Any, framework: str) -> Any:
+    """x, an array of another framework, as a NumPy array: DLPack where NumPy imports it, else ``__array__``.
+
+    DeviceError for an array NumPy cannot import through DLPack that is not in host memory (`require_host`);
+    DTypeError for a host array that offers DLPack alone, of a dtype NumPy cannot import that way (bfloat16).
+    ``framework`` names the engine in the errors.
+    """
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError) as exc:
+            require_host(x, framework, exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
+            if not hasattr(x, "__array__"):
+                raise DTypeError(
+                    f"{framework} cannot import this {type(x).__module__}.{type(x).__qualname__} of dtype "
+                    f"{getattr(x, 'dtype', 'unknown')}: it offers DLPack alone, and NumPy's DLPack import refused "
+                    f"it ({exc})"
+                ) from None
+    return np.asarray(x)
 
 
 def row_major_on_device(x: Any) -> Any | None:

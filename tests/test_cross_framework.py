@@ -188,15 +188,17 @@ class _DLPackOnly:
         return self.tensor.__dlpack_device__()
 
 
+@pytest.mark.parametrize("offset", [0, 8], ids=["aligned", "off-a-64-byte-boundary"])
 @pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
-def test_a_bfloat16_host_array_offering_dlpack_alone(engine: str) -> None:
-    """NumPy cannot import bfloat16 through DLPack: TensorFlow then takes it through its own import (host memory
-    through NumPy first had left it an untyped RuntimeError); the NumPy engine refuses it with a DTypeError (it
-    raised a bare ValueError from an object array)."""
+def test_a_bfloat16_host_array_offering_dlpack_alone(engine: str, offset: int) -> None:
+    """NumPy cannot import bfloat16 through DLPack, and TensorFlow's own import aborts the process off a 64-byte
+    boundary: the NumPy and TensorFlow engines refuse such an array with a DTypeError (NumPy's raised a bare
+    ValueError from an object array, TensorFlow's an untyped RuntimeError or the abort); torch and JAX import it."""
     torch = pytest.importorskip("torch")
     pytest.importorskip(engine)
-    x = torch.arange(8, dtype=torch.float32).reshape(2, 4).bfloat16()
-    if engine == "numpy":
+    base = torch.arange(64, dtype=torch.float32).bfloat16()
+    x = base[offset : offset + 8].reshape(2, 4)  # bfloat16 values are 2 bytes: 8 of them are 16 bytes on
+    if engine in ("numpy", "tensorflow"):
         with pytest.raises(layernorm.DTypeError, match="offers DLPack alone"):
             layernorm.layer_norm(_DLPackOnly(x), backend=engine)
         return

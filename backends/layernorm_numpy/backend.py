@@ -16,8 +16,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from layernorm_core.errors import DeviceError, DTypeError
-from layernorm_core.foreign import require_host
+from layernorm_core.errors import DeviceError
+from layernorm_core.foreign import host_array
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_numpy.kernels import backward, forward, stats_layout, suits_3d_layout
@@ -67,17 +67,7 @@ def from_foreign(x: Any) -> Array:
     DeviceError for an array that NumPy cannot import through DLPack and that is not in host memory; DTypeError
     for a host array that offers DLPack alone, of a dtype NumPy cannot import through it (bfloat16).
     """
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (BufferError, RuntimeError, TypeError) as exc:
-            require_host(x, "NumPy", exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
-            if not hasattr(x, "__array__"):
-                raise DTypeError(
-                    f"NumPy cannot import this {type(x).__module__}.{type(x).__qualname__} of dtype {x.dtype}: "
-                    f"it offers DLPack alone, and NumPy's DLPack import refused it ({exc})"
-                ) from None
-    return np.asarray(x)
+    return host_array(x, "NumPy")
 
 
 def layer_norm(x: Array, weight: Array | None, bias: Array | None, spec: NormSpec, return_stats: bool) -> Any:

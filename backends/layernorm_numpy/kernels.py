@@ -5,7 +5,8 @@ lies in memory, reduced over the middle axis and vectorized over the inner one; 
 
 Statistics are shifted two-pass: the values are first shifted by their first element along N (exact for values
 close to it, by Sterbenz's lemma), so values like 1e4 + N(0, 1e-2) keep their digits; then mean, then the
-variance of the centred values. Never E[x^2] - E[x]^2.
+variance of the centred values. Never E[x^2] - E[x]^2. A long row whose first element lies far from its mean is
+computed again, shifted by that mean (`_recenter_far_rows`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from layernorm_core.errors import BackendError, DeviceError
-from layernorm_core.foreign import DLPACK_HOST, dlpack_device_type, require_host, row_major_on_device
+from layernorm_core.foreign import DLPACK_HOST, dlpack_device_type, host_array, require_host, row_major_on_device
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
 from layernorm_tensorflow._quiet import quiet_tensorflow_logs
@@ -103,10 +103,10 @@ def from_numpy(array: Any, device: str = "cpu") -> Tensor:
 def from_foreign(x: Any) -> Tensor:
     """An array of another framework as a tf.Tensor: DLPack for device memory, else a copy through NumPy.
 
-    Host memory goes through NumPy where NumPy takes it: TensorFlow's DLPack import aborts the process (a failed
-    CHECK, not an exception) for memory off a 64-byte boundary, such as a NumPy buffer at an offset of 16 bytes.
-    Only a host array that offers DLPack alone, of a dtype NumPy cannot import that way (bfloat16), still takes
-    TensorFlow's import.
+    Host memory goes through NumPy: TensorFlow's DLPack import aborts the process (a failed CHECK, not an
+    exception) for memory off a 64-byte boundary, such as a NumPy buffer at an offset of 16 bytes. A host array
+    that offers DLPack alone, of a dtype NumPy cannot import that way (bfloat16), is a DTypeError, as on the NumPy
+    engine: TensorFlow's import of it would abort on such memory too.
     """
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and dlpack_device_type(x) not in DLPACK_HOST:
         try:
@@ -116,12 +116,7 @@ def from_foreign(x: Any) -> Tensor:
             if compact is not None:
                 return tf.experimental.dlpack.from_dlpack(compact.__dlpack__())
             require_host(x, "TensorFlow", exc)  # device memory: a DeviceError
-    if hasattr(x, "__array__") or not hasattr(x, "__dlpack__"):
-        return tf.convert_to_tensor(np.asarray(x))
-    try:
-        return tf.convert_to_tensor(np.from_dlpack(x))
-    except (BufferError, RuntimeError, TypeError, ValueError):
-        return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
+    return tf.convert_to_tensor(host_array(x, "TensorFlow"))
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, spec: NormSpec, return_stats: bool) -> Any:

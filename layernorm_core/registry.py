@@ -103,7 +103,6 @@ class Registry:
                 raise BackendError(f"no plugin is registered under {name!r}")
             self._manager.unregister(name=name)
             self._distribution_of.pop(name, None)
-            self._failed.pop(name, None)
             for backend in [b for b, p in self._plugin_of.items() if p == name]:
                 del self._declarations[backend], self._plugin_of[backend]
                 self._loaded.pop(backend, None)
@@ -140,7 +139,6 @@ class Registry:
 
     def _collect(self, plugin_name: str, plugin: Any) -> None:
         """Record the backends ``plugin`` declares; a plugin that declares none is warned about and dropped."""
-        self._failed.pop(plugin_name, None)
         impls = self._hookimpls(plugin_name, plugin)
         try:
             declared = [declaration for impl in impls for declaration in cast(Iterable[Any], impl.function())]

@@ -108,7 +108,7 @@ def from_foreign(x: Any) -> Tensor:
     that offers DLPack alone, of a dtype NumPy cannot import that way (bfloat16), is a DTypeError, as on the NumPy
     engine: TensorFlow's import of it would abort on such memory too.
     """
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and dlpack_device_type(x) not in DLPACK_HOST:
+    if hasattr(x, "__dlpack__") and dlpack_device_type(x) not in DLPACK_HOST:
         try:
             return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
         except (BufferError, RuntimeError, TypeError, ValueError, tf.errors.OpError) as exc:

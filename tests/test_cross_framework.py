@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from layernorm_conformance.ops import ForeignHostArray
 
 import layernorm
 from layernorm import BackendError
@@ -122,24 +123,7 @@ def test_torch_meta_tensors_sent_to_another_engine_are_a_device_error(engine: st
         layernorm.layer_norm(x, w, backend=engine)
 
 
-class _HostArray:
-    """A host array of a framework no backend owns, exporting DLPack and the array protocol."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values
-        self.dtype, self.shape = values.dtype, values.shape
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self.values.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)  # kDLCPU
-
-    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
-        return self.values
-
-
-class _HostBfloat16(_HostArray):
+class _HostBfloat16(ForeignHostArray):
     """A host array of a framework no backend owns, whose DLPack export holds a dtype NumPy cannot import."""
 
     def __dlpack__(self, **kwargs: Any) -> Any:
@@ -171,7 +155,7 @@ def test_host_memory_at_any_alignment_crosses_to_every_engine(engine: str) -> No
     for offset in range(0, 64, 4):
         held = buffer[start + offset : start + offset + 32].view(np.float32).reshape(2, 4)
         held[...] = x
-        y = layernorm.layer_norm(_HostArray(held), backend=engine)
+        y = layernorm.layer_norm(ForeignHostArray(held), backend=engine)
         assert error_ratio(np.asarray(y), expected, tolerance("float32", "output")) <= 1
 
 

@@ -35,6 +35,9 @@ BLOCK_BYTES = 256 * 1024
 """Scratch per block, in the compute dtype: small enough that the passes over a block stay in L2."""
 PARALLEL_MIN_BYTES = 1 << 20
 """Below this many input bytes a call runs on the calling thread: a thread hand-off would cost more."""
+LONG_3D_BLOCK_BYTES = 16 << 20
+"""Largest block of a 3-D layout (N times `MIN_WIDTH` values of the compute dtype); a backward holds five a thread.
+Longer rows are transposed to a 2-D layout, whose long-row backward needs cache-sized blocks only."""
 KEPT_MAX_BYTES = 8 * BLOCK_BYTES
 """Most scratch a thread keeps between calls (`_kept`); a worker that needs more gets fresh arrays."""
 DOT_CHUNK = 1 << 12
@@ -99,8 +102,12 @@ def _grid(layout: tuple[int, ...], item_bytes: int) -> list[Block]:
 
 
 def suits_3d_layout(n: int, inner: int, item_bytes: int) -> bool:
-    """Whether an (outer, N, inner) layout runs faster here than a transpose to (rows, N), with cache-sized chunks."""
-    return inner >= MIN_WIDTH and n * item_bytes * MIN_WIDTH <= BLOCK_BYTES
+    """Whether an (outer, N, inner) layout runs faster here than a transpose to (rows, N).
+
+    Its blocks are `MIN_WIDTH` inner columns wide or wider; up to `LONG_3D_BLOCK_BYTES` of them (long rows) they
+    run faster than the two transposes, whose strided reads and writes cost more than the rest of the call.
+    """
+    return inner >= MIN_WIDTH and n * item_bytes * MIN_WIDTH <= LONG_3D_BLOCK_BYTES
 
 
 def _kept(shapes: tuple[tuple[int, ...], ...], dtype: np.dtype[Any]) -> tuple[Array, ...]:
@@ -307,7 +314,7 @@ def forward(
         return work
 
     _for_blocks(x, make_worker, compute.itemsize, quiet=compute.type(eps) == 0)
-    if not rms and pivots is None and x.ndim == 2 and n > SAFE_PIVOT_ROW:
+    if not rms and pivots is None and n > SAFE_PIVOT_ROW:
         assert mean_out is not None
         _recenter_far_rows(x, *params, eps, compute, y, mean_out, rstd_out)
 
@@ -315,9 +322,10 @@ def forward(
 FAR_PIVOT = 4.0
 """How many standard deviations from its row's mean a pivot may lie before `_recenter_far_rows` centers the row
 again about the mean."""
-SAFE_PIVOT_ROW = 1024
-"""The longest row that needs no `_recenter_far_rows`: a row's first value lies within sqrt(N) standard deviations
-of its mean, and its rounding, about u * sqrt(N) a value, within the tolerance (a 3-D block's rows are no longer)."""
+SAFE_PIVOT_ROW = 64
+"""The longest row that needs no `_recenter_far_rows`. A value lies at most sqrt(N - 1) deviations from its row's
+mean: for 64 values, 7.9. Rows of 64 float32 values with their first that far (the rest N(0, 1), a N(0, 1)
+weight) erred by at most 0.25 of the tolerance (2-D layout) and 0.53 (3-D), against 2.5 and 6.0 at 512 values."""
 
 
 def _recenter_far_rows(
@@ -330,30 +338,36 @@ def _recenter_far_rows(
     mean: Array,
     rstd: Array,
 ) -> None:
-    """`forward` again, about their mean, for the rows of a 2-D layout whose first value lies far from it.
+    """`forward` again, about their mean, for the rows of a layout whose first value lies far from it.
 
     Far: over `FAR_PIVOT` deviations (``1 / rstd``). x - pivot rounds by about u * |pivot - mean| a value, and the
     sum of those differences, of that size each, by about log2(N) times more: a row of 65536 float32 values whose
     first is 1000 while the rest are N(0, 1) (one large activation) gave y 2.0 times the float32 tolerance and its
-    mean 1.3 times. About the mean, `forward`'s correction by what is left of it makes both exact to the
-    tolerance. A row's decision reads its own statistics only, and its second pass is `forward` of its own values,
-    so a row alone and in a batch give the same bits. Rows up to `SAFE_PIVOT_ROW` long need none. The check reads
-    the statistics once a call (a few microseconds: ordinary rows cost what they did); a far row costs about 3.5x
-    (a second forward, and the copies of its rows in and out).
+    mean 1.3 times; rows of 512 gave y 2.5 times (6 times over a middle axis, in one running sum a column). About
+    the mean, `forward`'s correction by what is left of it makes both exact to the tolerance. A row's decision
+    reads its own statistics only, and its second pass is `forward` of its own values, so a row alone and in a
+    batch give the same bits. Rows up to `SAFE_PIVOT_ROW` long need none. The check reads the statistics once a
+    call, about 6 µs (a tenth of a (64, 768) float32 forward, a few percent of larger ones); a far row costs about
+    3.5x (a second forward, and the copies of its rows in and out). A 3-D layout's far rows are gathered into a
+    2-D one.
     """
-    pivot = x[:, 0].astype(np.float64)
-    pivot[~np.isfinite(pivot)] = 0
-    with np.errstate(invalid="ignore"):  # inf * 0 where a row holds an Inf: NaN, which compares False
-        far = np.flatnonzero(np.abs(mean[:, 0] - pivot) * rstd[:, 0] > FAR_PIVOT)
-    if far.size == 0:
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN where a row holds an Inf or a NaN: it is not far
+        distance = mean - x[:, :1]
+        distance *= rstd
+        distance *= distance
+    if not np.fmax.reduce(distance, axis=None) > FAR_PIVOT**2:  # four small operations when no row is far
         return
-    rows = x[far]
-    again_y = None if y is None else np.empty_like(rows, dtype=y.dtype)
-    again_mean, again_rstd = np.empty_like(mean[far]), np.empty_like(rstd[far])
-    forward(rows, weight, bias, eps, compute, False, again_y, again_mean, again_rstd, pivots=mean[far])
-    mean[far], rstd[far] = again_mean, again_rstd
+    far = np.nonzero(distance[:, 0] > FAR_PIVOT**2)
+    rows_at: tuple[Any, ...] = (far[0], slice(None), *far[1:])
+    stats_at: tuple[Any, ...] = (far[0], 0, *far[1:])
+    rows = x[rows_at]  # (far rows, N), of a 2-D layout or of a 3-D one
+    pivots = mean[stats_at].reshape(-1, 1)
+    again_y = None if y is None else np.empty(rows.shape, dtype=y.dtype)
+    again_mean, again_rstd = np.empty_like(pivots), np.empty_like(pivots)
+    forward(rows, weight, bias, eps, compute, False, again_y, again_mean, again_rstd, pivots=pivots)
+    mean[stats_at], rstd[stats_at] = again_mean[:, 0], again_rstd[:, 0]
     if y is not None:
-        y[far] = again_y
+        y[rows_at] = again_y
 
 
 def backward(
@@ -566,15 +580,39 @@ def _row_dot(a: Array, b: Array, out: Array) -> None:
     """Write the sums of ``a * b`` along axis 1 of a block into ``out``, without a product temporary.
 
     A 2-D block takes `_dots` (a BLAS dot per row: 3.1 µs for (85, 768) float32, where einsum took 8.5 µs), in
-    chunks when its rows are long (`_long_row_dot`); a 3-D one takes einsum, which runs along the contiguous inner
-    axis (vecdot strides across it: 16x slower).
+    chunks when its rows are long (`_long_row_dot`); a 3-D one takes einsum (`_columns_dot`), which runs along the
+    contiguous inner axis (vecdot strides across it: 16x slower).
     """
     if a.ndim == 3:
-        np.einsum("ijk,ijk->ik", a, b, out=out)
+        _columns_dot(a, b, out)
     elif a.shape[1] <= DOT_CHUNK:
         _dots(a, b, out)
     else:
         _long_row_dot(a, b, out)
+
+
+PLAIN_COLUMNS_DOT = 1024
+"""The longest row of a 3-D block whose sums of products einsum takes in one running sum: ReLU-like float32 rows of
+1024 values gave y 0.34 of the tolerance that way, and runs cost 10% of the forward at (8, 64, 56, 56)."""
+
+
+def _columns_dot(a: Array, b: Array, out: Array) -> None:
+    """`_row_dot` of a 3-D block: einsum along N by runs of `SUM_CHUNK` values, whose sums `_sum_along_n` adds.
+
+    einsum keeps one running sum per column along N, whose rounding grows with N: ReLU-like float32 rows of 65536
+    values gave y 21 times the tolerance, and 1.1 times with one level of runs. Rows up to `PLAIN_COLUMNS_DOT` take
+    einsum alone.
+    """
+    rows, n, inner = a.shape
+    if n <= PLAIN_COLUMNS_DOT:
+        np.einsum("ijk,ijk->ik", a, b, out=out)
+        return
+    whole = n - n % SUM_CHUNK
+    chunks = (rows, whole // SUM_CHUNK, SUM_CHUNK, inner)
+    runs = np.einsum("ijck,ijck->ijk", a[:, :whole].reshape(chunks), b[:, :whole].reshape(chunks))
+    _sum_along_n(runs, out[:, np.newaxis])
+    if whole < n:
+        out += np.einsum("ijk,ijk->ik", a[:, whole:], b[:, whole:])
 
 
 def _long_row_dot(a: Array, b: Array, out: Array) -> None:
@@ -604,14 +642,15 @@ SUM_CHUNK = 32
 
 
 def _sum_along_n(block: Array, out: Array) -> None:
-    """Write the sums of ``block`` along axis 1 into ``out`` (axis 1 kept), in two levels for a 3-D block.
+    """Write the sums of ``block`` along axis 1 into ``out`` (axis 1 kept), by runs for a 3-D block.
 
     Along a 2-D block's rows np.add.reduce sums pairwise; along a 3-D block's middle axis it keeps one running sum
     per column, whose rounding grows with the square of the row's length times the values' offset from 0. The mean
     sums values shifted by the row's first element, offset by that element's distance from the mean: ReLU-like
     rows of 1024 float32 values (first element 3, mean 0.36) gave y 2 times the tolerance; the backward's mean of
-    g = dy * weight is offset wherever dy is. So a 3-D block sums `SUM_CHUNK` values at a time, then those sums:
-    y's error there fell to 0.35 of the tolerance, for 1.05x the forward's time at (8, 64, 56, 56) over axis 1.
+    g = dy * weight is offset wherever dy is. So a 3-D block sums `SUM_CHUNK` values at a time, then those sums
+    the same way, level by level: y's error there fell to 0.35 of the tolerance, for 1.05x the forward's time at
+    (8, 64, 56, 56) over axis 1.
     """
     n = block.shape[1]
     whole = n - n % SUM_CHUNK
@@ -619,8 +658,7 @@ def _sum_along_n(block: Array, out: Array) -> None:
         np.add.reduce(block, axis=1, keepdims=True, out=out)
         return
     rows, _, inner = block.shape
-    chunks = np.add.reduce(block[:, :whole].reshape(rows, whole // SUM_CHUNK, SUM_CHUNK, inner), axis=2)
-    np.add.reduce(chunks, axis=1, keepdims=True, out=out)
+    _sum_along_n(np.add.reduce(block[:, :whole].reshape(rows, whole // SUM_CHUNK, SUM_CHUNK, inner), axis=2), out)
     if whole < n:
         out += np.add.reduce(block[:, whole:], axis=1, keepdims=True)
 

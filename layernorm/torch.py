@@ -230,9 +230,9 @@ class LayerNorm(_Norm):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalize x over ``axis``: ``layernorm.layer_norm(x, weight, bias, axis=axis, eps=eps)``."""
-        return _module_layer_norm(x, self.weight, self.bias, self.normalized_shape, self.axis, self.eps)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # torch.nn.LayerNorm's name: norm(input=x) works
+        """Normalize input over ``axis``: ``layernorm.layer_norm(input, weight, bias, axis=axis, eps=eps)``."""
+        return _module_layer_norm(input, self.weight, self.bias, self.normalized_shape, self.axis, self.eps)
 
     def extra_repr(self) -> str:
         """The constructor arguments, as the installed torch.nn.LayerNorm prints them (2.13 added bias), plus axis."""

@@ -218,6 +218,7 @@ def _forward_spec(
     for param, param_shape, param_dtype in (("weight", weight_shape, weight_dtype), ("bias", bias_shape, bias_dtype)):
         if param_shape is None:
             continue
+        param_shape = tuple(_constant_size(size) for size in param_shape)  # as x's, whose normalized sizes it holds
         if not _shapes_match(param_shape, normalized_shape):
             raise ShapeError(
                 f"{param} must have shape {_fmt(normalized_shape)} (x's sizes along axis={axis}); "

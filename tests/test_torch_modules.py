@@ -227,6 +227,31 @@ def test_torch_jit_trace_holds_the_normalized_shape_as_a_constant(axis: int) -> 
         torch.testing.assert_close(traced(other), norm(other), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("module", "kwargs"),
+    [("LayerNorm", {}), ("LayerNorm", {"axis": 1}), ("RMSNorm", {})],
+    ids=["layer_norm", "layer_norm-axis=1", "rms_norm"],
+)
+def test_torch_jit_trace_of_a_module_warns_nothing(module: str, kwargs: dict) -> None:
+    """As torch.nn's: the checks turned the weight's traced sizes into Python booleans, and torch warned that the
+    trace might be incorrect (a TracerWarning each); with warnings as errors the trace raised a SystemError."""
+    norm = randomize(getattr(lt, module)(6, **kwargs), 0)
+    x = torch.randn(3, 6, 5) if kwargs else torch.randn(3, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(norm, x)
+    torch.testing.assert_close(traced(x), norm(x), rtol=0, atol=0)
+
+
+def test_layer_norm_module_takes_its_input_by_torch_nn_name() -> None:
+    """torch.nn.LayerNorm's forward names its argument input: norm(input=x), and export specs keyed by it."""
+    norm, x = randomize(lt.LayerNorm(6), 0), torch.randn(3, 6)
+    torch.testing.assert_close(norm(input=x), norm(x), rtol=0, atol=0)
+    exported = torch.export.export(norm, (x,), dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    other = torch.randn(5, 6)
+    torch.testing.assert_close(exported.module()(other), norm(other), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_torch_jit_trace_of_a_half_model_with_trainable_parameters(dtype: str) -> None:
     """torch.jit.trace of a half model with the default requires_grad parameters, with its check (which traces again

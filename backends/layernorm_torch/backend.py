@@ -351,8 +351,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, retur
                     return _rms_norm_rows(x, weight, spec, return_stats, False)  # `rms_rows.by_reductions`
             else:
                 recorded = _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-                if (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS) and (
-                    scratch.usable_for(x) and _tracing_state() is None  # `_function_allowed`, out of transforms
+                if (  # `_function_allowed`, out of transforms; a jit trace first, whose numel() is a tensor
+                    _tracing_state() is None
+                    and (recorded or x.numel() >= rms_rows.UNRECORDED_FORWARD_ELEMENTS)
+                    and scratch.usable_for(x)
                 ):
                     return _rms_norm_rows(x, weight, spec, return_stats, recorded)
         elif x.is_cuda and not x.is_nested and not _compiling():

@@ -6,7 +6,7 @@ from typing import Any
 
 from layernorm_core.dispatch import local_engine, run
 from layernorm_core.errors import not_a_bool_error
-from layernorm_core.spec import Axis, check_backward, check_forward
+from layernorm_core.spec import Axis, check_backward, check_forward, strong_params
 from layernorm_core.tracing import dynamo_tracing
 
 
@@ -55,6 +55,8 @@ def layer_norm(
     """
     tracing = dynamo_tracing()
     spec = check_forward("layer_norm", x, weight, bias, axis, eps, tracing)
+    if spec.weak_params:
+        weight, bias = strong_params(x, spec, weight, bias)
     if return_stats is not True and return_stats is not False:
         raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight, bias), backend, tracing)
@@ -85,6 +87,8 @@ def rms_norm(
     """
     tracing = dynamo_tracing()
     spec = check_forward("rms_norm", x, weight, None, axis, eps, tracing)
+    if spec.weak_params:
+        (weight,) = strong_params(x, spec, weight)
     if return_stats is not True and return_stats is not False:
         raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight,), backend, tracing)
@@ -128,6 +132,8 @@ def layer_norm_backward(
     """
     tracing = dynamo_tracing()
     spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd, tracing)
+    if spec.weak_params:
+        (weight,) = strong_params(x, spec, weight)
     engine = local_engine(x, (dy, weight, mean, rstd), backend, tracing)
     if engine is not None:
         return engine.layer_norm_backward(dy, x, weight, spec, mean, rstd)
@@ -165,6 +171,8 @@ def rms_norm_backward(
     """
     tracing = dynamo_tracing()
     spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd, tracing)
+    if spec.weak_params:
+        (weight,) = strong_params(x, spec, weight)
     engine = local_engine(x, (dy, weight, rstd), backend, tracing)
     if engine is not None:
         return engine.rms_norm_backward(dy, x, weight, spec, rstd)

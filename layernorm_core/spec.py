@@ -52,6 +52,9 @@ class NormSpec:
     """Permutation that undoes ``perm``."""
     mixed_params: bool = False
     """True when weight or bias is in the compute dtype while x is half (mixed precision)."""
+    weak_params: bool = False
+    """True when weight or bias is weakly typed (JAX's ``jnp.full(shape, 2.0)``) of a floating dtype the table
+    refuses: it counts as x's dtype, as in JAX's own ops, and `strong_params` casts it to x's dtype."""
 
     @property
     def ndim(self) -> int:
@@ -97,7 +100,7 @@ def check_forward(
     except (KeyError, TypeError, AttributeError):
         pass
     spec = _spec_of(kind, x, weight, bias, axis, eps)
-    if not _hashed_by_value(axis):
+    if not _hashed_by_value(axis) or spec.weak_params:  # the key does not tell a weak dtype from a strong one
         return spec
     try:
         checked = _checked.setdefault(x.__class__, {})
@@ -131,6 +134,20 @@ def _spec_of(kind: Kind, x: Any, weight: Any, bias: Any, axis: Axis, eps: float)
         None if weight is None else _dtype_of(weight),
         None if bias is None else _shape_of(bias, "bias"),
         None if bias is None else _dtype_of(bias),
+        (_is_weak(weight), _is_weak(bias)),
+    )
+
+
+def _is_weak(param: Any) -> bool:
+    """Whether ``param`` is weakly typed: a JAX array or tracer of a Python scalar's kind, whose dtype gives way."""
+    return getattr(param, "weak_type", False) is True
+
+
+def strong_params(x: Any, spec: NormSpec, *params: Any) -> tuple[Any, ...]:
+    """``params`` with each weakly typed one that the table refuses (``spec.weak_params``) cast to x's dtype."""
+    return tuple(
+        p.astype(x.dtype) if _is_weak(p) and dtype_name(p.dtype) not in (spec.dtype, spec.compute_dtype) else p
+        for p in params
     )
 
 
@@ -198,6 +215,7 @@ def _forward_spec(
     weight_dtype: Any,
     bias_shape: Shape | None,
     bias_dtype: Any,
+    weak: tuple[bool, bool] = (False, False),
 ) -> NormSpec:
     x_name = dtype_name(x_dtype)
     if x_name not in FLOAT_DTYPES:
@@ -214,8 +232,9 @@ def _forward_spec(
     normalized_shape = tuple(_constant_size(shape[a]) for a in axes)
     if 0 in normalized_shape:
         raise ShapeError(f"the normalized size is 0 (x has shape {_fmt(shape)}, axis={axis}): nothing to normalize")
-    mixed_params = False
-    for param, param_shape, param_dtype in (("weight", weight_shape, weight_dtype), ("bias", bias_shape, bias_dtype)):
+    mixed_params = weak_params = False
+    params = (("weight", weight_shape, weight_dtype, weak[0]), ("bias", bias_shape, bias_dtype, weak[1]))
+    for param, param_shape, param_dtype, param_weak in params:
         if param_shape is None:
             continue
         param_shape = tuple(_constant_size(size) for size in param_shape)  # as x's, whose normalized sizes it holds
@@ -225,6 +244,9 @@ def _forward_spec(
                 f"got {_fmt(param_shape)}"
             )
         param_name = dtype_name(param_dtype)
+        if param_weak and param_name in FLOAT_DTYPES and param_name not in (x_name, stats_dtype):
+            weak_params = True
+            continue
         mixed_params = mixed_params or param_name != x_name
         if param_name not in (x_name, stats_dtype):
             allowed = x_name if x_name == stats_dtype else f"{x_name} or {stats_dtype}"
@@ -248,6 +270,7 @@ def _forward_spec(
         perm=perm,
         inverse_perm=tuple(perm.index(d) for d in range(ndim)),
         mixed_params=mixed_params,
+        weak_params=weak_params,
     )
 
 

@@ -218,6 +218,39 @@ def test_to_numpy_and_from_numpy_keep_dtype(dtype: str) -> None:
     np.testing.assert_array_equal(back, array)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_weakly_typed_float64_params_take_x_dtype_as_in_jax(dtype: str) -> None:
+    """Under x64, ``jnp.full(shape, 2.0)`` is a weak float64 array, which JAX's own ops take in the other operand's
+    dtype: it was a DTypeError. It is cast to x's dtype; its gradient has its own dtype, as JAX's cast gives it."""
+    with enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (4, 8), jnp.float32).astype(dtype)
+        w, b = jnp.full((8,), 2.0), jnp.full((8,), 0.5)
+        assert w.weak_type and w.dtype == jnp.float64
+        strong_w, strong_b = w.astype(dtype), b.astype(dtype)
+        for run in (lambda *a: layernorm.layer_norm(*a), jax.jit(lambda *a: layernorm.layer_norm(*a))):
+            np.testing.assert_array_equal(run(x, w, b), layernorm.layer_norm(x, strong_w, strong_b))
+        np.testing.assert_array_equal(layernorm.rms_norm(x, w), layernorm.rms_norm(x, strong_w))
+        grads = jax.grad(lambda w, b: layernorm.layer_norm(x, w, b).astype(jnp.float32).sum() ** 2, (0, 1))(w, b)
+        strong = jax.grad(lambda w, b: layernorm.layer_norm(x, w, b).astype(jnp.float32).sum() ** 2, (0, 1))(
+            strong_w, strong_b
+        )
+        for got, expected in zip(grads, strong, strict=True):
+            assert got.dtype == jnp.float64
+            np.testing.assert_array_equal(got, expected.astype(jnp.float64))
+        for got, expected in zip(
+            layernorm.layer_norm_backward(jnp.ones_like(x), x, w),
+            layernorm.layer_norm_backward(jnp.ones_like(x), x, strong_w),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, expected)
+        crossed = layernorm.layer_norm(x, w, backend="numpy")
+        np.testing.assert_array_equal(crossed, layernorm.layer_norm(x, strong_w, backend="numpy"))
+        for _ in range(2):  # a strong float64 weight is refused, also after a weak one of its dtype passed
+            with pytest.raises(layernorm.DTypeError, match="weight must have dtype"):
+                layernorm.layer_norm(x, jnp.ones(8, jnp.float64))
+            layernorm.layer_norm(x, w)
+
+
 def test_float64_without_x64_is_a_dtype_error_not_a_downcast() -> None:
     assert not jax.config.read("jax_enable_x64")
     backend = registry.get("jax")

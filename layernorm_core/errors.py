@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class LayerNormError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of the errors raised for bad input to the functions and to the modules' calls.
+
+    The four functions, `layernorm.use` and `layernorm.using`, the registry, and the calls of the torch, Flax and
+    Keras modules raise its subclasses. Not LayerNormErrors: the ValueError and TypeError with which the Keras and
+    Flax modules refuse constructor arguments they do not offer (``rms_scaling=True``, a non-int ``axis``;
+    ``axis_name``, ``axis_index_groups``, ``use_fast_variance=True``), the ValueError of Keras's
+    ``compute_output_shape`` and the IndexError of a Keras layer's build for an axis out of range (as Keras's), the
+    ImportError of `missing_framework_error`, and the frameworks' own errors; `PluginWarning` is a UserWarning.
+    """
 
     # Exception's own, so that every subclass's __init__ is Exception.__init__ (not ValueError's or TypeError's:
     # the same C function, another object). TensorFlow's AutoGraph re-raises an error from inside a tf.function

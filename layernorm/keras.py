@@ -11,10 +11,14 @@ by their registration, ``layernorm>LayerNormalization``); to load it without lay
 keras.layers.RMSNormalization}``: the configs have the same keys.
 
 Defaults are Keras's, not layernorm's: ``epsilon=1e-3`` for LayerNormalization (layernorm.layer_norm: 1e-5) and
-``epsilon=1e-6`` for RMSNormalization. Like Keras, half inputs are normalized with float32 statistics, the weights
-are not autocast, and the output has the layer's compute dtype. Unlike Keras, integer inputs are refused with
-layernorm's DTypeError, as by the functions (keras.layers.LayerNormalization normalizes them in float32, and its
-RMSNormalization returns them as integers): cast them first.
+``epsilon=1e-6`` for RMSNormalization. Mixed precision is Keras's too. LayerNormalization does not autocast: it
+normalizes the input in its own dtype with its weights in their variable dtype (float32 under the ``mixed_*``
+policies, cast to float64 for a float64 input), then casts the output to the layer's compute dtype.
+RMSNormalization autocasts: Keras casts a float input and the ``scale`` to the compute dtype (both bfloat16 under
+``mixed_bfloat16``) before it normalizes. Either way half inputs are normalized with float32 statistics, and the
+output has the layer's compute dtype. Unlike Keras, integer inputs are refused with layernorm's DTypeError, as
+by the functions (keras.layers.LayerNormalization normalizes them in float32, and its RMSNormalization returns
+them as integers): cast them first.
 
 Example:
     >>> import numpy as np
@@ -101,7 +105,18 @@ class LayerNormalization(keras.layers.Layer):
     1e-3, Keras's), ``center`` (add ``beta``), ``scale`` (multiply by ``gamma``), and the initializers,
     regularizers and constraints of ``beta`` and ``gamma``. The deprecated ``rms_scaling=True`` (which Keras computes
     as ``x / sqrt(var + epsilon) * gamma``) is refused: use `RMSNormalization`; the ``rms_scaling`` attribute is
-    False, as Keras's by default. Input: any shape; output: the same shape in the layer's compute dtype.
+    False, as Keras's by default.
+
+    Shapes: input any shape that has the axes ``axis`` names (their sizes fixed when the layer is built); output
+    the input's shape, in the layer's compute dtype.
+
+    Raises:
+        ValueError: ``rms_scaling=True``, at construction; an axis out of range, from `compute_output_shape`.
+        TypeError: ``axis`` not an int or a list or tuple of ints, at construction.
+        IndexError: an axis out of the input's range, when the layer is built (as Keras's).
+        DTypeError: an integer, bool or complex input, when called.
+        ShapeError: an input whose sizes along ``axis`` are not those the layer was built for, when called.
+        ArgumentError: ``epsilon`` negative, NaN or infinite, when called.
     """
 
     def __init__(
@@ -198,7 +213,16 @@ class RMSNormalization(keras.layers.Layer):
     Arguments and weight as keras.layers.RMSNormalization: ``axis`` (default -1), ``epsilon`` (default 1e-6,
     Keras's), one weight ``scale`` initialized to ones. Output: the input's shape, in the layer's compute dtype
     (Keras casts float inputs to it: float32 for a float64 input under the default policy, bfloat16 under
-    ``mixed_bfloat16``), as with Keras's own layer.
+    ``mixed_bfloat16``), as with Keras's own layer. Input: any shape that has the axes ``axis`` names (their sizes
+    fixed when the layer is built).
+
+    Raises:
+        ValueError: an axis out of range, from `compute_output_shape`.
+        TypeError: ``axis`` not an int or a list or tuple of ints, at construction.
+        IndexError: an axis out of the input's range, when the layer is built (as Keras's).
+        DTypeError: an integer, bool or complex input, when called.
+        ShapeError: an input whose sizes along ``axis`` are not those the layer was built for, when called.
+        ArgumentError: ``epsilon`` negative, NaN or infinite, when called.
     """
 
     def __init__(self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float = 1e-6, **kwargs: Any) -> None:

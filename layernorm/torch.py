@@ -186,7 +186,16 @@ class LayerNorm(_Norm):
             must equal ``len(normalized_shape)``.
 
     Shapes: input any shape with ``normalized_shape`` along ``axis``; output the input's shape and dtype.
-    Raises: ShapeError when ``axis`` and ``normalized_shape`` disagree, or x does not fit them.
+    Dtypes: x float16, bfloat16, float32 or float64; the parameters in x's dtype, or float32 for a half x (as the
+    functions take them: nothing is cast, so a module of another ``dtype`` than x's is refused).
+
+    Raises:
+        ShapeError: ``axis`` and ``normalized_shape`` disagree (at construction), or x does not fit them.
+        DTypeError: x not a torch.Tensor; x not floating (int, bool, complex); parameters of a dtype refused for
+            x (a ``dtype=torch.bfloat16`` module called on float32 x, where torch.nn.LayerNorm raises
+            RuntimeError).
+        ArgumentError: ``eps`` negative, NaN or infinite; ``axis`` not an int or a tuple or list of ints.
+        DeviceError: the parameters on another device than x.
 
     Example:
         >>> import torch, layernorm.torch
@@ -247,6 +256,16 @@ class RMSNorm(_Norm):
     compute in, as torch.nn.RMSNorm does: float32's for float16/bfloat16 x (not x's own, 8192 times larger for
     float16 and 65536 times for bfloat16), else x's.
     Arguments as `LayerNorm` (there is no bias); the state_dict holds ``weight`` only.
+
+    Shapes: as `LayerNorm`. Dtypes: x float16, bfloat16, float32 or float64; the output has x's dtype whatever the
+    weight's, as torch.nn.RMSNorm's: unlike `LayerNorm`, a weight of another floating dtype is cast, to x's dtype,
+    or to float32 for a half x (a ``dtype=torch.bfloat16`` module runs on float32 x with its weight in float32).
+
+    Raises:
+        ShapeError: ``axis`` and ``normalized_shape`` disagree (at construction), or x does not fit them.
+        DTypeError: x not a torch.Tensor; x not floating (int, bool, complex).
+        ArgumentError: ``eps`` negative, NaN or infinite; ``axis`` not an int or a tuple or list of ints.
+        DeviceError: the weight on another device than x.
 
     Example:
         >>> import torch, layernorm.torch

@@ -37,7 +37,23 @@ context (``asyncio.to_thread``) starts without it: compiled code there dispatche
 
 
 def use(name: str) -> None:
-    """Set the process-wide engine, replacing LAYERNORM_BACKEND; ``"auto"`` restores dispatch by array type."""
+    """Set the process-wide engine, replacing LAYERNORM_BACKEND; ``"auto"`` restores dispatch by array type.
+
+    The name is checked, and the backend loaded, at once; a name in LAYERNORM_BACKEND is checked only at the first
+    call that uses it.
+
+    Raises:
+        BackendError: ``name`` is not a string, or names a backend that is unknown, not installed (the message
+            gives the pip extra) or fails to load.
+
+    Example:
+        >>> import layernorm
+        >>> layernorm.use("numpy")
+        >>> layernorm.current_backend()
+        'numpy'
+        >>> layernorm.use("auto")
+
+    """
     global _process_default
     _process_default = _checked_name(name)
 
@@ -47,6 +63,19 @@ def using(name: str) -> Iterator[str]:
     """Use engine ``name`` inside the block; isolated per thread and per asyncio task (a ContextVar).
 
     Code compiled by torch.compile follows the block of the thread that calls it (traced again for each name).
+    ``"auto"`` restores dispatch by array type inside the block. The name is checked, and the backend loaded, on
+    entering the block, before its body runs.
+
+    Raises:
+        BackendError: as `use`: ``name`` is not a string, or names a backend that is unknown, not installed or
+            fails to load.
+
+    Example:
+        >>> import layernorm
+        >>> with layernorm.using("numpy"):
+        ...     layernorm.current_backend()
+        'numpy'
+
     """
     global _scopes_entered
     scope = _checked_name(name) or AUTO

@@ -110,17 +110,34 @@ def layer_norm_backward(
 ) -> tuple[Any, Any, Any]:
     """Gradients of `layer_norm` given the output gradient ``dy``: ``(dx, dweight, dbias)``.
 
-    For frameworks without autodiff (NumPy), or to drive a hand-written backward pass. ``dy`` has x's shape and
-    dtype. ``mean`` and ``rstd`` from ``layer_norm(..., return_stats=True)`` save recomputing them (pass both or
-    neither). dx has x's dtype; dweight and dbias have the normalized shape and x's dtype, and are returned even
-    when weight is None (computed as for a weight of ones and a bias), as torch's native backward does.
+    For frameworks without autodiff (NumPy), or to drive a hand-written backward pass.
+
+    Args:
+        dy: the gradient of the loss with respect to y: x's shape, dtype, framework and device.
+        x, weight: the forward's input and weight (see `layer_norm`; no bias is needed).
+        axis, eps: the forward's, as `layer_norm` takes them.
+        mean, rstd: the statistics from ``layer_norm(..., return_stats=True)``, to save recomputing them (pass both
+            or neither): x's shape with the normalized axes kept as size 1, in the compute dtype (float32 for half
+            x, else x's dtype), of x's framework and device.
+        backend: run on this engine instead of the one in force (see `layernorm.use`).
+
+    Returns:
+        ``(dx, dweight, dbias)``, of x's array type and device: dx with x's shape; dweight and dbias with x's sizes
+        along ``axis`` in increasing axis order (weight's shape); all three in x's dtype, whatever weight's.
+        dweight and dbias are returned even when weight is None (computed as for a weight of ones and a bias), as
+        torch's native backward does.
 
     With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)``,
     the sums over the non-normalized axes.
 
-    Raises: as `layer_norm`, plus ShapeError / DTypeError when dy, mean or rstd do not match x, and
-    ArgumentError when only one of mean and rstd is given.
+    Raises:
+        ShapeError: as `layer_norm`; dy not of x's shape; mean or rstd not of x's shape with the normalized axes
+            kept as size 1.
+        DTypeError: as `layer_norm`; dy not of x's dtype; mean or rstd not of the compute dtype (a float16 x's
+            float16 mean is refused: it must be float32); dy, mean or rstd of another framework than x.
+        ArgumentError: as `layer_norm`; only one of mean and rstd given.
+        BackendError, DeviceError: as `layer_norm`, for dy, mean and rstd as for weight.
 
     Example:
         >>> import numpy as np, layernorm
@@ -159,8 +176,26 @@ def rms_norm_backward(
     """Gradients of `rms_norm` given ``dy``: ``(dx, dweight)``.
 
     ``dx = rstd * (g - xhat * mean(g * xhat))`` with ``xhat = x * rstd`` and ``g = dy * weight``;
-    ``dweight = sum(dy * xhat)`` over the non-normalized axes (returned even when weight is None).
-    Arguments and errors as `layer_norm_backward`.
+    ``dweight = sum(dy * xhat)`` over the non-normalized axes.
+
+    Args:
+        dy: the gradient of the loss with respect to y: x's shape, dtype, framework and device.
+        x, weight, axis, eps: the forward's, as `rms_norm` takes them.
+        rstd: the statistic from ``rms_norm(..., return_stats=True)``, to save recomputing it: x's shape with the
+            normalized axes kept as size 1, in the compute dtype (float32 for half x, else x's dtype), of x's
+            framework and device.
+        backend: run on this engine instead of the one in force (see `layernorm.use`).
+
+    Returns:
+        ``(dx, dweight)``, of x's array type and device, both in x's dtype: dx with x's shape, dweight with x's
+        sizes along ``axis`` in increasing axis order (returned even when weight is None, as for a weight of ones).
+
+    Raises:
+        ShapeError: as `rms_norm`; dy not of x's shape; rstd not of x's shape with the normalized axes kept as
+            size 1.
+        DTypeError: as `rms_norm`; dy not of x's dtype; rstd not of the compute dtype; dy or rstd of another
+            framework than x.
+        ArgumentError, BackendError, DeviceError: as `rms_norm`, for dy and rstd as for weight.
 
     Example:
         >>> import numpy as np, layernorm

@@ -1,17 +1,18 @@
 """Flax NNX modules running layernorm's JAX backend: `LayerNorm` and `RMSNorm`.
 
-Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor arguments (``num_features``,
-``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
-``reduction_axes``, ``feature_axes``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same parameter names and
-shapes (``scale``, ``bias``: ``(num_features,)``, laid along ``feature_axes``), so a state saved from one loads into
-the other. The gradient is layernorm's analytic custom_vjp.
+Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor arguments but ``promote_dtype``
+(``num_features``, ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``,
+``scale_init``, ``reduction_axes``, ``feature_axes``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same
+parameter names and shapes (``scale``, ``bias``: ``(num_features,)``, laid along ``feature_axes``), so a state
+saved from one loads into the other. The gradient is layernorm's analytic custom_vjp.
 
 What Flax offers and these refuse, with a ValueError at construction: cross-device statistics (``axis_name``,
 ``axis_index_groups``; under ``jax.jit``, arrays sharded over a mesh get whole-row statistics from XLA instead),
 and LayerNorm's ``use_fast_variance=True``, Flax's default, which computes ``E[x^2] - E[x]^2`` (layernorm's variance
 is always two-pass, as ``use_fast_variance=False`` asks; RMSNorm has no mean, so the flag changes nothing there and
-either value is taken). ``__call__`` takes no ``mask``, and no ``promote_dtype`` function: x is promoted with the
-parameters as Flax's default does.
+either value is taken). Nor do they take Flax's constructor argument ``promote_dtype`` (passing it is Python's
+TypeError for an unexpected keyword): x is promoted with the parameters as Flax's default does. ``__call__`` takes
+no ``mask``.
 
 ``num_features`` may also be a tuple, the parameters' shape, for several ``feature_axes``.
 
@@ -174,6 +175,18 @@ class LayerNorm(_Norm):
         bias_metadata, scale_metadata: metadata of the parameters (``sharding`` names, for instance).
         rngs: the module's random streams (``rngs.params`` seeds the initializers).
 
+    Shapes: x any shape that has the ``reduction_axes``, with the parameters' sizes along ``feature_axes``; output
+    x's shape. Dtypes: output in ``dtype``, else x's dtype promoted with the parameters' to a floating one (an
+    integer or bool x too, as Flax's: unlike the functions); x complex is refused (Flax's takes it).
+
+    Raises:
+        ValueError: ``axis_name`` or ``axis_index_groups`` given, or ``use_fast_variance=True``, at construction.
+        ShapeError: ``feature_axes`` not among ``reduction_axes``; a parameter whose size does not fit x's sizes
+            along ``feature_axes``; an axis out of x's range.
+        DTypeError: a complex x.
+        ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
+            a sequence of ints.
+
     """
 
     def __init__(
@@ -220,7 +233,16 @@ class RMSNorm(_Norm):
     """RMS normalization over ``reduction_axes`` with the parameter ``scale`` (as flax.nnx.RMSNorm).
 
     Arguments as `LayerNorm`, without ``use_bias``, ``bias_init`` and ``bias_metadata``; ``use_fast_variance``
-    (default True, as Flax's) changes nothing, since there is no mean.
+    (default True, as Flax's) changes nothing, since there is no mean. Shapes and dtypes as `LayerNorm`.
+
+    Raises:
+        ValueError: ``axis_name`` or ``axis_index_groups`` given, at construction.
+        ShapeError: ``feature_axes`` not among ``reduction_axes``; a ``scale`` whose size does not fit x's sizes
+            along ``feature_axes``; an axis out of x's range.
+        DTypeError: a complex x.
+        ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
+            a sequence of ints.
+
     """
 
     def __init__(

@@ -17,6 +17,7 @@ Example:
     ... except LayerNormError as error:
     ...     print(type(error).__name__, isinstance(error, TypeError))
     DTypeError True
+
 """
 
 from layernorm_core.errors import (

@@ -117,6 +117,7 @@ class LayerNormalization(keras.layers.Layer):
         DTypeError: an integer, bool or complex input, when called.
         ShapeError: an input whose sizes along ``axis`` are not those the layer was built for, when called.
         ArgumentError: ``epsilon`` negative, NaN or infinite, when called.
+
     """
 
     def __init__(
@@ -223,6 +224,7 @@ class RMSNormalization(keras.layers.Layer):
         DTypeError: an integer, bool or complex input, when called.
         ShapeError: an input whose sizes along ``axis`` are not those the layer was built for, when called.
         ArgumentError: ``epsilon`` negative, NaN or infinite, when called.
+
     """
 
     def __init__(self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float = 1e-6, **kwargs: Any) -> None:

@@ -75,7 +75,17 @@ class Registry:
     # -- discovery -------------------------------------------------------------------------------------------
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
-        """Register a plugin object or module at run time, exactly as an entry point would be; return its name."""
+        """Register a plugin object or module at run time, exactly as an entry point would be; return its name.
+
+        Its declarations are checked as an entry point's: one that is unusable or taken is dropped with a
+        `PluginWarning`, and a plugin that declares no backend is warned about and not kept. Its implementation
+        modules are not imported here: one that fails to import or to meet the contract fails when first used.
+
+        Raises:
+            BackendError: a plugin is already registered under ``name``; pluggy refuses the plugin (this object is
+                registered already, under another name); or ``name`` is blocked.
+
+        """
         with self._lock:
             self._discover()
             if name is not None and self._manager.get_plugin(name) is not None:
@@ -276,7 +286,14 @@ class Registry:
         return None
 
     def get(self, name: str) -> ModuleType:
-        """The loaded implementation of backend ``name``, importing it on first use."""
+        """The loaded implementation of backend ``name``, importing it on first use.
+
+        Raises:
+            BackendError: ``name`` is not a string or no plugin declares it; the backend is not available (a module
+                of its ``requires`` is missing: the message gives the pip extra); its implementation fails to import
+                or lacks functions of the contract.
+
+        """
         try:
             loaded = self._loaded.get(name)
         except TypeError:  # unhashable: a list

@@ -29,7 +29,7 @@ Needs flax: ``pip install 'layernorm[flax]'``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -50,7 +50,7 @@ from layernorm_core.spec import checked_axis, normalize_axes
 __all__ = ["LayerNorm", "RMSNorm"]
 
 Initializer = Any
-Axes = int | Sequence[int]
+Axes = int | Iterable[int]
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -65,7 +65,8 @@ def _param_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _axis(axes: Axes) -> int | tuple[int, ...]:
-    return checked_axis(tuple(axes) if isinstance(axes, Sequence) else axes)
+    """``axes`` as the core's axis: any iterable of ints (a NumPy array too, as Flax takes it) as a tuple."""
+    return checked_axis(tuple(axes) if isinstance(axes, Iterable) else axes)
 
 
 def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
@@ -93,7 +94,8 @@ def _as_weights(
     must be among the reduction axes here, where the parameters broadcast over those the features leave out.
     """
     reduced = normalize_axes(_axis(reduction_axes), x.ndim)
-    features = normalize_axes(_axis(feature_axes), x.ndim)
+    feature = _axis(feature_axes)
+    features = () if feature == () else normalize_axes(feature, x.ndim)  # no feature axes: one scalar parameter
     if not set(features) <= set(reduced):
         raise ShapeError(
             f"feature_axes={feature_axes} must be among reduction_axes={reduction_axes} (of an x with {x.ndim} "

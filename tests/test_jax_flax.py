@@ -156,6 +156,24 @@ def test_axes_of_any_integer_type() -> None:
     np.testing.assert_array_equal(np.asarray(got), np.asarray(LayerNorm(8, rngs=nnx.Rngs(0))(x)))
 
 
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_axes_given_as_numpy_arrays_and_no_feature_axes_as_flax_takes_them(module: str) -> None:
+    """Flax takes any iterable of ints (``np.arange(1, x.ndim)``, which was an ArgumentError here), and no feature
+    axes at all (a ShapeError here): then one parameter of num_features 1 scales and shifts every value."""
+    x = _x((3, 4, 5), seed=4)
+    ours = getattr(layernorm.flax, module)
+    theirs = nnx.LayerNorm if module == "LayerNorm" else nnx.RMSNorm
+    by_array = ours(20, reduction_axes=np.arange(1, 3), feature_axes=np.arange(1, 3), rngs=nnx.Rngs(0))
+    by_tuple = ours(20, reduction_axes=(1, 2), feature_axes=(1, 2), rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(by_array(x)), np.asarray(by_tuple(x)))
+    kwargs = {"epsilon": 1e-5, "reduction_axes": (1, 2), "feature_axes": ()}
+    flax_module = theirs(1, rngs=nnx.Rngs(0), **kwargs)
+    _random_params(flax_module, seed=5)
+    scalar = ours(1, rngs=nnx.Rngs(1), **kwargs)
+    nnx.update(scalar, nnx.state(flax_module))
+    np.testing.assert_allclose(np.asarray(scalar(x)), np.asarray(flax_module(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_rms_norm_matches_flax_over_two_axes() -> None:
     theirs = nnx.RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
     _random_params(theirs, seed=2)

@@ -103,6 +103,25 @@ def test_defaults_are_keras_defaults() -> None:
         lk.LayerNormalization(rms_scaling=True)
 
 
+@pytest.mark.parametrize("layer", ["LayerNormalization", "RMSNormalization"])
+def test_epsilon_none_is_keras_config_epsilon(layer: str) -> None:
+    """Keras's layers take epsilon=None as keras.config.epsilon(); ours raised an ArgumentError at the first call.
+    The config keeps None, as Keras's."""
+    x = _x(3)
+    ours, keras_layer = getattr(lk, layer)(epsilon=None), getattr(keras.layers, layer)(epsilon=None)
+    explicit = getattr(lk, layer)(epsilon=keras.config.epsilon())
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(explicit(x)))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(keras_layer(x)), rtol=1e-5, atol=1e-5)
+    assert ours.get_config()["epsilon"] is keras_layer.get_config()["epsilon"] is None
+
+
+def test_rms_normalization_takes_a_numpy_integer_axis_as_keras_does() -> None:
+    x = _x(4)
+    ours, keras_layer = lk.RMSNormalization(axis=np.int64(-1)), keras.layers.RMSNormalization(axis=np.int64(-1))
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(lk.RMSNormalization(axis=-1)(x)))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(keras_layer(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_rms_scaling_attribute_is_keras_default() -> None:
     """Keras's layer has ``rms_scaling`` (False); ours too, and its config says the same."""
     ours, theirs = lk.LayerNormalization(), keras.layers.LayerNormalization()

@@ -89,8 +89,9 @@ FIRST_ACTIVATION_CASES = (
     Case((64, 512), (-1,)),
     Case((2, 512, 64), (1,)),
     Case((1, 4096, 64), (1,)),
+    Case((4, 48, 64), (1,)),
 )
-"""Long rows, rows of a few hundred values, and both channels-first (over a middle axis, as a strided sum runs)."""
+"""Long rows, rows of a few hundred values, and channels-first ones (over a middle axis, as a strided sum runs)."""
 
 
 @pytest.mark.parametrize("case", FIRST_ACTIVATION_CASES, ids=lambda c: c.id)
@@ -99,8 +100,9 @@ def test_a_large_first_activation(numerics: Numerics, target: Target, dtype: str
     """Rows of values N(0, 1) but the first, 1000 (one large activation): forward and backward.
 
     A mean taken about the row's first element rounds x - 1000 by about u * 1000 a value, and sums N values of
-    that size: NumPy's y came out 2 times the float32 tolerance at 65536 values (10 times at 2**20), and 2.5
-    times at 512 (6 times channels-first), though the rows' condition (|mean| / spread) is 0.03 or less.
+    that size: NumPy's y came out 2 times the float32 tolerance at 65536 values (10 times at 2**20), 2.5 times at
+    512 (6 times channels-first), and 1.02 times at 48 channels-first, though the rows' condition (|mean| /
+    spread) is 0.15 or less.
     """
     problem = make_problem(op, case, dtype, "weight", key="first-activation")
     x = problem.x.astype(np.float64)

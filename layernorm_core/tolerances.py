@@ -103,17 +103,22 @@ def error_ratio(
         kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
     magnitude = scale if scale > 0 else 1.0
     allowed = (tol.atol + tol.cond * kappa) * magnitude + tol.rtol * np.abs(np.where(finite, e, 0.0)) + tol.floor
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # allowed may underflow to 0 (subnormal results)
         diff = np.abs(a - e)
-    ratio = np.where(same_special, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))
+        ratio = np.where(np.isfinite(diff), diff / allowed, np.inf)
+    ratio = np.where(same_special | (diff == 0), 0.0, ratio)  # exact is exact, also where 0 is allowed
     return float(np.max(ratio))
 
 
 def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.ArrayLike, spec: NormSpec) -> float:
-    """The magnitude of the terms dx is computed from: RMS of ``dy * weight * rstd`` (float64)."""
+    """The magnitude of the terms dx is computed from: RMS of ``dy * weight * rstd`` (float64), finite values only.
+
+    A row of NaN or Inf has no size; its dx is judged by matching the reference's NaN or Inf.
+    """
     g = np.asarray(dy).astype(np.float64) * np.asarray(rstd, dtype=np.float64)
     if weight is not None:
         g = g * np.asarray(weight).astype(np.float64).reshape(spec.param_shape)
+    g = g[np.isfinite(g)]
     return rms(g) if g.size else 1.0
 
 

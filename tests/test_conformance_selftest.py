@@ -417,6 +417,26 @@ def test_tolerances_hold_results_far_from_one_to_their_own_size(size: float) -> 
     assert error_ratio(np.nextafter(expected, np.inf), expected, tolerance("float64", "grad")) <= 1
 
 
+def test_an_exact_result_passes_where_the_tolerance_underflows_to_zero() -> None:
+    """float64 rms_norm of subnormal x: the allowed error underflows to 0, and an exact result read 0/0 = NaN,
+    which failed; any other error there still fails."""
+    from layernorm_core.tolerances import error_ratio, tolerance
+
+    expected = np.array([5e-324, -1e-323, 0.0])
+    assert error_ratio(expected, expected, tolerance("float64", "output")) == 0.0
+    assert error_ratio(expected + np.array([5e-324, 0.0, 0.0]), expected, tolerance("float64", "output")) > 1
+
+
+def test_gradient_scale_reads_the_finite_terms() -> None:
+    """A NaN row made the scale NaN, which error_ratio replaced by 1 whatever the other rows' size."""
+    from layernorm_core.tolerances import gradient_scale
+
+    x = np.array([[1.0, 2.0, 3.0], [np.nan, 0.0, 1.0]])
+    spec = check_forward("layer_norm", x, None, None, -1, 1e-5)
+    rstd = np.array([[1e6], [np.nan]])
+    assert gradient_scale(np.ones_like(x), None, rstd, spec) == 1e6
+
+
 @pytest.mark.parametrize("over", ["1.0004", "1.0000001"])
 def test_a_failure_just_over_the_tolerance_does_not_read_as_one_times_it(over: str) -> None:
     """An error just over the tolerance fails, and its message says so (it read "error 1x the ... tolerance")."""

@@ -1,8 +1,8 @@
 """Flax NNX modules running layernorm's JAX backend: `LayerNorm` and `RMSNorm`.
 
-Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor arguments but ``promote_dtype``
-(``num_features``, ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``,
-``scale_init``, ``reduction_axes``, ``feature_axes``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same
+Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor arguments (``num_features``,
+``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
+``reduction_axes``, ``feature_axes``, ``promote_dtype``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same
 parameter names and shapes (``scale``, ``bias``: ``(num_features,)``, laid along ``feature_axes``), so a state
 saved from one loads into the other. The gradient is layernorm's analytic custom_vjp.
 
@@ -10,9 +10,9 @@ What Flax offers and these refuse, with a ValueError at construction: cross-devi
 ``axis_index_groups``; under ``jax.jit``, arrays sharded over a mesh get whole-row statistics from XLA instead),
 and LayerNorm's ``use_fast_variance=True``, Flax's default, which computes ``E[x^2] - E[x]^2`` (layernorm's variance
 is always two-pass, as ``use_fast_variance=False`` asks; RMSNorm has no mean, so the flag changes nothing there and
-either value is taken). Nor do they take Flax's constructor argument ``promote_dtype`` (passing it is Python's
-TypeError for an unexpected keyword): x is promoted with the parameters as Flax's default does. ``__call__`` takes
-no ``mask``.
+either value is taken). ``__call__`` takes no ``mask``. Without a ``promote_dtype`` function (None, the default
+here), x is promoted with the parameters as Flax's default does, but float32 parameters of a half x stay float32
+(the core's rule; Flax's default rounds them to x's dtype); with one, x and the parameters are what it returns.
 
 ``num_features`` may also be a tuple, the parameters' shape, for several ``feature_axes``.
 
@@ -29,7 +29,7 @@ Needs flax: ``pip install 'layernorm[flax]'``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -51,6 +51,8 @@ __all__ = ["LayerNorm", "RMSNorm"]
 
 Initializer = Any
 Axes = int | Iterable[int]
+PromoteDtype = Callable[..., Sequence[Any]]
+"""Flax's ``promote_dtype``: ``(arrays, dtype=...)`` to the arrays promoted (None kept)."""
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -130,6 +132,7 @@ class _Norm(nnx.Module):
     use_fast_variance: bool
     axis_name: None
     axis_index_groups: None
+    promote_dtype: PromoteDtype | None
 
     def _keep_settings(
         self,
@@ -143,6 +146,7 @@ class _Norm(nnx.Module):
         axis_name: str | None,
         axis_index_groups: Any,
         use_fast_variance: bool,
+        promote_dtype: PromoteDtype | None,
     ) -> None:
         if axis_name is not None or axis_index_groups is not None:
             raise ValueError(
@@ -157,7 +161,15 @@ class _Norm(nnx.Module):
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
         self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
         self.axis_name = self.axis_index_groups = None  # Flax's attributes, for code that reads them
+
+    def _promoted(self, x: Any, params: Sequence[nnx.Param | None]) -> tuple[jax.Array, list[jax.Array | None]]:
+        """Return x and the parameters' values as `_cast` gives them, or as ``promote_dtype`` does when given one."""
+        if self.promote_dtype is None:
+            return _cast(x, params, self.dtype)
+        promoted = self.promote_dtype((x, *(None if p is None else p[...] for p in params)), dtype=self.dtype)
+        return jnp.asarray(promoted[0]), [None if v is None else jnp.asarray(v) for v in promoted[1:]]
 
 
 class LayerNorm(_Norm):
@@ -174,6 +186,8 @@ class LayerNorm(_Norm):
         feature_axes: the axes of x the parameters lie along, among ``reduction_axes``; broadcast over the others.
         axis_name, axis_index_groups: must be None (cross-device statistics are not offered).
         use_fast_variance: must be False: the variance is always two-pass (Flax's default, True, is refused).
+        promote_dtype: Flax's ``promote_dtype(arrays, dtype=dtype)``, called on (x, scale, bias) before they are
+            normalized; None (the default) promotes as the module docstring says.
         bias_metadata, scale_metadata: metadata of the parameters (``sharding`` names, for instance).
         rngs: the module's random streams (``rngs.params`` seeds the initializers).
 
@@ -207,6 +221,7 @@ class LayerNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = False,
+        promote_dtype: PromoteDtype | None = None,
         rngs: nnx.Rngs,
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
@@ -218,7 +233,7 @@ class LayerNorm(_Norm):
                 "two-pass, as use_fast_variance=False asks"
             )
         self._keep_settings(num_features, epsilon, dtype, param_dtype, use_scale, reduction_axes, feature_axes,
-                            axis_name, axis_index_groups, use_fast_variance)  # fmt: skip
+                            axis_name, axis_index_groups, use_fast_variance, promote_dtype)  # fmt: skip
         self.use_bias = use_bias
         shape = _param_shape(num_features)
         self.scale = _param(use_scale, scale_init, rngs, shape, param_dtype, scale_metadata)
@@ -226,7 +241,7 @@ class LayerNorm(_Norm):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalize x over ``reduction_axes``; output in ``dtype`` (or x promoted with the params)."""
-        x, values = _cast(x, (self.scale, self.bias), self.dtype)
+        x, values = self._promoted(x, (self.scale, self.bias))
         scale, bias = _as_weights(x, values, self.reduction_axes, self.feature_axes)
         return layernorm.layer_norm(x, scale, bias, axis=_axis(self.reduction_axes), eps=self.epsilon, backend="jax")
 
@@ -261,16 +276,17 @@ class RMSNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: PromoteDtype | None = None,
         rngs: nnx.Rngs,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
         """Create the parameter; see the class docstring."""
         self._keep_settings(num_features, epsilon, dtype, param_dtype, use_scale, reduction_axes, feature_axes,
-                            axis_name, axis_index_groups, use_fast_variance)  # fmt: skip
+                            axis_name, axis_index_groups, use_fast_variance, promote_dtype)  # fmt: skip
         self.scale = _param(use_scale, scale_init, rngs, _param_shape(num_features), param_dtype, scale_metadata)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalize x by its root mean square over ``reduction_axes``."""
-        x, values = _cast(x, (self.scale,), self.dtype)
+        x, values = self._promoted(x, (self.scale,))
         (scale,) = _as_weights(x, values, self.reduction_axes, self.feature_axes)
         return layernorm.rms_norm(x, scale, axis=_axis(self.reduction_axes), eps=self.epsilon, backend="jax")

@@ -231,6 +231,38 @@ def test_feature_axes_outside_the_reduction_or_of_another_size_are_shape_errors(
         RMSNorm((5, 16), reduction_axes=(1, 2), rngs=nnx.Rngs(0))(x)
 
 
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_a_promote_dtype_function_is_called_as_flax_calls_it(module: str) -> None:
+    """Flax's constructor argument ``promote_dtype`` (it was a TypeError): called on (x, *params) with the module's
+    dtype; x and the parameters are what it returns. Flax's own default gives Flax's output."""
+    from flax.nnx.nn import dtypes as flax_dtypes
+
+    calls: list[tuple[int, Any]] = []
+
+    def to_float32(arrays: tuple[Any, ...], dtype: Any = None) -> list[Any]:
+        calls.append((len(arrays), dtype))
+        return [None if a is None else jnp.asarray(a, jnp.float32) for a in arrays]
+
+    x = _x((4, 16), "bfloat16", seed=6)
+    kwargs = {"epsilon": 1e-5, "rngs": nnx.Rngs(0)}
+    promoted = getattr(layernorm.flax, module)(16, promote_dtype=to_float32, **kwargs)
+    _random_params(promoted, seed=7)
+    y = promoted(x)
+    assert calls == [(3 if module == "LayerNorm" else 2, None)] and y.dtype == jnp.float32
+    plain = getattr(layernorm.flax, module)(16, **kwargs)
+    nnx.update(plain, nnx.state(promoted))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(plain(x.astype(jnp.float32))))
+    extra = {"use_fast_variance": False} if module == "LayerNorm" else {}
+    for dtype, tol in ((None, 1e-5), (jnp.bfloat16, 2 * 2.0**-8)):  # bfloat16: Flax's rounds the params to it
+        theirs = getattr(nnx, module)(16, dtype=dtype, promote_dtype=flax_dtypes.promote_dtype, **extra, **kwargs)
+        ours = getattr(layernorm.flax, module)(16, dtype=dtype, promote_dtype=flax_dtypes.promote_dtype, **kwargs)
+        nnx.update(theirs, nnx.state(promoted))
+        nnx.update(ours, nnx.state(promoted))
+        got, expected = ours(x), theirs(x)
+        assert got.dtype == expected.dtype == (dtype or jnp.float32)
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol)
+
+
 def test_parameter_metadata_reaches_the_params() -> None:
     layer = LayerNorm(8, scale_metadata={"tag": "s"}, bias_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
     assert layer.scale is not None and layer.bias is not None

@@ -270,6 +270,56 @@ def test_long_channels_first_sums_stay_accurate(op: str, n: int) -> None:
     assert error_ratio(dx, ref_dx, tolerance("float32", "grad"), cond, scale=scale) <= 1
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((0, 100), -1), ((0, 2000), -1), ((0, 32, 64), 1), ((2, 32, 0), 1)])
+def test_empty_batches_of_long_rows(shape: tuple[int, ...], axis: int) -> None:
+    """No rows (or no columns of a channels-first layout) to check for a far first value: the check reduced an
+    empty array (a ValueError)."""
+    x = np.zeros(shape, np.float32)
+    y, mean, rstd = layernorm.layer_norm(x, axis=axis, return_stats=True)
+    stats_shape = tuple(1 if d == axis % x.ndim else size for d, size in enumerate(shape))
+    assert y.shape == shape and mean.shape == rstd.shape == stats_shape
+    assert layernorm.layer_norm_backward(x, x, axis=axis)[0].shape == shape
+
+
+_ROW_63 = (
+    "4866173f6506d0bd386dcdbdb805c2bd5220b3bddc96c6bded86ebbdf8d7d2bd3397bdbde1e7d1bdf866b7bd5ee7e8bdc5c5aebd"
+    "ee839cbdd1cad8bd247592bd4596babd27c4bdbdc312c3bddbffc6bda180d4bdc56de2bda89ab3bdc45cd7bdf187d2bd2684ccbd"
+    "5b1ba5bdfda5d8bdaff3b8bd0b25cfbd1939c0bdfa79a3bd6282d2bd8c15bbbd2066ccbd6094c5bde520c0bd958eaebd89f8c9bd"
+    "2533b5bdf490c2bd9550d0bda2d6afbd7af5a3bd0c05d3bd8605d3bdd34bbabd6efdc7bdbbb6d4bd49e8d2bddaabc8bd34fcabbd"
+    "abcbbfbd34cca6bda4b8c8bda63ad6bdc17cbfbde920debdd18dc1bd4062bdbd1431dabdb94fc8bd033bd2bd0812b0bdfd898bbe"
+    "c118853f1c8473393ddea6bf510045bf3c9ee3be166425be8704f8be20b567bfc62806c0618be33ec36ccf3ebe496c3eeef7763e"
+    "6d89793f7429adbfb38d97bf7a41f2bec91bac3efef98bbf37846cbff0916f3e0663573f5841dbbef79c65be765ee4bfc6a00d3e"
+    "427a82bf953938bf2313efbf757c93bf9acb173f347cb9bf23940bbf6489153f1439a83ea979743f6222da3fc0821ebfe1850dbf"
+    "a76c0dbfb0d680bf18fa793fe88d113fcee7a13e7c4d77be53463a3f5b36cabfcb225c3f613c563e3c45b4bea91247be1b6695bf"
+    "ec1cbdbf4b2a073d89d69ebef93104bf7b0debbe5596ac3fca27c4bddaddc23f32bc91be"
+)
+"""63 float32 values, then a weight of 63 (little-endian bytes): a row found by helper-73's search."""
+
+
+def test_a_far_first_value_in_a_row_of_63() -> None:
+    """A row of 63 float32 values near an offset whose first lies sqrt(62) deviations from the mean, with a N(0, 1)
+    weight: summed pairwise about that first value, y was 1.28 times the tolerance (rows up to 64 values were not
+    checked for a far first value)."""
+    x = np.frombuffer(bytes.fromhex(_ROW_63), "<f4")[None, :63]
+    w = np.frombuffer(bytes.fromhex(_ROW_63), "<f4")[63:]
+    spec = check_forward("layer_norm", x, w, None, -1, 1e-5)
+    y = layernorm.layer_norm(x, w)
+    expected = reference.layer_norm(x, w, None, spec)[0]
+    assert error_ratio(y, expected, tolerance("float32", "output"), row_condition(x, spec)) <= 1
+
+
+def test_the_far_row_check_keeps_the_callers_errstate() -> None:
+    """A first value 1e-30 deviations from the mean: the check's square underflowed, and np.errstate(all="raise")
+    raised a FloatingPointError that the forward itself gives no cause for."""
+    row = np.zeros(100, np.float32)
+    for start in range(0, 96, 32):  # in each run of 32: 0, 0, then pairs +-2**40 that sum to 0 exactly
+        row[start + 2 : start + 32 : 2], row[start + 3 : start + 32 : 2] = 2.0**40, -(2.0**40)
+    row[-1] = 2.0**-53
+    for x, axis in ((row[None, :], -1), (np.ascontiguousarray(np.repeat(row[None, :, None], 64, axis=2)), 1)):
+        with np.errstate(all="raise"):
+            layernorm.layer_norm(x, axis=axis)
+
+
 def test_channels_first_large_offset_small_spread() -> None:
     """The shift by the first element along the normalized axis, on the (outer, N, inner) layout."""
     x = (1e4 + np.random.default_rng(6).normal(0, 1e-2, (4, 1024, 300))).astype(np.float32)

@@ -29,7 +29,7 @@ def test_numpy_arrays_on_the_torch_engine() -> None:
     assert error_ratio(y, _expected(), tolerance("float32", "output")) <= 1
 
 
-@pytest.mark.parametrize("engine", ["torch", "jax", "tensorflow"])
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
 def test_big_endian_numpy_arrays_cross_to_every_engine(engine: str) -> None:
     """Big-endian arrays (a FITS file's) cross in native byte order: torch and JAX refuse any other."""
     pytest.importorskip(engine)
@@ -64,6 +64,34 @@ def test_tracked_tensor_cannot_cross() -> None:
     x = torch.from_numpy(X).requires_grad_()
     with pytest.raises(BackendError, match="takes part in torch's autodiff or tracing; the 'numpy' backend"):
         layernorm.layer_norm(x, backend="numpy")
+
+
+def test_a_tensor_that_requires_grad_crosses_where_nothing_records() -> None:
+    """Under torch.no_grad and torch.inference_mode no graph is recorded to lose, as where TensorFlow's trainable
+    variables cross without a tape: it was a BackendError."""
+    torch = pytest.importorskip("torch")
+    weight = torch.nn.Parameter(torch.from_numpy(W))
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            y = layernorm.layer_norm(torch.from_numpy(X), weight, backend="numpy")
+        assert isinstance(y, torch.Tensor) and not y.requires_grad
+        assert error_ratio(y.numpy(), _expected(), tolerance("float32", "output")) <= 1
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_a_weak_jax_weight_beside_another_frameworks_x_is_a_dtype_error(framework: str) -> None:
+    """A weakly typed JAX weight takes x's dtype; beside a torch or TensorFlow x that raised JAX's TypeError on
+    casting to a torch dtype. It is the mixed-framework DTypeError, as for a strong JAX weight of x's dtype."""
+    jnp = pytest.importorskip("jax.numpy")
+    module = pytest.importorskip(framework)
+    x = module.ones((2, 4), dtype=module.float64)
+    for call in (
+        lambda: layernorm.layer_norm(x, jnp.full((4,), 2.0)),
+        lambda: layernorm.rms_norm(x, jnp.full((4,), 2.0)),
+        lambda: layernorm.layer_norm_backward(x, x, jnp.full((4,), 2.0)),
+    ):
+        with pytest.raises(layernorm.DTypeError, match="pass arrays of one framework"):
+            call()
 
 
 def test_jax_arrays_on_the_numpy_engine() -> None:

@@ -107,7 +107,7 @@ def _forward(
 ) -> tuple[Array, Array | None, Array]:
     layout = _layout(spec)
     xl = _to_layout(x, spec, layout)
-    yl = np.empty(xl.shape, dtype=x.dtype)
+    yl = np.empty(xl.shape, dtype=_native(x.dtype))
     mean, rstd = _run_forward(xl, weight, bias, spec, rms, yl)
     return _from_layout(yl, spec, layout), mean, rstd
 
@@ -135,7 +135,8 @@ def _backward(
     compute = np.dtype(spec.compute_dtype)
     layout = _layout(spec)
     xl = _to_layout(x, spec, layout)
-    dxl = np.empty(xl.shape, dtype=x.dtype)
+    dtype = _native(x.dtype)
+    dxl = np.empty(xl.shape, dtype=dtype)
     stats = stats_layout(xl.shape)
     dweight, dbias = backward(
         _to_layout(dy, spec, layout),
@@ -150,8 +151,8 @@ def _backward(
     normalized = _static(spec.normalized_shape)
     return (
         _from_layout(dxl, spec, layout),
-        dweight.astype(x.dtype).reshape(normalized),
-        dbias.astype(x.dtype).reshape(normalized),
+        dweight.astype(dtype).reshape(normalized),
+        dbias.astype(dtype).reshape(normalized),
     )
 
 
@@ -190,6 +191,11 @@ def _layout(spec: NormSpec) -> tuple[tuple[int, ...], bool]:
     if adjacent and suits_3d_layout(n, inner, np.dtype(spec.compute_dtype).itemsize):
         return (outer, n, inner), True
     return (math.prod(shape[a] for a in spec.batch_axes), n), False
+
+
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` in native byte order: a big-endian x's outputs are native, as NumPy's ufuncs and other engines give."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
 def _param(param: Array | None, compute: np.dtype[Any]) -> Array | None:

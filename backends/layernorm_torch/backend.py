@@ -128,11 +128,13 @@ def device_of(x: torch.Tensor) -> str:
 def is_tracked(x: torch.Tensor) -> bool:
     """True when x takes part in autograd, a functorch transform, forward-mode AD or a compile or jit trace.
 
-    Autograd: requires_grad; forward-mode AD: a dual tensor; traces: torch.compile's and torch.jit.trace's.
+    Autograd: requires_grad while grad mode records (not under torch.no_grad or torch.inference_mode, where
+    nothing records, as TensorFlow's variables cross where no tape records); forward-mode AD: a dual tensor;
+    traces: torch.compile's and torch.jit.trace's.
     """
     return (
         torch.compiler.is_dynamo_compiling()  # first: dynamo cannot call the functorch query below
-        or bool(x.requires_grad)
+        or (bool(x.requires_grad) and torch.is_grad_enabled())
         or torch._C._functorch.is_functorch_wrapped_tensor(x)
         or _tracing_state() is not None
         or (_forward_ad._current_level >= 0 and _forward_ad.unpack_dual(x).tangent is not None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import threading
 import warnings
 from collections.abc import Iterable
@@ -503,3 +504,12 @@ def _warn(message: str) -> None:
 
 registry = Registry()
 """The process-wide registry the public API uses."""
+
+
+def _unlock_in_child() -> None:
+    """A new lock for a forked child: a thread of the parent that held it (loading a backend) does not run there."""
+    registry._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_in_child)

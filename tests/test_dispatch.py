@@ -421,3 +421,47 @@ def test_an_array_bound_to_no_device_goes_with_the_bound_ones(two_devices: list[
         with pytest.raises(layernorm.DeviceError, match=message):
             layernorm.layer_norm(x, w, b)
     assert two_devices == ["accel:0", "accel", "accel"]
+
+
+FORK_WHILE_LOADING = """
+import os, signal, threading, time
+import numpy as np
+import layernorm
+from layernorm_core.registry import registry
+
+held, release = threading.Event(), threading.Event()
+
+
+def hold() -> None:
+    with registry._lock:  # as a thread importing a backend holds it (TensorFlow's import takes seconds)
+        held.set()
+        release.wait()
+
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    y = layernorm.layer_norm(np.ones((2, 4), np.float32), backend="numpy")
+    os._exit(0 if y.shape == (2, 4) else 1)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    print("hung")
+release.set()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_child_forked_while_a_thread_loads_a_backend_runs() -> None:
+    """The registry's lock, held by a thread of the parent that the child does not have: the child's first lookup
+    waited on it forever."""
+    out = subprocess.run([sys.executable, "-c", FORK_WHILE_LOADING], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["exit", "0"], out.stdout + out.stderr

@@ -143,18 +143,44 @@ def test_matrix_command_refuses_bad_options_before_running(options: list[str]) -
     assert exit_.value.code == matrix.EXIT_USAGE
 
 
-@pytest.mark.parametrize("problem", ["out-is-a-file", "markdown-in-no-folder", "markdown-is-a-folder", "bad-record"])
+USAGE_PROBLEMS = [
+    "out-is-a-file",
+    "out-under-a-file",
+    "results-file-is-a-folder",
+    "markdown-in-no-folder",
+    "markdown-is-a-folder",
+    "markdown-dangling-link",
+    "markdown-not-utf-8",
+    "backend-twice",
+    "merge-twice",
+    "bad-record",
+]
+"""Each was a usage error before anything ran; the third to the seventh ended in a traceback (exit 1), and the last
+but one two counted a backend's checks twice (helper-74)."""
+
+
+@pytest.mark.parametrize("problem", USAGE_PROBLEMS)
 def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
-    problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "file").write_text("")
     good = tmp_path / "numpy.json"
     results.write(good, [_record("numpy", "float32", "passed", 0.25)], {})
     (tmp_path / "bad.json").write_text('{"records": [{"x": 1}]}')
+    (tmp_path / "out" / "numpy.json").mkdir(parents=True)
+    (tmp_path / "dangling.md").symlink_to(tmp_path / "nowhere.md")
+    (tmp_path / "latin.md").write_bytes(b"caf\xe9\n")
+    _fake_runs(monkeypatch, pytest.ExitCode.OK, [_record("numpy", "float32", "passed", 0.25)])
     options = {
         "out-is-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file")],
+        "out-under-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file" / "sub")],
+        "results-file-is-a-folder": ["--backend", "numpy", "--out", str(tmp_path / "out")],
         "markdown-in-no-folder": ["--merge", str(good), "--markdown", str(tmp_path / "no" / "such.md")],
         "markdown-is-a-folder": ["--merge", str(good), "--markdown", str(tmp_path)],
+        "markdown-dangling-link": ["--merge", str(good), "--markdown", str(tmp_path / "dangling.md")],
+        "markdown-not-utf-8": ["--merge", str(good), "--markdown", str(tmp_path / "latin.md")],
+        "backend-twice": ["--backend", "numpy", "--backend", "numpy", "--out", str(tmp_path / "runs")],
+        "merge-twice": ["--merge", str(good), str(tmp_path / "." / "numpy.json")],
         "bad-record": ["--merge", str(tmp_path / "bad.json")],
     }[problem]
     assert matrix.main(options) == matrix.EXIT_USAGE

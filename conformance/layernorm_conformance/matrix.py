@@ -12,6 +12,7 @@ ran no check never reads as a pass.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ EXIT_CODES = {
     EXIT_OK: "every check passed or was skipped",
     EXIT_FAILED: "a check failed",
     EXIT_USAGE: "usage error: a bad option, an unknown backend, none installed, an --out or --markdown that cannot be "
-    "written, a --merge file missing or unreadable",
+    "written, a backend or --merge file given twice, a --merge file missing or unreadable",
     EXIT_CRASHED: "a backend's run crashed (pytest interrupted, say by an error while collecting): results incomplete",
     EXIT_EMPTY: "a backend checked nothing: its run held no check (nothing matched -k, --dtype or --device), every "
     "one was skipped (its framework missing, a --device or --dtype it does not run here), or its merged file holds "
@@ -135,13 +136,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_paths(args: argparse.Namespace) -> None:
     """UsageError, before anything runs, for an ``--out`` or a ``--markdown`` that cannot be written.
 
-    ``--out`` must not be a file; ``--markdown`` must be a file (or none yet) in an existing folder.
+    ``--out`` must be a folder, made here if it is not yet one; ``--markdown`` a UTF-8 text file (or none yet) in
+    an existing folder.
     """
-    if not args.merge and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a file, not a folder")
+    if not args.merge:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UsageError(f"--out {args.out} is a file, not a folder")
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot make the folder ({exc.strerror or exc})") from exc
     markdown = Path(args.markdown) if args.markdown else None
-    if markdown is not None and (markdown.is_dir() or not markdown.parent.is_dir()):
+    if markdown is None:
+        return
+    if markdown.is_dir() or not markdown.parent.is_dir():
         raise UsageError(f"--markdown {markdown}: a file in an existing folder, please")
+    try:
+        if markdown.is_symlink() or markdown.exists():  # a dangling link too: its target cannot be read
+            markdown.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--markdown {markdown} cannot be read as UTF-8 text: {exc}") from exc
+    if not os.access(markdown if markdown.exists() else markdown.parent, os.W_OK):
+        raise UsageError(f"--markdown {markdown} cannot be written")
 
 
 def _backends(args: argparse.Namespace) -> list[str]:
@@ -150,6 +166,10 @@ def _backends(args: argparse.Namespace) -> list[str]:
         raise UsageError("no backend is installed")
     for name in names:
         registry.declaration(name)  # an unknown name raises its BackendError now, before any run
+        if names.count(name) > 1:  # its runs would write one file, and count its checks twice
+            raise UsageError(f"--backend {name} is given more than once")
+        if (Path(args.out) / f"{name}.json").is_dir():
+            raise UsageError(f"--out {args.out}: {name}.json there is a folder, where its results go")
     return names
 
 
@@ -158,6 +178,10 @@ def _merged(paths: Sequence[str]) -> list[Run]:
     missing = [path for path in paths if not Path(path).is_file()]
     if missing:
         raise UsageError(f"no such results file: {', '.join(missing)}")
+    resolved = [Path(path).resolve() for path in paths]
+    again = [path for path, real in zip(paths, resolved, strict=True) if resolved.count(real) > 1]
+    if again:  # its checks would count twice
+        raise UsageError(f"a results file is given more than once: {', '.join(again)}")
     return [Run(Path(path).stem, Path(path), EXIT_OK) for path in paths]
 
 

@@ -128,7 +128,7 @@ def failures(records: Iterable[Record]) -> list[Record]:
 def update_markdown(path: str | Path, table: str) -> None:
     """Replace the text between the matrix markers of ``path`` with ``table`` (append the markers if absent)."""
     target = Path(path)
-    text = target.read_text() if target.exists() else ""
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
     block = f"{MATRIX_START}\n{table}\n{MATRIX_END}"
     if MATRIX_START in text and MATRIX_END in text:
         head, _, rest = text.partition(MATRIX_START)
@@ -136,4 +136,4 @@ def update_markdown(path: str | Path, table: str) -> None:
         text = head + block + tail
     else:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
-    target.write_text(text)
+    target.write_text(text, encoding="utf-8")

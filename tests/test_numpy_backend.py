@@ -412,6 +412,24 @@ def test_long_rows_match_the_reference_with_any_number_of_threads(
             np.testing.assert_array_equal(got, first)
 
 
+@pytest.mark.parametrize(("dtype", "most"), [("float32", 3.25), ("float16", 5.25)])
+def test_the_backward_of_a_few_long_rows_keeps_its_memory_near_its_outputs(dtype: str, most: float) -> None:
+    """Two rows of 2**21 values: dweight and dbias were summed in float64 though one block sums each column, and the
+    backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x)."""
+    import tracemalloc
+
+    x = np.random.default_rng(11).standard_normal((2, 2**21)).astype(dtype)
+    _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
+    layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd)  # the threads' kept scratch, made once
+    tracemalloc.start()
+    try:
+        layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= most * x.nbytes, f"peak {peak / x.nbytes:.2f}x x's bytes"
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "1.5", "two"])
 def test_a_bad_thread_count_is_a_backend_error_naming_the_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", value)

@@ -151,8 +151,8 @@ def _backward(
     normalized = _static(spec.normalized_shape)
     return (
         _from_layout(dxl, spec, layout),
-        dweight.astype(dtype).reshape(normalized),
-        dbias.astype(dtype).reshape(normalized),
+        dweight.astype(dtype, copy=False).reshape(normalized),
+        dbias.astype(dtype, copy=False).reshape(normalized),
     )
 
 

@@ -55,6 +55,8 @@ class Registry:
         self._manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._manager.add_hookspecs(hookspecs)
         self._discovered = False
+        self._discovering = False
+        """True while a thread registers the entry points: a child forked then holds only some of them."""
         self._declarations: dict[str, BackendDeclaration] = {}
         self._plugin_of: dict[str, str] = {}
         self._distribution_of: dict[str, str] = {}
@@ -124,7 +126,13 @@ class Registry:
         """Load and register every entry point of the group, in `_load_order`; a clash of names keeps the first."""
         if self._discovered:
             return
-        self._discovered = True
+        self._discovered = self._discovering = True
+        try:
+            self._register_entry_points()
+        finally:
+            self._discovering = False
+
+    def _register_entry_points(self) -> None:
         kept: dict[str, importlib.metadata.EntryPoint] = {}
         for entry_point in _load_order(importlib.metadata.entry_points(group=self._group)):
             first = kept.setdefault(entry_point.name, entry_point)
@@ -507,7 +515,14 @@ registry = Registry()
 
 
 def _unlock_in_child() -> None:
-    """A new lock for a forked child: a thread of the parent that held it (loading a backend) does not run there."""
+    """A new lock for a forked child, where the parent's thread that held it (loading a backend) does not run.
+
+    A child forked while that thread registered the entry points has only some of them: it starts again. One
+    forked while a backend's framework was being imported may still wait, in Python's import of that module, if
+    it uses that backend too.
+    """
+    if registry._discovering:
+        registry.__init__(entry_point_group=registry._group)  # type: ignore[misc]
     registry._lock = threading.RLock()
 
 

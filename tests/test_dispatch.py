@@ -433,7 +433,7 @@ held, release = threading.Event(), threading.Event()
 
 
 def hold() -> None:
-    with registry._lock:  # as a thread importing a backend holds it (TensorFlow's import takes seconds)
+    with registry._lock:  # as a thread loading another backend holds it
         held.set()
         release.wait()
 
@@ -462,6 +462,46 @@ release.set()
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_child_forked_while_a_thread_loads_a_backend_runs() -> None:
     """The registry's lock, held by a thread of the parent that the child does not have: the child's first lookup
-    waited on it forever."""
+    waited on it forever. (A child that imports the very framework that thread was importing still waits, in
+    Python's import of that module.)"""
     out = subprocess.run([sys.executable, "-c", FORK_WHILE_LOADING], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["exit", "0"], out.stdout + out.stderr
+
+
+FORK_WHILE_DISCOVERING = """
+import os, threading, time
+import numpy as np
+import layernorm
+from layernorm_core.registry import registry
+
+first_done = threading.Event()
+collect = registry._collect
+
+
+def slow_collect(name, plugin):  # the next plugin's import is slow (a third-party plugin importing its framework)
+    collect(name, plugin)
+    first_done.set()
+    time.sleep(0.5)
+
+
+registry._collect = slow_collect
+threading.Thread(target=registry.names, daemon=True).start()
+first_done.wait()
+pid = os.fork()
+if pid == 0:
+    names = registry.names()
+    layernorm.layer_norm(np.ones((2, 4), np.float32), backend="numpy")
+    print(" ".join(names), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(" ".join(registry.names()))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_child_forked_while_a_thread_registers_the_plugins_registers_them_all() -> None:
+    """The child had the plugins the parent's thread had registered so far, and counted them as all: the others
+    were unknown backends to it for good."""
+    out = subprocess.run([sys.executable, "-c", FORK_WHILE_DISCOVERING], capture_output=True, text=True, timeout=120)
+    child, parent = out.stdout.splitlines()
+    assert child == parent and "numpy" in child.split(), out.stdout + out.stderr

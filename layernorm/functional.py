@@ -56,7 +56,7 @@ def layer_norm(
     tracing = dynamo_tracing()
     spec = check_forward("layer_norm", x, weight, bias, axis, eps, tracing)
     if spec.weak_params:
-        weight, bias = strong_params(spec, weight, bias)
+        weight, bias = strong_params(spec, x, weight, bias)
     if return_stats is not True and return_stats is not False:
         raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight, bias), backend, tracing)
@@ -88,7 +88,7 @@ def rms_norm(
     tracing = dynamo_tracing()
     spec = check_forward("rms_norm", x, weight, None, axis, eps, tracing)
     if spec.weak_params:
-        (weight,) = strong_params(spec, weight)
+        (weight,) = strong_params(spec, x, weight)
     if return_stats is not True and return_stats is not False:
         raise not_a_bool_error("return_stats", return_stats)
     engine = local_engine(x, (weight,), backend, tracing)
@@ -150,7 +150,7 @@ def layer_norm_backward(
     tracing = dynamo_tracing()
     spec = check_backward("layer_norm", dy, x, weight, axis, eps, mean, rstd, tracing)
     if spec.weak_params:
-        (weight,) = strong_params(spec, weight)
+        (weight,) = strong_params(spec, x, weight)
     engine = local_engine(x, (dy, weight, mean, rstd), backend, tracing)
     if engine is not None:
         return engine.layer_norm_backward(dy, x, weight, spec, mean, rstd)
@@ -207,7 +207,7 @@ def rms_norm_backward(
     tracing = dynamo_tracing()
     spec = check_backward("rms_norm", dy, x, weight, axis, eps, None, rstd, tracing)
     if spec.weak_params:
-        (weight,) = strong_params(spec, weight)
+        (weight,) = strong_params(spec, x, weight)
     engine = local_engine(x, (dy, weight, rstd), backend, tracing)
     if engine is not None:
         return engine.rms_norm_backward(dy, x, weight, spec, rstd)

@@ -143,19 +143,18 @@ def _is_weak(param: Any) -> bool:
     return getattr(param, "weak_type", False) is True
 
 
-def strong_params(spec: NormSpec, *params: Any) -> tuple[Any, ...]:
+def strong_params(spec: NormSpec, x: Any, *params: Any) -> tuple[Any, ...]:
     """``params`` with each weakly typed one that the table refuses (``spec.weak_params``) cast to x's dtype.
 
-    Cast by the dtype's name, which the parameter's own framework reads: a JAX weight beside a torch x becomes a
-    JAX array of x's dtype, which the dispatch then refuses as of another framework (a DTypeError). Such a cast
-    to float64 while JAX's x64 is off would warn of its truncation; a JAX x is never float64 then.
+    Only beside an x that has weak types itself (JAX's): a JAX weight beside a torch x stays as it is, and the
+    dispatch refuses the mixed frameworks (a DTypeError).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tuple(
-            p.astype(spec.dtype) if _is_weak(p) and dtype_name(p.dtype) not in (spec.dtype, spec.compute_dtype) else p
-            for p in params
-        )
+    if not hasattr(x, "weak_type"):
+        return params
+    return tuple(
+        p.astype(x.dtype) if _is_weak(p) and dtype_name(p.dtype) not in (spec.dtype, spec.compute_dtype) else p
+        for p in params
+    )
 
 
 def check_backward(

@@ -243,27 +243,21 @@ def test_long_channels_first_rows_keep_their_layout() -> None:
 
 
 @pytest.mark.parametrize("n", [16384, 65536])
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-def test_long_channels_first_sums_stay_accurate(op: str, n: int) -> None:
+def test_long_channels_first_sums_stay_accurate(n: int) -> None:
     """ReLU-like rows of float32 values over a middle axis, a N(0, 1) weight: one running sum per column along
     them (einsum's, NumPy's strided reduction) gave y 4.6 times the tolerance at 16384 values; at 65536, one
-    running sum of the sums of runs of values gave 1.06 times."""
+    running sum of the sums of runs of values gave 1.06 times. (rms_norm's sums of squares of such rows stayed
+    within 0.43 of it either way.)"""
     rng = np.random.default_rng(2)
     x = (np.maximum(rng.standard_normal((2, n, 64)), 0) * 3).astype(np.float32)
     w = rng.standard_normal(n).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    spec = check_forward(op, x, w, None, 1, 1e-5)  # type: ignore[arg-type]
+    spec = check_forward("layer_norm", x, w, None, 1, 1e-5)
     cond = row_condition(x, spec)
-    if op == "layer_norm":
-        y, _, rstd = layernorm.layer_norm(x, w, axis=1, return_stats=True)
-        ref_y, _, ref_rstd = reference.layer_norm(x, w, None, spec)
-        dx = layernorm.layer_norm_backward(dy, x, w, axis=1)[0]
-        ref_dx = reference.layer_norm_backward(dy, x, w, spec)[0]
-    else:
-        y, rstd = layernorm.rms_norm(x, w, axis=1, return_stats=True)
-        ref_y, ref_rstd = reference.rms_norm(x, w, spec)
-        dx = layernorm.rms_norm_backward(dy, x, w, axis=1)[0]
-        ref_dx = reference.rms_norm_backward(dy, x, w, spec)[0]
+    y, _, rstd = layernorm.layer_norm(x, w, axis=1, return_stats=True)
+    ref_y, _, ref_rstd = reference.layer_norm(x, w, None, spec)
+    dx = layernorm.layer_norm_backward(dy, x, w, axis=1)[0]
+    ref_dx = reference.layer_norm_backward(dy, x, w, spec)[0]
     assert error_ratio(y, ref_y, tolerance("float32", "output"), cond) <= 1
     assert error_ratio(rstd, ref_rstd, tolerance("float32", "stats"), cond) <= 1
     scale = gradient_scale(dy, w, ref_rstd, spec)

@@ -324,9 +324,9 @@ FAR_PIVOT = 4.0
 again about the mean."""
 NEVER_FAR_ROW = int(FAR_PIVOT**2) + 1
 """The longest row whose first value cannot lie over `FAR_PIVOT` deviations from the row's mean: a value lies at
-most sqrt(N - 1) deviations from it. Longer rows are checked (`_recenter_far_rows`): with a far first value, a 3-D
-layout's running sums erred by up to 0.96 of the float32 tolerance at 48 values, a 2-D row of 63 (summed
-pairwise, with a N(0, 1) weight) by 1.28, and rows of 256 to 1024 by 2.5 and more."""
+most sqrt(N - 1) deviations from it. Longer rows are checked (`_recenter_far_rows`): with a far first value, y
+erred by 1.02 times the float32 tolerance over a middle axis of 48 values (test_a_large_first_activation), by
+1.28 times in a row of 63 (summed pairwise; with a N(0, 1) weight), and by 2.5 times and more at 512."""
 
 
 def _recenter_far_rows(

@@ -136,7 +136,7 @@ class LayerNormalization(keras.layers.Layer):
     def __init__(
         self,
         axis: int | list[int] | tuple[int, ...] = -1,
-        epsilon: float = 1e-3,
+        epsilon: float | None = 1e-3,
         center: bool = True,
         scale: bool = True,
         beta_initializer: Any = "zeros",
@@ -240,7 +240,9 @@ class RMSNormalization(keras.layers.Layer):
 
     """
 
-    def __init__(self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float = 1e-6, **kwargs: Any) -> None:
+    def __init__(
+        self, axis: int | list[int] | tuple[int, ...] = -1, epsilon: float | None = 1e-6, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.axis = _axes(int(axis) if isinstance(axis, np.integer) else axis)  # Keras's takes a NumPy integer
         self.epsilon = epsilon

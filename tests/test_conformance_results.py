@@ -187,6 +187,12 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
     assert "python -m layernorm check: error:" in capsys.readouterr().err
 
 
+def test_a_usage_error_leaves_no_out_folder_behind(tmp_path: Path) -> None:
+    """An unknown backend is refused before anything is written: no --out folder is made for it."""
+    assert matrix.main(["--backend", "nosuch", "--out", str(tmp_path / "a" / "b")]) == matrix.EXIT_USAGE
+    assert not (tmp_path / "a").exists()
+
+
 def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[dict] | None) -> None:
     """Let every backend run end with pytest's ``returncode``, having written ``records`` (None: no file)."""
 

@@ -136,16 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_paths(args: argparse.Namespace) -> None:
     """UsageError, before anything runs, for an ``--out`` or a ``--markdown`` that cannot be written.
 
-    ``--out`` must be a folder, made here if it is not yet one; ``--markdown`` a UTF-8 text file (or none yet) in
-    an existing folder.
+    ``--out`` must be a folder, or none yet under folders; ``--markdown`` a UTF-8 text file (or none yet) in an
+    existing folder.
     """
     if not args.merge:
-        if Path(args.out).exists() and not Path(args.out).is_dir():
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out} is a file, not a folder")
-        try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {args.out}: cannot make the folder ({exc.strerror or exc})") from exc
+        existing = next(folder for folder in out.absolute().parents if folder.exists())
+        if not out.exists() and not existing.is_dir():
+            raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
     markdown = Path(args.markdown) if args.markdown else None
     if markdown is None:
         return

@@ -230,13 +230,7 @@ class RMSNormalization(keras.layers.Layer):
     ``mixed_bfloat16``), as with Keras's own layer. Input: any shape that has the axes ``axis`` names (their sizes
     fixed when the layer is built).
 
-    Raises:
-        ValueError: an axis out of range, from `compute_output_shape`.
-        TypeError: ``axis`` not an int or a list or tuple of ints, at construction.
-        IndexError: an axis out of the input's range, when the layer is built (as Keras's).
-        DTypeError: an integer, bool or complex input, when called.
-        ShapeError: an input whose sizes along ``axis`` are not those the layer was built for, when called.
-        ArgumentError: ``epsilon`` negative, NaN or infinite, when called.
+    Raises: as `LayerNormalization`'s, but for ``rms_scaling``, which this layer does not take.
 
     """
 

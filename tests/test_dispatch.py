@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from forked import WAIT_FOR_CHILD
 from registered_plugin import registered
 
 import layernorm
@@ -423,8 +424,9 @@ def test_an_array_bound_to_no_device_goes_with_the_bound_ones(two_devices: list[
     assert two_devices == ["accel:0", "accel", "accel"]
 
 
-FORK_WHILE_LOADING = """
-import os, signal, threading, time
+FORK_WHILE_LOADING = (
+    """
+import os, threading
 import numpy as np
 import layernorm
 from layernorm_core.registry import registry
@@ -444,19 +446,9 @@ pid = os.fork()
 if pid == 0:
     y = layernorm.layer_norm(np.ones((2, 4), np.float32), backend="numpy")
     os._exit(0 if y.shape == (2, 4) else 1)
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        print("exit", os.waitstatus_to_exitcode(status))
-        break
-    time.sleep(0.05)
-else:
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    print("hung")
-release.set()
 """
+    + WAIT_FOR_CHILD
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from cases import HOST_DTYPES, shape_cases
+from forked import WAIT_FOR_CHILD
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from layernorm_numpy import kernels
@@ -505,9 +506,10 @@ def test_backward_is_unchanged_by_the_calls_between() -> None:
             np.testing.assert_array_equal(got, again)
 
 
-FORKED_CHILD = textwrap.dedent(
-    """
-    import os, signal, time
+FORKED_CHILD = (
+    textwrap.dedent(
+        """
+    import os
     import numpy as np
     import layernorm
     from layernorm_numpy.kernels import PARALLEL_MIN_BYTES
@@ -517,18 +519,9 @@ FORKED_CHILD = textwrap.dedent(
     pid = os.fork()
     if pid == 0:
         os._exit(0 if np.array_equal(layernorm.layer_norm(x), y) else 1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            print("exit", os.waitstatus_to_exitcode(status))
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        print("hung")
     """
+    )
+    + WAIT_FOR_CHILD
 )
 
 

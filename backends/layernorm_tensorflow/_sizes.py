@@ -39,7 +39,7 @@ def checked(t: Tensor, role: Role, x: Tensor, spec: NormSpec) -> Tensor:
     assertion = tf.debugging.assert_equal(tf.shape(t), expected, message=message)
     with tf.control_dependencies([assertion]):
         t = tf.identity(t)  # what reads t waits for the assertion (grappler keeps an op's own control inputs)
-    return tf.reshape(t, tf.shape(tf.broadcast_to(t, expected)))
+    return _keeping_static_shape(t, tf.reshape(t, tf.shape(tf.broadcast_to(t, expected))))
 
 
 def nonempty(x: Tensor, spec: NormSpec) -> Tensor:
@@ -58,7 +58,19 @@ def nonempty(x: Tensor, spec: NormSpec) -> Tensor:
         with tf.control_dependencies([assertion]):
             x = tf.identity(x)
     normalized = tf.constant([d in spec.axes for d in range(spec.ndim)])
-    return tf.reshape(x, tf.shape(tf.broadcast_to(x, tf.where(normalized, tf.maximum(shape, 1), shape))))
+    return _keeping_static_shape(
+        x, tf.reshape(x, tf.shape(tf.broadcast_to(x, tf.where(normalized, tf.maximum(shape, 1), shape))))
+    )
+
+
+def _keeping_static_shape(t: Tensor, checked: Tensor) -> Tensor:
+    """``checked`` (``t`` through a shape check) with the sizes ``t`` was known to have.
+
+    A reshape to a shape known only at run time forgets them: a known size 1 of x's became unknown in y, and a
+    Keras Dense layer after it could not be built.
+    """
+    checked.set_shape(t.shape)
+    return checked
 
 
 def _static_expected(role: Role, spec: NormSpec) -> tuple[int | None, ...]:

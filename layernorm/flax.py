@@ -11,8 +11,9 @@ What Flax offers and these refuse, with a ValueError at construction: cross-devi
 and LayerNorm's ``use_fast_variance=True``, Flax's default, which computes ``E[x^2] - E[x]^2`` (layernorm's variance
 is always two-pass, as ``use_fast_variance=False`` asks; RMSNorm has no mean, so the flag changes nothing there and
 either value is taken). ``__call__`` takes no ``mask``. Without a ``promote_dtype`` function (None, the default
-here), x is promoted with the parameters as Flax's default does, but float32 parameters of a half x stay float32
-(the core's rule; Flax's default rounds them to x's dtype); with one, x and the parameters are what it returns.
+here), x is promoted with the parameters as Flax's default does, but float32 parameters stay float32 where
+``dtype`` is half (the core's rule; Flax's default rounds them to ``dtype``); with one, x and the parameters are
+what it returns.
 
 ``num_features`` may also be a tuple, the parameters' shape, for several ``feature_axes``.
 
@@ -201,7 +202,7 @@ class LayerNorm(_Norm):
             along ``feature_axes``; an axis out of x's range.
         DTypeError: a complex x.
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
-            a sequence of ints.
+            an iterable of ints.
 
     """
 
@@ -258,7 +259,7 @@ class RMSNorm(_Norm):
             along ``feature_axes``; an axis out of x's range.
         DTypeError: a complex x.
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
-            a sequence of ints.
+            an iterable of ints.
 
     """
 

@@ -5,7 +5,7 @@ lies in memory, reduced over the middle axis and vectorized over the inner one; 
 
 Statistics are shifted two-pass: the values are first shifted by their first element along N (exact for values
 close to it, by Sterbenz's lemma), so values like 1e4 + N(0, 1e-2) keep their digits; then mean, then the
-variance of the centred values. Never E[x^2] - E[x]^2. A long row whose first element lies far from its mean is
+variance of the centred values. Never E[x^2] - E[x]^2. A row whose first element lies far from its mean is
 computed again, shifted by that mean (`_recenter_far_rows`).
 """
 
@@ -344,7 +344,7 @@ def _recenter_far_rows(
     Far: over `FAR_PIVOT` deviations (``1 / rstd``). x - pivot rounds by about u * |pivot - mean| a value, and the
     sum of those differences, of that size each, by about log2(N) times more: a row of 65536 float32 values whose
     first is 1000 while the rest are N(0, 1) (one large activation) gave y 2.0 times the float32 tolerance and its
-    mean 1.3 times; rows of 512 gave y 2.5 times (6 times over a middle axis, in one running sum a column). About
+    mean 1.3 times; rows of 512 gave y 2.5 times (4.5 to 6 times over a middle axis, in one running sum a column). About
     the mean, `forward`'s correction by what is left of it makes both exact to the tolerance. A row's decision
     reads its own statistics only, and its second pass is `forward` of its own values, so a row alone and in a
     batch give the same bits. Rows up to `NEVER_FAR_ROW` long need none. The check reads the statistics once a

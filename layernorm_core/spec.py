@@ -221,7 +221,7 @@ def _forward_spec(
     weight_dtype: Any,
     bias_shape: Shape | None,
     bias_dtype: Any,
-    weak: tuple[bool, bool] = (False, False),
+    weak: tuple[bool, bool],
 ) -> NormSpec:
     x_name = dtype_name(x_dtype)
     if x_name not in FLOAT_DTYPES:

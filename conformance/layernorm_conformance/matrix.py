@@ -141,11 +141,13 @@ def _check_paths(args: argparse.Namespace) -> None:
     """
     if not args.merge:
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {args.out} is a file, not a folder")
-        existing = next(folder for folder in out.absolute().parents if folder.exists())
-        if not out.exists() and not existing.is_dir():
-            raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
+        if out.exists():
+            if not out.is_dir():
+                raise UsageError(f"--out {args.out} is a file, not a folder")
+        else:
+            existing = next(folder for folder in out.absolute().parents if folder.exists())
+            if not existing.is_dir():
+                raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
     markdown = Path(args.markdown) if args.markdown else None
     if markdown is None:
         return

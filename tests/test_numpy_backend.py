@@ -378,6 +378,7 @@ LONG_ROWS = [
     pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns and a short last one
     pytest.param((9, 35, 2003), (1, 2), id="row-groups"),  # 70105 columns; groups of rows, the last one short
     pytest.param((2, 3, 40000), (0, 2), id="transposed"),  # rows of 80000 made by moving the axes last
+    pytest.param((70, 20000), -1, id="a-row-a-block"),  # two runs of 10000 columns; groups of rows, the last short
 ]
 
 
@@ -407,13 +408,24 @@ def test_long_rows_match_the_reference_with_any_number_of_threads(
             np.testing.assert_array_equal(got, first)
 
 
-@pytest.mark.parametrize(("dtype", "most"), [("float32", 3.25), ("float16", 5.25)])
-def test_the_backward_of_a_few_long_rows_keeps_its_memory_near_its_outputs(dtype: str, most: float) -> None:
+@pytest.mark.parametrize(
+    ("shape", "dtype", "most"),
+    [
+        pytest.param((2, 2**21), "float32", 3.25, id="few-long-rows-float32"),
+        pytest.param((2, 2**21), "float16", 5.25, id="few-long-rows-float16"),
+        pytest.param((64, 65536), "float32", 2.0, id="a-row-a-block-float32"),
+        pytest.param((128, 32768), "float64", 2.0, id="a-row-a-block-float64"),
+        pytest.param((64, 65536), "float16", 2.5, id="a-row-a-block-float16"),
+    ],
+)
+def test_the_backward_keeps_its_memory_near_its_outputs(shape: tuple[int, ...], dtype: str, most: float) -> None:
     """Two rows of 2**21 values: dweight and dbias were summed in float64 though one block sums each column, and the
-    backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x)."""
+    backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x). Rows of 256 KiB in the compute
+    dtype, one a block: each block's column sums, in float64 and held until the call ended, took twice the block's
+    bytes, and the backward peaked at 5x x's bytes in float32 (3x in float64, 9x in float16)."""
     import tracemalloc
 
-    x = np.random.default_rng(11).standard_normal((2, 2**21)).astype(dtype)
+    x = np.random.default_rng(11).standard_normal(shape).astype(dtype)
     _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
     layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd)  # the threads' kept scratch, made once
     tracemalloc.start()

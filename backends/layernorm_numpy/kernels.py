@@ -42,8 +42,14 @@ KEPT_MAX_BYTES = 8 * BLOCK_BYTES
 """Most scratch a thread keeps between calls (`_kept`); a worker that needs more gets fresh arrays."""
 DOT_CHUNK = 1 << 12
 """Longest run of elements that one dot product sums in a row's variance and backward sums (`_long_row_dot`)."""
-LONG_ROW_WIDTH = 1 << 14
-"""Columns in a block of the backward of rows longer than a block (`_long_rows_backward`)."""
+LONG_ROW = 1 << 14
+"""Longest row whose backward goes by blocks of whole rows; longer ones go by `_long_rows_backward`.
+
+A block of whole rows returns its column sums in float64, held until the call ends: as large as the block where it
+holds 2 rows of float32, and glibc maps and unmaps each array over 128 KiB (this many float64 values). Rows of 65536
+float32 values peaked at 5x x's bytes and took 3.7x the time of rows of 65600 (16352 page faults a 16 MiB call)."""
+LONG_ROW_BYTES = 64 * 1024
+"""Most bytes of the compute dtype in one row of a block of `_long_rows_backward` (16384 float32 values)."""
 _KEPT_LAYOUTS = 16
 """Scratch layouts (shapes and dtype) whose views a thread keeps: a program's few array shapes, and the blocks."""
 THREADS_VARIABLE = "LAYERNORM_NUMPY_THREADS"
@@ -385,11 +391,11 @@ def backward(
 
     In the compute dtype where one block sums each column (`_long_rows_backward` of one group of rows). Layouts as
     in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`;
-    rows longer than a block go by `_long_rows_backward`. ``quiet`` (eps = 0, where rstd may be inf) silences
+    rows longer than `LONG_ROW` go by `_long_rows_backward`. ``quiet`` (eps = 0, where rstd may be inf) silences
     NumPy's floating-point warnings.
     """
     n = x.shape[1]
-    if x.ndim == 2 and n * compute.itemsize > BLOCK_BYTES:
+    if x.ndim == 2 and n > LONG_ROW:
         return _long_rows_backward(dy, x, weight, mean, rstd, compute, dx, quiet)
     inv_n = 1.0 / n
     weight = _along_axis_1(weight, x.ndim)
@@ -439,7 +445,7 @@ def _long_rows_backward(
     dx: Array,
     quiet: bool,
 ) -> tuple[Array, Array]:
-    """`backward` of a 2-D layout of rows longer than a block: blocks of a few rows and `LONG_ROW_WIDTH` columns.
+    """`backward` of a 2-D layout of long rows: blocks of a few rows and equal runs of `LONG_ROW_BYTES` or less.
 
     A row's dx needs two sums over the whole row. The first pass sums, in each block, its rows (g, and g * xhat)
     and its columns (dweight, dbias); the sums of a row's blocks are added in float64, in the grid's order (the
@@ -448,7 +454,8 @@ def _long_rows_backward(
     NumPy's own formula, mostly spent allocating and page-faulting full-row temporaries.
     """
     rows, n = x.shape
-    width = min(n, LONG_ROW_WIDTH)
+    chunks = -(-n * compute.itemsize // LONG_ROW_BYTES)
+    width = -(-n // chunks)  # equal chunks: a last chunk of a few columns cost 1.2x at rows of 17384 float32
     group = max(1, BLOCK_BYTES // (width * compute.itemsize))
     blocks: list[Block] = [
         (slice(r0, min(r0 + group, rows)), slice(c0, min(c0 + width, n)))

@@ -411,8 +411,9 @@ def test_long_rows_match_the_reference_with_any_number_of_threads(
 @pytest.mark.parametrize(
     ("shape", "dtype", "most"),
     [
-        pytest.param((2, 2**21), "float32", 3.25, id="few-long-rows-float32"),
-        pytest.param((2, 2**21), "float16", 5.25, id="few-long-rows-float16"),
+        pytest.param((2, 2**21), "float32", 2.25, id="few-long-rows-float32"),
+        pytest.param((2, 2**21), "float16", 4.25, id="few-long-rows-float16"),
+        pytest.param((1, 2**21), "float64", 3.25, id="one-long-row-float64"),
         pytest.param((64, 65536), "float32", 2.0, id="a-row-a-block-float32"),
         pytest.param((128, 32768), "float64", 2.0, id="a-row-a-block-float64"),
         pytest.param((64, 65536), "float16", 2.5, id="a-row-a-block-float16"),
@@ -420,9 +421,10 @@ def test_long_rows_match_the_reference_with_any_number_of_threads(
 )
 def test_the_backward_keeps_its_memory_near_its_outputs(shape: tuple[int, ...], dtype: str, most: float) -> None:
     """Two rows of 2**21 values: dweight and dbias were summed in float64 though one block sums each column, and the
-    backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x). Rows of 256 KiB in the compute
-    dtype, one a block: each block's column sums, in float64 and held until the call ended, took twice the block's
-    bytes, and the backward peaked at 5x x's bytes in float32 (3x in float64, 9x in float16)."""
+    backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x); then at 3x and 6x, each block's
+    column sums held until the call ended (one float64 row: 5x, where its outputs take 3x). Rows of 256 KiB in the
+    compute dtype, one a block: each block's column sums, in float64 and held until the call ended, took twice the
+    block's bytes, and the backward peaked at 5x x's bytes in float32 (3x in float64, 9x in float16)."""
     import tracemalloc
 
     x = np.random.default_rng(11).standard_normal(shape).astype(dtype)

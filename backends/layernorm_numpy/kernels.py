@@ -481,10 +481,19 @@ def _long_rows_backward(
         )
         return xhat, dyb, g, rstd[row]
 
-    def make_summing_worker(largest: tuple[int, ...]) -> Callable[[Block], tuple[Array | None, Array, Array, Array]]:
+    # With one group of rows, one block sums each column, into dweight and dbias themselves, in the compute dtype:
+    # in float64 they doubled the memory of the largest outputs (rows of 2**22 float16 values peaked at 7x the
+    # input's bytes), and each block's sums, held until the call ended, took as much again (one float32 row: 5x).
+    one_group = rows <= group
+    dweight = np.zeros(n, dtype=compute if one_group else np.float64)
+    dbias = np.zeros(n, dtype=dweight.dtype)
+
+    def make_summing_worker(
+        largest: tuple[int, ...],
+    ) -> Callable[[Block], tuple[Array | None, Array, Array | None, Array | None]]:
         kept = _kept((largest,) * 4, compute)
 
-        def work(block: Block) -> tuple[Array | None, Array, Array, Array]:
+        def work(block: Block) -> tuple[Array | None, Array, Array | None, Array | None]:
             xhat, dyb, g, _ = inputs_of(block, kept)
             product = _scratch(kept[3], xhat.shape)
             g_sum = None if mean is None else np.add.reduce(g, axis=1)
@@ -492,25 +501,25 @@ def _long_rows_backward(
             _row_dot(g, xhat, gx_sum)
             np.multiply(dyb, xhat, out=product)
             # A few rows each (`group`): summed in the compute dtype, 5-10x faster than a float64 sum of so few
+            if one_group:  # the block's own columns: no other block writes them
+                np.add.reduce(product, axis=0, out=dweight[block[1]])
+                np.add.reduce(dyb, axis=0, out=dbias[block[1]])
+                return g_sum, gx_sum, None, None
             return g_sum, gx_sum, np.add.reduce(product, axis=0), np.add.reduce(dyb, axis=0)
 
         return work
 
     g_sums = None if mean is None else np.zeros(rows, dtype=np.float64)
     gx_sums = np.zeros(rows, dtype=np.float64)
-    # With one group of rows, one block sums each column: adding it to 0 in float64 kept its bits and doubled the
-    # memory of the largest outputs (rows of 2**22 float16 values peaked at 7x the input's bytes).
-    columns_dtype = np.float64 if rows > group else compute
-    dweight = np.zeros(n, dtype=columns_dtype)
-    dbias = np.zeros(n, dtype=columns_dtype)
     for (row, columns), (g_sum, gx_sum, block_dweight, block_dbias) in zip(
         blocks, _for_blocks(x, make_summing_worker, compute.itemsize, quiet, blocks), strict=True
     ):
         if g_sums is not None and g_sum is not None:
             g_sums[row] += g_sum
         gx_sums[row] += gx_sum
-        dweight[columns] += block_dweight
-        dbias[columns] += block_dbias
+        if block_dweight is not None and block_dbias is not None:
+            dweight[columns] += block_dweight
+            dbias[columns] += block_dbias
     g_means = None if g_sums is None else (g_sums / n).astype(compute).reshape(rows, 1)
     gx_means = (gx_sums / n).astype(compute).reshape(rows, 1)
 

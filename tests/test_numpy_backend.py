@@ -164,6 +164,42 @@ def test_eps_zero_constant_rows_are_nan_without_warnings(rows: int) -> None:
     assert np.isnan(dweight).all() and np.isfinite(dbias).all()  # dweight sums the NaN row's dy * xhat
 
 
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((4, 256), -1), ((4, 40, 64), 1), ((4, 3, 5), (0, 2)), ((3, 2**17 + 3), -1)],
+    ids=["rows", "channels-first", "transposed", "long-rows"],
+)
+def test_eps_zero_keeps_the_warning_of_a_row_holding_an_inf(shape: tuple[int, ...], axis: object) -> None:
+    """eps = 0 silenced the whole call, to give a zero row's NaN quietly: a row holding an inf, which warns under
+    the caller's np.errstate (docs/spec.md), gave no warning, and no FloatingPointError under invalid="raise"."""
+    x, w, b, dy = _inputs(shape, axis, np.dtype(np.float32))
+    spec = check_forward("layer_norm", x, w, b, axis, 0.0)
+    x[tuple(0 if d in spec.batch_axes else slice(None) for d in range(x.ndim))] = 0.0  # rstd inf, y NaN, silently
+    second = tuple(int(d == spec.batch_axes[-1]) if d in spec.batch_axes else 1 for d in range(x.ndim))
+    x[second] = np.inf  # the second row's y is NaN too, with a warning
+    with np.errstate(invalid="ignore"):
+        _, mean, rstd = layernorm.layer_norm(x, w, b, axis=axis, eps=0.0, return_stats=True)
+        rms_rstd = layernorm.rms_norm(x, w, axis=axis, eps=0.0, return_stats=True)[1]
+    for call in (
+        lambda: layernorm.layer_norm(x, w, b, axis=axis, eps=0.0),
+        lambda: layernorm.rms_norm(x, w, axis=axis, eps=0.0),
+        lambda: layernorm.layer_norm_backward(dy, x, w, axis=axis, eps=0.0, mean=mean, rstd=rstd),
+        lambda: layernorm.rms_norm_backward(dy, x, w, axis=axis, eps=0.0, rstd=rms_rstd),
+    ):
+        with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+            call()
+        with pytest.warns(RuntimeWarning, match="invalid value"):
+            call()
+    x[np.isinf(x)] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, _, rstd = layernorm.layer_norm(x, w, b, axis=axis, eps=0.0, return_stats=True)
+        dx = layernorm.layer_norm_backward(dy, x, w, axis=axis, eps=0.0)[0]
+    first_row = np.broadcast_to(np.isposinf(rstd), x.shape)
+    assert np.isposinf(rstd).sum() == 1 and np.isnan(y[first_row]).all() and np.isnan(dx[first_row]).all()
+    assert np.isfinite(y[~first_row]).all() and np.isfinite(dx[~first_row]).all()
+
+
 def test_constant_rows_give_the_bias() -> None:
     x = np.full((3, 8), 7.25, np.float32)
     b = np.arange(8, dtype=np.float32)

@@ -146,7 +146,7 @@ def _backward(
         np.asarray(rstd, dtype=compute).reshape(stats),
         compute,
         dxl,
-        quiet=compute.type(spec.eps) == 0,  # an eps below the dtype's range is 0 in it too
+        infinite_rstd=compute.type(spec.eps) == 0,  # an eps below the dtype's range is 0 in it too
     )
     normalized = _static(spec.normalized_shape)
     return (

@@ -157,7 +157,6 @@ def _for_blocks(
     x: Array,
     make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]],
     item_bytes: int,
-    quiet: bool,
     blocks: list[Block] | None = None,
 ) -> list[T]:
     """Run workers over the cache-sized ``blocks`` of layout ``x`` (default `_grid`'s), split across threads.
@@ -165,13 +164,10 @@ def _for_blocks(
     Inputs under `PARALLEL_MIN_BYTES` run on the calling thread. ``make_worker(shape)`` is called once per thread
     (to allocate that thread's scratch for blocks of at most ``shape``, the first block's) and returns
     ``work(block)``, called for each of that thread's blocks. Returns what ``work`` returned, in the grid's order
-    (the same for any number of threads). With ``quiet`` the workers run without NumPy's floating-point warnings
-    (`_quiet`).
+    (the same for any number of threads).
     """
     if x.size == 0:
         return []
-    if quiet:
-        make_worker = _quiet(make_worker)
     if blocks is None:
         if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block: skip making it
             return [make_worker(x.shape)((slice(None),))]
@@ -219,25 +215,18 @@ def _under_callers_errstate(run: Callable[[int], None]) -> Callable[[int], None]
     return run_there
 
 
-def _quiet(
-    make_worker: Callable[[tuple[int, ...]], Callable[[Block], T]],
-) -> Callable[[tuple[int, ...]], Callable[[Block], T]]:
-    """``make_worker`` whose workers run each block without NumPy's divide-by-zero and invalid-value warnings.
+def _finite_rstd(rstd: Array) -> tuple[Array, Array | None]:
+    """``rstd`` with its infinities set to 0, and where they were; ``rstd`` itself and None where it has none.
 
-    For eps = 0, where a constant row's infinite rstd and NaN output are the spec's answer (the other backends
-    give it silently). NumPy keeps this state per thread, so it is set in the thread that runs the block.
+    With eps = 0 a constant row's rstd is inf and its y and dx are NaN, the formula's answer, which the other
+    backends give silently. Computed as 0 * inf, that NaN raised NumPy's invalid-value warning; so the kernels
+    multiply by 0 there and write the NaN. A row holding an inf still warns, under the caller's np.errstate
+    (docs/spec.md): silencing the whole call hid it, also from np.errstate(invalid="raise").
     """
-
-    def make_quiet_worker(largest: tuple[int, ...]) -> Callable[[Block], T]:
-        work = make_worker(largest)
-
-        def quiet_work(block: Block) -> T:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return work(block)
-
-        return quiet_work
-
-    return make_quiet_worker
+    infinite = np.isinf(rstd)
+    if not infinite.any():
+        return rstd, None
+    return np.where(infinite, 0, rstd).astype(rstd.dtype, copy=False), infinite
 
 
 def forward(
@@ -266,6 +255,7 @@ def forward(
     n = x.shape[1]
     inv_n = 1.0 / n
     same_dtype = x.dtype == compute  # y has x's dtype
+    formula_infinities = compute.type(eps) == 0  # rstd may be inf; an eps below the dtype's range is 0 in it too
     params = weight, bias
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
@@ -296,11 +286,16 @@ def forward(
             column *= inv_n
             column += eps
             np.sqrt(column, out=column)
-            np.reciprocal(column, out=column)
+            if formula_infinities:
+                with np.errstate(divide="ignore"):  # var + eps = 0: rstd is inf, the formula's answer
+                    np.reciprocal(column, out=column)
+            else:
+                np.reciprocal(column, out=column)
             rstd_out[block] = column
             if y is None:
                 return
             yb = y[block]
+            column, nan_rows = _finite_rstd(column) if formula_infinities else (column, None)
             last = yb if same_dtype else t
             if weight is None and bias is None:
                 np.multiply(t, column, out=last)
@@ -316,10 +311,12 @@ def forward(
                     np.add(t, bias, out=last)
             if not same_dtype:
                 np.copyto(yb, t, casting="unsafe")
+            if nan_rows is not None:
+                np.copyto(yb, np.nan, where=nan_rows)
 
         return work
 
-    _for_blocks(x, make_worker, compute.itemsize, quiet=compute.type(eps) == 0)
+    _for_blocks(x, make_worker, compute.itemsize)
     if not rms and pivots is None and n > NEVER_FAR_ROW and x.size:
         assert mean_out is not None
         _recenter_far_rows(x, *params, eps, compute, y, mean_out, rstd_out)
@@ -385,18 +382,18 @@ def backward(
     rstd: Array,
     compute: np.dtype[np.floating],
     dx: Array,
-    quiet: bool,
+    infinite_rstd: bool,
 ) -> tuple[Array, Array]:
     """Write dx into ``dx``; return the sums over all axes but axis 1 (dweight, dbias) in float64.
 
     In the compute dtype where one block sums each column (`_long_rows_backward` of one group of rows). Layouts as
     in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`;
-    rows longer than `LONG_ROW` go by `_long_rows_backward`. ``quiet`` (eps = 0, where rstd may be inf) silences
-    NumPy's floating-point warnings.
+    rows longer than `LONG_ROW` go by `_long_rows_backward`. ``infinite_rstd``: rstd may hold inf (eps = 0), whose
+    rows' dx is NaN (`_finite_rstd`).
     """
     n = x.shape[1]
     if x.ndim == 2 and n > LONG_ROW:
-        return _long_rows_backward(dy, x, weight, mean, rstd, compute, dx, quiet)
+        return _long_rows_backward(dy, x, weight, mean, rstd, compute, dx, infinite_rstd)
     inv_n = 1.0 / n
     weight = _along_axis_1(weight, x.ndim)
     batch_axes = (0, *range(2, x.ndim))
@@ -411,7 +408,9 @@ def backward(
             else:
                 xhat, dyb, g, dxb, product = (_scratch(buffer, xb.shape) for buffer in kept[:5])
                 g_mean, gx_mean = (_scratch(buffer, rstd_b.shape) for buffer in kept[5:])
-            dyb, g = _xhat_and_g(xb, dy[block], None if mean is None else mean[block], rstd_b, weight, xhat, dyb, g)
+            dyb, g = _xhat_and_g(
+                xb, dy[block], None if mean is None else mean[block], rstd_b, weight, xhat, dyb, g, infinite_rstd
+            )
             if mean is not None:
                 _sum_along_n(g, g_mean)
                 g_mean *= inv_n
@@ -429,7 +428,7 @@ def backward(
     dweight = np.zeros(n, dtype=np.float64)
     dbias = np.zeros(n, dtype=np.float64)
     # in the grid's fixed order: the sums are the same bitwise on every run and for any number of threads
-    for block_dweight, block_dbias in _for_blocks(x, make_worker, compute.itemsize, quiet):
+    for block_dweight, block_dbias in _for_blocks(x, make_worker, compute.itemsize):
         dweight += block_dweight
         dbias += block_dbias
     return dweight, dbias
@@ -443,7 +442,7 @@ def _long_rows_backward(
     rstd: Array,
     compute: np.dtype[np.floating],
     dx: Array,
-    quiet: bool,
+    infinite_rstd: bool,
 ) -> tuple[Array, Array]:
     """`backward` of a 2-D layout of long rows: blocks of a few rows and equal runs of `LONG_ROW_BYTES` or less.
 
@@ -478,6 +477,7 @@ def _long_rows_backward(
             xhat,
             dyb,
             g,
+            infinite_rstd,
         )
         return xhat, dyb, g, rstd[row]
 
@@ -512,7 +512,7 @@ def _long_rows_backward(
     g_sums = None if mean is None else np.zeros(rows, dtype=np.float64)
     gx_sums = np.zeros(rows, dtype=np.float64)
     for (row, columns), (g_sum, gx_sum, block_dweight, block_dbias) in zip(
-        blocks, _for_blocks(x, make_summing_worker, compute.itemsize, quiet, blocks), strict=True
+        blocks, _for_blocks(x, make_summing_worker, compute.itemsize, blocks), strict=True
     ):
         if g_sums is not None and g_sum is not None:
             g_sums[row] += g_sum
@@ -535,7 +535,7 @@ def _long_rows_backward(
 
         return work
 
-    _for_blocks(x, make_dx_worker, compute.itemsize, quiet, blocks)
+    _for_blocks(x, make_dx_worker, compute.itemsize, blocks)
     return dweight, dbias
 
 
@@ -548,16 +548,21 @@ def _xhat_and_g(
     xhat: Array,
     dy_scratch: Array,
     g_scratch: Array,
+    infinite_rstd: bool,
 ) -> tuple[Array, Array]:
     """Fill ``xhat`` with ``(x - mean) * rstd`` (``x * rstd`` without a mean); return (dy, g = dy * weight).
 
     dy is ``dy_b`` itself in the compute dtype (only read), else widened into ``dy_scratch``; g is dy itself
-    without a weight, else ``g_scratch``. All in the compute dtype.
+    without a weight, else ``g_scratch``. All in the compute dtype. With ``infinite_rstd`` (eps = 0) xhat is NaN
+    where rstd is inf (`_finite_rstd`), and so are dx and dweight there.
     """
     np.copyto(xhat, xb, casting="unsafe")
     if mean_b is not None:
         xhat -= mean_b
+    rstd_b, nan_rows = _finite_rstd(rstd_b) if infinite_rstd else (rstd_b, None)
     xhat *= rstd_b
+    if nan_rows is not None:
+        np.copyto(xhat, np.nan, where=nan_rows)
     if dy_b.dtype == xhat.dtype:
         dyb = dy_b
     else:

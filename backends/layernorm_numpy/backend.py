@@ -106,9 +106,9 @@ def _forward(
     x: Array, weight: Array | None, bias: Array | None, spec: NormSpec, rms: bool
 ) -> tuple[Array, Array | None, Array]:
     layout = _layout(spec)
-    xl = _to_layout(x, spec, layout)
-    yl = np.empty(xl.shape, dtype=_native(x.dtype))
-    mean, rstd = _run_forward(xl, weight, bias, spec, rms, yl)
+    yl = np.empty(layout[0], dtype=_native(x.dtype))
+    # x's layout is not kept: a transposed copy of x is freed before y is transposed back (3x x's bytes, now 2x)
+    mean, rstd = _run_forward(_to_layout(x, spec, layout), weight, bias, spec, rms, yl)
     return _from_layout(yl, spec, layout), mean, rstd
 
 
@@ -134,13 +134,12 @@ def _backward(
 ) -> tuple[Array, Array, Array]:
     compute = np.dtype(spec.compute_dtype)
     layout = _layout(spec)
-    xl = _to_layout(x, spec, layout)
     dtype = _native(x.dtype)
-    dxl = np.empty(xl.shape, dtype=dtype)
-    stats = stats_layout(xl.shape)
-    dweight, dbias = backward(
+    dxl = np.empty(layout[0], dtype=dtype)
+    stats = stats_layout(layout[0])
+    dweight, dbias = backward(  # x's and dy's layouts are not kept: transposed copies are freed before dx's
         _to_layout(dy, spec, layout),
-        xl,
+        _to_layout(x, spec, layout),
         _param(weight, compute),
         None if mean is None else np.asarray(mean, dtype=compute).reshape(stats),
         np.asarray(rstd, dtype=compute).reshape(stats),

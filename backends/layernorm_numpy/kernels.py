@@ -250,7 +250,8 @@ def forward(
 
     ``x`` and ``y`` are a (outer, N) or (outer, N, inner) layout, the statistics the same with N set to 1;
     ``weight`` and ``bias`` are (N,) in the compute dtype or None. Works block by block in scratch buffers of
-    the compute dtype, so half inputs are widened one block at a time.
+    the compute dtype, so half inputs are widened one block at a time; rows of a 2-D layout longer than a block,
+    where y has the compute dtype, in y itself (fresh scratch of a row's size took 2x x's bytes, and page faults).
     """
     n = x.shape[1]
     inv_n = 1.0 / n
@@ -260,11 +261,13 @@ def forward(
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
     def make_worker(largest: tuple[int, ...]) -> Callable[[Block], None]:
-        scratch, scratch_column = _kept((largest, stats_layout(largest)), compute)
+        # Rows of a 2-D layout longer than a block are computed in y itself where y has the compute dtype
+        in_y = y is not None and same_dtype and x.ndim == 2 and n * compute.itemsize > BLOCK_BYTES
+        scratch, scratch_column = _kept(((0,) if in_y else largest, stats_layout(largest)), compute)
 
         def work(block: Block) -> None:
             xb = x[block]
-            t = _scratch(scratch, xb.shape)
+            t = y[block] if in_y and y is not None else _scratch(scratch, xb.shape)
             column = _scratch(scratch_column, xb[:, :1].shape)
             if rms:
                 np.copyto(t, xb, casting="unsafe")

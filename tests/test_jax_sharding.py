@@ -20,7 +20,7 @@ pytest.importorskip("jax")
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 try:
@@ -35,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 18  # 3 layouts x (forward, gradients) + 5 under shard_map + 5 single tests + 2 engines' placement
+MESH_TESTS = 20  # 3 layouts x (forward, gradients) + 2 explicit + 5 under shard_map + 5 single tests + 2 placements
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -106,6 +106,33 @@ def test_sharded_gradients_match_unsharded_and_reference(layout: P) -> None:
     for got, again, ref, s in zip(sharded, unsharded, expected, (scale, None, None), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(again), rtol=1e-5, atol=1e-5)
         assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), row_condition(x, spec), scale=s) <= 1
+
+
+@needs_mesh
+@pytest.mark.parametrize(
+    ("x_layout", "param_layout"),
+    [
+        pytest.param(P(None, "model"), P(), id="x-along-normalized-params-replicated"),
+        pytest.param(P(), P("model"), id="x-replicated-params-sharded"),
+    ],
+)
+def test_gradients_under_explicit_axes_of_params_sharded_unlike_x(x_layout: P, param_layout: P) -> None:
+    """Under a mesh of Explicit axes a cotangent must have its primal's sharding: dweight of a replicated weight came
+    out sharded like x, dx of a replicated x like the weight, and jax.custom_vjp refused them (a ValueError)."""
+    x, w, b, dy = _inputs((16, 64), -1)
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Explicit,))
+    xs, dys = (jax.device_put(a, NamedSharding(mesh, x_layout)) for a in (x, dy))
+    ws, bs = (jax.device_put(p, NamedSharding(mesh, param_layout)) for p in (w, b))
+
+    def loss(x: jax.Array, w: jax.Array, b: jax.Array, dy: jax.Array) -> jax.Array:
+        y, mean, rstd = layernorm.layer_norm(x, w, b, return_stats=True)
+        return jnp.sum((y + layernorm.rms_norm(x, w) + mean * rstd) * dy)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(xs, ws, bs, dys)
+    expected = jax.grad(loss, argnums=(0, 1, 2))(*map(jnp.asarray, (x, w, b, dy)))
+    for got, want, primal in zip(grads, expected, (xs, ws, bs), strict=True):
+        assert got.sharding.is_equivalent_to(primal.sharding, got.ndim)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=2e-5)
 
 
 @needs_mesh

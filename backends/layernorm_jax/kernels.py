@@ -279,8 +279,29 @@ def rms_norm_grads(
     return dx, _sum_to_param(dyf * xhat, axes)
 
 
-def _cast_like(value: jax.Array, like: jax.Array | None) -> jax.Array | None:
-    return None if like is None else value.astype(like.dtype)
+def _cotangent(value: jax.Array, primal: jax.Array) -> jax.Array:
+    """``value``, the gradient of ``primal``, in primal's dtype and sharding type.
+
+    jax.custom_vjp requires both. Under a mesh of Explicit axes (`jax.make_mesh`'s default in JAX 0.10) a gradient
+    is sharded as what it is computed from: dweight of a replicated weight as an x sharded along the normalized
+    axis, dx of a replicated x as a sharded weight; it is resharded to the primal's sharding, as JAX's own
+    transposes do.
+    """
+    value = value.astype(primal.dtype)
+    want = _sharding_type(primal)
+    if want is None or want.mesh.empty or _sharding_type(value).spec == want.spec:  # no mesh: any sharding goes
+        return value
+    return jax.sharding.reshard(value, want)
+
+
+def _param_cotangent(value: jax.Array, primal: jax.Array | None) -> jax.Array | None:
+    return None if primal is None else _cotangent(value, primal)
+
+
+def _sharding_type(a: jax.Array) -> Any:
+    """The sharding in a's type (a NamedSharding), or None where JAX's types hold none."""
+    typeof = getattr(jax, "typeof", None)
+    return None if typeof is None else getattr(typeof(a), "sharding", None)
 
 
 # -- custom_vjp: the forward saves (x, weight, mean, rstd), the backward is layer_norm_grads / rms_norm_grads. y and
@@ -311,7 +332,7 @@ def _layer_norm_bwd(
 ) -> tuple[jax.Array | None, ...]:
     x, weight, bias, mean, rstd = residuals
     dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps)
-    return dx.astype(x.dtype), _cast_like(dweight, weight), _cast_like(dbias, bias)
+    return _cotangent(dx, x), _param_cotangent(dweight, weight), _param_cotangent(dbias, bias)
 
 
 layer_norm_output.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -335,7 +356,7 @@ def _rms_norm_bwd(
 ) -> tuple[jax.Array | None, ...]:
     x, weight, rstd = residuals
     dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes)
-    return dx.astype(x.dtype), _cast_like(dweight, weight)
+    return _cotangent(dx, x), _param_cotangent(dweight, weight)
 
 
 rms_norm_output.defvjp(_rms_norm_fwd, _rms_norm_bwd)
@@ -370,7 +391,7 @@ def _layer_norm_statistics_bwd(
         # Differentiated again, `rows`' terms of size rstd**3 cancel only in exact arithmetic.
         return dmean + (xf * 0 + rstd * 0) * drstd
 
-    return (_by_row_length(n, single_elements, rows).astype(x.dtype),)
+    return (_cotangent(_by_row_length(n, single_elements, rows), x),)
 
 
 layer_norm_statistics.defvjp(_layer_norm_statistics_fwd, _layer_norm_statistics_bwd)
@@ -394,7 +415,7 @@ def _rms_norm_statistics_bwd(
     x, rstd = residuals
     drstd = drstd.astype(rstd.dtype)
     dx = -_times_rstd_squared(_upcast(x) * rstd, rstd, drstd) / _count(x, axes)
-    return (dx.astype(x.dtype),)
+    return (_cotangent(dx, x),)
 
 
 def _times_rstd_squared(xhat: jax.Array, rstd: jax.Array, drstd: jax.Array) -> jax.Array:

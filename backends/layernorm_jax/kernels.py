@@ -289,7 +289,7 @@ def _cotangent(value: jax.Array, primal: jax.Array) -> jax.Array:
     """
     value = value.astype(primal.dtype)
     want = _sharding_type(primal)
-    if want is None or want.mesh.empty or _sharding_type(value).spec == want.spec:  # no mesh: any sharding goes
+    if want is None or not want.mesh.axis_names or _sharding_type(value).spec == want.spec:  # no mesh: any goes
         return value
     return jax.sharding.reshard(value, want)
 

@@ -197,6 +197,7 @@ def run(
     if owner == name:
         return call(engine, x, params)
     if owner is None:
+        _check_foreign_companions(x, params)
         return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
     _require_engine_dtype(engine, name, x)
     for array in (x, *params):
@@ -286,6 +287,25 @@ def _check_companions(
     if crossing or registry.multi_device(owner):
         return check_devices(source.device_of, x, params)
     return None
+
+
+def _check_foreign_companions(x: Any, params: Sequence[Any]) -> None:
+    """DTypeError for an argument of a backend's framework beside an x of a framework no backend owns.
+
+    Such an x is imported by the engine's ``from_foreign``; an argument of a framework a backend owns is of another
+    framework than x, and importing it would read a torch tensor that requires grad through NumPy (torch's own
+    RuntimeError) and a tf.Variable without its gradient (a silent detach).
+    """
+    for array in params:
+        if array is None or type(array) is type(x):
+            continue
+        owner = registry.owner_of(array)
+        if owner is not None:
+            raise DTypeError(
+                f"x is a {type(x).__module__}.{type(x).__qualname__}, of a framework no backend owns, but another "
+                f"argument is a {owner} array ({type(array).__module__}.{type(array).__qualname__}); pass arrays of "
+                "one framework"
+            )
 
 
 def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> str:

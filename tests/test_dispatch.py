@@ -209,6 +209,36 @@ def test_unowned_array_type_needs_an_engine() -> None:
     assert isinstance(y, np.ndarray) and y.shape == (2, 3)
 
 
+class _Foreign:
+    """A host array of a framework no backend owns."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values, self.shape, self.dtype = values, values.shape, values.dtype
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self.values
+
+
+def test_unowned_x_beside_an_owned_argument_is_a_dtype_error() -> None:
+    """Arguments of a backend's framework beside an x no backend owns were imported too: a torch weight that
+    requires grad raised torch's RuntimeError, and a tf.Variable lost its gradient silently."""
+    x = _Foreign(X)
+    owned = r"x is a .*_Foreign, of a framework no backend owns, but another argument is a numpy array"
+    with pytest.raises(DTypeError, match=owned):
+        layernorm.layer_norm(x, np.ones(4, np.float32), backend="numpy")
+    with pytest.raises(DTypeError, match="pass arrays of one framework"):
+        layernorm.layer_norm_backward(X, x, backend="numpy")
+    y = layernorm.layer_norm(x, _Foreign(np.ones(4, np.float32)), backend="numpy")  # one framework: imported
+    np.testing.assert_array_equal(y, layernorm.layer_norm(X))
+
+
+def test_unowned_x_beside_a_torch_weight_that_requires_grad() -> None:
+    torch = pytest.importorskip("torch")
+    weight = torch.ones(4, requires_grad=True)
+    with pytest.raises(DTypeError, match="another argument is a torch array"):
+        layernorm.layer_norm(_Foreign(X), weight, backend="torch")
+
+
 def test_subclass_of_an_owned_type_belongs_to_its_base_class_owner() -> None:
     class Tagged(np.ndarray):  # defined in this test module, whose package no backend declares
         pass

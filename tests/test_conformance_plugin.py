@@ -72,6 +72,17 @@ def test_records_carry_ids_dtypes_and_ratios(tmp_path: Path) -> None:
     assert all(0.0 <= r["max_ratio"] <= 1.0 and set(r["ratios"]) >= {"y", "rstd"} for r in records)
 
 
+def test_an_option_given_twice_runs_its_checks_once(tmp_path: Path) -> None:
+    """Each repeat of --backend, --device or --dtype ran every check again, under ids suffixed 0, 1, ...: the
+    matrix counted them twice (``python -m layernorm check`` passes --device and --dtype through)."""
+    twice = ["--backend", "numpy", "--backend", "numpy", "--device", "cpu", "--device", "cpu"]
+    code, records = _run(tmp_path, *twice, "--dtype", "float32", "--dtype", "float32", "-k", "test_eps")
+    assert code == pytest.ExitCode.OK
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 12, ids
+    assert "test_eps[numpy-cpu-float32-eps=0-layer_norm]" in ids, ids
+
+
 def test_matrix_command_runs_the_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = matrix.main(["--backend", "numpy", "--dtype", "float32", "-k", "test_eps", "--out", str(tmp_path)])
     out = capsys.readouterr().out

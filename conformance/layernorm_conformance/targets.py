@@ -60,11 +60,12 @@ def select_targets(
     """The targets of a run: ``backends`` on ``devices``, restricted to ``dtypes``.
 
     Defaults: every installed backend, each backend's reported devices, every dtype it declares. An unknown
-    backend name raises BackendError.
+    backend name raises BackendError. A name given twice counts once (its checks would run, and count, twice).
     """
-    wanted_dtypes = tuple(dtypes) if dtypes else FLOAT_DTYPES
+    wanted_dtypes = tuple(dict.fromkeys(dtypes)) if dtypes else FLOAT_DTYPES
+    devices = tuple(dict.fromkeys(devices)) if devices else None
     targets: list[Target] = []
-    for name in backends or available_backends():
+    for name in dict.fromkeys(backends or available_backends()):
         registry.declaration(name)  # unknown name: BackendError now
         reason = registry.unavailable_reason(name)
         if reason is not None:

@@ -11,7 +11,8 @@ import importlib.util
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, cast
@@ -74,6 +75,8 @@ class Registry:
         (read-only outside the registry, and not read while torch.compile traces; filled by `loaded_owner`)."""
         self.multi_device_engines: dict[type, ModuleType] = {}
         """As `single_device_engines`, for owners that report several devices (torch with CUDA, JAX with two)."""
+        self._held: list[str] | None = None
+        """The PluginWarnings of the registration under way, issued when it ends (`_warnings_held`)."""
 
     # -- discovery -------------------------------------------------------------------------------------------
 
@@ -99,8 +102,9 @@ class Registry:
                 raise BackendError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
             if plugin_name is None:
                 raise BackendError(f"plugin {name!r} is blocked")
-            self._collect(plugin_name, plugin)
-            self._failed.pop(plugin_name, None)  # its caller has the warning: only installed plugins' are kept
+            with self._warnings_held():
+                self._collect(plugin_name, plugin)
+                self._failed.pop(plugin_name, None)  # its caller has the warning: only installed plugins' are kept
             return plugin_name
 
     def is_registered(self, name: str) -> bool:
@@ -128,9 +132,37 @@ class Registry:
             return
         self._discovered = self._discovering = True
         try:
-            self._register_entry_points()
+            with self._warnings_held():
+                self._register_entry_points()
         finally:
             self._discovering = False
+
+    @contextmanager
+    def _warnings_held(self) -> Iterator[None]:
+        """Hold the block's PluginWarnings, and issue them once it has registered every plugin it registers.
+
+        A warning that a filter turns into an error (``python -W error``, pytest's ``filterwarnings = ["error"]``)
+        is then raised after the registration, not half-way through it: there it left every later entry point
+        unregistered for the rest of the process. Blocks nest: the outermost one issues them.
+        """
+        if self._held is not None:
+            yield
+            return
+        held: list[str] = []
+        self._held = held
+        try:
+            yield
+        finally:
+            self._held = None
+        for message in held:
+            _warn(message, stacklevel=2)
+
+    def _warn(self, message: str) -> None:
+        """Issue a PluginWarning, or hold it while `_warnings_held` does."""
+        if self._held is None:
+            _warn(message)
+        else:
+            self._held.append(message)
 
     def _register_entry_points(self) -> None:
         kept: dict[str, importlib.metadata.EntryPoint] = {}
@@ -138,7 +170,7 @@ class Registry:
             first = kept.setdefault(entry_point.name, entry_point)
             if first is not entry_point:
                 if first != entry_point:  # the same entry point found twice is no clash
-                    _warn(
+                    self._warn(
                         f"plugin {entry_point.name!r} ({_origin(entry_point)}) is not loaded: plugin "
                         f"{first.name!r} ({_origin(first)}) has that entry-point name and is kept"
                     )
@@ -150,7 +182,7 @@ class Registry:
                 self._failed[entry_point.name] = (
                     f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}"
                 )
-                _warn(self._failed[entry_point.name])
+                self._warn(self._failed[entry_point.name])
                 continue
             if entry_point.dist is not None:
                 self._distribution_of[entry_point.name] = entry_point.dist.name
@@ -163,7 +195,7 @@ class Registry:
             declared = [declaration for impl in impls for declaration in cast(Iterable[Any], impl.function())]
         except Exception as exc:
             self._failed[plugin_name] = f"plugin {plugin_name!r} failed to declare its backends: {exc!r}"
-            _warn(self._failed[plugin_name])
+            self._warn(self._failed[plugin_name])
             impls = []
         if not impls:
             self._manager.unregister(plugin)
@@ -177,27 +209,29 @@ class Registry:
         impls = [impl for impl in self._manager.hook.layernorm_backends.get_hookimpls() if impl.plugin is plugin]
         unknown = ", ".join(repr(hook) for hook in self._unknown_hooks(plugin))
         if not impls:
-            _warn(
+            self._warn(
                 f"plugin {plugin_name!r} declares no backend: it has no function {_HOOK!r} marked "
                 f"@layernorm_core.hookimpl" + (f" (it implements unknown hooks: {unknown})" if unknown else "")
             )
         elif unknown:
-            _warn(f"plugin {plugin_name!r} implements unknown hooks, which layernorm never calls: {unknown}")
+            self._warn(f"plugin {plugin_name!r} implements unknown hooks, which layernorm never calls: {unknown}")
         return impls
 
     def _add(self, plugin_name: str, declaration: Any) -> None:
         """Record one declaration of plugin ``plugin_name``; warn about one that is unusable or taken."""
         if not isinstance(declaration, BackendDeclaration):
-            _warn(f"plugin {plugin_name!r} declared {declaration!r}, which is not a BackendDeclaration")
+            self._warn(f"plugin {plugin_name!r} declared {declaration!r}, which is not a BackendDeclaration")
         elif not isinstance(declaration.name, str) or declaration.name in _UNUSABLE_NAMES:
-            _warn(
+            self._warn(
                 f"plugin {plugin_name!r} declares backend {declaration.name!r}, a name no call can select "
                 "('auto' means dispatch by array type)"
             )
         elif (problem := _malformed(declaration)) is not None:
-            _warn(f"plugin {plugin_name!r} declares backend {declaration.name!r} with {problem}; it is not registered")
+            self._warn(
+                f"plugin {plugin_name!r} declares backend {declaration.name!r} with {problem}; it is not registered"
+            )
         elif declaration.name in self._declarations:
-            _warn(
+            self._warn(
                 f"plugin {plugin_name!r} declares backend {declaration.name!r}, already declared by plugin "
                 f"{self._plugin_of[declaration.name]!r}; the first one is kept"
             )
@@ -209,14 +243,14 @@ class Registry:
     def _warn_taken_modules(self, plugin_name: str, declaration: BackendDeclaration) -> None:
         for module in declaration.excluded_modules:
             if not _among_own_modules(module, declaration):
-                _warn(
+                self._warn(
                     f"plugin {plugin_name!r} declares backend {declaration.name!r} to exclude {module!r} arrays, "
                     f"outside its own array_modules {declaration.array_modules!r}; the exclusion is ignored"
                 )
         for module in declaration.array_modules:
             owner = next((name for name, d in self._declarations.items() if module in d.array_modules), None)
             if owner is not None:
-                _warn(
+                self._warn(
                     f"plugin {plugin_name!r} declares backend {declaration.name!r} as the owner of {module!r} arrays, "
                     f"already owned by backend {owner!r} of plugin {self._plugin_of[owner]!r}; the first one keeps them"
                 )
@@ -506,8 +540,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _warn(message: str) -> None:
-    warnings.warn(f"layernorm: {message}", PluginWarning, stacklevel=3)
+def _warn(message: str, stacklevel: int = 3) -> None:
+    warnings.warn(f"layernorm: {message}", PluginWarning, stacklevel=stacklevel)
 
 
 registry = Registry()

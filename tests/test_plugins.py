@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,6 +186,26 @@ def test_entry_point_name_clash_keeps_the_first_distribution_by_name(
         "plugin 'same' (zz_plugin, from zz-plugin 1.0) is not loaded: plugin 'same' (aa_plugin, from aa-plugin 1.0)"
         in str(warning.message)
     )
+
+
+def test_a_plugin_warning_raised_as_an_error_leaves_the_later_plugins_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``-W error`` (pytest's ``filterwarnings = ["error"]``) the warning of a broken plugin was raised half-way
+    through the discovery, which never ran again: every plugin after it was unknown for the rest of the process."""
+    group = "layernorm.test-error"
+    good = CLASHING_PLUGIN.replace('"numpy"', '"good"').replace('("numpy",)', "()")
+    broken = _distribution(tmp_path, "aa-broken", f"[{group}]\nbroken = aa_broken_plugin\n", {"aa_broken_plugin": ""})
+    monkeypatch.syspath_prepend(str(broken))  # declares no backend: a PluginWarning
+    monkeypatch.syspath_prepend(
+        str(_distribution(tmp_path / "bb", "bb-good", f"[{group}]\ngood = bb_good_plugin\n", {"bb_good_plugin": good}))
+    )
+    fresh = Registry(entry_point_group=group)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        with pytest.raises(PluginWarning, match="plugin 'broken' declares no backend"):
+            fresh.names()
+        assert fresh.names() == ("good",)
 
 
 SLOW_PLUGIN = """

@@ -109,6 +109,25 @@ def test_matrix_merge_of_a_missing_or_foreign_file_is_a_usage_error(
     assert "is not a results file of --conformance-json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"max_ratio": "0.5"}, {"max_ratio": True}, {"message": None}, {"backend": None}, {"dtype": 3}],
+    ids=["ratio-string", "ratio-bool", "no-message", "backend-null", "dtype-int"],
+)
+def test_matrix_merge_of_a_malformed_record_is_a_usage_error(
+    change: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with a string ratio, or none of the message of a failure, passed the check of a results file and
+    crashed the table or the failure list with a traceback (Python's exit 1, which reads as a failed check)."""
+    record = {**_record("numpy", "float32", "failed", 2.0), **change}
+    if change.get("message", "") is None:
+        del record["message"]
+    path = tmp_path / "numpy.json"
+    path.write_text(json.dumps({"records": [record]}))
+    assert matrix.main(["--merge", str(path)]) == 2
+    assert f"{path} is not a results file of --conformance-json" in capsys.readouterr().err
+
+
 def test_matrix_merge_of_no_records_is_not_a_pass(tmp_path: Path) -> None:
     empty = tmp_path / "numpy.json"
     results.write(empty, [], {})

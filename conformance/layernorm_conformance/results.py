@@ -66,21 +66,30 @@ def _jsonable(record: Record) -> Record:
     return {**record, "ratios": ratios}
 
 
-RECORD_KEYS = frozenset({"id", "backend", "device", "dtype", "outcome"})
-"""The keys every record has, whatever else it holds: the matrix and the failure list read them."""
+RECORD_KEYS = frozenset({"id", "backend", "device", "dtype", "outcome", "message"})
+"""The keys every record has, whatever else it holds, each a string: the matrix and the failure list read them."""
+
+
+def _is_record(record: Any) -> bool:
+    """Whether ``record`` holds what the matrix and the failure list read: `RECORD_KEYS`, and a ratio or none."""
+    if not (isinstance(record, dict) and all(isinstance(record.get(key), str) for key in RECORD_KEYS)):
+        return False
+    ratio = record.get("max_ratio")
+    return record["outcome"] in OUTCOMES and (ratio is None or type(ratio) in (int, float))
 
 
 def load(paths: Iterable[str | Path]) -> tuple[list[Record], dict[str, Any]]:
     """Read several JSON files: all their records, and the backends' versions merged.
 
-    ValueError for a file whose records lack `RECORD_KEYS` or hold an outcome not in `OUTCOMES`.
+    ValueError for a file whose records lack a string under one of `RECORD_KEYS`, hold an outcome not in
+    `OUTCOMES`, or a ``max_ratio`` that is no number.
     """
     records: list[Record] = []
     backends: dict[str, Any] = {}
     for path in paths:
         document = json.loads(Path(path).read_text())
         for record in document["records"]:
-            if not (isinstance(record, dict) and record.keys() >= RECORD_KEYS and record["outcome"] in OUTCOMES):
+            if not _is_record(record):
                 raise ValueError(f"a record is not one of a conformance run: {str(record)[:200]}")
         records += document["records"]
         backends.update(document.get("backends", {}))

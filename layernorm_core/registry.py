@@ -88,18 +88,24 @@ class Registry:
         modules are not imported here: one that fails to import or to meet the contract fails when first used.
 
         Raises:
-            BackendError: a plugin is already registered under ``name``; pluggy refuses the plugin (this object is
-                registered already, under another name); or ``name`` is blocked.
+            BackendError: a plugin is already registered under ``name``; this object is registered already (under
+                another name: the message gives it); pluggy refuses the plugin; or ``name`` is blocked.
 
         """
         with self._lock:
             self._discover()
             if name is not None and self._manager.get_plugin(name) is not None:
                 raise BackendError(f"plugin {name!r} is already registered")
+            registered_as = self._manager.get_name(plugin)
+            if registered_as is not None:
+                raise BackendError(
+                    f"plugin {name or plugin!r} cannot be registered: it is registered as {registered_as!r}"
+                )
             try:
                 plugin_name = self._manager.register(plugin, name=name)
             except (ValueError, pluggy.PluginValidationError) as exc:
-                raise BackendError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+                reason = str(exc).partition("\n")[0]  # pluggy's next lines list every plugin registered
+                raise BackendError(f"plugin {name or plugin!r} cannot be registered: {reason}") from exc
             if plugin_name is None:
                 raise BackendError(f"plugin {name!r} is blocked")
             with self._warnings_held():

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,6 +305,27 @@ def test_unregistering_a_name_no_plugin_has_is_a_backend_error() -> None:
     fresh = Registry(entry_point_group="layernorm.no-such-group")
     with pytest.raises(layernorm.BackendError, match="no plugin is registered under 'nothere'"):
         fresh.unregister_plugin("nothere")
+
+
+def test_registering_a_registered_plugin_again_names_where_it_is() -> None:
+    """pluggy's refusal, passed on, named the new name as the one the plugin had ("registered under a different
+    name: second=<...>") and went on to list every plugin of the registry, over many lines."""
+
+    class Plain:
+        @hookimpl
+        def layernorm_backends(self) -> list[BackendDeclaration]:
+            return [BackendDeclaration(name="plain", implementation="nowhere")]
+
+    fresh = Registry(entry_point_group="layernorm.no-such-group")
+    plugin = Plain()
+    fresh.register_plugin(plugin, name="first")
+    with pytest.raises(layernorm.BackendError) as raised:
+        fresh.register_plugin(plugin, name="second")
+    assert str(raised.value) == "plugin 'second' cannot be registered: it is registered as 'first'"
+    named_first = types.SimpleNamespace(__name__="first", layernorm_backends=Plain().layernorm_backends)
+    with pytest.raises(layernorm.BackendError, match="cannot be registered: Plugin name already registered") as raised:
+        fresh.register_plugin(named_first)  # no name given: pluggy takes its __name__, which is taken
+    assert "\n" not in str(raised.value)
 
 
 def test_exclusion_outside_the_plugins_own_modules_is_ignored_with_a_warning() -> None:

@@ -173,9 +173,13 @@ USAGE_PROBLEMS = [
     "backend-twice",
     "merge-twice",
     "bad-record",
+    "out-name-too-long",
+    "out-parent-name-too-long",
+    "markdown-name-too-long",
 ]
-"""Each was a usage error before anything ran; the third to the seventh ended in a traceback (exit 1), and the last
-but one two counted a backend's checks twice (helper-74)."""
+"""Each is a usage error before anything runs; the third to the seventh ended in a traceback (exit 1),
+backend-twice and merge-twice counted a backend's checks twice (helper-74), and the last three ended in a
+traceback (OSError: pathlib's exists() raises for a name too long)."""
 
 
 @pytest.mark.parametrize("problem", USAGE_PROBLEMS)
@@ -193,6 +197,9 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
     options = {
         "out-is-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file")],
         "out-under-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file" / "sub")],
+        "out-name-too-long": ["--backend", "numpy", "--out", str(tmp_path / ("x" * 300))],
+        "out-parent-name-too-long": ["--backend", "numpy", "--out", str(tmp_path / ("x" * 300) / "sub")],
+        "markdown-name-too-long": ["--merge", str(good), "--markdown", str(tmp_path / ("x" * 300))],
         "results-file-is-a-folder": ["--backend", "numpy", "--out", str(tmp_path / "out")],
         "markdown-in-no-folder": ["--merge", str(good), "--markdown", str(tmp_path / "no" / "such.md")],
         "markdown-is-a-folder": ["--merge", str(good), "--markdown", str(tmp_path)],
@@ -210,6 +217,19 @@ def test_a_usage_error_leaves_no_out_folder_behind(tmp_path: Path) -> None:
     """An unknown backend is refused before anything is written: no --out folder is made for it."""
     assert matrix.main(["--backend", "nosuch", "--out", str(tmp_path / "a" / "b")]) == matrix.EXIT_USAGE
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_an_out_folder_that_cannot_be_made_is_refused_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its parent is a folder, so it passed: each backend then ran every check and failed to write its results,
+    a crash (exit 3) minutes later."""
+    _fake_runs(monkeypatch, pytest.ExitCode.OK, [_record("numpy", "float32", "passed", 0.25)])
+    assert matrix.main(["--backend", "numpy", "--out", "/proc/layernorm-results"]) == matrix.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "--out /proc/layernorm-results cannot be made" in captured.err
+    assert "checking numpy" not in captured.out
 
 
 def _fake_runs(monkeypatch: pytest.MonkeyPatch, returncode: int, records: list[dict] | None) -> None:

@@ -117,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         _check_paths(args)
-        runs = _merged(args.merge) if args.merge else [run_backend(b, args) for b in _backends(args)]
+        if args.merge:
+            runs = _merged(args.merge)
+        else:
+            names = _backends(args)
+            _make_out(args.out)
+            runs = [run_backend(name, args) for name in names]
         records, versions = _load(runs)
     except (UsageError, BackendError) as exc:
         print(f"python -m layernorm check: error: {exc}", file=sys.stderr)
@@ -134,23 +139,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    """UsageError, before anything runs, for an ``--out`` or a ``--markdown`` that cannot be written.
+    """UsageError, before anything runs, for an ``--out`` or a ``--markdown`` that cannot be written."""
+    try:
+        if not args.merge:
+            _check_out(args.out)
+        if args.markdown:
+            _check_markdown(Path(args.markdown))
+    except OSError as exc:  # pathlib's exists() and is_dir() raise for a name too long, say
+        raise UsageError(f"a path cannot be used: {exc}") from exc
 
-    ``--out`` must be a folder, or none yet under folders; ``--markdown`` a UTF-8 text file (or none yet) in an
-    existing folder.
-    """
-    if not args.merge:
-        out = Path(args.out)
-        if out.exists():
-            if not out.is_dir():
-                raise UsageError(f"--out {args.out} is a file, not a folder")
-        else:
-            existing = next(folder for folder in out.absolute().parents if folder.exists())
-            if not existing.is_dir():
-                raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
-    markdown = Path(args.markdown) if args.markdown else None
-    if markdown is None:
-        return
+
+def _check_out(given: str) -> None:
+    """UsageError unless ``--out`` is a folder, or none yet under folders."""
+    out = Path(given)
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {given} is a file, not a folder")
+    else:
+        existing = next(folder for folder in out.absolute().parents if folder.exists())
+        if not existing.is_dir():
+            raise UsageError(f"--out {given}: {existing} is a file, not a folder")
+
+
+def _check_markdown(markdown: Path) -> None:
+    """UsageError unless ``--markdown`` is a writable UTF-8 text file, or none yet, in an existing folder."""
     if markdown.is_dir() or not markdown.parent.is_dir():
         raise UsageError(f"--markdown {markdown}: a file in an existing folder, please")
     try:
@@ -160,6 +172,20 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--markdown {markdown} cannot be read as UTF-8 text: {exc}") from exc
     if not os.access(markdown if markdown.exists() else markdown.parent, os.W_OK):
         raise UsageError(f"--markdown {markdown} cannot be written")
+
+
+def _make_out(out: str) -> None:
+    """Make the ``--out`` folder, once the other usage checks passed; UsageError where it cannot be made or written.
+
+    Its parents may exist and still take no folder (a name too long, a read-only or virtual file system): the
+    backends' runs would otherwise fail to write their results after running every check, a crash (exit 3).
+    """
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be made: {exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} cannot be written")
 
 
 def _backends(args: argparse.Namespace) -> list[str]:

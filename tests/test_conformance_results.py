@@ -176,10 +176,11 @@ USAGE_PROBLEMS = [
     "out-name-too-long",
     "out-parent-name-too-long",
     "markdown-name-too-long",
+    "merge-name-too-long",
 ]
 """Each is a usage error before anything runs; the third to the seventh ended in a traceback (exit 1),
-backend-twice and merge-twice counted a backend's checks twice (helper-74), and the last three ended in a
-traceback (OSError: pathlib's exists() raises for a name too long)."""
+backend-twice and merge-twice counted a backend's checks twice (helper-74), and the last four ended in a
+traceback (OSError: pathlib's exists() and is_file() raise for a name too long)."""
 
 
 @pytest.mark.parametrize("problem", USAGE_PROBLEMS)
@@ -200,6 +201,7 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
         "out-name-too-long": ["--backend", "numpy", "--out", str(tmp_path / ("x" * 300))],
         "out-parent-name-too-long": ["--backend", "numpy", "--out", str(tmp_path / ("x" * 300) / "sub")],
         "markdown-name-too-long": ["--merge", str(good), "--markdown", str(tmp_path / ("x" * 300))],
+        "merge-name-too-long": ["--merge", str(tmp_path / ("x" * 300))],
         "results-file-is-a-folder": ["--backend", "numpy", "--out", str(tmp_path / "out")],
         "markdown-in-no-folder": ["--merge", str(good), "--markdown", str(tmp_path / "no" / "such.md")],
         "markdown-is-a-folder": ["--merge", str(good), "--markdown", str(tmp_path)],

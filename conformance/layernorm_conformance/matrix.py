@@ -203,7 +203,7 @@ def _backends(args: argparse.Namespace) -> list[str]:
 
 def _merged(paths: Sequence[str]) -> list[Run]:
     """The ``--merge`` files as runs; how their runs ended is not recorded, so only their records tell."""
-    missing = [path for path in paths if not Path(path).is_file()]
+    missing = [path for path in paths if not _is_file(path)]
     if missing:
         raise UsageError(f"no such results file: {', '.join(missing)}")
     resolved = [Path(path).resolve() for path in paths]
@@ -211,6 +211,14 @@ def _merged(paths: Sequence[str]) -> list[Run]:
     if again:  # its checks would count twice
         raise UsageError(f"a results file is given more than once: {', '.join(again)}")
     return [Run(Path(path).stem, Path(path), EXIT_OK) for path in paths]
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` is a file; False for one the system refuses to look up (a name too long)."""
+    try:
+        return Path(path).is_file()
+    except OSError:  # pathlib's is_file() raises for ENAMETOOLONG
+        return False
 
 
 RUN_KEY = "_run"

@@ -53,7 +53,15 @@ class BackendInfo:
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """ValueError for a dtype name the core does not know (``"fp32"``): no check would run on it."""
+        """ValueError for a dtype name the core does not know (``"fp32"``): no check would run on it.
+
+        Also for devices, dtypes or deterministic devices given as one string (``devices=("cpu")`` is ``"cpu"``),
+        which read as the names "c", "p" and "u".
+        """
+        for name in ("devices", "dtypes", "deterministic_devices"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a tuple of names, such as ('cpu',); got {value!r}")
         unknown = [d for d in self.dtypes if d not in FLOAT_DTYPES]
         if unknown:
             raise ValueError(f"dtypes {unknown} are not among {', '.join(FLOAT_DTYPES)}")

@@ -29,6 +29,12 @@ def info_names_an_unknown_dtype() -> Any:
     return BackendInfo(version="1", devices=("cpu",), dtypes=("fp32",))  # checks of float32 would never run
 
 
+def info_with_devices_in_one_string() -> Any:
+    from layernorm_core.protocol import BackendInfo
+
+    return BackendInfo(version="1", devices=("cpu"), dtypes=("float32",))  # the string "cpu": devices c, p and u
+
+
 @contextmanager
 def broken_info_backend(name: str, info: Callable[[], Any]) -> Iterator[str]:
     """Register backend ``name``, NumPy's functions with ``info`` as its ``info()``, for a ``with`` block."""

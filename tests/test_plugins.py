@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conformance_run import run_suite
-from plugin_broken import broken_info_backend, info_is_a_dict, info_raises
+from plugin_broken import broken_info_backend, info_is_a_dict, info_raises, info_with_devices_in_one_string
 from plugin_docs_example import PLUGINS_DOC, doc_block, write_example
 from registered_plugin import registered
 
@@ -408,8 +408,9 @@ def test_unusable_backend_names_warn() -> None:
     [
         (info_raises, "info() raised RuntimeError('info() broken on purpose')"),
         (info_is_a_dict, "info() returned a dict, not a BackendInfo"),
+        (info_with_devices_in_one_string, "devices must be a tuple of names, such as ('cpu',); got 'cpu'"),
     ],
-    ids=["raises", "dict"],
+    ids=["raises", "dict", "devices-in-one-string"],
 )
 def test_backend_with_broken_info_is_listed_unavailable(
     info: object, reason: str, capsys: pytest.CaptureFixture[str]

@@ -22,6 +22,11 @@ AUTO = "auto"
 ENV_VARIABLE = "LAYERNORM_BACKEND"
 
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
+"""The name of the innermost using() block open here (`_open_blocks`' last), for the calls to read."""
+_open_blocks: ContextVar[tuple[tuple[object, str], ...]] = ContextVar("layernorm_backend_blocks", default=())
+"""The using() blocks open here, outermost first, each with a key of its own. A block that closes removes its own
+entry, wherever it is: generators suspended in blocks (which share their caller's context) close them out of
+order, and a reset to the value before each block would then reopen a closed one for good."""
 _scopes_entered = False
 """Whether a using() block was ever entered in this process: until then the hot path does not read the ContextVar.
 Never reset: a context copied inside a block (an asyncio task, ``contextvars.copy_context``) keeps that block
@@ -79,15 +84,19 @@ def using(name: str) -> Iterator[str]:
     """
     global _scopes_entered
     scope = _checked_name(name) or AUTO
-    token = _scoped.set(scope)
+    key = object()
+    _open_blocks.set((*_open_blocks.get(), (key, scope)))
+    _scoped.set(scope)
     _thread_scope.name = scope
     _scopes_entered = True
     try:
         yield name
     finally:
-        _scoped.reset(token)
-        outer = _scoped.get()  # this task's block, not the last one entered on this thread
-        if outer is None:  # unset, as before the block: compiled code is not traced again
+        still_open = tuple(block for block in _open_blocks.get() if block[0] is not key)
+        _open_blocks.set(still_open)
+        outer = still_open[-1][1] if still_open else None  # this task's block, not the last one entered on this thread
+        _scoped.set(outer)
+        if outer is None:  # none open, as before the block: compiled code is not traced again
             vars(_thread_scope).pop("name", None)
         else:
             _thread_scope.name = outer

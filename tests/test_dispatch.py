@@ -149,6 +149,23 @@ def test_using_is_isolated_per_asyncio_task(recording: list[str]) -> None:
     assert layernorm.current_backend() == "auto"
 
 
+def test_blocks_of_interleaved_generators_close_as_they_close(recording: list[str]) -> None:
+    """Generators share their caller's context, so their blocks close out of order: each reset the ContextVar to
+    its value before the block, and once both had closed the first one's block was open in the caller for good
+    (every later call of the process silently on its engine)."""
+
+    def normalized(name: str) -> Iterator[str]:
+        with layernorm.using(name):
+            for _ in range(2):
+                yield layernorm.current_backend()
+
+    seen = list(zip(normalized("numpy"), normalized("recording"), strict=True))
+    assert seen == [("numpy", "recording"), ("recording", "recording")]  # the innermost open block is in force
+    assert layernorm.current_backend() == "auto"
+    layernorm.layer_norm(X)
+    assert recording == []
+
+
 def test_a_context_copied_inside_a_block_keeps_it_after_the_block(recording: list[str]) -> None:
     """A task created in a block, or a copied context, runs in the block after it closed, as current_backend() says:
     calls went by array type instead once no block was open anywhere."""

@@ -564,6 +564,7 @@ def _unlock_in_child() -> None:
     if registry._discovering:
         registry.__init__(entry_point_group=registry._group)  # type: ignore[misc]
     registry._lock = threading.RLock()
+    registry._held = None  # a registration of that thread held its warnings: the child's must be issued
 
 
 if hasattr(os, "register_at_fork"):

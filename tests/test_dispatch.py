@@ -537,6 +537,48 @@ print(" ".join(registry.names()))
 """
 
 
+FORK_WHILE_REGISTERING = """
+import os, threading, warnings
+from layernorm_core.registry import registry
+
+inside, release = threading.Event(), threading.Event()
+collect = registry._collect
+
+
+def slow_collect(name, plugin):  # a thread registering a plugin at run time, its warnings held meanwhile
+    collect(name, plugin)
+    inside.set()
+    release.wait()
+
+
+class Empty:  # declares no backend: a PluginWarning
+    pass
+
+
+registry.names()
+registry._collect = slow_collect
+threading.Thread(target=registry.register_plugin, args=(Empty(), "first"), daemon=True).start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    registry._collect = collect
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry.register_plugin(Empty(), "second")
+    print(len(caught), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_child_forked_while_a_thread_registers_a_plugin_issues_its_own_warnings() -> None:
+    """The parent's thread was holding the warnings of its registration: the child held its own after it, in a
+    list nobody would issue."""
+    out = subprocess.run([sys.executable, "-c", FORK_WHILE_REGISTERING], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["1"], out.stdout + out.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_child_forked_while_a_thread_registers_the_plugins_registers_them_all() -> None:
     """The child had the plugins the parent's thread had registered so far, and counted them as all: the others

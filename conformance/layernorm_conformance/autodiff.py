@@ -1,8 +1,10 @@
 """Per-framework gradient hooks: a vector-Jacobian product through the framework's own autodiff.
 
-The adapter is chosen from the array type's top-level module (``type(x).__module__``, as the registry does), so a
-third-party backend built on torch, JAX or TensorFlow is differentiated the same way. A framework without an
-adapter here has its autodiff checks skipped with the reason.
+The adapter is chosen from the array type's top-level module (``type(x).__module__``, as the registry does). A
+framework without an adapter here has its autodiff checks skipped with the reason. A third-party backend whose
+arrays are another backend's (torch tensors, say, which the built-in torch backend owns) does not get them through
+its framework's autodiff: the core treats every engine but the owner of x's type as another framework, and refuses
+an x that takes part in autodiff or tracing there (a BackendError), so those checks fail on it.
 """
 
 from __future__ import annotations

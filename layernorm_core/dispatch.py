@@ -33,6 +33,8 @@ Never reset: a context copied inside a block (an asyncio task, ``contextvars.cop
 after it closes, so no count of open blocks can tell when the ContextVar is unset everywhere."""
 _process_default: str | None = None if os.environ.get(ENV_VARIABLE, AUTO) in ("", AUTO) else os.environ[ENV_VARIABLE]
 """Set by `use`; starts as LAYERNORM_BACKEND (None for unset, empty or "auto"; a name is checked on first use)."""
+_environment_default = _process_default
+"""LAYERNORM_BACKEND's name, the very string: `_engine` tells by identity that a name in force came from it."""
 _thread_scope = threading.local()
 """``name``, where set: this thread's innermost using() block, for code that torch.compile traces. Dynamo cannot
 read a ContextVar; it reads a thread-local's attributes and guards them in each calling thread, so a compiled
@@ -136,7 +138,7 @@ def resolve(x: Any, backend: str | None, tracing: bool = False) -> tuple[ModuleT
                 f"pass backend= or call layernorm.use(...); registered: {', '.join(registry.names())}"
             )
         return registry.get(owner), owner, owner
-    return registry.get(name), owner, name
+    return _engine(name), owner, name
 
 
 def local_engine(x: Any, params: Sequence[Any], backend: str | None, tracing: bool) -> ModuleType | None:
@@ -184,7 +186,21 @@ def _in_force_on_x_device(engine: ModuleType, backend: str | None, x: Any, param
 def _in_force_is(engine: ModuleType, backend: str | None) -> bool:
     """Whether the engine name in force (``backend``, `using`, `use`) is auto or names ``engine``'s backend."""
     name = _engine_name(backend)
-    return name == AUTO or registry.get(name) is engine
+    return name == AUTO or _engine(name) is engine
+
+
+def _engine(name: str) -> ModuleType:
+    """`registry.get`, whose BackendError names LAYERNORM_BACKEND where ``name`` is the one it set, still in force.
+
+    Checked only at the first call that uses it, that name can fail in code that never wrote it (a script given a
+    shell's LAYERNORM_BACKEND=jax where jax is not installed).
+    """
+    try:
+        return registry.get(name)
+    except BackendError as exc:
+        if name is not _environment_default or _process_default is not _environment_default:
+            raise
+        raise BackendError(f"{exc} (the name is {ENV_VARIABLE}'s; unset it or call layernorm.use(...))") from exc
 
 
 def run(

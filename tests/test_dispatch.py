@@ -202,6 +202,27 @@ def test_environment_variable_sets_the_default_and_use_overrides_it() -> None:
     assert out.stdout.split() == ["numpy", "auto"]
 
 
+def test_a_bad_name_in_the_environment_variable_is_named_as_its() -> None:
+    """It is checked at the first call that uses it, in code that may never have written it: the error read as if
+    that code had asked for the backend itself."""
+    code = (
+        "import numpy as np, layernorm\n"
+        "for backend in (None, 'nope'):\n"
+        "    try:\n"
+        "        layernorm.layer_norm(np.ones((2, 3)), backend=backend)\n"
+        "    except layernorm.BackendError as exc:\n"
+        "        print(exc)\n"
+        "layernorm.use('auto'); print(layernorm.layer_norm(np.ones((2, 3))).shape)\n"
+    )
+    env = {**os.environ, "LAYERNORM_BACKEND": "nope"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    from_variable, asked, after_use = out.stdout.splitlines()
+    assert from_variable.startswith("unknown backend 'nope'; registered backends: ")
+    assert from_variable.endswith(" (the name is LAYERNORM_BACKEND's; unset it or call layernorm.use(...))")
+    assert asked.startswith("unknown backend 'nope'") and "LAYERNORM_BACKEND" not in asked
+    assert after_use == "(2, 3)"
+
+
 @pytest.mark.parametrize("value", ["auto", ""])
 def test_environment_variable_auto_takes_the_fast_path(value: str) -> None:
     """LAYERNORM_BACKEND=auto is no default at all, as `use("auto")` is: calls take `local_engine`'s shortcut for

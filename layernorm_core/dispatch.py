@@ -319,7 +319,7 @@ def _check_foreign_companions(x: Any, params: Sequence[Any]) -> None:
 
     Such an x is imported by the engine's ``from_foreign``; an argument of a framework a backend owns is of another
     framework than x, and importing it would read a torch tensor that requires grad through NumPy (torch's own
-    RuntimeError) and a tf.Variable without its gradient (a silent detach).
+    RuntimeError) and, under a GradientTape, a tf.Variable without its gradient (a silent detach: None).
     """
     for array in params:
         if array is None or type(array) is type(x):

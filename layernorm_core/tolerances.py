@@ -147,7 +147,6 @@ def rms(values: npt.NDArray[np.float64]) -> float:
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    try:
-        return np.broadcast_shapes(shape, target) == target
-    except ValueError:
-        return False
+    """Whether ``shape`` broadcasts to ``target`` (by hand: np.broadcast_shapes refuses more than 32 axes)."""
+    trailing = target[len(target) - len(shape) :]
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(shape, trailing, strict=True))

@@ -427,6 +427,21 @@ def test_an_exact_result_passes_where_the_tolerance_underflows_to_zero() -> None
     assert error_ratio(expected + np.array([5e-324, 0.0, 0.0]), expected, tolerance("float64", "output")) > 1
 
 
+def test_results_of_more_than_32_axes_are_judged() -> None:
+    """Results of a 40-axis x against its per-row condition: np.broadcast_shapes, which compared the shapes,
+    raised RuntimeError beyond 32 axes, where every backend computes such an x."""
+    from layernorm_core.tolerances import error_ratio, tolerance
+
+    shape = [1] * 40
+    shape[10], shape[39] = 5, 6
+    expected = np.linspace(-2.0, 2.0, 30).reshape(shape)
+    condition = np.ones([*shape[:39], 1])
+    allowed = tolerance("float32", "output")
+    assert error_ratio(expected, expected, allowed, condition) == 0.0
+    assert error_ratio(expected[..., :1] * 1.5, expected[..., :1], allowed, condition) > 1
+    assert error_ratio(np.ones((5, 6)), np.ones((5, 6)), allowed, condition) == 0.0  # dweight: the worst row's
+
+
 def test_gradient_scale_reads_the_finite_terms() -> None:
     """A NaN row made the scale NaN, which error_ratio replaced by 1 whatever the other rows' size."""
     from layernorm_core.tolerances import gradient_scale

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
-from layernorm_core.errors import BackendError, DeviceError, DTypeError, uncomputed_dtype_error
+from layernorm_core.errors import BackendError, DeviceError, DTypeError, LayerNormError, uncomputed_dtype_error
 from layernorm_core.foreign import dlpack_device_type
 from layernorm_core.registry import registry
 
@@ -223,7 +223,9 @@ def run(
         return call(engine, x, params)
     if owner is None:
         _check_foreign_companions(x, params)
-        return call(engine, engine.from_foreign(x), [None if p is None else engine.from_foreign(p) for p in params])
+        return call(
+            engine, _imported(engine, name, x), [None if p is None else _imported(engine, name, p) for p in params]
+        )
     _require_engine_dtype(engine, name, x)
     for array in (x, *params):
         if array is not None and source.is_tracked(array):
@@ -331,6 +333,21 @@ def _check_foreign_companions(x: Any, params: Sequence[Any]) -> None:
                 f"argument is a {owner} array ({type(array).__module__}.{type(array).__qualname__}); pass arrays of "
                 "one framework"
             )
+
+
+def _imported(engine: ModuleType, name: str, array: Any) -> Any:
+    """``engine.from_foreign(array)`` for an array of a framework no backend owns; a DTypeError where it cannot.
+
+    The framework's own error (a symbolic KerasTensor's ValueError: it holds no values) becomes the DTypeError the
+    spec gives an argument that is not an array.
+    """
+    try:
+        return engine.from_foreign(array)
+    except LayerNormError:
+        raise
+    except (TypeError, ValueError) as exc:
+        kind = f"{type(array).__module__}.{type(array).__qualname__}"
+        raise DTypeError(f"the {name!r} backend cannot import a {kind} as an array: {exc}") from exc
 
 
 def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> str:

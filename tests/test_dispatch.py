@@ -277,6 +277,24 @@ def test_unowned_x_beside_a_torch_weight_that_requires_grad() -> None:
         layernorm.layer_norm(_Foreign(X), weight, backend="torch")
 
 
+class _Symbolic:
+    """A placeholder of a framework no backend owns, with a shape and a dtype but no values (a KerasTensor)."""
+
+    shape = (2, 4)
+    dtype = np.dtype(np.float32)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        raise ValueError("a _Symbolic holds no values")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "tensorflow"])
+def test_an_unowned_x_that_cannot_be_imported_is_a_dtype_error(backend: str) -> None:
+    """The engine's import of it raised its framework's own error (a KerasTensor's ValueError)."""
+    pytest.importorskip(backend)
+    with pytest.raises(DTypeError, match=rf"the '{backend}' backend cannot import a .*_Symbolic as an array: a _Sy"):
+        layernorm.layer_norm(_Symbolic(), backend=backend)
+
+
 def test_subclass_of_an_owned_type_belongs_to_its_base_class_owner() -> None:
     class Tagged(np.ndarray):  # defined in this test module, whose package no backend declares
         pass

@@ -48,7 +48,7 @@ def not_dense_error(array: str, backend: str, excluded: str, remedy: str) -> DTy
     """
     return DTypeError(
         f"{array} is not a dense array (the {backend!r} backend excludes {excluded}: masked, sparse and ragged "
-        f"types); pass a dense array, such as {remedy}"
+        f"types, and shape specs); pass a dense array, such as {remedy}"
     )
 
 

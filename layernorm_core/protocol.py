@@ -17,10 +17,12 @@ class BackendDeclaration:
     starts with one of them, as in einops); auto dispatch sends such arrays to it. ``requires`` are the modules
     that must be importable for the backend to be available, and ``extra`` the pip extra that installs them.
     ``excluded_modules`` are modules under those whose array types are not dense arrays (masked, sparse,
-    ragged): a dense kernel would misread them (a NumPy masked array's mask would be dropped), so an argument of
-    such a type, or of a subclass, is a DTypeError before any backend runs. Non-dense variants of an owned type
-    (torch's sparse layouts) are the backend's to refuse, with `not_dense_error`: before its own code computes
-    anything, or in place of the error its framework's kernel raised on them.
+    ragged), or one such type by its ``module.qualname`` (``jax.ShapeDtypeStruct``, a shape spec in module
+    ``jax``): a dense kernel would misread them (a NumPy masked array's mask would be dropped; a shape spec holds
+    no values), so an argument of such a type, or of a subclass, is a DTypeError before any backend runs.
+    Non-dense variants of an owned type (torch's sparse layouts) are the backend's to refuse, with
+    `not_dense_error`: before its own code computes anything, or in place of the error its framework's kernel
+    raised on them.
     ``implementation`` is the module (imported on first use) that implements `BackendModule`.
     """
 

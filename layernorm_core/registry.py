@@ -440,7 +440,7 @@ class Registry:
         with self._lock:
             self._discover()
             for cls in array_type.__mro__:
-                self._reject_excluded(array_type, cls.__module__)
+                self._reject_excluded(array_type, f"{cls.__module__}.{cls.__qualname__}")
             return self._nearest_owner(array_type)
 
     def _nearest_owner(self, array_type: type) -> str | None:
@@ -451,15 +451,18 @@ class Registry:
                 return owner
         return None
 
-    def _reject_excluded(self, array_type: type, module: str) -> None:
-        """DTypeError if ``module`` lies within a module that a backend excludes (masked, sparse, ragged arrays)."""
+    def _reject_excluded(self, array_type: type, class_name: str) -> None:
+        """DTypeError if ``class_name`` (module.qualname) lies within a module or is a class that a backend excludes.
+
+        Masked, sparse and ragged arrays, and shape specs (``jax.ShapeDtypeStruct``, whose module is ``jax``).
+        """
         for excluded, name in self._excluded_by_module.items():
-            if _within(module, excluded):
+            if _within(class_name, excluded):
                 raise not_dense_error(
                     f"{array_type.__module__}.{array_type.__qualname__}",
                     name,
                     excluded,
-                    "a masked array's .filled(value) or a sparse array's .todense()",
+                    "a masked array's .filled(value), a sparse array's .todense(), or an array for a shape spec",
                 )
 
     def status(self) -> list[BackendStatus]:

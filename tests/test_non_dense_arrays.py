@@ -1,4 +1,4 @@
-"""Masked, sparse and ragged arrays are a DTypeError, with no result computed, on every engine.
+"""Masked, sparse and ragged arrays, and shape specs, are a DTypeError, with no result computed, on every engine.
 
 A dense kernel would misread them: NumPy's masked arrays lost their mask silently (the masked values were
 normalized with the rest), and the other frameworks failed deep inside their kernels with their own errors. The
@@ -87,6 +87,17 @@ def _tensorflow_indexed_slices(shape: tuple[int, ...]) -> tuple[Any, Any]:
     return tf.IndexedSlices(dense[:1], tf.constant([0]), dense_shape=tf.constant(shape)), dense
 
 
+def _jax_shape_spec(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """A shape and a dtype without values (what jax.eval_shape takes), of module ``jax``: excluded by its name."""
+    jax = pytest.importorskip("jax")
+    return jax.ShapeDtypeStruct(shape, jax.numpy.float32), jax.numpy.ones(shape, jax.numpy.float32)
+
+
+def _tensorflow_tensor_spec(shape: tuple[int, ...]) -> tuple[Any, Any]:
+    tf = pytest.importorskip("tensorflow")
+    return tf.TensorSpec(shape, tf.float32), tf.ones(shape)
+
+
 NOT_DENSE = {
     "numpy-masked": _numpy_masked,
     "torch-masked": _torch_masked,
@@ -97,6 +108,8 @@ NOT_DENSE = {
     "tensorflow-ragged": _tensorflow_ragged,
     "tensorflow-sparse": _tensorflow_sparse,
     "tensorflow-indexed-slices": _tensorflow_indexed_slices,
+    "jax-shape-spec": _jax_shape_spec,
+    "tensorflow-tensor-spec": _tensorflow_tensor_spec,
 }
 NOT_A_DENSE_ARRAY = r"is not a dense array \(the '\w+' backend excludes [\w.]+"
 

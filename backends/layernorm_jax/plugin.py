@@ -11,7 +11,7 @@ def layernorm_backends() -> list[BackendDeclaration]:
             name="jax",
             implementation="layernorm_jax.backend",
             array_modules=("jax", "jaxlib"),
-            excluded_modules=("jax.experimental.sparse",),  # BCOO, BCSR
+            excluded_modules=("jax.experimental.sparse", "jax.ShapeDtypeStruct"),  # BCOO, BCSR; a shape spec
             requires=("jax",),
             extra="jax",
             description="JAX / XLA (CPU, GPU, TPU): custom_vjp with the analytic backward",

@@ -15,6 +15,7 @@ def layernorm_backends() -> list[BackendDeclaration]:
                 "tensorflow.python.ops.ragged",
                 "tensorflow.python.framework.sparse_tensor",
                 "tensorflow.python.framework.indexed_slices",  # tf.IndexedSlices: rows of a dense shape, sparse
+                "tensorflow.python.framework.type_spec",  # tf.TensorSpec and every TypeSpec: shapes, no values
             ),
             requires=("tensorflow",),
             extra="tensorflow",

@@ -542,7 +542,10 @@ def _origin(entry_point: importlib.metadata.EntryPoint) -> str:
 
 
 def _importable(module: str) -> bool:
-    """Whether ``module`` can be imported, found without importing it (a missing parent package counts as no)."""
+    """Whether ``module`` can be imported, found without importing it (a missing parent package counts as no).
+
+    A dotted name imports its parent packages: find_spec reads a submodule's location from its parent.
+    """
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):

@@ -72,7 +72,7 @@ def test_markdown_update_replaces_only_the_marked_block(tmp_path: Path) -> None:
     assert "old table" not in text and "| new |" in text
     assert text.startswith("# Title\n\nprose") and text.rstrip().endswith("after")
     results.update_markdown(doc, "| newer |")
-    assert text.count(results.MATRIX_START) == 1 and "| new |" not in doc.read_text()
+    assert doc.read_text().count(results.MATRIX_START) == 1 and "| new |" not in doc.read_text()
 
 
 def test_markdown_table_shows_versions() -> None:
@@ -177,10 +177,13 @@ USAGE_PROBLEMS = [
     "out-parent-name-too-long",
     "markdown-name-too-long",
     "merge-name-too-long",
+    "markdown-markers-out-of-order",
+    "markdown-lone-marker",
 ]
 """Each is a usage error before anything runs; the third to the seventh ended in a traceback (exit 1),
-backend-twice and merge-twice counted a backend's checks twice (helper-74), and the last four ended in a
-traceback (OSError: pathlib's exists() and is_file() raise for a name too long)."""
+backend-twice and merge-twice counted a backend's checks twice (helper-74), the four "too-long" ones ended in a
+traceback (OSError: pathlib's exists() and is_file() raise for a name too long), and the last two rewrote the
+file without the text after its start marker."""
 
 
 @pytest.mark.parametrize("problem", USAGE_PROBLEMS)
@@ -194,6 +197,8 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
     (tmp_path / "out" / "numpy.json").mkdir(parents=True)
     (tmp_path / "dangling.md").symlink_to(tmp_path / "nowhere.md")
     (tmp_path / "latin.md").write_bytes(b"caf\xe9\n")
+    (tmp_path / "swapped.md").write_text(f"{results.MATRIX_END}\nkept\n{results.MATRIX_START}\nkept too\n")
+    (tmp_path / "lone.md").write_text(f"{results.MATRIX_START}\nkept\n")
     _fake_runs(monkeypatch, pytest.ExitCode.OK, [_record("numpy", "float32", "passed", 0.25)])
     options = {
         "out-is-a-file": ["--backend", "numpy", "--out", str(tmp_path / "file")],
@@ -210,6 +215,8 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
         "backend-twice": ["--backend", "numpy", "--backend", "numpy", "--out", str(tmp_path / "runs")],
         "merge-twice": ["--merge", str(good), str(tmp_path / "." / "numpy.json")],
         "bad-record": ["--merge", str(tmp_path / "bad.json")],
+        "markdown-markers-out-of-order": ["--merge", str(good), "--markdown", str(tmp_path / "swapped.md")],
+        "markdown-lone-marker": ["--merge", str(good), "--markdown", str(tmp_path / "lone.md")],
     }[problem]
     assert matrix.main(options) == matrix.EXIT_USAGE
     assert "python -m layernorm check: error:" in capsys.readouterr().err

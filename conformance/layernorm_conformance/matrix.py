@@ -162,14 +162,19 @@ def _check_out(given: str) -> None:
 
 
 def _check_markdown(markdown: Path) -> None:
-    """UsageError unless ``--markdown`` is a writable UTF-8 text file, or none yet, in an existing folder."""
+    """UsageError unless ``--markdown`` is a writable UTF-8 text file, or none yet, in an existing folder.
+
+    Its matrix markers, if any, must be a pair in order (`results.matrix_span`).
+    """
     if markdown.is_dir() or not markdown.parent.is_dir():
         raise UsageError(f"--markdown {markdown}: a file in an existing folder, please")
     try:
         if markdown.is_symlink() or markdown.exists():  # a dangling link too: its target cannot be read
-            markdown.read_text(encoding="utf-8")
+            results.matrix_span(markdown.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--markdown {markdown} cannot be read as UTF-8 text: {exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"--markdown {markdown}: {exc}") from exc
     if not os.access(markdown if markdown.exists() else markdown.parent, os.W_OK):
         raise UsageError(f"--markdown {markdown} cannot be written")
 

@@ -135,14 +135,34 @@ def failures(records: Iterable[Record]) -> list[Record]:
 
 
 def update_markdown(path: str | Path, table: str) -> None:
-    """Replace the text between the matrix markers of ``path`` with ``table`` (append the markers if absent)."""
+    """Replace the text between the matrix markers of ``path`` with ``table`` (append the markers if absent).
+
+    Raises:
+        ValueError: the file holds one marker alone, or the end marker before the start (`matrix_span`).
+
+    """
     target = Path(path)
     text = target.read_text(encoding="utf-8") if target.exists() else ""
     block = f"{MATRIX_START}\n{table}\n{MATRIX_END}"
-    if MATRIX_START in text and MATRIX_END in text:
-        head, _, rest = text.partition(MATRIX_START)
-        _, _, tail = rest.partition(MATRIX_END)
-        text = head + block + tail
-    else:
+    span = matrix_span(text)
+    if span is None:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+    else:
+        text = text[: span[0]] + block + text[span[1] :]
     target.write_text(text, encoding="utf-8")
+
+
+def matrix_span(text: str) -> tuple[int, int] | None:
+    """Where the matrix lies in ``text``: from its start marker to past its end marker; None without markers.
+
+    Raises:
+        ValueError: one marker alone, or the end marker first, where a rewrite would drop the text after the
+            start marker.
+
+    """
+    start, end = text.find(MATRIX_START), text.find(MATRIX_END)
+    if start < 0 and end < 0:
+        return None
+    if start < 0 or end < start:
+        raise ValueError(f"the matrix markers are not a pair in order: {MATRIX_START} ... {MATRIX_END}")
+    return start, end + len(MATRIX_END)

@@ -104,6 +104,15 @@ def _matching(param: Any, x: Any, axis: list[int] | int) -> Any:
     return tensor if wanted == param_dtype else ops.cast(tensor, wanted)
 
 
+def _tensor(x: Any) -> Any:
+    """``x`` as a tensor of Keras's backend, as Keras's ops take it (call() and stateless_call() take NumPy arrays).
+
+    A tensor of the backend stays as it is: Keras's NumPy backend, whose tensors are NumPy arrays, converts a float64
+    one to float32 (a float64 policy's input, normalized in float32, and RMSNormalization's y float32).
+    """
+    return x if ops.is_tensor(x) else ops.convert_to_tensor(x)
+
+
 def _check_axes(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> None:
     for a in axis if isinstance(axis, list) else [axis]:
         if a >= len(input_shape) or a < -len(input_shape):
@@ -186,7 +195,7 @@ class LayerNormalization(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         """Normalize ``inputs`` with layernorm.layer_norm; cast to the layer's compute dtype."""
-        inputs = ops.convert_to_tensor(inputs)  # as Keras's ops do: call() and stateless_call() take NumPy arrays
+        inputs = _tensor(inputs)
         outputs = layer_norm(
             inputs,
             _matching(self.gamma, inputs, self.axis),
@@ -248,7 +257,7 @@ class RMSNormalization(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         """Normalize ``x`` with layernorm.rms_norm."""
-        x = ops.convert_to_tensor(x)
+        x = _tensor(x)
         return rms_norm(
             x, _matching(self.scale, x, self.axis), axis=_tuple(self.axis), eps=_epsilon(self.epsilon), backend=_ENGINE
         )

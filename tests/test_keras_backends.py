@@ -1,4 +1,5 @@
-"""layernorm.keras layers on Keras's JAX and torch backends: outputs, gradients and training, against the reference.
+"""layernorm.keras layers on Keras's JAX, torch and NumPy backends: outputs, gradients and training, against the
+reference (NumPy: outputs only).
 
 Keras picks its backend once, when it is imported (``KERAS_BACKEND``), so the checks run in a child pytest per
 backend, started by `test_keras_backend_tests_pass_in_a_child_process`, which fails unless every check passed
@@ -17,11 +18,13 @@ from child_pytest import assert_child_passes
 keras = pytest.importorskip("keras")
 
 CHILD_VARIABLE = "LAYERNORM_TEST_KERAS_BACKEND"
-CHILD_TESTS = 14
+CHILD_TESTS = {"jax": 16, "torch": 16, "numpy": 6}
+CHILD_SKIPS = {"numpy": "layers_match_the_reference or fit_trains_like"}
+"""Tests that run in each child: Keras's NumPy backend has no autodiff and no fit."""
 KERAS_BACKEND = keras.backend.backend()
 in_child = pytest.mark.skipif(
     os.environ.get(CHILD_VARIABLE) != KERAS_BACKEND,
-    reason="runs in a child process with KERAS_BACKEND=jax or torch (test_keras_backend_tests_pass_in_a_child_process)",
+    reason="runs in a child with KERAS_BACKEND=jax, torch or numpy (test_keras_backend_tests_pass_in_a_child_process)",
 )
 
 import layernorm  # noqa: E402
@@ -33,12 +36,13 @@ SHAPE = (4, 5, 6)
 AXES = [pytest.param(-1, id="last"), pytest.param([1, 2], id="two-trailing"), pytest.param(1, id="middle")]
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
 def test_keras_backend_tests_pass_in_a_child_process(backend: str) -> None:
-    """Every check of this module passes under ``KERAS_BACKEND=backend``."""
+    """Every check of this module passes under ``KERAS_BACKEND=backend`` (on NumPy, those it can run)."""
     pytest.importorskip(backend)
     env = {"KERAS_BACKEND": backend, CHILD_VARIABLE: backend}
-    assert_child_passes(__file__, env, deselect="in_a_child_process", tests=CHILD_TESTS)
+    skipped = " or ".join(("in_a_child_process", *filter(None, [CHILD_SKIPS.get(backend)])))
+    assert_child_passes(__file__, env, deselect=f"({skipped})", tests=CHILD_TESTS[backend])
 
 
 def _x(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
@@ -85,6 +89,29 @@ def test_call_and_stateless_call_take_numpy_input(op: str) -> None:
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.call(x)), expected)
     outputs, _ = layer.stateless_call([v.value for v in layer.trainable_variables], [], x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(outputs), expected)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_float64_policy_keeps_a_float64_input(op: str) -> None:
+    """Under a float64 policy a float64 x is normalized in float64 and y has the dtype of Keras's own layer's
+    (float32 on JAX without x64), within its tolerance. On Keras's NumPy backend, keras.ops.convert_to_tensor
+    turned the float64 array into float32 first: y was float32 (RMSNormalization; Keras's float64) or 1e-6 off."""
+    layers = (lk.LayerNormalization, keras.layers.LayerNormalization)
+    if op == "rms_norm":
+        layers = (lk.RMSNormalization, keras.layers.RMSNormalization)
+    ours = _built(layers[0](dtype="float64"))
+    theirs = layers[1](dtype="float64")
+    theirs.build(SHAPE)
+    theirs.set_weights(ours.get_weights())
+    x = _x(0).astype(np.float64) / 3
+    y = ours(x)
+    dtype = keras.backend.standardize_dtype(theirs(x).dtype)
+    assert keras.backend.standardize_dtype(y.dtype) == dtype
+    x, weights = x.astype(dtype), [w.astype(dtype) for w in ours.get_weights()]  # what JAX without x64 holds
+    spec = check_forward(op, x, weights[0], None, tuple(ours.axis), ours.epsilon)
+    expected = getattr(reference, op)(x, *weights, spec)[0]
+    cond = row_condition(x, spec)
+    assert error_ratio(keras.ops.convert_to_numpy(y), expected, tolerance(dtype, "output"), cond) <= 1
 
 
 @in_child

@@ -696,6 +696,33 @@ def test_tensor_watched_by_a_forward_accumulator_cannot_cross() -> None:
     assert accumulator.jvp(y) is not None
 
 
+@pytest.mark.parametrize("watcher", ["tape", "accumulator"])
+@pytest.mark.parametrize("role", ["x", "weight"])
+def test_watched_non_trainable_variable_cannot_cross(watcher: str, role: str) -> None:
+    """A non-trainable variable that a tape or accumulator watches explicitly takes part in autodiff: it is refused,
+    not silently detached (it crossed, and its gradient and tangent came out None); unwatched, it crosses."""
+    backend = registry.get("tensorflow")
+    frozen = tf.Variable([[1.0, 2.0, 4.0]] if role == "x" else [0.5, 2.0, 1.0], trainable=False)
+    other = tf.Variable([[3.0, 1.0, 2.0]], trainable=False)
+    x, weight = (frozen, None) if role == "x" else (tf.constant([[1.0, 2.0, 4.0]]), frozen)
+    watching = (
+        tf.GradientTape(watch_accessed_variables=False)
+        if watcher == "tape"
+        else tf.autodiff.ForwardAccumulator(frozen, tf.ones_like(frozen))
+    )
+    with watching as recorder:
+        if watcher == "tape":
+            recorder.watch(frozen)
+        assert backend.is_tracked(frozen) and not backend.is_tracked(other)
+        with pytest.raises(layernorm.BackendError, match="autodiff or tracing"):
+            layernorm.layer_norm(x, weight, backend="numpy")
+        assert isinstance(layernorm.layer_norm(other, backend="numpy"), tf.Tensor)
+        y = layernorm.layer_norm(x, weight)
+        loss = tf.reduce_sum(y * tf.constant([[1.0, 0.0, -1.0]]))
+    derivative = recorder.gradient(loss, frozen) if watcher == "tape" else recorder.jvp(loss)
+    assert derivative is not None
+
+
 @pytest.mark.parametrize("engine", ["backend=", "use"])
 def test_numpy_x_inside_tf_function_on_the_tensorflow_engine_is_a_backend_error(engine: str) -> None:
     """Inside tf.function the engine's result is symbolic: it cannot go back as a NumPy array, and says so."""

@@ -63,13 +63,24 @@ def device_of(x: Tensor) -> str:
 
 
 def is_tracked(x: Tensor) -> bool:
-    """True inside a graph (symbolic tensors, variables), and for what a GradientTape or ForwardAccumulator watches."""
+    """True inside a graph (symbolic tensors, variables), and for what a GradientTape or ForwardAccumulator watches.
+
+    A trainable variable counts as watched whenever one records (a tape watches it when it is read); another variable
+    where one watches it explicitly (``tape.watch(v)``, an accumulator's primal), as a tensor.
+    """
     x = _variable(x)
     if isinstance(x, tf.Variable):
-        return not tf.executing_eagerly() or (x.trainable and record.could_possibly_record())
+        if not tf.executing_eagerly():
+            return True
+        return record.could_possibly_record() and (x.trainable or _watched(x.handle))
     if tf.is_symbolic_tensor(x):
         return True
-    return record.could_possibly_record() and gradients_util.PossibleTapeGradientTypes([x]) != _NOT_WATCHED
+    return record.could_possibly_record() and _watched(x)
+
+
+def _watched(t: Tensor) -> bool:
+    """Whether an active tape or accumulator watches the eager tensor ``t`` (for a variable: its handle)."""
+    return gradients_util.PossibleTapeGradientTypes([t]) != _NOT_WATCHED
 
 
 def to_numpy(x: Tensor) -> np.ndarray:

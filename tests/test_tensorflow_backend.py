@@ -272,6 +272,34 @@ def test_forward_mode_under_xla(kind: str, shape: tuple[int, int], signature: li
         np.testing.assert_allclose(_np(g), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("shape", [(4, 1), (4, 6)], ids=["rows-of-one", "rows-of-six"])
+@pytest.mark.parametrize(
+    ("mode", "sizes"), [(mode, "known") for mode in MODES] + [("function", "unknown"), ("jit", "unknown")]
+)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_gradients_arriving_as_indexed_slices(kind: str, mode: str, shape: tuple[int, int], sizes: str) -> None:
+    """A tf.gather of y sends y's gradient as tf.IndexedSlices; the backward takes it as the dense dy it stands for.
+
+    layer_norm's backward raised TypeError (IndexedSlices * 0) for rows of one element, and in a tf.function whose
+    signature leaves the sizes unknown."""
+    host = _host(shape, -1, np.float32, seed=7)
+    rows = tf.constant([3, 1, 0, 2])
+
+    def grads(x: Any, w: Any, b: Any, dy: Any) -> list[Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            y = layernorm.layer_norm(x, w, b) if kind == "layer_norm" else layernorm.rms_norm(x, w)
+            loss = tf.reduce_sum(tf.gather(y, rows) * tf.gather(dy, rows))
+        return tape.gradient(loss, [x, w, b] if kind == "layer_norm" else [x, w])
+
+    if mode == "eager":
+        run = grads
+    else:
+        signature = _signature(2, 1, 1, 2) if sizes == "unknown" else None
+        run = tf.function(grads, input_signature=signature, jit_compile=mode == "jit")
+    _check_grads(kind, run(*_tf(*host)), host, -1, "float32")
+
+
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_tape_gradient_is_the_explicit_backward(kind: str) -> None:
     host = _host((6, 10), -1, np.float32, seed=2)

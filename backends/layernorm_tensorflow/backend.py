@@ -188,6 +188,7 @@ def _layer_norm_differentiable(x: Tensor, weight: Tensor, bias: Tensor, spec: No
         y, mean, rstd = _math.layer_norm_forward(x, w, b, spec)
 
         def grad(dy: Tensor, dmean: Tensor = None, drstd: Tensor = None) -> tuple[Tensor, ...]:
+            dy, dmean, drstd = _dense(dy), _dense(dmean), _dense(drstd)
             with _placed(x):
                 dx, dweight, dbias = _math.layer_norm_grads(
                     dy, x, w, spec, mean, rstd, dmean, drstd, matvec=_matvec(x, spec)
@@ -208,6 +209,7 @@ def _rms_norm_differentiable(x: Tensor, weight: Tensor, spec: NormSpec) -> tuple
         y, rstd = _math.rms_norm_forward(x, w, spec)
 
         def grad(dy: Tensor, drstd: Tensor = None) -> tuple[Tensor, ...]:
+            dy, drstd = _dense(dy), _dense(drstd)
             with _placed(x):
                 dx, dweight = _math.rms_norm_grads(dy, x, w, spec, rstd, drstd)
                 return _input_grads(x, dx, ((w, dweight),))
@@ -215,6 +217,11 @@ def _rms_norm_differentiable(x: Tensor, weight: Tensor, spec: NormSpec) -> tuple
         return (y, rstd), grad
 
     return op(x, *(() if weight is None else (weight,)))
+
+
+def _dense(upstream: Tensor) -> Tensor:
+    """An upstream gradient as a dense tensor (None stays None): a tf.gather of an output sends tf.IndexedSlices."""
+    return upstream if upstream is None or isinstance(upstream, tf.Tensor) else tf.convert_to_tensor(upstream)
 
 
 def _split(params: tuple[Tensor, ...], has_weight: bool, has_bias: bool) -> tuple[Tensor, Tensor]:

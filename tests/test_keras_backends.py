@@ -19,8 +19,9 @@ keras = pytest.importorskip("keras")
 
 CHILD_VARIABLE = "LAYERNORM_TEST_KERAS_BACKEND"
 CHILD_TESTS = {"jax": 16, "torch": 16, "numpy": 6}
+"""How many tests pass in each child."""
 CHILD_SKIPS = {"numpy": "layers_match_the_reference or fit_trains_like"}
-"""Tests that run in each child: Keras's NumPy backend has no autodiff and no fit."""
+"""The tests a child deselects: Keras's NumPy backend has no autodiff and no fit."""
 KERAS_BACKEND = keras.backend.backend()
 in_child = pytest.mark.skipif(
     os.environ.get(CHILD_VARIABLE) != KERAS_BACKEND,

@@ -65,8 +65,8 @@ def device_of(x: Tensor) -> str:
 def is_tracked(x: Tensor) -> bool:
     """True inside a graph (symbolic tensors, variables), and for what a GradientTape or ForwardAccumulator watches.
 
-    A trainable variable counts as watched whenever one records (a tape watches it when it is read); another variable
-    where one watches it explicitly (``tape.watch(v)``, an accumulator's primal), as a tensor.
+    A trainable variable counts as watched whenever one records (a tape watches it when it is read); any other
+    variable, as a tensor, where one watches it explicitly (``tape.watch(v)``, an accumulator's primal).
     """
     x = _variable(x)
     if isinstance(x, tf.Variable):

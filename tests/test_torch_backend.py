@@ -746,14 +746,16 @@ def composite_reference(op: str, x: Any, w: Any, b: Any, axis: Any) -> Any:
         pytest.param((70, 512), -1, id="over-2**15"),  # where first-order half CPU gradients use the scratch
     ],
 )
-@pytest.mark.parametrize("route", ["autograd", "explicit"])
+@pytest.mark.parametrize("route", ["autograd", "explicit", "explicit-with-stats"])
 def test_second_order_gradient_penalty(
     route: str, shape: tuple[int, ...], axis: Any, op: str, params: str, dtype: str, device: str
 ) -> None:
     """create_graph=True, then the gradient of a penalty on the gradients (as in WGAN-GP): every second-order
     gradient the float64 composite has, against it. The first-order gradients it squares are rounded to the
     dtype (`check_second_order`). ``explicit``: the first-order gradients come from layer_norm_backward /
-    rms_norm_backward called on tensors that require grad."""
+    rms_norm_backward called on tensors that require grad; ``explicit-with-stats`` passes them the statistics
+    that the forward returned for that x, which autograd records too (torch's layer_norm backward kernel has no
+    derivative in them: NotImplementedError)."""
     x, w, b, dy = make(shape, axis, dtype, device)
     b = b if op == "layer_norm" else None
     trained = params == "trained"
@@ -780,10 +782,13 @@ def test_second_order_gradient_penalty(
 
     def explicit(leaves: list[Any], inputs: list[Any]) -> list[Any]:
         x, w, _ = leaves
+        with_stats = route == "explicit-with-stats"
         if op == "layer_norm":
-            grads = layernorm.layer_norm_backward(dy, x, w, axis=axis)
+            mean, rstd = layernorm.layer_norm(x, w, axis=axis, return_stats=True)[1:] if with_stats else (None, None)
+            grads = layernorm.layer_norm_backward(dy, x, w, axis=axis, mean=mean, rstd=rstd)
         else:
-            grads = layernorm.rms_norm_backward(dy, x, w, axis=axis)
+            rstd = layernorm.rms_norm(x, w, axis=axis, return_stats=True)[1] if with_stats else None
+            grads = layernorm.rms_norm_backward(dy, x, w, axis=axis, rstd=rstd)
         return [g for g, leaf in zip(grads, leaves, strict=False) if leaf is not None and leaf.requires_grad]
 
     got = second_order(autograd_of(ours) if route == "autograd" else explicit, x, w, b)

@@ -534,10 +534,14 @@ def layer_norm_backward(
     """(dx, dweight, dbias) via torch's native_layer_norm_backward; dweight/dbias as if weight were ones.
 
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
-    on CUDA the kernel accumulates in float32 and reads weight in x's dtype.
+    on CUDA the kernel accumulates in float32 and reads weight in x's dtype. Given mean and rstd that autograd
+    records (returned for an x that requires grad), `_layer_norm_backward_formula`: torch has no derivative of its
+    backward kernel for them.
     """
     _refused(x, weight, dy, mean, rstd)
     dtype = x.dtype
+    if mean is not None and rstd is not None and not x.is_nested and _recorded(mean, rstd):
+        return _layer_norm_backward_formula(dy, x, weight, spec, mean, rstd)
     if x.is_nested:
         mean, rstd = _packed_rows(mean), _packed_rows(rstd)
     if spec.compute_dtype != spec.dtype:
@@ -554,6 +558,29 @@ def layer_norm_backward(
         dy, x, spec.normalized_shape, mean, rstd, weight, weight, [True, True, True]
     )
     return _normalized_back(spec, dx).to(dtype=dtype), dweight.to(dtype=dtype), dbias.to(dtype=dtype)
+
+
+def _layer_norm_backward_formula(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    spec: NormSpec,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_norm_backward` in plain ops in the compute dtype, differentiable in every input, mean and rstd too.
+
+    (native_layer_norm_backward raises NotImplementedError when autograd differentiates it in mean or rstd.)
+    """
+    compute, axes, batch_axes = mean.dtype, spec.axes, spec.batch_axes
+    xhat = (x.to(dtype=compute) - mean) * rstd
+    dy_c = dy.to(dtype=compute)
+    g = dy_c if weight is None else dy_c * weight.to(dtype=compute).reshape(_sizes(spec.param_shape))
+    dx = rstd * (g - g.mean(axes, keepdim=True) - xhat * (g * xhat).mean(axes, keepdim=True))
+    dweight, dbias = dy_c * xhat, dy_c
+    if batch_axes:  # sum(()) would sum every axis
+        dweight, dbias = dweight.sum(batch_axes), dbias.sum(batch_axes)
+    return dx.to(dtype=x.dtype), dweight.to(dtype=x.dtype), dbias.to(dtype=x.dtype)
 
 
 def _layer_norm_backward_half_cpu(

@@ -799,6 +799,33 @@ def test_second_order_gradient_penalty(
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("route", ["autograd", "torch.func"])
+@TRAILING_OR_CHANNELS_FIRST
+def test_second_order_through_a_bias_without_weight(axis: Any, route: str, dtype: str) -> None:
+    """A bias without a weight, as in a meta-learning inner step: dbias of a loss that is not linear in y, then the
+    gradient of a loss on dbias. torch's derivative of its backward kernel drops dbias's dependence on dy when the
+    weight is None (pytorch#79705: the second gradient was missing), so the backend passes a weight of ones."""
+    x, w, b, _ = make((4, 5, 6), axis, dtype, "cpu")
+
+    def penalty_gradient(forward: Any, x: Any, b: Any) -> Any:
+        def inner_loss(b: Any) -> Any:
+            return (forward(x, b).double() ** 3).mean()  # mean: in float16's range
+
+        if route == "torch.func":
+            return torch.func.grad(lambda b: (torch.func.grad(inner_loss)(b).double() ** 2).sum())(b)
+        leaf = b.clone().requires_grad_()
+        (dbias,) = torch.autograd.grad(inner_loss(leaf), leaf, create_graph=True)
+        return torch.autograd.grad((dbias.double() ** 2).sum(), leaf)[0]
+
+    got = penalty_gradient(lambda x, b: layernorm.layer_norm(x, None, b, axis=axis), x, b)
+    ones = torch.ones_like(f64_tensor(w))
+    reference_gradient = penalty_gradient(
+        lambda x, b: composite_reference("layer_norm", x, ones, b, axis), f64_tensor(x), f64_tensor(b)
+    )
+    check_second_order([None, None, f64(got)], [None, None, f64(reference_gradient)], dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["trained", "frozen"])

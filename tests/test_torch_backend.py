@@ -1098,6 +1098,17 @@ def test_backend_functions_convert_exactly() -> None:
     torch.testing.assert_close(backend.from_foreign(np.arange(4.0)), torch.arange(4.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_view_with_the_negative_bit_crosses_to_another_engine(dtype: str) -> None:
+    """The imaginary part of a conjugate view is a real tensor with torch's negative bit, whose ``numpy()`` raises
+    RuntimeError: it crosses to the NumPy engine with its values, as the torch engine computes them."""
+    x = torch.randn(3, 8, dtype={"float32": torch.complex64, "float64": torch.complex128}[dtype]).conj().imag
+    assert x.is_neg() and x.dtype == DTYPES[dtype]
+    y = layernorm.layer_norm(x, x[0], backend="numpy")
+    assert isinstance(y, torch.Tensor) and y.dtype == x.dtype
+    torch.testing.assert_close(y, layernorm.layer_norm(x, x[0]))
+
+
 def test_device_of_names_the_cuda_index_where_there_are_several(monkeypatch: pytest.MonkeyPatch) -> None:
     from layernorm_torch import backend
 

@@ -142,9 +142,13 @@ def is_tracked(x: torch.Tensor) -> bool:
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
-    """A host NumPy copy of x with its dtype; bfloat16 becomes ml_dtypes.bfloat16 (bit for bit)."""
+    """A host NumPy copy of x with its dtype; bfloat16 becomes ml_dtypes.bfloat16 (bit for bit).
+
+    A view with torch's negative bit (the real ``c.conj().imag`` of a complex c) has its negation applied first:
+    ``Tensor.numpy()`` refuses it.
+    """
     _require_dense(x)
-    host = x.detach().cpu()
+    host = x.detach().cpu().resolve_neg()
     if host.dtype == torch.bfloat16:
         import ml_dtypes
 

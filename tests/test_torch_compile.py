@@ -170,6 +170,39 @@ def test_dynamic_shapes_stay_symbolic(mode: str, dtype: Any) -> None:
         y.sum().backward()
 
 
+@pytest.mark.parametrize(
+    ("axis", "dtype", "weight_dtype"),
+    [
+        (1, torch.float32, None),
+        (1, torch.bfloat16, torch.float32),
+        (-1, torch.bfloat16, torch.float32),
+        (-1, torch.float16, torch.float32),
+    ],
+    ids=["channels-first", "channels-first-mixed", "trailing-mixed", "trailing-float16-mixed"],
+)
+def test_normalized_sizes_stay_symbolic(axis: int, dtype: Any, weight_dtype: Any) -> None:
+    """A normalized size marked dynamic stays symbolic, and dynamic=True compiles once for several: rms_norm over
+    axes not trailing, and of a half x with a float32 weight, ran torch's _fused_rms_norm, whose int[]
+    normalized_shape pinned the size (ConstraintViolationError; a compile per size)."""
+
+    def norms(x: Any, w: Any) -> Any:
+        if axis == 1:  # literal axes: under dynamic=True dynamo makes an int of a closure symbolic
+            return layernorm.rms_norm(x, w, axis=1), layernorm.layer_norm(x, w, axis=1)
+        return layernorm.rms_norm(x, w), layernorm.layer_norm(x, w)
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(norms, fullgraph=True, backend=counter, dynamic=True)
+    for size in (8, 12, 20):
+        x, w, _ = inputs((3, size, size), size, seed=size)
+        x, w = x.to(dtype), (None if weight_dtype is None else w.to(weight_dtype))
+        if size == 8:  # fails the compile if anything pins the size
+            torch._dynamo.mark_dynamic(x, axis % 3)
+        for got, expected in zip(compiled(x, w), norms(x, w), strict=True):
+            torch.testing.assert_close(got, expected)
+    assert counter.frame_count == 1
+
+
 @pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_export_with_a_dynamic_batch(dtype: Any, strict: bool) -> None:

@@ -438,16 +438,39 @@ def _aligned(t: torch.Tensor, vector_bytes: int) -> torch.Tensor:
 
 
 def _rms_norm_kernel(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec, return_stats: bool) -> Any:
-    """rms_norm by torch's kernel: `_rms_norm_half` for a half x; for axes not trailing, permuted around it."""
+    """rms_norm by torch's kernel: `_rms_norm_half` for a half x; for axes not trailing, permuted around it.
+
+    Under torch.compile and torch.export, `_rms_norm_traced` where y alone would come from _fused_rms_norm.
+    """
     if spec.compute_dtype != spec.dtype:
         return _rms_norm_half(x, weight, spec, return_stats)
+    if spec.is_trailing and not return_stats:  # torch.rms_norm: the same kernel through a cheaper binding
+        return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
+    if _compiling():
+        return _rms_norm_traced(x, weight, spec)
     if not spec.is_trailing:
         y, rstd = _rms_norm_permuted(x, weight, spec)
-    elif return_stats:
+    else:
         y, rstd = _fused_rms_norm(x, spec.normalized_shape, weight, spec.eps)
-    else:  # torch.rms_norm: the same kernel through a cheaper binding than torch.ops
-        return _rms_norm(x, spec.normalized_shape, weight, spec.eps)
     return (y, rstd) if return_stats else y
+
+
+def _rms_norm_traced(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> torch.Tensor:
+    """The y of rms_norm in a torch.compile or torch.export trace (rstd comes from `statistics`): torch.rms_norm.
+
+    _fused_rms_norm's normalized_shape is an int[], which pins the normalized sizes of a trace to their values
+    (mark_dynamic of one failed the compile, dynamic=True compiled again for each size); torch.rms_norm's is a
+    SymInt[]. Its operands as _fused_rms_norm's: a half x with a float32 weight widened (its product rounded
+    once), axes not trailing moved last, contiguous on the CPU.
+    """
+    dtype = x.dtype
+    if spec.mixed_params:
+        x = x.float()
+    (moved,) = _normalized_last(spec, x)
+    if not spec.is_trailing and moved.is_cpu:
+        moved = moved.contiguous()
+    y = _rms_norm(moved, spec.normalized_shape, weight, spec.eps)
+    return _normalized_back(spec, y if y.dtype is dtype else y.to(dtype=dtype))
 
 
 def _rms_norm_rows(
@@ -483,6 +506,8 @@ def _rms_norm_half(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec,
     there is float32 (torch 2.11).
     """
     dtype = x.dtype
+    if (spec.mixed_params or not spec.is_trailing) and _compiling():
+        return _rms_norm_traced(x, weight, spec)
     if not x.is_cpu:
         if _in_transform():
             return _rms_norm_half_via_float32(x, weight, spec, return_stats)

@@ -201,7 +201,7 @@ def normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     if not axes:
         raise ShapeError("axis must name at least one axis; got ()")
     normalized = []
-    for a in axes:
+    for a in map(operator.index, axes):  # a constant: torch.compile(dynamic=True) makes an int argument symbolic
         if not -ndim <= a < ndim:
             raise ShapeError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
         normalized.append(a % ndim)

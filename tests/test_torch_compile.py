@@ -186,9 +186,7 @@ def test_normalized_sizes_stay_symbolic(axis: int, dtype: Any, weight_dtype: Any
     normalized_shape pinned the size (ConstraintViolationError; a compile per size)."""
 
     def norms(x: Any, w: Any) -> Any:
-        if axis == 1:  # literal axes: under dynamic=True dynamo makes an int of a closure symbolic
-            return layernorm.rms_norm(x, w, axis=1), layernorm.layer_norm(x, w, axis=1)
-        return layernorm.rms_norm(x, w), layernorm.layer_norm(x, w)
+        return layernorm.rms_norm(x, w, axis=axis), layernorm.layer_norm(x, w, axis=axis)
 
     torch._dynamo.reset()
     counter = CompileCounter()
@@ -201,6 +199,22 @@ def test_normalized_sizes_stay_symbolic(axis: int, dtype: Any, weight_dtype: Any
         for got, expected in zip(compiled(x, w), norms(x, w), strict=True):
             torch.testing.assert_close(got, expected)
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("axis", [-1, 1, (0, 2)], ids=["trailing", "channels-first", "outer"])
+def test_an_axis_passed_in_under_dynamic_true_compiles(axis: Any) -> None:
+    """dynamo makes an int argument, or an int of a closure, symbolic under dynamic=True: sorting the axes raised
+    "sort with non-constant keys" (with fullgraph; a graph break without). The axes are made constants."""
+    torch._dynamo.reset()
+
+    def norms(x: Any, w: Any, axis: Any) -> Any:
+        return layernorm.layer_norm(x, w, axis=axis), layernorm.rms_norm(x, w, axis=axis)
+
+    compiled = torch.compile(norms, fullgraph=True, backend="eager", dynamic=True)
+    x = torch.randn(4, 6, 5)
+    w = torch.randn([x.shape[a] for a in ((axis,) if isinstance(axis, int) else axis)])
+    for got, expected in zip(compiled(x, w, axis), norms(x, w, axis), strict=True):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])

@@ -192,7 +192,7 @@ def layer_norm(
     A bias without a weight that a gradient may reach gets a weight of ones: torch's derivative of its backward
     kernel drops dbias's dependence on dy where the weight is None (pytorch#79705: second-order gradients 0).
     """
-    if weight is None and bias is not None and (bias.requires_grad or _in_transform()):
+    if weight is None and bias is not None and ((bias.requires_grad and _grad_enabled()) or _in_transform()):
         weight = _ones(spec, x, bias.dtype)
     try:
         if spec.compute_dtype != spec.dtype and (

@@ -569,7 +569,7 @@ def layer_norm_backward(
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype. Given mean and rstd that autograd
     records (returned for an x that requires grad), `_layer_norm_backward_formula`: torch has no derivative of its
-    backward kernel for them.
+    backward kernel for them (3.2x the kernel's time at (64, 768) float32; docs/spec.md, Backward).
     """
     _refused(x, weight, dy, mean, rstd)
     dtype = x.dtype

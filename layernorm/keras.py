@@ -107,10 +107,11 @@ def _matching(param: Any, x: Any, axis: list[int] | int) -> Any:
 def _tensor(x: Any) -> Any:
     """``x`` as a tensor of Keras's backend, as Keras's ops take it (call() and stateless_call() take NumPy arrays).
 
-    A tensor of the backend stays as it is: Keras's NumPy backend, whose tensors are NumPy arrays, converts a float64
-    one to float32 (a float64 policy's input, normalized in float32, and RMSNormalization's y float32).
+    A tensor of the backend keeps its dtype: without one, Keras's NumPy backend, whose tensors are NumPy arrays,
+    converts a float64 one to float32 (a float64 policy's input, normalized in float32, and RMSNormalization's y
+    float32). It is still converted: Keras's torch backend moves it to Keras's device there.
     """
-    return x if ops.is_tensor(x) else ops.convert_to_tensor(x)
+    return ops.convert_to_tensor(x, dtype=x.dtype) if ops.is_tensor(x) else ops.convert_to_tensor(x)
 
 
 def _check_axes(axis: list[int] | int, input_shape: tuple[int | None, ...]) -> None:

@@ -412,10 +412,10 @@ def test_worker_threads_follow_the_callers_floating_point_settings(monkeypatch: 
 
 
 LONG_ROWS = [
-    pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns and a short last one
+    pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns (lengths a column apart)
     pytest.param((9, 35, 2003), (1, 2), id="row-groups"),  # 70105 columns; groups of rows, the last one short
     pytest.param((2, 3, 40000), (0, 2), id="transposed"),  # rows of 80000 made by moving the axes last
-    pytest.param((70, 20000), -1, id="a-row-a-block"),  # two runs of 10000 columns; groups of rows, the last short
+    pytest.param((70, 20000), -1, id="rows-of-20000"),  # runs of 10000 columns (6667 in float64); groups of rows
 ]
 
 
@@ -460,8 +460,9 @@ def test_the_backward_keeps_its_memory_near_its_outputs(shape: tuple[int, ...], 
     """Two rows of 2**21 values: dweight and dbias were summed in float64 though one block sums each column, and the
     backward peaked at 4x x's bytes in float32, 7x in float16 (its outputs take 2x); then at 3x and 6x, each block's
     column sums held until the call ended (one float64 row: 5x, where its outputs take 3x). Rows of 256 KiB in the
-    compute dtype, one a block: each block's column sums, in float64 and held until the call ended, took twice the
-    block's bytes, and the backward peaked at 5x x's bytes in float32 (3x in float64, 9x in float16)."""
+    compute dtype, one a block: each block's column sums, in float64 and held until the call ended, took 4x the
+    block's bytes of x in float32 (2x in float64, 8x in float16), and the backward peaked at 5x x's bytes in float32
+    (3x in float64, 9x in float16)."""
     x = np.random.default_rng(11).standard_normal(shape).astype(dtype)
     _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
     peak = _peak_bytes(lambda: layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd))

@@ -107,7 +107,7 @@ def _forward(
 ) -> tuple[Array, Array | None, Array]:
     layout = _layout(spec)
     yl = np.empty(layout[0], dtype=_native(x.dtype))
-    # x's layout is not kept: a transposed copy of x is freed before y is transposed back (3x x's bytes, now 2x)
+    # x's layout is passed on, not kept: a transposed copy of x is freed before y is transposed back (peak 2x x's bytes)
     mean, rstd = _run_forward(_to_layout(x, spec, layout), weight, bias, spec, rms, yl)
     return _from_layout(yl, spec, layout), mean, rstd
 
@@ -137,7 +137,7 @@ def _backward(
     dtype = _native(x.dtype)
     dxl = np.empty(layout[0], dtype=dtype)
     stats = stats_layout(layout[0])
-    dweight, dbias = backward(  # x's and dy's layouts are not kept: transposed copies are freed before dx's
+    dweight, dbias = backward(  # x's and dy's layouts are passed on, not kept
         _to_layout(dy, spec, layout),
         _to_layout(x, spec, layout),
         _param(weight, compute),

@@ -45,9 +45,12 @@ DOT_CHUNK = 1 << 12
 LONG_ROW = 1 << 14
 """Longest row whose backward goes by blocks of whole rows; longer ones go by `_long_rows_backward`.
 
-A block of whole rows returns its column sums in float64, held until the call ends: as large as the block where it
-holds 2 rows of float32, and glibc maps and unmaps each array over 128 KiB (this many float64 values). Rows of 65536
-float32 values peaked at 5x x's bytes and took 3.7x the time of rows of 65600 (16352 page faults a 16 MiB call)."""
+A block of whole rows returns its two column sums in float64 (16 bytes a column), held until the call ends: twice the
+block's bytes where it holds 2 rows of float32, as many where it holds 4 (rows of this many values); and glibc maps
+and unmaps each array over 128 KiB (this many float64 values). Rows of 65536 float32 values peaked at 5x x's bytes
+and took 3.7x the time of rows of 65600 (16352 page faults a 16 MiB call). Counted in values whatever the dtype:
+rows of up to this many still hold up to 1x x's bytes of sums in float32 and float64, 2x in float16 (backward
+peaks of 2x and 3x)."""
 LONG_ROW_BYTES = 64 * 1024
 """Most bytes of the compute dtype in one row of a block of `_long_rows_backward` (16384 float32 values)."""
 _KEPT_LAYOUTS = 16

@@ -456,16 +456,21 @@ def _rms_norm_kernel(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpe
 
 
 def _rms_norm_traced(x: torch.Tensor, weight: torch.Tensor | None, spec: NormSpec) -> torch.Tensor:
-    """The y of rms_norm in a torch.compile or torch.export trace (rstd comes from `statistics`): torch.rms_norm.
+    """The y of rms_norm in a torch.compile or torch.export trace: torch.rms_norm.
 
+    Never asked for rstd: while compiling, `rms_norm` takes it from `statistics` (`_statistics_by_ops`).
     _fused_rms_norm's normalized_shape is an int[], which pins the normalized sizes of a trace to their values
     (mark_dynamic of one failed the compile, dynamic=True compiled again for each size); torch.rms_norm's is a
-    SymInt[]. Its operands as _fused_rms_norm's: a half x with a float32 weight widened (its product rounded
-    once), axes not trailing moved last, contiguous on the CPU.
+    SymInt[]. Its operands as the eager call's: beside a half x, a float32 weight widens x on the CPU (their
+    product rounded once, as torch's CPU composite takes them) and is cast to x's dtype on CUDA (as
+    `_rms_norm_half` casts it for the fused kernel); axes not trailing moved last, contiguous on the CPU.
     """
     dtype = x.dtype
     if spec.mixed_params:
-        x = x.float()
+        if x.is_cpu:
+            x = x.float()
+        else:
+            weight = _as(weight, dtype)
     (moved,) = _normalized_last(spec, x)
     if not spec.is_trailing and moved.is_cpu:
         moved = moved.contiguous()

@@ -23,10 +23,10 @@ ENV_VARIABLE = "LAYERNORM_BACKEND"
 
 _scoped: ContextVar[str | None] = ContextVar("layernorm_backend", default=None)
 """The name of the innermost using() block open here (`_open_blocks`' last), for the calls to read."""
-_open_blocks: ContextVar[tuple[tuple[object, str], ...]] = ContextVar("layernorm_backend_blocks", default=())
-"""The using() blocks open here, outermost first, each with a key of its own. A block that closes removes its own
-entry, wherever it is: generators suspended in blocks (which share their caller's context) close them out of
-order, and a reset to the value before each block would then reopen a closed one for good."""
+_open_blocks: ContextVar[tuple[tuple[str, object], ...]] = ContextVar("layernorm_backend_blocks", default=())
+"""The using() blocks open here, outermost first: (name, a key of its own), each a tuple of its own. A block that
+closes removes its own entry, wherever it is: generators suspended in blocks (which share their caller's context)
+close them out of order, and a reset to the value before each block would then reopen a closed one for good."""
 _scopes_entered = False
 """Whether a using() block was ever entered in this process: until then the hot path does not read the ContextVar.
 Never reset: a context copied inside a block (an asyncio task, ``contextvars.copy_context``) keeps that block
@@ -86,17 +86,19 @@ def using(name: str) -> Iterator[str]:
     """
     global _scopes_entered
     scope = _checked_name(name) or AUTO
-    key = object()
-    _open_blocks.set((*_open_blocks.get(), (key, scope)))
+    block = (scope, object())  # told from the other blocks by identity
+    _open_blocks.set((*_open_blocks.get(), block))
     _scoped.set(scope)
     _thread_scope.name = scope
     _scopes_entered = True
     try:
         yield name
     finally:
-        still_open = tuple(block for block in _open_blocks.get() if block[0] is not key)
+        blocks = _open_blocks.get()
+        # the innermost, as blocks that nest close; else wherever it is
+        still_open = blocks[:-1] if blocks[-1] is block else tuple(other for other in blocks if other is not block)
         _open_blocks.set(still_open)
-        outer = still_open[-1][1] if still_open else None  # this task's block, not the last one entered on this thread
+        outer = still_open[-1][0] if still_open else None  # this task's block, not the last one entered on this thread
         _scoped.set(outer)
         if outer is None:  # none open, as before the block: compiled code is not traced again
             vars(_thread_scope).pop("name", None)

@@ -75,6 +75,18 @@ def test_markdown_update_replaces_only_the_marked_block(tmp_path: Path) -> None:
     assert doc.read_text().count(results.MATRIX_START) == 1 and "| new |" not in doc.read_text()
 
 
+def test_markdown_update_reads_the_end_marker_after_the_start(tmp_path: Path) -> None:
+    """Prose that quotes the end marker before the matrix keeps it (only a start marker without an end after it is
+    refused, by check --markdown before anything runs)."""
+    doc = tmp_path / "conformance.md"
+    doc.write_text(f"ends at {results.MATRIX_END}\n{results.MATRIX_START}\nold\n{results.MATRIX_END}\nafter\n")
+    results.update_markdown(doc, "| new |")
+    assert (
+        doc.read_text()
+        == f"ends at {results.MATRIX_END}\n{results.MATRIX_START}\n| new |\n{results.MATRIX_END}\nafter\n"
+    )
+
+
 def test_markdown_table_shows_versions() -> None:
     md = results.format_markdown(results.matrix(RECORDS), {"numpy": {"version": "2.4.6"}})
     assert "| numpy | 2.4.6 | cpu | float32 | 2 | 1 | 0 | 3 |" in md
@@ -178,7 +190,7 @@ USAGE_PROBLEMS = [
     "markdown-name-too-long",
     "merge-name-too-long",
     "markdown-markers-out-of-order",
-    "markdown-lone-marker",
+    "markdown-start-marker-alone",
 ]
 """Each is a usage error before anything runs; the third to the seventh ended in a traceback (exit 1),
 backend-twice and merge-twice counted a backend's checks twice (helper-74), the four "too-long" ones ended in a
@@ -216,7 +228,7 @@ def test_matrix_command_usage_errors_are_exit_2_not_tracebacks(
         "merge-twice": ["--merge", str(good), str(tmp_path / "." / "numpy.json")],
         "bad-record": ["--merge", str(tmp_path / "bad.json")],
         "markdown-markers-out-of-order": ["--merge", str(good), "--markdown", str(tmp_path / "swapped.md")],
-        "markdown-lone-marker": ["--merge", str(good), "--markdown", str(tmp_path / "lone.md")],
+        "markdown-start-marker-alone": ["--merge", str(good), "--markdown", str(tmp_path / "lone.md")],
     }[problem]
     assert matrix.main(options) == matrix.EXIT_USAGE
     assert "python -m layernorm check: error:" in capsys.readouterr().err

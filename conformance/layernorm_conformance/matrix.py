@@ -164,7 +164,7 @@ def _check_out(given: str) -> None:
 def _check_markdown(markdown: Path) -> None:
     """UsageError unless ``--markdown`` is a writable UTF-8 text file, or none yet, in an existing folder.
 
-    Its matrix markers, if any, must be a pair in order (`results.matrix_span`).
+    A matrix start marker in it needs an end marker after it (`results.matrix_span`).
     """
     if markdown.is_dir() or not markdown.parent.is_dir():
         raise UsageError(f"--markdown {markdown}: a file in an existing folder, please")

@@ -138,7 +138,7 @@ def update_markdown(path: str | Path, table: str) -> None:
     """Replace the text between the matrix markers of ``path`` with ``table`` (append the markers if absent).
 
     Raises:
-        ValueError: the file holds one marker alone, or the end marker before the start (`matrix_span`).
+        ValueError: the file's start marker has no end marker after it (`matrix_span`).
 
     """
     target = Path(path)
@@ -153,16 +153,16 @@ def update_markdown(path: str | Path, table: str) -> None:
 
 
 def matrix_span(text: str) -> tuple[int, int] | None:
-    """Where the matrix lies in ``text``: from its start marker to past its end marker; None without markers.
+    """Where the matrix lies in ``text``: from its start marker to past the end marker after it; None without one.
 
     Raises:
-        ValueError: one marker alone, or the end marker first, where a rewrite would drop the text after the
-            start marker.
+        ValueError: a start marker with no end marker after it, where a rewrite would drop the text after it.
 
     """
-    start, end = text.find(MATRIX_START), text.find(MATRIX_END)
-    if start < 0 and end < 0:
+    start = text.find(MATRIX_START)
+    if start < 0:
         return None
-    if start < 0 or end < start:
-        raise ValueError(f"the matrix markers are not a pair in order: {MATRIX_START} ... {MATRIX_END}")
+    end = text.find(MATRIX_END, start + len(MATRIX_START))
+    if end < 0:
+        raise ValueError(f"the matrix's start marker has no end marker after it: {MATRIX_START} ... {MATRIX_END}")
     return start, end + len(MATRIX_END)

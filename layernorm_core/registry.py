@@ -161,12 +161,12 @@ class Registry:
         finally:
             self._held = None
         for message in held:
-            _warn(message, stacklevel=2)
+            _issue_warning(message, stacklevel=2)
 
     def _warn(self, message: str) -> None:
         """Issue a PluginWarning, or hold it while `_warnings_held` does."""
         if self._held is None:
-            _warn(message)
+            _issue_warning(message)
         else:
             self._held.append(message)
 
@@ -552,7 +552,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _warn(message: str, stacklevel: int = 3) -> None:
+def _issue_warning(message: str, stacklevel: int = 3) -> None:
+    """Issue a PluginWarning now; the registry's code calls `Registry._warn`, which holds it during registration."""
     warnings.warn(f"layernorm: {message}", PluginWarning, stacklevel=stacklevel)
 
 

@@ -145,7 +145,7 @@ def _backward(
         np.asarray(rstd, dtype=compute).reshape(stats),
         compute,
         dxl,
-        infinite_rstd=compute.type(spec.eps) == 0,  # an eps below the dtype's range is 0 in it too
+        spec.eps,
     )
     normalized = _static(spec.normalized_shape)
     return (

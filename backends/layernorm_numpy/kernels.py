@@ -259,7 +259,7 @@ def forward(
     n = x.shape[1]
     inv_n = 1.0 / n
     same_dtype = x.dtype == compute  # y has x's dtype
-    formula_infinities = compute.type(eps) == 0  # rstd may be inf; an eps below the dtype's range is 0 in it too
+    formula_infinities = _rstd_may_be_infinite(eps, compute)
     params = weight, bias
     weight, bias = _along_axis_1(weight, x.ndim), _along_axis_1(bias, x.ndim)
 
@@ -380,6 +380,11 @@ def _recenter_far_rows(
         y[rows_at] = again_y
 
 
+def _rstd_may_be_infinite(eps: float, compute: np.dtype[np.floating]) -> bool:
+    """Whether ``eps`` is 0 in the compute dtype (an eps below its range too), so a row of variance 0 has rstd inf."""
+    return bool(compute.type(eps) == 0)
+
+
 def backward(
     dy: Array,
     x: Array,
@@ -388,15 +393,16 @@ def backward(
     rstd: Array,
     compute: np.dtype[np.floating],
     dx: Array,
-    infinite_rstd: bool,
+    eps: float,
 ) -> tuple[Array, Array]:
     """Write dx into ``dx``; return the sums over all axes but axis 1 (dweight, dbias) in float64.
 
     In the compute dtype where one block sums each column (`_long_rows_backward` of one group of rows). Layouts as
     in `forward`; ``mean`` is None for rms_norm (xhat = x * rstd). Block by block, like `forward`;
-    rows longer than `LONG_ROW` go by `_long_rows_backward`. ``infinite_rstd``: rstd may hold inf (eps = 0), whose
-    rows' dx is NaN (`_finite_rstd`).
+    rows longer than `LONG_ROW` go by `_long_rows_backward`. With ``eps`` 0 in the compute dtype rstd may hold inf,
+    whose rows' dx is NaN (`_finite_rstd`).
     """
+    infinite_rstd = _rstd_may_be_infinite(eps, compute)
     n = x.shape[1]
     if x.ndim == 2 and n > LONG_ROW:
         return _long_rows_backward(dy, x, weight, mean, rstd, compute, dx, infinite_rstd)

@@ -341,15 +341,22 @@ def _imported(engine: ModuleType, name: str, array: Any) -> Any:
     """``engine.from_foreign(array)`` for an array of a framework no backend owns; a DTypeError where it cannot.
 
     The framework's own error (a symbolic KerasTensor's ValueError: it holds no values) becomes the DTypeError the
-    spec gives an argument that is not an array.
+    spec gives an argument that is not an array, as does an import of another shape (NumPy wraps an object with
+    neither values nor an array interface in a 0-d object array).
     """
+    kind = f"{type(array).__module__}.{type(array).__qualname__}"
     try:
-        return engine.from_foreign(array)
+        imported = engine.from_foreign(array)
     except LayerNormError:
         raise
     except (TypeError, ValueError) as exc:
-        kind = f"{type(array).__module__}.{type(array).__qualname__}"
         raise DTypeError(f"the {name!r} backend cannot import a {kind} as an array: {exc}") from exc
+    if tuple(imported.shape) != tuple(array.shape):
+        raise DTypeError(
+            f"the {name!r} backend cannot import a {kind} as an array: it gave shape {tuple(imported.shape)}, not "
+            f"{tuple(array.shape)} (an object without values, or without an array interface)"
+        )
+    return imported
 
 
 def check_devices(device_of: Callable[[Any], str], x: Any, params: Sequence[Any]) -> str:

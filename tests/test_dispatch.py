@@ -287,12 +287,22 @@ class _Symbolic:
         raise ValueError("a _Symbolic holds no values")
 
 
+class _ShapeOnly:
+    """A shape and a dtype of a framework no backend owns, with no values and no array interface."""
+
+    shape = (2, 4)
+    dtype = np.dtype(np.float32)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "tensorflow"])
 def test_an_unowned_x_that_cannot_be_imported_is_a_dtype_error(backend: str) -> None:
-    """The engine's import of it raised its framework's own error (a KerasTensor's ValueError)."""
+    """The engine's import of it raised its framework's own error (a KerasTensor's ValueError), or, for an object
+    with no array interface, NumPy made a 0-d object array of it and its kernel raised NumPy's ValueError."""
     pytest.importorskip(backend)
     with pytest.raises(DTypeError, match=rf"the '{backend}' backend cannot import a .*_Symbolic as an array: a _Sy"):
         layernorm.layer_norm(_Symbolic(), backend=backend)
+    with pytest.raises(DTypeError, match=rf"the '{backend}' backend cannot import a .*_ShapeOnly as an array"):
+        layernorm.layer_norm(_ShapeOnly(), backend=backend)
 
 
 def test_subclass_of_an_owned_type_belongs_to_its_base_class_owner() -> None:

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             data = json.loads(args.from_json.read_text(encoding="utf-8"))
         except ValueError as exc:
             command.error(f"--from-json {args.from_json} is not a results.json: {exc}")
+        missing = _missing_results_keys(data)
+        if missing:
+            command.error(f"--from-json {args.from_json} is not a results.json of schema {runner.SCHEMA}: {missing}")
     else:
         if args.threads:
             machine.limit_threads(args.threads)
@@ -124,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing was measured: every backend was skipped", file=sys.stderr)
         return 1
     return 0
+
+
+def _missing_results_keys(data: object) -> str:
+    """What keeps ``data`` from being a results.json that `runner.run` wrote (empty if nothing)."""
+    if not isinstance(data, dict):
+        return f"a {type(data).__name__}, not an object"
+    if data.get("schema") != runner.SCHEMA:
+        return f"schema {data.get('schema')!r}"
+    missing = [key for key in runner.RESULTS_KEYS if key not in data]
+    return f"no {', '.join(missing)}" if missing else ""
 
 
 if __name__ == "__main__":

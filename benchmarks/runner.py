@@ -15,6 +15,8 @@ from benchmarks.frameworks.base import COPY, FrameworkAdapter, Workload, first_e
 from benchmarks.timing import Clock, Timing, interleaved
 
 SCHEMA = 1
+RESULTS_KEYS = ("command", "machine", "settings", "backends", "results")
+"""The keys of results.json (`run`) that the report cannot do without, besides ``schema``."""
 GPU_KINDS = frozenset({"cuda", "gpu"})
 CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "process": time.process_time}
 """wall: elapsed time. process: this process's CPU time (all its threads), which time spent descheduled by

@@ -516,6 +516,7 @@ def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -
         ["--out-is-a-file"],
         ["--from-json", "missing.json"],
         ["--from-json", "not-json.json"],
+        ["--from-json", "not-results.json"],
     ],
     ids=lambda options: "-".join(options).lstrip("-"),
 )
@@ -529,6 +530,7 @@ def test_cli_refuses_what_it_cannot_use_before_the_run(
 
     monkeypatch.setattr(runner, "run", unreachable)
     (tmp_path / "not-json.json").write_text("{")
+    (tmp_path / "not-results.json").write_text("{}")
     (tmp_path / "file").write_text("")
     out = tmp_path / ("file" if options == ["--out-is-a-file"] else "out")
     options = [str(tmp_path / o) if o.endswith(".json") else o for o in options if o != "--out-is-a-file"]

@@ -29,6 +29,7 @@ import torch.autograd.forward_ad as _forward_ad
 
 from layernorm_core import BackendInfo, NormSpec, not_dense_error
 from layernorm_core.dispatch import check_devices
+from layernorm_core.errors import DeviceError
 from layernorm_core.foreign import require_host
 from layernorm_torch import half_cpu, rms_rows, scratch, statistics
 from layernorm_torch.half_cpu import HalfLayerNormCPU
@@ -157,13 +158,19 @@ def to_numpy(x: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(array: Any, device: str = "cpu") -> torch.Tensor:
-    """A new tensor on ``device`` holding a NumPy array's values and dtype (ml_dtypes.bfloat16 -> bfloat16)."""
+    """A new tensor on ``device`` holding a NumPy array's values and dtype (ml_dtypes.bfloat16 -> bfloat16).
+
+    DeviceError for a device torch does not have (torch's AssertionError without CUDA, RuntimeError without it).
+    """
     array = np.array(array, copy=True, order="C")
     if array.dtype.name == "bfloat16":
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(array)
-    return tensor.to(device)
+    try:
+        return tensor.to(device)
+    except (AssertionError, RuntimeError) as exc:
+        raise DeviceError(f"torch cannot place an array on {device!r}: {exc}") from exc
 
 
 def from_foreign(x: Any) -> torch.Tensor:

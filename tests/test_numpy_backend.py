@@ -411,6 +411,24 @@ def test_worker_threads_follow_the_callers_floating_point_settings(monkeypatch: 
         assert called, "the caller's error callback was not called"
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_blocks_of_whole_rows_sum_the_same_bits_with_any_number_of_threads(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole rows a block, 19 blocks (38 in float64), the last one short: the blocks' column sums (dweight, dbias)
+    are added pairwise, in a tree over the blocks that no split across threads changes."""
+    shape = (300, 4000)
+    _assert_layer_norm_matches_reference(shape, -1, dtype)
+    x, w, _, dy = _inputs(shape, -1, DTYPES[dtype], seed=10)
+    results = []
+    for threads in ("1", "2", "3", "5"):
+        monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", threads)
+        results.append((*layernorm.layer_norm_backward(dy, x, w), *layernorm.rms_norm_backward(dy, x, w)))
+    for other in results[1:]:
+        for got, first in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, first)
+
+
 LONG_ROWS = [
     pytest.param((3, 2**17 + 3), -1, id="few-rows"),  # one group of rows, chunks of columns (lengths a column apart)
     pytest.param((9, 35, 2003), (1, 2), id="row-groups"),  # 70105 columns; groups of rows, the last one short
@@ -467,6 +485,20 @@ def test_the_backward_keeps_its_memory_near_its_outputs(shape: tuple[int, ...], 
     _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
     peak = _peak_bytes(lambda: layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd))
     assert peak <= most * x.nbytes, f"peak {peak / x.nbytes:.2f}x x's bytes"
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((128, 16384), "float32"), ((256, 16384), "float16")])
+def test_blocks_of_whole_rows_hold_a_few_column_sums(
+    shape: tuple[int, ...], dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of 16384 values, 4 a block of whole rows, 32 or 64 blocks: each block's column sums, in float64 and held
+    until the call ended, took that block's bytes of x in float32 (2x in float16), and the backward peaked at 2.04x
+    x's bytes (3.04x). A thread holds about log2 of its blocks' sums: 1.29x and 1.35x with two threads."""
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "2")
+    x = np.random.default_rng(11).standard_normal(shape).astype(dtype)
+    _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
+    peak = _peak_bytes(lambda: layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd))
+    assert peak <= 1.5 * x.nbytes, f"peak {peak / x.nbytes:.2f}x x's bytes"
 
 
 def _peak_bytes(call: Callable[[], object]) -> int:

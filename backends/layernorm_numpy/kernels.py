@@ -45,12 +45,14 @@ DOT_CHUNK = 1 << 12
 LONG_ROW = 1 << 14
 """Longest row whose backward goes by blocks of whole rows; longer ones go by `_long_rows_backward`.
 
-A block of whole rows returns its two column sums in float64 (16 bytes a column), held until the call ends: twice the
-block's bytes where it holds 2 rows of float32, as many where it holds 4 (rows of this many values); and glibc maps
-and unmaps each array over 128 KiB (this many float64 values). Rows of 65536 float32 values peaked at 5x x's bytes
-and took 3.7x the time of rows of 65600 (16352 page faults a 16 MiB call). Counted in values whatever the dtype:
-rows of up to this many still hold up to 1x x's bytes of sums in float32 and float64, 2x in float16 (backward
-peaks of 2x and 3x)."""
+A block of whole rows sums its columns in float64 (16 bytes a column): twice the block's bytes where it holds 2 rows
+of float32, as many where it holds 4 (rows of this many values). Returned one a block and held until the call ended,
+those sums took up to 1x x's bytes at rows of this many values in float32 and float64, 2x in float16 (backward
+peaks of 2.04x and 3.04x); `_sum_blocks` adds them pairwise as they come, a thread holding about log2 of its blocks'
+sums (peaks of 1.11x and 1.13x for 16 MiB of x on one thread, 1.29x and 1.35x for 8 MiB on two; 1.34x and 1.62x
+at rows of 16385, by `_long_rows_backward`). glibc maps and unmaps each array over 128 KiB (this many float64
+values): rows of 65536 float32 values, one a block, each block's sums a fresh array, peaked at 5x x's bytes and took
+3.7x the time of rows of 65600 (16352 page faults a 16 MiB call). Counted in values whatever the dtype."""
 LONG_ROW_BYTES = 64 * 1024
 """Most bytes of the compute dtype in one row of a block of `_long_rows_backward` (16384 float32 values)."""
 _KEPT_LAYOUTS = 16
@@ -177,33 +179,105 @@ def _for_blocks(
         blocks = _grid(x.shape, item_bytes)
     results: list[Any] = [None] * len(blocks)
     largest = x[blocks[0]].shape
-    threads = _thread_count() if x.size * item_bytes >= PARALLEL_MIN_BYTES else 1
-    share = -(-len(blocks) // threads)
 
-    def run_share(first: int) -> None:
+    def run_share(share: range) -> None:
         work = make_worker(largest)
-        for k in range(first, min(first + share, len(blocks))):
+        for k in share:
             results[k] = work(blocks[k])
 
+    _run_shares(len(blocks), x.size * item_bytes, run_share)
+    return results
+
+
+def _run_shares(count: int, input_bytes: int, run_share: Callable[[range], None]) -> None:
+    """Run ``run_share`` on consecutive shares of blocks ``range(count)``, one a thread (`_for_blocks`).
+
+    One share under `PARALLEL_MIN_BYTES` of input; the first share runs on the calling thread.
+    """
+    threads = _thread_count() if input_bytes >= PARALLEL_MIN_BYTES else 1
+    share = -(-count // threads)
     futures = []
-    in_pool = _under_callers_errstate(run_share) if share < len(blocks) else run_share  # read only when pooled
-    for first in range(share, len(blocks), share):
+    in_pool = _under_callers_errstate(run_share) if share < count else run_share  # read only when pooled
+    for first in range(share, count, share):
         try:
-            futures.append(_pool().submit(in_pool, first))
+            futures.append(_pool().submit(in_pool, range(first, min(first + share, count))))
         except RuntimeError:  # no new threads (interpreter shutdown, a thread limit): the same results on this one
-            run_share(first)
+            run_share(range(first, min(first + share, count)))
     try:
-        run_share(0)
+        run_share(range(min(share, count)))
     except BaseException:  # np.errstate(all="raise"), say: no share runs on once the call has raised
         for future in futures:
             future.exception()
         raise
     for future in futures:
         future.result()
-    return results
 
 
-def _under_callers_errstate(run: Callable[[int], None]) -> Callable[[int], None]:
+SumsNode = tuple[int, int, Array]
+"""(first block, level, sums) of a subtree of `_sum_blocks`: the float64 sums of blocks first to first + 2**level."""
+
+
+def _sum_blocks(
+    x: Array,
+    make_worker: Callable[[tuple[int, ...]], Callable[[Block, Array], None]],
+    item_bytes: int,
+    sums_shape: tuple[int, ...],
+) -> Array:
+    """The float64 sum over the grid of layout ``x`` (`_grid`) of what workers write into ``sums_shape`` a block.
+
+    As `_for_blocks`, but ``work(block, sums)`` writes its block's sums into ``sums`` (float64, ``sums_shape``).
+    They are added pairwise, in a binary tree over the grid's blocks that is the same for any number of threads
+    (`_add_subtree`), so are the sums' bits; a thread holds a block's sums and a few subtrees' (about log2 of its
+    blocks), which it reuses. Returned one by one and added in the grid's order, each block's sums were held until
+    the call ended: as many bytes as x's at rows of 16384 float32 values (2x in float16; `LONG_ROW`).
+    """
+    if x.size == 0:
+        return np.zeros(sums_shape, dtype=np.float64)
+    if x.size * item_bytes <= BLOCK_BYTES:  # the grid would be this one block
+        sums = np.empty(sums_shape, dtype=np.float64)
+        make_worker(x.shape)((slice(None),), sums)
+        return sums
+    blocks = _grid(x.shape, item_bytes)
+    largest = x[blocks[0]].shape
+    subtrees: list[SumsNode] = []
+
+    def run_share(share: range) -> None:
+        work = make_worker(largest)
+        stack: list[SumsNode] = []
+        spare: list[Array] = []
+        for k in share:
+            sums = spare.pop() if spare else np.empty(sums_shape, dtype=np.float64)
+            work(blocks[k], sums)
+            _add_subtree(stack, (k, 0, sums), spare)
+        subtrees.extend(stack)
+
+    _run_shares(len(blocks), x.size * item_bytes, run_share)
+    stack: list[SumsNode] = []
+    for subtree in sorted(subtrees, key=lambda node: node[0]):
+        _add_subtree(stack, subtree, [])
+    # The blocks past the last power of two: each smaller subtree is the right half of the one before
+    total = stack.pop()[2]
+    while stack:
+        total += stack.pop()[2]
+    return total
+
+
+def _add_subtree(stack: list[SumsNode], node: SumsNode, spare: list[Array]) -> None:
+    """Push ``node`` onto ``stack`` (subtrees of consecutive blocks), adding it to its left sibling, and so up.
+
+    Subtree ``(first, level)`` covers blocks ``first`` to ``first + 2**level``, aligned on that many; two of a level
+    are siblings where the left one's ``first >> level`` is even. The right one's sums array goes to ``spare``.
+    """
+    stack.append(node)
+    while len(stack) > 1 and stack[-2][1] == stack[-1][1] and not (stack[-2][0] >> stack[-2][1]) & 1:
+        _, level, right = stack.pop()
+        first, _, left = stack[-1]
+        left += right
+        stack[-1] = (first, level + 1, left)
+        spare.append(right)
+
+
+def _under_callers_errstate(run: Callable[[range], None]) -> Callable[[range], None]:
     """``run``, for a pool thread to call, under the calling thread's np.errstate and error callback.
 
     A pool thread has its own floating-point settings, NumPy's defaults: it warned under the caller's
@@ -211,9 +285,9 @@ def _under_callers_errstate(run: Callable[[int], None]) -> Callable[[int], None]
     """
     settings, handler = np.geterr(), np.geterrcall()
 
-    def run_there(first: int) -> None:
+    def run_there(share: range) -> None:
         with np.errstate(**settings) if handler is None else np.errstate(call=handler, **settings):
-            run(first)
+            run(share)
 
     return run_there
 
@@ -410,10 +484,10 @@ def backward(
     weight = _along_axis_1(weight, x.ndim)
     batch_axes = (0, *range(2, x.ndim))
 
-    def make_worker(largest: tuple[int, ...]) -> Callable[[Block], tuple[Array, Array]]:
+    def make_worker(largest: tuple[int, ...]) -> Callable[[Block, Array], None]:
         kept = _kept((largest,) * 5 + (stats_layout(largest),) * 2, compute)
 
-        def work(block: Block) -> tuple[Array, Array]:
+        def work(block: Block, sums: Array) -> None:
             xb, rstd_b = x[block], rstd[block]
             if xb.shape == largest:
                 xhat, dyb, g, dxb, product, g_mean, gx_mean = kept
@@ -430,19 +504,13 @@ def backward(
             gx_mean *= inv_n
             _write_dx(dx[block], g, None if mean is None else g_mean, xhat, gx_mean, rstd_b, dxb, product)
             np.multiply(dyb, xhat, out=product)
-            return (
-                np.add.reduce(product, axis=batch_axes, dtype=np.float64),
-                np.add.reduce(dyb, axis=batch_axes, dtype=np.float64),
-            )
+            np.add.reduce(product, axis=batch_axes, dtype=np.float64, out=sums[0])
+            np.add.reduce(dyb, axis=batch_axes, dtype=np.float64, out=sums[1])
 
         return work
 
-    dweight = np.zeros(n, dtype=np.float64)
-    dbias = np.zeros(n, dtype=np.float64)
-    # in the grid's fixed order: the sums are the same bitwise on every run and for any number of threads
-    for block_dweight, block_dbias in _for_blocks(x, make_worker, compute.itemsize):
-        dweight += block_dweight
-        dbias += block_dbias
+    # the same bits on every run and for any number of threads
+    dweight, dbias = _sum_blocks(x, make_worker, compute.itemsize, (2, n))
     return dweight, dbias
 
 

@@ -95,8 +95,8 @@ def using(name: str) -> Iterator[str]:
         yield name
     finally:
         blocks = _open_blocks.get()
-        # the innermost, as blocks that nest close; else wherever it is
-        still_open = blocks[:-1] if blocks[-1] is block else tuple(other for other in blocks if other is not block)
+        # the innermost, as blocks that nest close; else wherever it is (nowhere, closed in another context)
+        still_open = blocks[:-1] if blocks and blocks[-1] is block else tuple(b for b in blocks if b is not block)
         _open_blocks.set(still_open)
         outer = still_open[-1][0] if still_open else None  # this task's block, not the last one entered on this thread
         _scoped.set(outer)

@@ -149,6 +149,36 @@ def test_using_is_isolated_per_asyncio_task(recording: list[str]) -> None:
     assert layernorm.current_backend() == "auto"
 
 
+def test_a_block_closed_in_another_thread_closes_quietly() -> None:
+    """A generator suspended in a using() block and closed from another thread runs the block's exit in that
+    thread's context, where no block is open: it raised IndexError there (9a04738 read the last open block).
+    The block stays open in the context that opened it, so the test opens it in a copy of this one."""
+    from layernorm_core import dispatch
+
+    def suspended() -> Iterator[str]:
+        with layernorm.using("numpy"):
+            yield layernorm.current_backend()
+
+    generator = suspended()
+    raised: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            generator.close()
+        except BaseException as exc:  # reported below, in the test's thread
+            raised.append(exc)
+
+    try:
+        assert contextvars.copy_context().run(next, generator) == "numpy"
+        closer = threading.Thread(target=close)
+        closer.start()
+        closer.join()
+    finally:
+        vars(dispatch._thread_scope).pop("name", None)  # this thread's, which the block set
+    assert not raised, raised
+    assert layernorm.current_backend() == "auto"
+
+
 def test_blocks_of_interleaved_generators_close_as_they_close(recording: list[str]) -> None:
     """Generators share their caller's context, so their blocks close out of order: each reset the ContextVar to
     its value before the block, and once both had closed the first one's block was open in the caller for good

@@ -826,6 +826,21 @@ def test_second_order_through_a_bias_without_weight(axis: Any, route: str, dtype
     check_second_order([None, None, f64(got)], [None, None, f64(reference_gradient)], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@TRAILING_OR_CHANNELS_FIRST
+def test_a_bias_without_weight_gives_the_same_bits_recorded_or_not(axis: Any, dtype: str) -> None:
+    """The weight of ones above came only where autograd recorded the call: torch's CPU kernel rounds the two forms
+    differently, so y under torch.no_grad (evaluation, a checkpoint's recompute) differed in its last bits from y
+    with grad on, and a plain bias from a Parameter."""
+    x, _, b, _ = make((64, 48, 6) if axis == -1 else (6, 48, 64), axis, dtype, "cpu")
+    recorded = layernorm.layer_norm(x, None, torch.nn.Parameter(b.clone()), axis=axis)
+    with torch.no_grad():
+        unrecorded = layernorm.layer_norm(x, None, torch.nn.Parameter(b.clone()), axis=axis)
+    plain = layernorm.layer_norm(x, None, b, axis=axis)
+    torch.testing.assert_close(unrecorded, recorded.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(plain, recorded.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("params", ["trained", "frozen"])

@@ -196,10 +196,11 @@ def layer_norm(
     The kernels return mean and rstd outside the autograd graph (and with zero tangents in forward mode): where
     `_statistics_by_ops` says, they come from `statistics.layer_norm_statistics` instead, so a loss on them reaches
     x and their tangents are right.
-    A bias without a weight that a gradient may reach gets a weight of ones: torch's derivative of its backward
-    kernel drops dbias's dependence on dy where the weight is None (pytorch#79705: second-order gradients 0).
+    A bias without a weight gets a weight of ones: torch's derivative of its backward kernel drops dbias's dependence
+    on dy where the weight is None (pytorch#79705: second-order gradients 0). Every such call does, so that y has
+    the same bits with autograd recording it or not (torch's CPU kernel rounds the two forms differently).
     """
-    if weight is None and bias is not None and ((bias.requires_grad and _grad_enabled()) or _in_transform()):
+    if weight is None and bias is not None:
         weight = _ones(spec, x, bias.dtype)
     try:
         if spec.compute_dtype != spec.dtype and (

@@ -160,17 +160,19 @@ def to_numpy(x: torch.Tensor) -> np.ndarray:
 def from_numpy(array: Any, device: str = "cpu") -> torch.Tensor:
     """A new tensor on ``device`` holding a NumPy array's values and dtype (ml_dtypes.bfloat16 -> bfloat16).
 
-    DeviceError for a device torch does not have (torch's AssertionError without CUDA, RuntimeError without it).
+    DeviceError for a device torch does not have (torch's own AssertionError for CUDA in a CPU build), asked of
+    the device's module (``torch.cuda.is_available()``) before the copy, whose other errors (out of memory) stay
+    torch's.
     """
+    kind = torch.device(device).type
+    if kind != "cpu" and not getattr(getattr(torch, kind, None), "is_available", lambda: False)():
+        raise DeviceError(f"torch cannot place an array on {device!r}: it has no {kind} device here")
     array = np.array(array, copy=True, order="C")
     if array.dtype.name == "bfloat16":
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(array)
-    try:
-        return tensor.to(device)
-    except (AssertionError, RuntimeError) as exc:
-        raise DeviceError(f"torch cannot place an array on {device!r}: {exc}") from exc
+    return tensor.to(device)
 
 
 def from_foreign(x: Any) -> torch.Tensor:

@@ -342,7 +342,8 @@ def _imported(engine: ModuleType, name: str, array: Any) -> Any:
 
     The framework's own error (a symbolic KerasTensor's ValueError: it holds no values) becomes the DTypeError the
     spec gives an argument that is not an array, as does an import of another shape (NumPy wraps an object with
-    neither values nor an array interface in a 0-d object array).
+    neither values nor an array interface in a 0-d object array); sizes the argument does not know (dask's nan)
+    are not compared.
     """
     kind = f"{type(array).__module__}.{type(array).__qualname__}"
     try:
@@ -351,10 +352,11 @@ def _imported(engine: ModuleType, name: str, array: Any) -> Any:
         raise
     except (TypeError, ValueError) as exc:
         raise DTypeError(f"the {name!r} backend cannot import a {kind} as an array: {exc}") from exc
-    if tuple(imported.shape) != tuple(array.shape):
+    shape, given = tuple(imported.shape), tuple(array.shape)
+    if len(shape) != len(given) or any(type(g) is int and g != s for s, g in zip(shape, given, strict=True)):
         raise DTypeError(
-            f"the {name!r} backend cannot import a {kind} as an array: it gave shape {tuple(imported.shape)}, not "
-            f"{tuple(array.shape)} (an object without values, or without an array interface)"
+            f"the {name!r} backend cannot import a {kind} as an array: it gave shape {shape}, not {given} (an "
+            "object without values, or without an array interface)"
         )
     return imported
 

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = _missing_results_keys(data)
         if missing:
             command.error(f"--from-json {args.from_json} is not a results.json of schema {runner.SCHEMA}: {missing}")
+        try:  # a record the report cannot read, before anything is written
+            report.render(data, [])
+        except (KeyError, TypeError, ValueError) as exc:
+            command.error(f"--from-json {args.from_json} is not a results.json: the report cannot read {exc!r}")
     else:
         if args.threads:
             machine.limit_threads(args.threads)

@@ -517,6 +517,7 @@ def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -
         ["--from-json", "missing.json"],
         ["--from-json", "not-json.json"],
         ["--from-json", "not-results.json"],
+        ["--from-json", "empty-machine.json"],
     ],
     ids=lambda options: "-".join(options).lstrip("-"),
 )
@@ -531,6 +532,8 @@ def test_cli_refuses_what_it_cannot_use_before_the_run(
     monkeypatch.setattr(runner, "run", unreachable)
     (tmp_path / "not-json.json").write_text("{")
     (tmp_path / "not-results.json").write_text("{}")
+    empty_machine = {"schema": runner.SCHEMA, **{key: [] for key in runner.RESULTS_KEYS}, "machine": {}, "command": ""}
+    (tmp_path / "empty-machine.json").write_text(json.dumps({**empty_machine, "settings": {}}))
     (tmp_path / "file").write_text("")
     out = tmp_path / ("file" if options == ["--out-is-a-file"] else "out")
     options = [str(tmp_path / o) if o.endswith(".json") else o for o in options if o != "--out-is-a-file"]

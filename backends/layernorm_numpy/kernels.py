@@ -228,7 +228,9 @@ def _sum_blocks(
     As `_for_blocks`, but ``work(block, sums)`` writes its block's sums into ``sums`` (float64, ``sums_shape``).
     They are added pairwise, in a binary tree over the grid's blocks that is the same for any number of threads
     (`_add_subtree`), so are the sums' bits; a thread holds a block's sums and a few subtrees' (about log2 of its
-    blocks), which it reuses. Returned one by one and added in the grid's order, each block's sums were held until
+    blocks), which it reuses, and every thread's are held until all have ended: with as many threads as blocks the
+    gain is gone ((128, 16384) float32, 32 blocks: 1.73x x's bytes with 16 threads, 2.49x with 32, against 2.04x
+    and 2.22x before). Returned one by one and added in the grid's order, each block's sums were held until
     the call ended: as many bytes as x's at rows of 16384 float32 values (2x in float16; `LONG_ROW`).
     """
     if x.size == 0:

@@ -63,7 +63,8 @@ class BackendInfo:
         for name in ("devices", "dtypes", "deterministic_devices"):
             value = getattr(self, name)
             if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{name} must be a tuple of names, such as ('cpu',); got {value!r}")
+                example = "('float32',)" if name == "dtypes" else "('cpu',)"
+                raise ValueError(f"{name} must be a tuple of names, such as {example}; got {value!r}")
         unknown = [d for d in self.dtypes if d not in FLOAT_DTYPES]
         if unknown:
             raise ValueError(f"dtypes {unknown} are not among {', '.join(FLOAT_DTYPES)}")

@@ -196,7 +196,10 @@ def check_backward(
 
 
 def normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
-    """Return ``axis`` as increasing non-negative ints; ShapeError if empty, out of range or repeated."""
+    """Return ``axis`` as increasing non-negative ints; ShapeError if empty, out of range or repeated.
+
+    ``axis`` as `checked_axis` returns it: an int or a tuple of ints (anything else is a TypeError here).
+    """
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     if not axes:
         raise ShapeError("axis must name at least one axis; got ()")

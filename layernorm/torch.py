@@ -17,7 +17,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
-from layernorm_core.errors import missing_framework_error
+from layernorm_core.errors import missing_framework_error, type_name
 
 try:
     import torch
@@ -112,9 +112,7 @@ def _require_tensor(x: object, module: str) -> None:
     The functions would take another framework's x and return that type; a module's parameters are tensors.
     """
     if not isinstance(x, torch.Tensor):
-        raise DTypeError(
-            f"layernorm.torch.{module} takes a torch.Tensor; got {type(x).__module__}.{type(x).__qualname__}"
-        )
+        raise DTypeError(f"layernorm.torch.{module} takes a torch.Tensor; got {type_name(type(x))}")
 
 
 def _require_normalized_shape(

@@ -14,7 +14,14 @@ from types import ModuleType
 from typing import Any
 
 from layernorm_core.dtypes import FLOAT_DTYPES, dtype_name
-from layernorm_core.errors import BackendError, DeviceError, DTypeError, LayerNormError, uncomputed_dtype_error
+from layernorm_core.errors import (
+    BackendError,
+    DeviceError,
+    DTypeError,
+    LayerNormError,
+    type_name,
+    uncomputed_dtype_error,
+)
 from layernorm_core.foreign import dlpack_device_type
 from layernorm_core.registry import registry
 
@@ -136,7 +143,7 @@ def resolve(x: Any, backend: str | None, tracing: bool = False) -> tuple[ModuleT
     if name == AUTO:
         if owner is None:
             raise BackendError(
-                f"no backend owns arrays of type {type(x).__module__}.{type(x).__qualname__}; "
+                f"no backend owns arrays of type {type_name(type(x))}; "
                 f"pass backend= or call layernorm.use(...); registered: {', '.join(registry.names())}"
             )
         return registry.get(owner), owner, owner
@@ -285,13 +292,13 @@ def _convert(source: ModuleType, target: ModuleType, array: Any, device: str, ta
         return target.from_numpy(source.to_numpy(array), device)
     if dlpack_device_type(array) is None:
         raise DeviceError(
-            f"a {type(array).__module__}.{type(array).__qualname__} on {device} has no DLPack device, so the "
+            f"a {type_name(type(array))} on {device} has no DLPack device, so the "
             f"{target_name!r} backend cannot take it: use x's own backend"
         )
     converted = target.from_foreign(array)
     if target.device_of(converted).partition(":")[0] == "cpu":
         raise DeviceError(
-            f"a {type(array).__module__}.{type(array).__qualname__} on {device} reached {target_name!r} on the "
+            f"a {type_name(type(array))} on {device} reached {target_name!r} on the "
             "CPU (it could not take it through DLPack): pass arrays of that framework, or use x's own backend"
         )
     return converted
@@ -310,8 +317,7 @@ def _check_companions(
     for array in params:
         if array is not None and type(array) is not x_type and registry.owner_of(array) != owner:
             raise DTypeError(
-                f"x is a {owner} array but another argument is a {type(array).__module__}."
-                f"{type(array).__qualname__}; pass arrays of one framework"
+                f"x is a {owner} array but another argument is a {type_name(type(array))}; pass arrays of one framework"
             )
     if crossing or registry.multi_device(owner):
         return check_devices(source.device_of, x, params)
@@ -331,8 +337,8 @@ def _check_foreign_companions(x: Any, params: Sequence[Any]) -> None:
         owner = registry.owner_of(array)
         if owner is not None:
             raise DTypeError(
-                f"x is a {type(x).__module__}.{type(x).__qualname__}, of a framework no backend owns, but another "
-                f"argument is a {owner} array ({type(array).__module__}.{type(array).__qualname__}); pass arrays of "
+                f"x is a {type_name(type(x))}, of a framework no backend owns, but another "
+                f"argument is a {owner} array ({type_name(type(array))}); pass arrays of "
                 "one framework"
             )
 
@@ -345,18 +351,17 @@ def _imported(engine: ModuleType, name: str, array: Any) -> Any:
     neither values nor an array interface in a 0-d object array); sizes the argument does not know (dask's nan)
     are not compared.
     """
-    kind = f"{type(array).__module__}.{type(array).__qualname__}"
     try:
         imported = engine.from_foreign(array)
     except LayerNormError:
         raise
     except (TypeError, ValueError) as exc:
-        raise DTypeError(f"the {name!r} backend cannot import a {kind} as an array: {exc}") from exc
+        raise DTypeError(f"the {name!r} backend cannot import a {type_name(type(array))} as an array: {exc}") from exc
     shape, given = tuple(imported.shape), tuple(array.shape)
     if len(shape) != len(given) or any(type(g) is int and g != s for s, g in zip(shape, given, strict=True)):
         raise DTypeError(
-            f"the {name!r} backend cannot import a {kind} as an array: it gave shape {shape}, not {given} (an "
-            "object without values, or without an array interface)"
+            f"the {name!r} backend cannot import a {type_name(type(array))} as an array: it gave shape {shape}, not "
+            f"{given} (an object without values, or without an array interface)"
         )
     return imported
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def type_name(kind: type) -> str:
+    """``module.qualname`` of a type: how messages name an argument's type, and how exclusions name a class."""
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 class LayerNormError(Exception):
     """Base class of the errors raised for bad input to the functions and to the modules' calls.
 

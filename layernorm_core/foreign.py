@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from layernorm_core.errors import DeviceError, DTypeError
+from layernorm_core.errors import DeviceError, DTypeError, type_name
 
 DLPACK_CPU = 1
 DLPACK_HOST = frozenset({DLPACK_CPU, 3})
@@ -23,8 +23,7 @@ def require_host(x: Any, framework: str, error: BaseException) -> None:
     if device_type not in DLPACK_HOST:
         where = "no DLPack device" if device_type is None else f"DLPack device type {device_type}"
         raise DeviceError(
-            f"{framework} cannot take this {type(x).__module__}.{type(x).__qualname__} ({where}) through DLPack: "
-            f"{error}"
+            f"{framework} cannot take this {type_name(type(x))} ({where}) through DLPack: {error}"
         ) from None
 
 
@@ -42,7 +41,7 @@ def host_array(x: Any, framework: str) -> Any:
             require_host(x, framework, exc)  # extension dtypes (ml_dtypes.bfloat16) have no DLPack import
             if not hasattr(x, "__array__"):
                 raise DTypeError(
-                    f"{framework} cannot import this {type(x).__module__}.{type(x).__qualname__} of dtype "
+                    f"{framework} cannot import this {type_name(type(x))} of dtype "
                     f"{getattr(x, 'dtype', 'unknown')}: it offers DLPack alone, and NumPy's DLPack import refused "
                     f"it ({exc})"
                 ) from None

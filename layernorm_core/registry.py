@@ -20,7 +20,7 @@ from typing import Any, cast
 import pluggy
 
 from layernorm_core import hookspecs
-from layernorm_core.errors import BackendError, not_dense_error
+from layernorm_core.errors import BackendError, not_dense_error, type_name
 from layernorm_core.protocol import REQUIRED_FUNCTIONS, BackendDeclaration, BackendInfo
 from layernorm_core.tracing import constant_for_dynamo
 
@@ -440,7 +440,7 @@ class Registry:
         with self._lock:
             self._discover()
             for cls in array_type.__mro__:
-                self._reject_excluded(array_type, f"{cls.__module__}.{cls.__qualname__}")
+                self._reject_excluded(array_type, type_name(cls))
             return self._nearest_owner(array_type)
 
     def _nearest_owner(self, array_type: type) -> str | None:
@@ -459,7 +459,7 @@ class Registry:
         for excluded, name in self._excluded_by_module.items():
             if _within(class_name, excluded):
                 raise not_dense_error(
-                    f"{array_type.__module__}.{array_type.__qualname__}",
+                    type_name(array_type),
                     name,
                     excluded,
                     "a masked array's .filled(value), a sparse array's .todense(), or an array for a shape spec",

@@ -20,7 +20,7 @@ from layernorm_core.errors import DeviceError
 from layernorm_core.foreign import host_array
 from layernorm_core.protocol import BackendInfo
 from layernorm_core.spec import NormSpec
-from layernorm_numpy.kernels import backward, forward, stats_layout, suits_3d_layout
+from layernorm_numpy.kernels import backward, forward, narrow, stats_layout, suits_3d_layout
 
 Array = npt.NDArray[Any]
 _HAS_BFLOAT16 = importlib.util.find_spec("ml_dtypes") is not None
@@ -148,11 +148,16 @@ def _backward(
         spec.eps,
     )
     normalized = _static(spec.normalized_shape)
-    return (
-        _from_layout(dxl, spec, layout),
-        dweight.astype(dtype, copy=False).reshape(normalized),
-        dbias.astype(dtype, copy=False).reshape(normalized),
-    )
+    return _from_layout(dxl, spec, layout), _narrowed(dweight, dtype, normalized), _narrowed(dbias, dtype, normalized)
+
+
+def _narrowed(sums: Array, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
+    """``sums`` (dweight or dbias, a fresh array of the kernels' dtype) in ``dtype`` and ``shape``, by `narrow`."""
+    if sums.dtype == dtype:
+        return sums.reshape(shape)
+    out = np.empty(sums.shape, dtype=dtype)
+    narrow(out, sums)
+    return out.reshape(shape)
 
 
 def _to_layout(x: Array, spec: NormSpec, layout: tuple[tuple[int, ...], bool]) -> Array:

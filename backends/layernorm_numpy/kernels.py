@@ -392,7 +392,7 @@ def forward(
                     t *= weight
                     np.add(t, bias, out=last)
             if not same_dtype:
-                np.copyto(yb, t, casting="unsafe")
+                narrow(yb, t)
             if nan_rows is not None:
                 np.copyto(yb, np.nan, where=nan_rows)
 
@@ -677,7 +677,52 @@ def _write_dx(
     np.multiply(xhat, gx_mean, out=product)
     dxb -= product
     dxb *= rstd_b
-    np.copyto(dx_b, dxb, casting="unsafe")
+    narrow(dx_b, dxb)
+
+
+HALF_SMALLEST_NORMAL = float(np.finfo(np.float16).smallest_normal)
+SUBNORMAL_SAMPLE = 256
+"""About how many values `narrow` looks at to judge whether a cast to float16 would meet many subnormal results."""
+
+
+def narrow(out: Array, values: Array) -> None:
+    """Cast ``values`` (scratch of a wider dtype, contiguous; it may be changed) into ``out``.
+
+    NumPy's cast to float16 raises its underflow flag once for each inexact result below float16's normal range, at
+    about 60 ns a value, 25x an ordinary cast: the backward of gradients of 1e-6 took 9x its time, in the cast of
+    dx. Where a sample says many values are there (`_many_half_subnormals`), they are first rounded to float16's
+    spacing there (`_round_half_subnormals`), and then cast exactly. The bits are the same either way.
+    """
+    if out.dtype == np.float16 and _many_half_subnormals(values):
+        _round_half_subnormals(values)
+    np.copyto(out, values, casting="unsafe")
+
+
+def _many_half_subnormals(values: Array) -> bool:
+    """Whether over 1/32 of a strided sample of ``values`` (`SUBNORMAL_SAMPLE` of them) are float16 subnormals.
+
+    From there on, rounding them first costs less than the cast takes with them (break-even near 1/30).
+    """
+    flat = values.reshape(-1)
+    sample = flat[:: max(1, flat.size // SUBNORMAL_SAMPLE)]
+    zeros = sample.size - np.count_nonzero(sample)  # cast exactly: a dx of rows whose dy is 0
+    subnormal = np.count_nonzero(np.abs(sample) < HALF_SMALLEST_NORMAL) - zeros
+    return subnormal * 32 > sample.size
+
+
+def _round_half_subnormals(values: Array) -> None:
+    """Round ``values`` below float16's normal range to multiples of 2**-24, its spacing there, in place.
+
+    Adding 2**(nmant - 24) (nmant: the mantissa bits of ``values``' dtype) leaves that spacing, rounding to
+    nearest, ties to even, as the cast does; taking it away again is exact. Values cast exactly after it.
+    """
+    magnitudes = np.abs(values)
+    below = magnitudes < HALF_SMALLEST_NORMAL
+    shift = values.dtype.type(2.0 ** (np.finfo(values.dtype).nmant - 24))
+    magnitudes += shift
+    magnitudes -= shift
+    np.copysign(magnitudes, values, out=magnitudes)
+    np.copyto(values, magnitudes, where=below)
 
 
 _vecdot: Any = getattr(np, "vecdot", None)

@@ -30,9 +30,12 @@ Needs flax: ``pip install 'layernorm[flax]'``.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 from layernorm_core.errors import missing_framework_error
 
@@ -64,7 +67,9 @@ def _param(
 
 
 def _param_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
-    return (num_features,) if isinstance(num_features, int) else tuple(num_features)
+    """The parameters' shape: ``(num_features,)`` for any integer (a NumPy or JAX scalar too, as Flax takes it)."""
+    sizes = np.asarray(num_features)
+    return (operator.index(sizes),) if sizes.ndim == 0 else tuple(operator.index(size) for size in sizes)
 
 
 def _axis(axes: Axes) -> int | tuple[int, ...]:

@@ -65,6 +65,21 @@ def test_rms_norm_params_match_flax() -> None:
     assert _param_names(ours) == _param_names(theirs) == {"scale": ((24,), "float32")}
 
 
+@pytest.mark.parametrize("num_features", [np.int64(6), jnp.int32(6)], ids=["numpy-int64", "jax-int32"])
+@pytest.mark.parametrize(("ours", "theirs"), [(LayerNorm, nnx.LayerNorm), (RMSNorm, nnx.RMSNorm)], ids=["ln", "rms"])
+def test_num_features_of_any_integer_type(ours: Any, theirs: Any, num_features: Any) -> None:
+    """A NumPy or JAX integer (``np.prod(patch_shape)``, say), as Flax takes it: it was a TypeError
+    (not iterable), taken for a tuple of sizes."""
+    assert _param_names(ours(num_features, rngs=nnx.Rngs(0))) == _param_names(theirs(num_features, rngs=nnx.Rngs(0)))
+    assert ours(num_features, rngs=nnx.Rngs(0))(_x((2, 6))).shape == (2, 6)
+
+
+@pytest.mark.parametrize("sizes", [(2, 3), [2, 3], np.array([2, 3])], ids=["tuple", "list", "numpy"])
+def test_num_features_of_several_sizes_is_the_parameters_shape(sizes: Any) -> None:
+    axes = {"reduction_axes": (-2, -1), "feature_axes": (-2, -1)}
+    assert _param_names(RMSNorm(sizes, rngs=nnx.Rngs(0), **axes)) == {"scale": ((2, 3), "float32")}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_layer_norm_outputs_match_flax_and_reference(dtype: str) -> None:
     theirs = nnx.LayerNorm(32, epsilon=1e-5, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))

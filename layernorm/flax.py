@@ -47,8 +47,8 @@ except ImportError as exc:
     raise missing_framework_error("layernorm.flax", "flax and jax", exc, "pip install 'layernorm[flax]'") from exc
 
 import layernorm
-from layernorm_core.dtypes import param_dtype_for
-from layernorm_core.errors import ShapeError
+from layernorm_core.dtypes import FLOAT_DTYPES, param_dtype_for
+from layernorm_core.errors import DTypeError, ShapeError
 from layernorm_core.spec import checked_axis, normalize_axes
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -80,17 +80,28 @@ def _axis(axes: Axes) -> int | tuple[int, ...]:
 def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
     """Return x (any array-like) as a JAX array of the module's dtype, and the params' values.
 
-    The dtype is the module's, else x promoted with the params, and an integer result to floating point, as
-    Flax's ``promote_dtype(..., inexact=True)`` does. Params of another dtype are cast by the core's rule
-    (`param_dtype_for`: float32 parameters stay float32 for a half x, a float64 one becomes float32 there).
+    The dtype is the module's (DTypeError unless floating), else x promoted with the params, and an integer result
+    to floating point, as Flax's ``promote_dtype(..., inexact=True)`` does. Params of another dtype are cast by the
+    core's rule (`param_dtype_for`: float32 parameters stay float32 for a half x, a float64 one becomes float32 there).
     """
     x = jnp.asarray(x)
     values = [None if p is None else jnp.asarray(p[...]) for p in params]  # a restored checkpoint holds NumPy arrays
-    target = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, *[v for v in values if v is not None])
-    if not jnp.issubdtype(target, jnp.inexact):
-        target = jnp.promote_types(jnp.float32, target)
+    if dtype is not None:
+        target = _floating(dtype)
+    else:
+        target = jnp.result_type(x, *[v for v in values if v is not None])
+        if not jnp.issubdtype(target, jnp.inexact):
+            target = jnp.promote_types(jnp.float32, target)
     cast = [None if v is None else v.astype(param_dtype_for(target.name, v.dtype.name)) for v in values]
     return x.astype(target), cast
+
+
+def _floating(dtype: Any) -> jnp.dtype:
+    """The module's ``dtype`` as a JAX dtype; DTypeError for one not floating (Flax's raises ValueError at the call)."""
+    target = jnp.dtype(dtype)
+    if not jnp.issubdtype(target, jnp.floating):
+        raise DTypeError(f"dtype must be a floating dtype ({', '.join(FLOAT_DTYPES)}) or None; got {target.name}")
+    return target
 
 
 def _as_weights(
@@ -205,7 +216,7 @@ class LayerNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, or ``use_fast_variance=True``, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a parameter whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x.
+        DTypeError: a complex x; a ``dtype`` that is not floating.
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 
@@ -262,7 +273,7 @@ class RMSNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a ``scale`` whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x.
+        DTypeError: a complex x; a ``dtype`` that is not floating.
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 

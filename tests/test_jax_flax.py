@@ -106,6 +106,18 @@ def test_dtype_none_promotes_like_flax() -> None:
     np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, "bool", jnp.complex64])
+@pytest.mark.parametrize(("ours", "theirs"), [(LayerNorm, nnx.LayerNorm), (RMSNorm, nnx.RMSNorm)], ids=["ln", "rms"])
+def test_a_dtype_that_is_not_floating_is_refused(ours: Any, theirs: Any, dtype: Any) -> None:
+    """Flax's refuses an integer or bool ``dtype`` (ValueError: must be inexact); ours returned float32, another
+    dtype than the one asked for. A DTypeError now, naming the dtype, as for a complex one (which Flax takes)."""
+    if dtype is not jnp.complex64:
+        with pytest.raises(ValueError, match="inexact"):
+            theirs(8, dtype=dtype, rngs=nnx.Rngs(0))(_x((2, 8)))
+    with pytest.raises(layernorm.DTypeError, match=f"dtype must be a floating dtype .*; got {jnp.dtype(dtype).name}"):
+        ours(8, dtype=dtype, rngs=nnx.Rngs(0))(_x((2, 8)))
+
+
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
 @pytest.mark.parametrize("affine", [True, False], ids=["params", "no-params"])
 @pytest.mark.parametrize("given", ["numpy", "list", "int"])

@@ -34,7 +34,7 @@ Axis = int | tuple[int, ...]
 
 _COMPUTE_EPSILON = {getattr(torch, name): torch.finfo(getattr(torch, compute_dtype(name))).eps for name in FLOAT_DTYPES}
 """x's dtype -> the machine epsilon of its compute dtype (the core's rule, which torch's kernels follow): `RMSNorm`'s
-eps when it is None."""
+eps when it is None. Its keys are the dtypes the core takes for x (not float8 or float4, which torch calls floating)."""
 
 
 def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) -> tuple[tuple[int, ...], Axis]:
@@ -93,7 +93,8 @@ def _module_rms_norm(
     if weight is None:
         _require_normalized_shape("rms_norm", x, normalized_shape, axis, eps)
         return layernorm.rms_norm(x, None, axis=axis, eps=eps, backend="torch")
-    if weight.dtype is not x.dtype and weight.is_floating_point() and x.is_floating_point():
+    # x.dtype in _COMPUTE_EPSILON: an x of another dtype (float8) is the core's DTypeError, before any cast.
+    if weight.dtype is not x.dtype and weight.is_floating_point() and x.dtype in _COMPUTE_EPSILON:
         weight = weight.to(dtype=getattr(torch, param_dtype_for(dtype_name(x.dtype), dtype_name(weight.dtype))))
     try:
         return layernorm.rms_norm(x, weight, axis=axis, eps=eps, backend="torch")
@@ -189,9 +190,9 @@ class LayerNorm(_Norm):
 
     Raises:
         ShapeError: ``axis`` and ``normalized_shape`` disagree (at construction), or x does not fit them.
-        DTypeError: x not a torch.Tensor; x not floating (int, bool, complex); parameters of a dtype refused for
-            x (a ``dtype=torch.bfloat16`` module called on float32 x, where torch.nn.LayerNorm raises
-            RuntimeError).
+        DTypeError: x not a torch.Tensor; x not float16, bfloat16, float32 or float64 (int, bool, complex, float8);
+            parameters of a dtype refused for x (a ``dtype=torch.bfloat16`` module called on float32 x, where
+            torch.nn.LayerNorm raises RuntimeError).
         ArgumentError: ``eps`` negative, NaN or infinite; ``axis`` not an int or a tuple or list of ints.
         DeviceError: the parameters on another device than x.
 
@@ -261,7 +262,7 @@ class RMSNorm(_Norm):
 
     Raises:
         ShapeError: ``axis`` and ``normalized_shape`` disagree (at construction), or x does not fit them.
-        DTypeError: x not a torch.Tensor; x not floating (int, bool, complex).
+        DTypeError: x not a torch.Tensor; x not float16, bfloat16, float32 or float64 (int, bool, complex, float8).
         ArgumentError: ``eps`` negative, NaN or infinite; ``axis`` not an int or a tuple or list of ints.
         DeviceError: the weight on another device than x.
 

@@ -138,6 +138,33 @@ def test_module_refuses_an_x_that_is_no_tensor(module: str, affine: bool, x: Any
         getattr(lt, module)(4, elementwise_affine=affine)(x)
 
 
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn_x2"])
+@pytest.mark.parametrize("affine", [False, True], ids=["no-parameters", "parameters"])
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_module_refuses_a_floating_x_outside_the_table_before_any_op(module: str, affine: bool, dtype: str) -> None:
+    """torch calls float8 and float4 floating: such an x is the core's DTypeError, before any op runs. RMSNorm cast
+    its weight to x's dtype first, as it casts one for the table's dtypes: an op before the check, and for float4,
+    which has no cast kernel, torch's NotImplementedError instead of the DTypeError."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    norm, x = getattr(lt, module)(8, elementwise_affine=affine), torch.zeros(3, 8, dtype=getattr(torch, dtype))
+    with (
+        RecordOps() as recorded,
+        pytest.raises(layernorm.DTypeError, match=rf"^x must have a floating dtype .*; got {dtype}$"),
+    ):
+        norm(x)
+    assert recorded.ops == []
+
+
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
 def test_a_weight_that_does_not_fit_is_blamed_when_x_fits(module: str) -> None:
     ours = getattr(lt, module)(4)

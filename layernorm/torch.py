@@ -15,6 +15,7 @@ torch.Size([2, 4])
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Sequence
 
 from layernorm_core.errors import missing_framework_error, type_name
@@ -38,14 +39,16 @@ eps when it is None. Its keys are the dtypes the core takes for x (not float8 or
 
 
 def _shape_and_axis(normalized_shape: int | Sequence[int], axis: Axis | None) -> tuple[tuple[int, ...], Axis]:
-    """normalized_shape as a tuple, and the axes it lies along: the trailing ones unless ``axis`` is given.
+    """normalized_shape as a tuple of Python ints, and the axes it lies along: the trailing ones unless ``axis`` given.
 
-    One axis stays an int (-1 by default): the core checks an int axis faster than a tuple (0.13 µs a call).
+    Python ints, not the NumPy or torch integer scalars it may hold: torch.compile holds those as values it cannot
+    compare with x's sizes. One axis stays an int (-1 by default): the core checks an int axis faster than a tuple
+    (0.13 µs a call).
     """
     if isinstance(normalized_shape, numbers.Integral):
         shape: tuple[int, ...] = (int(normalized_shape),)
     else:
-        shape = tuple(normalized_shape)  # type: ignore[arg-type]
+        shape = tuple(operator.index(size) for size in normalized_shape)  # type: ignore[union-attr]
     if axis is None:
         return shape, -1 if len(shape) == 1 else tuple(range(-len(shape), 0))
     checked = checked_axis(axis)

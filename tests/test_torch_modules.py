@@ -184,6 +184,25 @@ def test_module_without_parameters_compiles_with_dynamic_batch() -> None:
         compiled(torch.randn(3, 6))  # fullgraph reports an error raised in the trace inside torch's Unsupported
 
 
+@pytest.mark.parametrize(
+    "normalized_shape",
+    [[np.int64(8)], np.array([8]), torch.tensor([8])],
+    ids=["numpy-ints", "numpy-array", "tensor"],
+)
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_a_normalized_shape_of_integer_scalars_compiles_as_torch_nn_does(module: str, normalized_shape: Any) -> None:
+    """normalized_shape of NumPy or torch integer scalars (a config read with NumPy, ``x.shape`` of a tensor's sizes):
+    torch.nn compiles a module without parameters on it with fullgraph. Ours kept the scalars, which dynamo holds
+    as values it cannot compare with x's sizes, and failed ("list_richcompare_nonconst"): they are Python ints."""
+    x = torch.randn(3, 8)
+    theirs = getattr(torch.nn, module)(normalized_shape, elementwise_affine=False)
+    ours = getattr(lt, module)(normalized_shape, elementwise_affine=False)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(theirs, fullgraph=True)(x), theirs(x))
+    torch.testing.assert_close(torch.compile(ours, fullgraph=True)(x), theirs(x))
+    assert ours.normalized_shape == (8,) and type(ours.normalized_shape[0]) is int
+
+
 def test_parameters_follow_device_and_dtype() -> None:
     norm = lt.LayerNorm(8, dtype=torch.float64)
     assert norm.weight.dtype == norm.bias.dtype == torch.float64

@@ -154,6 +154,17 @@ def _float32_output(base: types.ModuleType) -> dict[str, Impl]:
     return {"layer_norm": layer_norm}
 
 
+def _strided_float32_output(base: types.ModuleType) -> dict[str, Impl]:
+    """Returns y in the compute dtype for a strided x only: a route of its own for views, as a copy-free kernel."""
+    float32_output = _float32_output(base)["layer_norm"]
+
+    def layer_norm(x: Any, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
+        route = base.layer_norm if np.asarray(x).flags.c_contiguous else float32_output
+        return route(x, weight, bias, spec, return_stats)
+
+    return {"layer_norm": layer_norm}
+
+
 def _float32_grads(base: types.ModuleType) -> dict[str, Impl]:
     """Returns the explicit gradients in the compute dtype: float32 for a float16 or bfloat16 x."""
 
@@ -282,6 +293,7 @@ DEFECTS: dict[str, tuple[Callable[[types.ModuleType], dict[str, Impl]], str, set
     "reuses-output": (_reuses_output, "test_results_outlive_later_calls", {"float32"}),
     "float32-output": (_float32_output, "test_output_contract", {"float16"}),
     "float32-grads": (_float32_grads, "test_output_contract", {"float16"}),
+    "strided-float32-output": (_strided_float32_output, "test_noncontiguous", {"float16"}),
     "replaces-nan-in-place": (_modifies_nonfinite_input, "test_nonfinite_rows_isolated", {"float32"}),
     "trailing-only": (_trailing_only, "test_forward", {"float32"}),
     "y-alone-drops-bias": (_y_alone_drops_bias, "test_forward", {"float32"}),

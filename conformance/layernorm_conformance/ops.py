@@ -143,7 +143,7 @@ def grad_names(op: Op) -> tuple[str, ...]:
 
 def forward(target: Target, problem: Problem) -> dict[str, Array]:
     """The target's (y, mean, rstd) or (y, rstd) as host NumPy arrays, by name, each checked for its dtype."""
-    return _named_forward(target, problem, forward_native(target, problem, return_stats=True))
+    return named_forward(target, problem, forward_native(target, problem, return_stats=True))
 
 
 def forward_of_foreign(target: Target, problem: Problem) -> dict[str, Array]:
@@ -153,7 +153,7 @@ def forward_of_foreign(target: Target, problem: Problem) -> dict[str, Array]:
     """
     given = [None if a is None else a.copy() for a in (problem.x, problem.weight, problem.bias)]
     x, weight, bias = (None if a is None else ForeignHostArray(a) for a in given)
-    results = _named_forward(target, problem, call_forward(target.backend, problem, x, weight, bias, True))
+    results = named_forward(target, problem, call_forward(target.backend, problem, x, weight, bias, True))
     for name, before, after in zip(
         ("x", "weight", "bias"), (problem.x, problem.weight, problem.bias), given, strict=True
     ):
@@ -161,7 +161,8 @@ def forward_of_foreign(target: Target, problem: Problem) -> dict[str, Array]:
     return results
 
 
-def _named_forward(target: Target, problem: Problem, outputs: Any) -> dict[str, Array]:
+def named_forward(target: Target, problem: Problem, outputs: Any) -> dict[str, Array]:
+    """The target's forward ``outputs`` (with statistics) as host NumPy arrays, by name, each checked for its dtype."""
     names = stat_names(problem.op)
     return _of_contract_dtypes(problem, {n: target.module.to_numpy(o) for n, o in zip(names, outputs, strict=True)})
 

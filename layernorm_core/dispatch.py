@@ -232,6 +232,7 @@ def run(
         return call(engine, x, params)
     if owner is None:
         _check_foreign_companions(x, params)
+        _require_engine_dtype(engine, name, x)
         return call(
             engine, _imported(engine, name, x), [None if p is None else _imported(engine, name, p) for p in params]
         )

@@ -412,6 +412,34 @@ def test_an_engine_without_the_dtype_refuses_it_before_converting(monkeypatch: p
         layernorm.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16))
 
 
+def test_an_engine_without_the_dtype_refuses_an_unowned_x_before_importing_it(
+    recording: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array of a framework no backend owns crosses into the engine as any other framework's does: a dtype the
+    engine does not compute is the core's DTypeError, not what its import raised (the example plugin of
+    docs/plugins.md, whose from_foreign takes DLPack, gave NumPy's BufferError for a bfloat16 array)."""
+    from dataclasses import replace
+
+    import recording_backend
+
+    from layernorm_core import dispatch
+
+    float32_only = replace(dispatch.registry.info("numpy"), dtypes=("float32",))
+    monkeypatch.setattr(recording_backend, "info", lambda: float32_only)
+    monkeypatch.setattr(dispatch, "_engine_dtypes", set())  # forget what earlier calls found
+
+    def unreachable(x: object) -> None:
+        raise AssertionError("imported before the check")
+
+    monkeypatch.setattr(recording_backend, "from_foreign", unreachable)
+    refused = r"the 'recording' backend does not compute float16 here \(it computes float32\)"
+    with pytest.raises(DTypeError, match=refused):
+        layernorm.layer_norm(_Foreign(X.astype(np.float16)), backend="recording")
+    with layernorm.using("recording"), pytest.raises(DTypeError, match=refused):
+        layernorm.rms_norm_backward(_Foreign(X.astype(np.float16)), _Foreign(X.astype(np.float16)))
+    assert recording == []
+
+
 def test_a_plugin_registered_again_with_fewer_dtypes_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's dtypes are remembered per loaded module: a plugin unregistered, then registered under the same
     name by an implementation that no longer computes float16, refuses a float16 tensor."""

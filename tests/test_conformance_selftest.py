@@ -474,3 +474,22 @@ def test_a_failure_just_over_the_tolerance_does_not_read_as_one_times_it(over: s
     unit = numerics.ratio("y", expected + 1e-3, expected, "float32") / 1e-3  # ratio per unit of error
     with pytest.raises(AssertionError, match=rf"y: error {re.escape(over)}\d*x the float32 output tolerance"):
         numerics.check({"y": expected + float(over) / unit}, {"y": expected}, "float32")
+
+
+def test_suite_fails_autodiff_that_returns_float32_params_gradients_in_x_dtype(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A custom gradient that returns every gradient in x's dtype (a float16 dweight for a float32 weight, as an
+    explicit backward gives it) is a defect TensorFlow lets through: a tape hands the weight a float16 gradient. The
+    suite never differentiated a half x with float32 parameters, and never read an autodiff gradient's dtype."""
+    pytest.importorskip("tensorflow")
+    tf_backend = registry.get("tensorflow")
+    cast_to = sys.modules["layernorm_tensorflow._math"].cast_to
+
+    def in_x_dtype(x: Any, dx: Any, params: tuple[tuple[Any, Any], ...]) -> tuple[Any, ...]:
+        return (cast_to(dx, x.dtype), *(cast_to(d, x.dtype) for p, d in params if p is not None))
+
+    monkeypatch.setattr(tf_backend, "_input_grads", in_x_dtype)
+    records = run_suite("tensorflow", {"float16"}, tmp_path, "test_autodiff_float32_params and layer_norm")
+    failed = {r["check"] for r in records if r["outcome"] == "failed"}
+    assert "test_autodiff_float32_params" in failed, f"failed checks {sorted(failed)}"

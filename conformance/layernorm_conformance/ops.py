@@ -257,7 +257,8 @@ def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> 
 def autodiff_backward(target: Target, problem: Problem, dy: Array) -> dict[str, Array] | None:
     """The gradients of ``sum(y * dy)`` that the target's framework autodiff gives (None: it has no hook here).
 
-    Named as `backward` names them; only those that reached an input (no bias gradient without a bias).
+    Named as `backward` names them; only those that reached an input (no bias gradient without a bias), each
+    asserted to have its input's dtype.
     """
     x, weight, bias, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, problem.bias, dy))
     vjp = vjp_for(x)
@@ -269,7 +270,28 @@ def autodiff_backward(target: Target, problem: Problem, dy: Array) -> dict[str, 
 
     grads = vjp(fn, [x, weight, bias], dy_t)
     names = grad_names(problem.op)
-    return {n: target.module.to_numpy(g) for n, g in zip(names, grads, strict=False) if g is not None}
+    actual = {n: target.module.to_numpy(g) for n, g in zip(names, grads, strict=False) if g is not None}
+    inputs = dict(zip(names, (problem.x, problem.weight, problem.bias), strict=False))
+    for name, grad in actual.items():
+        expected = dtype_name(inputs[name].dtype)
+        assert dtype_name(grad.dtype) == expected, f"{name} is {dtype_name(grad.dtype)}; its input is {expected}"
+    return actual
+
+
+def check_autodiff_problem(numerics: Numerics, target: Target, problem: Problem) -> None:
+    """Check the gradients of ``problem`` through the target's framework autodiff against the reference.
+
+    Each gradient has its input's dtype (`autodiff_backward`), as the frameworks' own gradients do: a float32
+    weight's is float32 beside a half x.
+    """
+    dy = make_dy(problem)
+    actual = autodiff_backward(target, problem, dy)
+    assert actual is not None
+    expected = {n: v for n, v in reference_backward(problem, dy).items() if n in actual}
+    assert "dx" in actual, "no gradient reached x"
+    if problem.weight is not None:
+        assert "dweight" in actual, "no gradient reached weight"
+    numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
 
 
 def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Problem, stat: str) -> None:
@@ -291,6 +313,8 @@ def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Probl
 
     dx = vjp(fn, [x, weight, bias], to_target(target, dstat))[0]
     assert dx is not None, f"no gradient reached x from {stat}"
+    dx_dtype = dtype_name(dx.dtype)
+    assert dx_dtype == spec.dtype, f"dx is {dx_dtype}; x is {spec.dtype}"
     expected = reference.statistics_backward(
         problem.x, spec, dstat if stat == "mean" else None, dstat if stat == "rstd" else None
     )

@@ -13,12 +13,10 @@ from layernorm_conformance.ops import (
     OPS,
     Affine,
     Op,
-    autodiff_backward,
+    check_autodiff_problem,
     check_backward_problem,
     check_statistics_autodiff,
-    make_dy,
     make_problem,
-    reference_backward,
     stat_names,
 )
 from layernorm_conformance.targets import Target
@@ -51,13 +49,14 @@ def test_backward_float32_params(numerics: Numerics, target: Target, dtype: str,
 
 def _when_differentiable(target: Target, dtype: str, params: list[Any]) -> list[Any]:
     """``params`` when the backend differentiates through its framework here; else one skip with the reason."""
+    unset = [None] * len(params[0].values)
     if not target.info.autodiff:
-        return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=f"backend "
+        return [pytest.param(*unset, id="autodiff", marks=pytest.mark.skip(reason=f"backend "
                 f"{target.backend!r} declares no framework autodiff (info().autodiff is False)"))]  # fmt: skip
     probe = target.module.from_numpy(make_problem("layer_norm", BACKWARD_CASES[0], dtype).x, target.device)
     if vjp_for(probe) is None:
         reason = f"no gradient hook for {type(probe).__module__} arrays in layernorm_conformance.autodiff"
-        return [pytest.param(None, None, None, id="autodiff", marks=pytest.mark.skip(reason=reason))]
+        return [pytest.param(*unset, id="autodiff", marks=pytest.mark.skip(reason=reason))]
     return params
 
 
@@ -86,15 +85,21 @@ def statistics_params(target: Target, dtype: str) -> list[Any]:
 @pytest.mark.conformance_params("case,op,affine", autodiff_params)
 def test_autodiff(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, affine: Affine) -> None:
     """Gradients through the framework's own autodiff (torch.autograd, jax.vjp, tf.GradientTape)."""
-    problem = make_problem(op, case, dtype, affine, key="autodiff")
-    dy = make_dy(problem)
-    actual = autodiff_backward(target, problem, dy)
-    assert actual is not None
-    expected = {n: v for n, v in reference_backward(problem, dy).items() if n in actual}
-    assert "dx" in actual, "no gradient reached x"
-    if problem.weight is not None:
-        assert "dweight" in actual, "no gradient reached weight"
-    numerics.check(actual, expected, dtype, problem.condition(), scales=problem.scales(dy))
+    check_autodiff_problem(numerics, target, make_problem(op, case, dtype, affine, key="autodiff"))
+
+
+def float32_params_autodiff_params(target: Target, dtype: str) -> list[Any]:
+    """Cases x ops, when the backend is differentiable here."""
+    params = [pytest.param(case, op, id=f"{case.id}-{op}") for case in BACKWARD_CASES[1:5] for op in OPS]
+    return _when_differentiable(target, dtype, params)
+
+
+@pytest.mark.conformance_dtypes("float16", "bfloat16")
+@pytest.mark.conformance_params("case,op", float32_params_autodiff_params)
+def test_autodiff_float32_params(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
+    """Half x with float32 weight and bias (mixed precision, as Keras's mixed_bfloat16 trains) through autodiff."""
+    problem = make_problem(op, case, dtype, "full", mixed=True, key="mixed-autodiff")
+    check_autodiff_problem(numerics, target, problem)
 
 
 @pytest.mark.conformance_params("case,op,stat", statistics_params)

@@ -21,6 +21,7 @@ from conformance_run import run_suite
 from plugin_broken import broken_info_backend, info_is_a_dict, info_raises, info_with_devices_in_one_string
 from plugin_docs_example import PLUGINS_DOC, doc_block, write_example
 from registered_plugin import registered
+from test_cross_framework import _FakeCudaTensor
 
 import layernorm
 from layernorm import PluginWarning, cli
@@ -444,6 +445,12 @@ def test_docs_example_plugin_passes_the_suite(docs_example: str, tmp_path: Path)
     failed = [f"{r['id']}: {r['message']}" for r in records if r["outcome"] == "failed"]
     assert code == pytest.ExitCode.OK and not failed, failed
     assert {r["check"] for r in records} >= {"test_constant_row_without_eps", "test_eps", "test_forward"}
+
+
+def test_docs_example_refuses_a_device_array_with_a_device_error(docs_example: str) -> None:
+    """The example's from_foreign took DLPack itself and let NumPy's BufferError out: no LayerNormError."""
+    with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
+        layernorm.layer_norm(_FakeCudaTensor(), backend=docs_example)
 
 
 def test_cli_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:

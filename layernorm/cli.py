@@ -11,6 +11,8 @@ from layernorm_core.registry import BackendStatus, registry
 
 CHECK_REQUIRES = ("pytest", "hypothesis", "ml_dtypes")
 """What the conformance suite imports beyond layernorm's own dependencies: the ``test`` extra brings them."""
+CHECK_REQUIRES_INSTALL = "pip install 'layernorm[test]'"
+"""How to install `CHECK_REQUIRES`, as the suite's errors for a missing one say it."""
 EXIT_USAGE = 2
 """``check``'s exit status for a usage error (as `layernorm_conformance.matrix` gives it), here a missing package."""
 DESCRIPTION = "The layernorm command line: list the registered backends, or check them against the conformance suite."
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(
                 f"python -m layernorm check: error: the conformance suite needs {', '.join(missing)}, not installed: "
-                "pip install 'layernorm[test]'",
+                f"{CHECK_REQUIRES_INSTALL}",
                 file=sys.stderr,
             )
             return EXIT_USAGE

@@ -461,6 +461,17 @@ def test_cli_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> Non
     assert "``" not in out, out
 
 
+def test_conformance_runner_without_the_test_extra_names_it() -> None:
+    """docs/plugins.md's `python -m layernorm_conformance` in an install without the test extra ended in a bare
+    ModuleNotFoundError for pytest; `python -m layernorm check` said which extra to install, as this does now."""
+    hide_pytest = (
+        "import runpy, sys; sys.modules['pytest'] = None; runpy.run_module('layernorm_conformance', {}, '__main__')"
+    )
+    run = subprocess.run([sys.executable, "-c", hide_pytest], capture_output=True, text=True)
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert run.returncode != 0 and "pip install 'layernorm[test]'" in last_line, run.stderr
+
+
 def test_cli_check_without_the_test_extra_names_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,17 +15,25 @@ prints the backend x device x dtype matrix. See docs/conformance.md.
 CHECKS_PACKAGE = "layernorm_conformance.checks"
 """The package holding the checks (``pytest --pyargs`` target). Defined before the plugin import, which uses it."""
 
-from layernorm_conformance.plugin import (  # noqa: E402 - the plugin's hooks, so `-p layernorm_conformance` loads it
-    examples,
-    numerics,
-    pytest_addoption,
-    pytest_configure,
-    pytest_generate_tests,
-    pytest_runtest_makereport,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    target_loads,
-)
+from layernorm.cli import CHECK_REQUIRES, CHECK_REQUIRES_INSTALL  # noqa: E402
+from layernorm_core.errors import missing_framework_error  # noqa: E402
+
+try:
+    from layernorm_conformance.plugin import (  # the plugin's hooks, so `-p layernorm_conformance` loads it
+        examples,
+        numerics,
+        pytest_addoption,
+        pytest_configure,
+        pytest_generate_tests,
+        pytest_runtest_makereport,
+        pytest_sessionfinish,
+        pytest_terminal_summary,
+        target_loads,
+    )
+except ImportError as exc:
+    if exc.name not in CHECK_REQUIRES:
+        raise
+    raise missing_framework_error(__name__, ", ".join(CHECK_REQUIRES), exc, CHECK_REQUIRES_INSTALL) from exc
 
 __all__ = [
     "CHECKS_PACKAGE",

@@ -735,6 +735,40 @@ def test_a_float16_backward_of_small_gradients_rounds_before_its_casts(monkeypat
         assert np.abs(got).max() < np.finfo(np.float16).smallest_normal, name
 
 
+@pytest.mark.parametrize("subnormal_share", [1 / 1024, 1 / 2], ids=["cast", "rounded-first"])
+def test_float16_results_below_its_normal_range_raise_the_underflow_flag_either_way(subnormal_share: float) -> None:
+    """A float16 result that rounds below float16's normal range sets NumPy's underflow flag, as NumPy's own cast
+    does: under np.errstate(under="raise") a FloatingPointError, under "warn" a RuntimeWarning. Where `narrow`
+    rounded such values first (over 1/32 of a sample of them), the cast was exact and the flag was lost: dx of
+    gradients of 1e-6 raised nothing, dx of larger ones did. Values exact in float16 set no flag either way."""
+    values = np.random.default_rng(9).standard_normal(4096).astype(np.float32)
+    values[: int(values.size * subnormal_share)] *= np.float32(1e-6)
+    assert kernels._many_half_subnormals(values) == (subnormal_share > 1 / 32)
+    out = np.empty(values.shape, np.float16)
+    with np.errstate(under="raise"), pytest.raises(FloatingPointError, match="underflow"):
+        values.astype(np.float16)
+    with np.errstate(under="raise"), pytest.raises(FloatingPointError, match="underflow"):
+        kernels.narrow(out, values.copy())
+    with np.errstate(under="warn"), pytest.warns(RuntimeWarning, match="underflow"):
+        kernels.narrow(out, values.copy())
+    exact = values.astype(np.float16).astype(np.float32)  # float16's own values: cast exactly, no flag
+    with np.errstate(under="raise"):
+        kernels.narrow(out, exact.copy())
+    np.testing.assert_array_equal(out, exact.astype(np.float16))
+
+
+def test_a_float16_backward_of_small_gradients_keeps_the_callers_underflow_errstate() -> None:
+    """dx of gradients of 1e-6 lies below float16's normal range: under np.errstate(under="raise") its cast raises,
+    as for any dy with some such results, and by default it is silent."""
+    x = np.random.default_rng(3).standard_normal((64, 256)).astype(np.float16)
+    dy = (np.random.default_rng(4).standard_normal(x.shape) * 1e-6).astype(np.float16)
+    with np.errstate(under="raise"), pytest.raises(FloatingPointError, match="underflow"):
+        layernorm.layer_norm_backward(dy, x, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layernorm.layer_norm_backward(dy, x, backend="numpy")
+
+
 def test_a_numpy_subclass_comes_back_as_a_plain_ndarray() -> None:
     """An ndarray subclass no backend declares (units, a mask of its own) is computed as its values: y and the
     statistics are plain ndarrays, as the docstring of layer_norm says, not the subclass, whose meaning (units)

@@ -411,6 +411,31 @@ def test_worker_threads_follow_the_callers_floating_point_settings(monkeypatch: 
         assert called, "the caller's error callback was not called"
 
 
+def test_a_thread_count_raised_between_calls_runs_that_many_shares_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAYERNORM_NUMPY_THREADS read at each call sized the pool at the first: raised from 2 to 4 later, four shares
+    ran two at a time. Each share's first block waits here until all four have started."""
+    x = np.random.default_rng(6).normal(size=(4096, 256)).astype(np.float32)
+    kernels._pool.cache_clear()  # a pool earlier tests sized
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "2")
+    layernorm.layer_norm(x, backend="numpy")
+    monkeypatch.setenv("LAYERNORM_NUMPY_THREADS", "4")
+    all_started = threading.Barrier(4, timeout=10)
+    waited = threading.local()
+    original = kernels._sum_along_n
+
+    def first_block_waits(block: np.ndarray, out: np.ndarray) -> None:
+        if not getattr(waited, "done", False):
+            waited.done = True
+            all_started.wait()
+        original(block, out)
+
+    monkeypatch.setattr(kernels, "_sum_along_n", first_block_waits)
+    y = layernorm.layer_norm(x, backend="numpy")
+    assert not all_started.broken
+    monkeypatch.setattr(kernels, "_sum_along_n", original)
+    np.testing.assert_array_equal(y, layernorm.layer_norm(x, backend="numpy"))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 def test_blocks_of_whole_rows_sum_the_same_bits_with_any_number_of_threads(
     dtype: str, monkeypatch: pytest.MonkeyPatch

@@ -63,14 +63,16 @@ _thread_scratch = threading.local()
 
 
 @lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    """The worker threads; RuntimeError once the interpreter shuts down (in an atexit handler).
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """``workers`` worker threads; RuntimeError once the interpreter shuts down (in an atexit handler).
 
-    Imported here: importing concurrent.futures.thread registers an exit hook, which raises during shutdown.
+    Made again when `THREADS_VARIABLE` changes (the pool it replaces ends its threads once unused): sized once, a
+    pool made for 3 threads ran the shares of 6 three at a time. Imported here: importing concurrent.futures.thread
+    registers an exit hook, which raises during shutdown.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="layernorm-numpy")
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layernorm-numpy")
 
 
 if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its threads: its work would wait forever
@@ -222,7 +224,7 @@ def _run_shares(count: int, input_bytes: int, run_share: Callable[[range], None]
     in_pool = _under_callers_errstate(run_share) if share < count else run_share  # read only when pooled
     for first in range(share, count, share):
         try:
-            futures.append(_pool().submit(in_pool, range(first, min(first + share, count))))
+            futures.append(_pool(threads).submit(in_pool, range(first, min(first + share, count))))
         except RuntimeError:  # no new threads (interpreter shutdown, a thread limit): the same results on this one
             run_share(range(first, min(first + share, count)))
     try:

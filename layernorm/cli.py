@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [name for name in CHECK_REQUIRES if importlib.util.find_spec(name) is None]
         if missing:
             print(
-                f"python -m layernorm check: error: the conformance suite needs {', '.join(missing)}, not installed: "
-                f"{CHECK_REQUIRES_INSTALL}",
+                f"python -m layernorm check: error: the conformance suite needs {', '.join(missing)}, "
+                f"not installed: {CHECK_REQUIRES_INSTALL}",
                 file=sys.stderr,
             )
             return EXIT_USAGE

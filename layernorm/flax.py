@@ -80,7 +80,7 @@ def _axis(axes: Axes) -> int | tuple[int, ...]:
 def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:
     """Return x (any array-like) as a JAX array of the module's dtype, and the params' values.
 
-    The dtype is the module's (DTypeError unless floating), else x promoted with the params, and an integer result
+    The dtype is the module's (`_floating`), else x promoted with the params, and an integer result
     to floating point, as Flax's ``promote_dtype(..., inexact=True)`` does. Params of another dtype are cast by the
     core's rule (`param_dtype_for`: float32 parameters stay float32 for a half x, a float64 one becomes float32 there).
     """
@@ -97,9 +97,12 @@ def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.A
 
 
 def _floating(dtype: Any) -> jnp.dtype:
-    """The module's ``dtype`` as a JAX dtype; DTypeError for one not floating (Flax's raises ValueError at the call)."""
+    """The module's ``dtype`` as a JAX dtype; DTypeError for one not in the table (Flax's raises at the call).
+
+    The table's, not JAX's floating dtypes: a float8 one was refused later, as x's dtype, of an x that was float32.
+    """
     target = jnp.dtype(dtype)
-    if not jnp.issubdtype(target, jnp.floating):
+    if target.name not in FLOAT_DTYPES:
         raise DTypeError(f"dtype must be a floating dtype ({', '.join(FLOAT_DTYPES)}) or None; got {target.name}")
     return target
 
@@ -216,7 +219,7 @@ class LayerNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, or ``use_fast_variance=True``, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a parameter whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x; a ``dtype`` that is not floating.
+        DTypeError: a complex x; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 
@@ -273,7 +276,7 @@ class RMSNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a ``scale`` whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x; a ``dtype`` that is not floating.
+        DTypeError: a complex x; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 

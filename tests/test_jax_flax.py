@@ -118,6 +118,14 @@ def test_a_dtype_that_is_not_floating_is_refused(ours: Any, theirs: Any, dtype: 
         ours(8, dtype=dtype, rngs=nnx.Rngs(0))(_x((2, 8)))
 
 
+@pytest.mark.parametrize("ours", [LayerNorm, RMSNorm], ids=["ln", "rms"])
+def test_a_floating_dtype_outside_the_table_is_blamed_on_dtype(ours: Any) -> None:
+    """A float8 module ``dtype`` is floating to JAX, and passed the module's check: x, cast to it, was then refused
+    as "x must have a floating dtype ...; got float8_e4m3fn", of a float32 x. The module's dtype is named now."""
+    with pytest.raises(layernorm.DTypeError, match=r"^dtype must be a floating dtype .*; got float8_e4m3fn$"):
+        ours(8, dtype=jnp.float8_e4m3fn, rngs=nnx.Rngs(0))(_x((2, 8)))
+
+
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
 @pytest.mark.parametrize("affine", [True, False], ids=["params", "no-params"])
 @pytest.mark.parametrize("given", ["numpy", "list", "int"])

@@ -40,7 +40,9 @@ def layer_norm(
 
     Raises:
         ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.
-        DTypeError: x not floating (int, bool, complex), weight/bias of another dtype or framework.
+        DTypeError: x not float16, bfloat16, float32 or float64 (int, bool, complex, float8), or of a dtype the
+            engine in force does not compute here (float64 for JAX without x64); weight/bias of another dtype or
+            framework.
         ArgumentError: eps negative, NaN or infinite; axis not an int or a tuple or list of ints; return_stats not a
             bool.
         BackendError: unknown or not-installed engine, or a tracked array asked to cross frameworks.

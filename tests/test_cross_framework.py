@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_device_array import FakeCudaTensor
 from layernorm_conformance.ops import ForeignHostArray
 
 import layernorm
@@ -102,22 +103,6 @@ def test_jax_arrays_on_the_numpy_engine() -> None:
     assert error_ratio(np.asarray(y), _expected(), tolerance("float32", "output")) <= 1
 
 
-class _FakeCudaTensor:
-    """An array of another framework on a CUDA device that no engine here can import (no GPU here)."""
-
-    dtype = np.dtype(np.float32)
-    shape = (2,)
-
-    def __dlpack__(self, **kwargs: object) -> object:
-        raise BufferError("no such device")
-
-    def __dlpack_device__(self) -> tuple[int, int]:
-        return (2, 0)  # kDLCUDA
-
-    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("a device array must not be copied through the host silently")
-
-
 @pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "tensorflow"])
 def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -> None:
     """torch and TensorFlow copied such arrays through NumPy: a TypeError for a CUDA tensor, or, for a JAX array
@@ -125,8 +110,8 @@ def test_a_device_array_an_engine_cannot_import_is_a_device_error(engine: str) -
     pytest.importorskip(engine)
     from layernorm_core.registry import registry
 
-    with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
-        registry.get(engine).from_foreign(_FakeCudaTensor())
+    with pytest.raises(layernorm.DeviceError, match=r"FakeCudaTensor \(DLPack device type 2\) through DLPack"):
+        registry.get(engine).from_foreign(FakeCudaTensor())
 
 
 @pytest.mark.parametrize("engine", ["numpy", "jax", "tensorflow"])
@@ -220,7 +205,7 @@ def test_a_bfloat16_host_array_offering_dlpack_alone(engine: str, offset: int) -
     np.testing.assert_array_equal(y.astype(np.float32), layernorm.layer_norm(x, eps=0.0).float().numpy())
 
 
-class _FakeCudaView(_FakeCudaTensor):
+class _FakeCudaView(FakeCudaTensor):
     """A strided view on a CUDA device, as a transposed torch tensor is: XLA's DLPack import refuses its strides,
     and its row-major copy (here a NumPy array, which the engines can import on this machine) is what they take."""
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conformance_run import run_suite
+from fake_device_array import FakeCudaTensor
 from plugin_broken import broken_info_backend, info_is_a_dict, info_raises, info_with_devices_in_one_string
 from plugin_docs_example import PLUGINS_DOC, doc_block, write_example
 from registered_plugin import registered
-from test_cross_framework import _FakeCudaTensor
 
 import layernorm
 from layernorm import PluginWarning, cli
@@ -449,8 +449,8 @@ def test_docs_example_plugin_passes_the_suite(docs_example: str, tmp_path: Path)
 
 def test_docs_example_refuses_a_device_array_with_a_device_error(docs_example: str) -> None:
     """The example's from_foreign took DLPack itself and let NumPy's BufferError out: no LayerNormError."""
-    with pytest.raises(layernorm.DeviceError, match=r"_FakeCudaTensor \(DLPack device type 2\) through DLPack"):
-        layernorm.layer_norm(_FakeCudaTensor(), backend=docs_example)
+    with pytest.raises(layernorm.DeviceError, match=r"FakeCudaTensor \(DLPack device type 2\) through DLPack"):
+        layernorm.layer_norm(FakeCudaTensor(), backend=docs_example)
 
 
 def test_cli_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:

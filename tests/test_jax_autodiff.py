@@ -81,7 +81,8 @@ def test_rms_norm_vjp_matches_reference_backward(shape: tuple[int, ...], axis: A
         assert error_ratio(np.asarray(got), ref, tolerance("float32", "grad"), scale=s) <= 1
 
 
-def test_the_gradient_is_the_custom_vjp_not_autodiff_of_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_gradients_are_the_custom_rules_not_autodiff_of_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """layer_norm's gradient is its custom_vjp backward; rms_norm's the transpose of its custom_jvp tangent rule."""
     from layernorm_jax import kernels
 
     x = jnp.ones((3, 11))  # a shape no other test traces, so no cached trace hides the call
@@ -97,11 +98,12 @@ def test_the_gradient_is_the_custom_vjp_not_autodiff_of_the_forward(monkeypatch:
 
         return called
 
-    for name in ("layer_norm_grads", "rms_norm_grads"):
+    for name in ("layer_norm_grads", "_rms_norm_tangent"):
         monkeypatch.setattr(kernels, name, spy(name))
     jax.grad(lambda x: layernorm.layer_norm(x).sum())(x)
     jax.grad(lambda x: layernorm.rms_norm(x).sum())(x)
-    assert calls == ["layer_norm_grads", "rms_norm_grads"]
+    assert calls == ["layer_norm_grads", "_rms_norm_tangent"]
+    assert "custom_jvp_call" in str(jax.make_jaxpr(lambda x: layernorm.rms_norm(x, return_stats=True))(x))
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two-sums", "one-pass"])
@@ -324,13 +326,136 @@ def test_second_order_reverse_mode_works() -> None:
         np.testing.assert_allclose(np.asarray(rms), np.asarray(second(lambda x: _plain_rms(x, w))), rtol=1e-9)
 
 
-def test_forward_mode_raises_a_clear_error_and_forward_over_reverse_works() -> None:
+def test_layer_norm_forward_mode_raises_a_clear_error_and_forward_over_reverse_works() -> None:
+    """layer_norm keeps its custom_vjp (docs/spec.md: a custom_jvp's transpose slowed its backward down)."""
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: layernorm.layer_norm(x), (jnp.ones((2, 4)),), (jnp.ones((2, 4)),))
     with enable_x64(True):
         x, w, b, dy = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=9))
         ours = jax.hessian(lambda x: jnp.sum(layernorm.layer_norm(x, w, b) * dy))(x)
         oracle = jax.hessian(lambda x: jnp.sum(plain_layer_norm(x, w, b, (1,))[0] * dy))(x)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
+
+
+JACOBIAN_AXES = [
+    pytest.param((3, 4, 5), -1, id="trailing"),
+    pytest.param((3, 4, 5), (1, 2), id="two-trailing"),
+    pytest.param((3, 5, 2), 1, id="channels-first"),
+    pytest.param((2, 3, 2, 4), (0, 2), id="non-adjacent"),
+]
+
+
+def _reference_rms_jacobians(
+    x: np.ndarray, w: np.ndarray | None, axis: Axis, eps: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Float64 Jacobians of y by x, of y by the weight and of rstd by x: rows, the reference vjps of basis vectors."""
+    spec = check_forward("rms_norm", x, w, None, axis, eps)
+    y_rows, w_rows, rstd_rows = [], [], []
+    for i in range(x.size):
+        dy = np.zeros(x.size)
+        dy[i] = 1
+        dx, dw = reference.rms_norm_backward(dy.reshape(x.shape), x, w, spec)
+        y_rows.append(dx.ravel())
+        w_rows.append(dw.ravel())
+    rstd_size = int(np.prod(spec.stats_shape))
+    for i in range(rstd_size):
+        drstd = np.zeros(rstd_size)
+        drstd[i] = 1
+        rstd_rows.append(reference.statistics_backward(x, spec, None, drstd.reshape(spec.stats_shape)).ravel())
+    return np.array(y_rows), None if w is None else np.array(w_rows), np.array(rstd_rows)
+
+
+def _rms_jacfwd(x: jax.Array, w: jax.Array | None, axis: Axis, eps: float) -> tuple[Any, ...]:
+    """jax.jacfwd of rms_norm's y and rstd, by x and (where given) by the weight, flattened to matrices."""
+
+    def f(x: jax.Array, w: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        return layernorm.rms_norm(x, w, axis=axis, eps=eps, return_stats=True)
+
+    (dy_dx, dy_dw), (drstd_dx, _) = jax.jacfwd(f, argnums=(0, 1))(x, w)
+    return _as_matrix(dy_dx, x.size), _as_matrix(dy_dw, x.size), _as_matrix(drstd_dx, drstd_dx.size // x.size)
+
+
+def _as_matrix(jacobian: jax.Array | None, rows: int) -> np.ndarray | None:
+    return None if jacobian is None else np.asarray(jacobian).astype(np.float64).reshape(rows, -1)
+
+
+def _rms_input(shape: tuple[int, ...], dtype: str, scale: float = 1.0) -> np.ndarray:
+    x = np.random.default_rng(21).standard_normal(shape) * 2 + 0.5
+    return (x * scale).astype(np.float32).astype(dtype)  # through float32: ml_dtypes' bfloat16 from float64 is slow
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["no-weight", "weight"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize(("shape", "axis"), JACOBIAN_AXES)
+def test_rms_norm_jacfwd_matches_the_reference_jacobian(
+    shape: tuple[int, ...], axis: Axis, dtype: str, weighted: bool
+) -> None:
+    """Forward mode (jax.jacfwd) of y and of the returned rstd, by x and the weight, against the float64 reference
+    vjps of every basis vector, at the tolerance table's grad tolerance of x's dtype."""
+    with enable_x64(dtype == "float64"):
+        x = _rms_input(shape, dtype)
+        normalized_shape = tuple(shape[a] for a in normalize_axes(axis, len(shape)))
+        w = np.random.default_rng(22).standard_normal(normalized_shape).astype(dtype) if weighted else None
+        spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
+        got = _rms_jacfwd(jnp.asarray(x), None if w is None else jnp.asarray(w), axis, 1e-5)
+        expected = _reference_rms_jacobians(x, w, axis, 1e-5)
+    rstd = reference.rms_norm(x, None, spec)[1]
+    # every row of dy/dx is a dx of the reference backward: its scale is that of dy = a basis vector
+    scale = gradient_scale(np.ones_like(x, dtype=np.float64), w, rstd, spec)
+    for name, g, e, s in zip(("dy/dx", "dy/dw", "drstd/dx"), got, expected, (scale, None, None), strict=True):
+        if e is None:
+            assert g is None, name
+            continue
+        assert error_ratio(g, e, tolerance(dtype, "grad"), scale=s) <= 1, name  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rows", ["spread 1e15", "spread 1e-15", "one element"])
+def test_rms_norm_forward_mode_stays_in_range_in_extreme_rows(rows: str) -> None:
+    """float32 rows of spread 1e+-15 with eps = 0 (rstd**3 under- or overflows, rstd**2 times the tangent does not),
+    and rows of one element: jax.jacfwd of y and rstd against the reference, as reverse mode is checked."""
+    shape, axis, eps, scale = {
+        "spread 1e15": ((3, 6), -1, 0.0, 1e15),
+        "spread 1e-15": ((3, 6), -1, 0.0, 1e-15),
+        "one element": ((4, 1), -1, 1e-5, 1.0),
+    }[rows]
+    x = _rms_input(shape, "float32", scale)
+    spec = check_forward("rms_norm", x, None, None, axis, eps)
+    got = _rms_jacfwd(jnp.asarray(x), None, axis, eps)
+    expected = _reference_rms_jacobians(x, None, axis, eps)
+    dy_scale = gradient_scale(np.ones_like(x, dtype=np.float64), None, reference.rms_norm(x, None, spec)[1], spec)
+    for name, g, e, s in zip(("dy/dx", "drstd/dx"), got[::2], expected[::2], (dy_scale, None), strict=True):
+        assert g is not None and e is not None and np.isfinite(g).all(), name
+        assert error_ratio(g, e, tolerance("float32", "grad"), scale=s) <= 1, name
+
+
+def test_rms_norm_jvp_and_linearize_under_jit_and_vmap_agree_with_jacfwd() -> None:
+    x, w, _, _ = (jnp.asarray(a) for a in _inputs((5, 12), -1, seed=23))
+    t = jnp.asarray(np.random.default_rng(24).standard_normal((5, 12)), jnp.float32)
+    tw = jnp.asarray(np.random.default_rng(25).standard_normal(12), jnp.float32)
+
+    def f(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return layernorm.rms_norm(x, w, return_stats=True)
+
+    (dy_dx, dy_dw), (drstd_dx, drstd_dw) = jax.jacfwd(f, argnums=(0, 1))(x, w)
+    expected_y = jnp.einsum("abcd,cd->ab", dy_dx, t) + dy_dw @ tw
+    expected_rstd = jnp.einsum("abcd,cd->ab", drstd_dx, t) + drstd_dw @ tw
+    _, (jvp_y, jvp_rstd) = jax.jit(lambda x, w, t, tw: jax.jvp(f, (x, w), (t, tw)))(x, w, t, tw)
+    _, linear = jax.linearize(f, x, w)
+    per_row = jax.vmap(lambda x, t: jax.jvp(lambda x: f(x, w), (x,), (t,))[1])(x, t)
+    for got in (jvp_y, linear(t, tw)[0]):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected_y), rtol=1e-5, atol=1e-5)
+    for got in (jvp_rstd, linear(t, tw)[1]):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected_rstd), rtol=1e-5, atol=1e-6)
+    by_x = jnp.einsum("abcd,cd->ab", dy_dx, t)
+    np.testing.assert_allclose(np.asarray(per_row[0]), np.asarray(by_x), rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_forward_over_forward_matches_autodiff_of_a_plain_formula() -> None:
+    """jax.jacfwd of jax.jacfwd differentiates the tangent rules themselves; checked in float64."""
+    with enable_x64(True):
+        x, w, _, _ = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=26))
+        ours = jax.jacfwd(jax.jacfwd(lambda x: layernorm.rms_norm(x, w)))(x)
+        oracle = jax.jacfwd(jax.jacfwd(lambda x: _plain_rms(x, w)))(x)
         np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
 
 

@@ -223,6 +223,23 @@ def test_rms_norm_matches_flax_over_two_axes() -> None:
     assert error_ratio(np.asarray(both(x)), reference.rms_norm(xn, None, spec)[0], tolerance("float32", "output")) <= 1
 
 
+def test_rms_norm_forward_mode_matches_flax() -> None:
+    """jax.jvp through the module, in x and in the scale (nnx.split: the parameters as an input), as through Flax's
+    own RMSNorm, which JAX differentiates op by op."""
+    theirs = nnx.RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
+    _random_params(theirs, seed=4)
+    ours = RMSNorm(16, epsilon=1e-5, rngs=nnx.Rngs(0))
+    nnx.update(ours, nnx.state(theirs))
+    x, dx = _x((4, 5, 16), seed=5), _x((4, 5, 16), seed=6)
+
+    def tangent(module: nnx.Module) -> jax.Array:
+        graph, params = nnx.split(module)
+        dparams = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+        return jax.jvp(lambda p, x: nnx.merge(graph, p)(x), (params, x), (dparams, dx))[1]
+
+    np.testing.assert_allclose(np.asarray(tangent(ours)), np.asarray(tangent(theirs)), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("num_features", "feature_axes"),
     [

@@ -1,8 +1,9 @@
 """The JAX backend: layer_norm and rms_norm for jax.Array and tracers, on every device XLA reports.
 
-The core has checked every argument before these functions run. The forward functions are jax.custom_vjp
-functions (see `layernorm_jax.kernels`), so jax.grad, jax.vjp, jax.jit, jax.vmap and jax.checkpoint work through
-the public API; the explicit ``*_backward`` functions run the same analytic gradient code as the vjp rules.
+The core has checked every argument before these functions run. layer_norm is a jax.custom_vjp function and
+rms_norm a jax.custom_jvp one (see `layernorm_jax.kernels`), so jax.grad, jax.vjp, jax.jit, jax.vmap and
+jax.checkpoint work through the public API, and for rms_norm forward mode too; the explicit ``*_backward``
+functions run the same analytic gradient formulas.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _X64_OFF = (
 """Why float64 is not computed while x64 is off: `info`'s note, and the end of the DTypeError for such arrays."""
 
 # Compiled once per (shapes, dtypes, axes, eps): an eager call runs one XLA program, not op by op. Inside an
-# outer jit they inline; the custom_vjp rules stay attached.
+# outer jit they inline; the custom differentiation rules stay attached.
 _layer_norm = jax.jit(kernels.layer_norm, static_argnums=(3, 4))
 _rms_norm = jax.jit(kernels.rms_norm, static_argnums=(2, 3))
 _layer_norm_output = jax.jit(kernels.layer_norm_output, static_argnums=(3, 4))
@@ -67,8 +68,10 @@ def info() -> BackendInfo:
             "determinism": "XLA compiles per shape: two runs of one program agree bitwise on the CPU, but a row "
             "may differ in the last bit between batch sizes, so no bitwise promise is made",
             "float64": "enabled (jax_enable_x64)" if x64 else _X64_OFF,
-            "autodiff": "jax.custom_vjp with the analytic backward; grad of grad and jax.hessian work; plain "
-            "forward mode (jax.jvp, jax.jacfwd of the function itself) raises JAX's custom_vjp TypeError",
+            "autodiff": "layer_norm: jax.custom_vjp with the analytic backward, whose plain forward mode (jax.jvp, "
+            "jax.jacfwd, jax.linearize of the function itself) raises JAX's custom_vjp TypeError; rms_norm: "
+            "jax.custom_jvp with the analytic linearization, which reverse mode transposes into the analytic "
+            "backward, so forward mode works too; grad of grad and jax.hessian work for both",
         },
     )
 
@@ -161,7 +164,7 @@ def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stat
 
 
 def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
-    """y, or (y, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    """y, or (y, rstd) when ``return_stats``; differentiable (custom_jvp)."""
     _require_x64_for(spec)
     if isinstance(x, _Tracer) or isinstance(weight, _Tracer):
         x, weight = _varying_alike(x, weight)

@@ -35,7 +35,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 20  # 3 layouts x (forward, gradients) + 2 explicit + 5 under shard_map + 5 single tests + 2 placements
+MESH_TESTS = 23  # 3 layouts x (forward, gradients) + 4 explicit + 6 under shard_map + 5 single tests + 2 placements
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -45,6 +45,12 @@ LAYOUTS = [
     pytest.param(P(None, ("batch", "model")), id="normalized-8way"),
     pytest.param(P("batch", "model"), id="batch-and-normalized"),
 ]
+
+PARAMS_SHARDED_UNLIKE_X = [
+    pytest.param(P(None, "model"), P(), id="x-along-normalized-params-replicated"),
+    pytest.param(P(), P("model"), id="x-replicated-params-sharded"),
+]
+"""(x's layout, the parameters') under a mesh of one Explicit axis, "model"."""
 
 
 def _mesh() -> jax.sharding.Mesh:
@@ -109,13 +115,7 @@ def test_sharded_gradients_match_unsharded_and_reference(layout: P) -> None:
 
 
 @needs_mesh
-@pytest.mark.parametrize(
-    ("x_layout", "param_layout"),
-    [
-        pytest.param(P(None, "model"), P(), id="x-along-normalized-params-replicated"),
-        pytest.param(P(), P("model"), id="x-replicated-params-sharded"),
-    ],
-)
+@pytest.mark.parametrize(("x_layout", "param_layout"), PARAMS_SHARDED_UNLIKE_X)
 def test_gradients_under_explicit_axes_of_params_sharded_unlike_x(x_layout: P, param_layout: P) -> None:
     """Under a mesh of Explicit axes a cotangent must have its primal's sharding: dweight of a replicated weight came
     out sharded like x, dx of a replicated x like the weight, and jax.custom_vjp refused them (a ValueError)."""
@@ -184,6 +184,43 @@ def test_shard_map_gradients_of_per_device_weights_with_x_closed_over(op: str) -
     grads = jax.jit(jax.grad(lambda ws: jnp.sum(mapped(ws) * jnp.asarray(dy)[None])))(weights)
     expected = jax.vmap(jax.grad(lambda weight: jnp.sum(norm(weight) * jnp.asarray(dy))))(stacked)
     np.testing.assert_allclose(np.asarray(grads), np.asarray(expected), rtol=1e-5, atol=2e-5)
+
+
+def _rms_norm_with_stats(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return layernorm.rms_norm(x, w, return_stats=True)
+
+
+@needs_mesh
+def test_shard_map_rms_norm_forward_mode_matches_unsharded() -> None:
+    """jax.jvp of rms_norm (a custom_jvp) inside shard_map, in x and in the replicated weight: the JAX ops of its
+    tangent rule cast the weight's tangent to vary with x's rows themselves, as reverse mode's transpose sums them."""
+    x, w, _, tx = _inputs((16, 64), -1)
+    tw = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    mesh = jax.make_mesh((8,), ("batch",))
+    rows, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    mapped = shard_map(_rms_norm_with_stats, mesh=mesh, in_specs=(P("batch"), P()), out_specs=(P("batch"), P("batch")))
+    placed = (jax.device_put(a, s) for a, s in zip((x, w, tx, tw), (rows, replicated, rows, replicated), strict=True))
+    sharded = jax.jit(lambda x, w, tx, tw: jax.jvp(mapped, (x, w), (tx, tw))[1])(*placed)
+    unsharded = jax.jvp(_rms_norm_with_stats, (jnp.asarray(x), jnp.asarray(w)), (jnp.asarray(tx), jnp.asarray(tw)))[1]
+    for got, expected in zip(sharded, unsharded, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
+
+
+@needs_mesh
+@pytest.mark.parametrize(("x_layout", "param_layout"), PARAMS_SHARDED_UNLIKE_X)
+def test_rms_norm_forward_mode_under_explicit_axes_of_params_sharded_unlike_x(x_layout: P, param_layout: P) -> None:
+    """jax.jvp of rms_norm's y and rstd in x and the weight under a mesh of Explicit axes, where the weight is sharded
+    unlike x: each tangent has its output's sharding and the unsharded values."""
+    x, w, _, tx = _inputs((16, 64), -1)
+    tw = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Explicit,))
+    xs, txs = (jax.device_put(a, NamedSharding(mesh, x_layout)) for a in (x, tx))
+    ws, tws = (jax.device_put(p, NamedSharding(mesh, param_layout)) for p in (w, tw))
+    outputs, tangents = jax.jit(lambda *a: jax.jvp(_rms_norm_with_stats, a[:2], a[2:]))(xs, ws, txs, tws)
+    unsharded = jax.jvp(_rms_norm_with_stats, (jnp.asarray(x), jnp.asarray(w)), (jnp.asarray(tx), jnp.asarray(tw)))[1]
+    for output, got, expected in zip(outputs, tangents, unsharded, strict=True):
+        assert got.sharding.is_equivalent_to(output.sharding, got.ndim)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
 
 
 @needs_mesh

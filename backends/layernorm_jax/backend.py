@@ -166,8 +166,6 @@ def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stat
 def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> Any:
     """y, or (y, rstd) when ``return_stats``; differentiable (custom_jvp)."""
     _require_x64_for(spec)
-    if isinstance(x, _Tracer) or isinstance(weight, _Tracer):
-        x, weight = _varying_alike(x, weight)
     if return_stats:
         return _rms_norm(x, weight, spec.axes, spec.eps)
     return _rms_norm_output(x, weight, spec.axes, spec.eps)
@@ -179,9 +177,10 @@ _Tracer = jax.core.Tracer
 def _varying_alike(*arrays: Any) -> tuple[Any, ...]:
     """Inside shard_map, the arrays cast to vary over every manual axis that any of them varies over.
 
-    JAX's own ops insert these casts themselves; a custom_vjp needs them on its inputs, since its backward gives
-    each cotangent x's varying axes. A replicated weight's gradient is then a per-shard sum, which the cast's
-    transpose (a psum) adds up.
+    JAX's own ops insert these casts themselves; layer_norm's custom_vjp needs them on its inputs, since its backward
+    gives each cotangent x's varying axes. A replicated weight's gradient is then a per-shard sum, which the cast's
+    transpose (a psum) adds up. rms_norm's custom_jvp needs none: its tangent rule is made of JAX's ops, which insert
+    the casts, and JAX transposes them.
     """
     varying = [frozenset() if a is None else _varying_axes(a) for a in arrays]
     every = frozenset().union(*varying)

@@ -328,7 +328,7 @@ def test_second_order_reverse_mode_works() -> None:
 
 
 def test_layer_norm_forward_mode_raises_a_clear_error_and_forward_over_reverse_works() -> None:
-    """layer_norm keeps its custom_vjp (docs/spec.md: a custom_jvp's transpose slowed its backward down)."""
+    """layer_norm keeps its custom_vjp (README.md: as a custom_jvp, its bfloat16 forward+backward ran 7-11% slower)."""
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: layernorm.layer_norm(x), (jnp.ones((2, 4)),), (jnp.ones((2, 4)),))
     with enable_x64(True):

@@ -558,3 +558,29 @@ def test_grad_of_vmap_over_weights_reaches_a_shared_x_through_the_statistics(op:
     expected = jax.grad(loss(lambda x, w: _composite_with_stats(op, x, w)), (0, 1))(x, weights)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
+
+
+def test_rms_norm_jvp_of_vmap_over_weights_with_a_shared_x() -> None:
+    """jax.jvp of jax.vmap with x unbatched and the weight batched, in x, in the weights and in both: the tangent
+    rule sees an unbatched x (and a symbolic-zero tangent where one is not differentiated) beside a batched weight."""
+    rng = np.random.default_rng(1)
+    x, tx = (jnp.asarray(rng.standard_normal((3, 5)), jnp.float32) for _ in range(2))
+    weights, tws = (jnp.asarray(1 + 0.3 * rng.standard_normal((4, 5)), jnp.float32) for _ in range(2))
+
+    def ours(x: jax.Array, w: jax.Array) -> jax.Array:
+        y, rstd = layernorm.rms_norm(x, w, return_stats=True)
+        return y + rstd
+
+    def tangent(fn: Callable[[jax.Array, jax.Array], jax.Array], by: str) -> jax.Array:
+        batched = jax.vmap(fn, in_axes=(None, 0))
+        if by == "x":
+            return jax.jvp(lambda x: batched(x, weights), (x,), (tx,))[1]
+        if by == "weights":
+            return jax.jvp(lambda ws: batched(x, ws), (weights,), (tws,))[1]
+        return jax.jvp(batched, (x, weights), (tx, tws))[1]
+
+    for by in ("x", "weights", "both"):
+        expected = tangent(lambda x, w: _composite_with_stats("rms_norm", x, w), by)
+        np.testing.assert_allclose(
+            np.asarray(tangent(ours, by)), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=by
+        )

@@ -235,22 +235,24 @@ def test_vmap_over_per_example_weights_matches_the_reference() -> None:
         _check_grads((grads[0][one], grads[1][row], grads[2][row]), x[one], ws[row], dy[one], -1)
 
 
-def test_jax_export_round_trip_serves_forward_and_vjp() -> None:
-    """jax.export (serialized StableHLO, with ``vjp_order=1``) runs the same function and gradients after loading."""
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_jax_export_round_trip_serves_forward_and_vjp(op: str) -> None:
+    """jax.export (serialized StableHLO, with ``vjp_order=1``) runs the same function and gradients after loading:
+    of layer_norm's custom_vjp, and of the transpose of rms_norm's custom_jvp."""
     pytest.importorskip("flatbuffers", reason="JAX serializes exports with flatbuffers, an optional dependency of JAX")
     from jax import export
 
     x, w, b, dy = (jnp.asarray(a) for a in _inputs((4, 6, 16), -1, seed=7))
-    f = jax.jit(lambda x, w, b: layernorm.layer_norm(x, w, b))
-    served = export.deserialize(export.export(f)(x, w, b).serialize(vjp_order=1))
+    args = (x, w, b) if op == "layer_norm" else (x, w)
+    f = jax.jit(getattr(layernorm, op))
+    served = export.deserialize(export.export(f)(*args).serialize(vjp_order=1))
 
     def loss(g: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-        return lambda x, w, b: jnp.sum(g(x, w, b) * dy)
+        return lambda *args: jnp.sum(g(*args) * dy)
 
-    np.testing.assert_array_equal(np.asarray(served.call(x, w, b)), np.asarray(f(x, w, b)))
-    for got, expected in zip(
-        jax.grad(loss(served.call), (0, 1, 2))(x, w, b), jax.grad(loss(f), (0, 1, 2))(x, w, b), strict=True
-    ):
+    every = tuple(range(len(args)))
+    np.testing.assert_array_equal(np.asarray(served.call(*args)), np.asarray(f(*args)))
+    for got, expected in zip(jax.grad(loss(served.call), every)(*args), jax.grad(loss(f), every)(*args), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 

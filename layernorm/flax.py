@@ -4,8 +4,8 @@ Drop-in for ``flax.nnx.LayerNorm`` / ``flax.nnx.RMSNorm``: the same constructor 
 ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
 ``reduction_axes``, ``feature_axes``, ``promote_dtype``, ``bias_metadata``, ``scale_metadata``, ``rngs``), the same
 parameter names and shapes (``scale``, ``bias``: ``(num_features,)``, laid along ``feature_axes``), so a state
-saved from one loads into the other. The derivatives are layernorm's analytic ones: LayerNorm's a custom_vjp
-(reverse mode; ``jax.jvp`` raises JAX's custom_vjp TypeError), RMSNorm's a custom_jvp (forward mode too).
+saved from one loads into the other. The derivatives are layernorm's analytic ones, custom_jvp rules: reverse
+mode and forward mode (``jax.jvp``) both work.
 
 What Flax offers and these refuse, with a ValueError at construction: cross-device statistics (``axis_name``,
 ``axis_index_groups``; under ``jax.jit``, arrays sharded over a mesh get whole-row statistics from XLA instead),

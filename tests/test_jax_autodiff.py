@@ -83,11 +83,10 @@ def test_rms_norm_vjp_matches_reference_backward(shape: tuple[int, ...], axis: A
 
 
 def test_the_gradients_are_the_custom_rules_not_autodiff_of_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """layer_norm's gradient is its custom_vjp backward; rms_norm's the transpose of its custom_jvp tangent rule."""
+    """Each gradient is the transpose of its custom_jvp tangent rule (the analytic linearization)."""
     from layernorm_jax import kernels
 
     x = jnp.ones((3, 11))  # a shape no other test traces, so no cached trace hides the call
-    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: layernorm.layer_norm(x))(x))
     calls: list[str] = []
 
     def spy(name: str) -> Callable[..., Any]:
@@ -99,55 +98,53 @@ def test_the_gradients_are_the_custom_rules_not_autodiff_of_the_forward(monkeypa
 
         return called
 
-    for name in ("layer_norm_grads", "_rms_norm_tangent"):
+    for name in ("_layer_norm_tangent", "_rms_norm_tangent"):
         monkeypatch.setattr(kernels, name, spy(name))
     jax.grad(lambda x: layernorm.layer_norm(x).sum())(x)
     jax.grad(lambda x: layernorm.rms_norm(x).sum())(x)
-    assert calls == ["layer_norm_grads", "_rms_norm_tangent"]
-    assert "custom_jvp_call" in str(jax.make_jaxpr(lambda x: layernorm.rms_norm(x, return_stats=True))(x))
+    assert calls == ["_layer_norm_tangent", "_rms_norm_tangent"]
+    for op in (layernorm.layer_norm, layernorm.rms_norm):
+        assert "custom_jvp_call" in str(jax.make_jaxpr(lambda x, op=op: op(x, return_stats=True))(x))
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two-sums", "one-pass"])
 def test_both_forms_of_the_backward_row_sums_give_the_reference_gradients(
     monkeypatch: pytest.MonkeyPatch, one_pass: bool
 ) -> None:
-    """Large float32 inputs sum a row's two backward sums in one variadic reduction on the CPU, others in two."""
+    """The explicit backward of large float32 inputs sums a row's two sums in one variadic reduction on the CPU,
+    others in two; differentiated again, either form transposes."""
     from layernorm_jax import kernels
 
     monkeypatch.setattr(kernels, "ONE_PASS_MIN_ELEMENTS", 0 if one_pass else 1 << 62)
     x, w, b, dy = _inputs((7, 13 + one_pass), -1, seed=11)  # shapes no other test traces: no cached trace
-    xj, wj, bj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+    xj, wj, dyj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy)
 
-    def loss(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-        return jnp.sum(layernorm.layer_norm(x, w, b) * dy)
+    def backward(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return layernorm.layer_norm_backward(dyj, x, w)
 
-    grad = jax.grad(loss, argnums=(0, 1, 2))
-    assert ("reduce[" in str(jax.make_jaxpr(grad)(xj, wj, bj))) == one_pass  # the variadic reduction, or not
-    _check_grads(grad(xj, wj, bj), x, w, dy, -1)
+    assert ("reduce[" in str(jax.make_jaxpr(backward)(xj, wj))) == one_pass  # the variadic reduction, or not
+    _check_grads(backward(xj, wj), x, w, dy, -1)
     v = jnp.asarray(np.random.default_rng(12).standard_normal(x.shape), jnp.float32)
-
-    def second(fn: Callable[[jax.Array], jax.Array]) -> jax.Array:  # grad of grad transposes the row sums
-        inner = jax.grad(lambda x: jnp.sum(fn(x) * dy))
-        return jax.grad(lambda x: jnp.sum(inner(x) * v))(xj)
-
-    ours = second(lambda x: layernorm.layer_norm(x, wj, bj))
-    oracle = second(lambda x: plain_layer_norm(x, wj, bj, (1,))[0])
+    ours = jax.grad(lambda x: jnp.sum(backward(x, wj)[0] * v))(xj)
+    inner = jax.grad(lambda x: jnp.sum(plain_layer_norm(x, wj, jnp.asarray(b), (1,))[0] * dyj))
+    oracle = jax.grad(lambda x: jnp.sum(inner(x) * v))(xj)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=2e-3, atol=2e-4)
 
 
 def test_per_example_gradients_choose_the_row_sums_by_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under vmap the backward's one-pass choice sees the whole batch (5 x 119 elements), not one example (119)."""
+    """Under vmap the explicit backward's one-pass choice sees the whole batch (5 x 119 elements), not one example
+    (119)."""
     from layernorm_jax import kernels
 
     monkeypatch.setattr(kernels, "ONE_PASS_MIN_ELEMENTS", 300)
-    x, w, b, dy = _inputs((5, 7, 17), -1, seed=13)  # shapes no other test traces: no cached trace
-    xj, wj, bj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+    x, w, _, dy = _inputs((5, 7, 17), -1, seed=13)  # shapes no other test traces: no cached trace
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
 
-    def loss(x: jax.Array, dy: jax.Array) -> jax.Array:
-        return jnp.sum(layernorm.layer_norm(x, wj, bj) * dy)
+    def dx_of(x: jax.Array, dy: jax.Array) -> jax.Array:
+        return layernorm.layer_norm_backward(dy, x, wj)[0]
 
-    per_example = jax.vmap(jax.grad(loss))
-    assert "reduce[" not in str(jax.make_jaxpr(jax.grad(loss))(xj[0], jnp.asarray(dy[0])))
+    per_example = jax.vmap(dx_of)
+    assert "reduce[" not in str(jax.make_jaxpr(dx_of)(xj[0], jnp.asarray(dy[0])))
     assert "reduce[" in str(jax.make_jaxpr(per_example)(xj, jnp.asarray(dy)))
     grads = per_example(xj, jnp.asarray(dy))
     spec = check_forward("layer_norm", x[0], w, None, -1, 1e-5)
@@ -238,7 +235,7 @@ def test_vmap_over_per_example_weights_matches_the_reference() -> None:
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 def test_jax_export_round_trip_serves_forward_and_vjp(op: str) -> None:
     """jax.export (serialized StableHLO, with ``vjp_order=1``) runs the same function and gradients after loading:
-    of layer_norm's custom_vjp, and of the transpose of rms_norm's custom_jvp."""
+    the transposes of the custom_jvp rules."""
     pytest.importorskip("flatbuffers", reason="JAX serializes exports with flatbuffers, an optional dependency of JAX")
     from jax import export
 
@@ -329,10 +326,8 @@ def test_second_order_reverse_mode_works() -> None:
         np.testing.assert_allclose(np.asarray(rms), np.asarray(second(lambda x: _plain_rms(x, w))), rtol=1e-9)
 
 
-def test_layer_norm_forward_mode_raises_a_clear_error_and_forward_over_reverse_works() -> None:
-    """layer_norm keeps its custom_vjp (README.md: as a custom_jvp, its bfloat16 forward+backward ran 7-11% slower)."""
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda x: layernorm.layer_norm(x), (jnp.ones((2, 4)),), (jnp.ones((2, 4)),))
+def test_forward_over_reverse_matches_autodiff_of_a_plain_formula() -> None:
+    """jax.hessian (jax.jacfwd of jax.jacrev) differentiates the transposed tangent rule forward; in float64."""
     with enable_x64(True):
         x, w, b, dy = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=9))
         ours = jax.hessian(lambda x: jnp.sum(layernorm.layer_norm(x, w, b) * dy))(x)
@@ -346,97 +341,122 @@ JACOBIAN_AXES = [
     pytest.param((3, 5, 2), 1, id="channels-first"),
     pytest.param((2, 3, 2, 4), (0, 2), id="non-adjacent"),
 ]
+STATISTICS = {"layer_norm": ("mean", "rstd"), "rms_norm": ("rstd",)}
 
 
-def _reference_rms_jacobians(
-    x: np.ndarray, w: np.ndarray | None, axis: Axis, eps: float
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Float64 Jacobians of y by x, of y by the weight and of rstd by x: rows, the reference vjps of basis vectors."""
-    spec = check_forward("rms_norm", x, w, None, axis, eps)
-    y_rows, w_rows, rstd_rows = [], [], []
+def _reference_jacobians(
+    op: str, x: np.ndarray, w: np.ndarray | None, axis: Axis, eps: float
+) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+    """Float64 Jacobians of y by x, of y by the weight, and of each returned statistic by x: rows, the reference
+    vjps of basis vectors."""
+    spec = check_forward(op, x, w, None, axis, eps)
+    backward = getattr(reference, f"{op}_backward")
+    y_rows, w_rows = [], []
     for i in range(x.size):
         dy = np.zeros(x.size)
         dy[i] = 1
-        dx, dw = reference.rms_norm_backward(dy.reshape(x.shape), x, w, spec)
+        dx, dw = backward(dy.reshape(x.shape), x, w, spec)[:2]
         y_rows.append(dx.ravel())
         w_rows.append(dw.ravel())
-    rstd_size = int(np.prod(spec.stats_shape))
-    for i in range(rstd_size):
-        drstd = np.zeros(rstd_size)
-        drstd[i] = 1
-        rstd_rows.append(reference.statistics_backward(x, spec, None, drstd.reshape(spec.stats_shape)).ravel())
-    return np.array(y_rows), None if w is None else np.array(w_rows), np.array(rstd_rows)
+    stats_size = int(np.prod(spec.stats_shape))
+    stats = []
+    for name in STATISTICS[op]:
+        rows = []
+        for i in range(stats_size):
+            basis = np.zeros(stats_size)
+            basis[i] = 1
+            given = basis.reshape(spec.stats_shape)
+            rows.append(reference.statistics_backward(x, spec, *((given, None) if name == "mean" else (None, given))))
+        stats.append(np.array([r.ravel() for r in rows]))
+    return np.array(y_rows), None if w is None else np.array(w_rows), stats
 
 
-def _rms_jacfwd(x: jax.Array, w: jax.Array | None, axis: Axis, eps: float) -> tuple[Any, ...]:
-    """jax.jacfwd of rms_norm's y and rstd, by x and (where given) by the weight, flattened to matrices."""
+def _jacfwd(
+    op: str, x: jax.Array, w: jax.Array | None, axis: Axis, eps: float
+) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+    """jax.jacfwd of y and of each returned statistic, by x and (where given) by the weight, as matrices."""
 
-    def f(x: jax.Array, w: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-        return layernorm.rms_norm(x, w, axis=axis, eps=eps, return_stats=True)
+    def f(x: jax.Array, w: jax.Array | None) -> tuple[jax.Array, ...]:
+        return getattr(layernorm, op)(x, w, axis=axis, eps=eps, return_stats=True)
 
-    (dy_dx, dy_dw), (drstd_dx, _) = jax.jacfwd(f, argnums=(0, 1))(x, w)
-    return _as_matrix(dy_dx, x.size), _as_matrix(dy_dw, x.size), _as_matrix(drstd_dx, drstd_dx.size // x.size)
+    (dy_dx, dy_dw), *stats = jax.jacfwd(f, argnums=(0, 1))(x, w)
+    by_x = [_as_matrix(dstat_dx, dstat_dx.size // x.size) for dstat_dx, _ in stats]
+    return _as_matrix(dy_dx, x.size), _as_matrix(dy_dw, x.size), by_x  # type: ignore[return-value]
 
 
 def _as_matrix(jacobian: jax.Array | None, rows: int) -> np.ndarray | None:
     return None if jacobian is None else np.asarray(jacobian).astype(np.float64).reshape(rows, -1)
 
 
-def _rms_input(shape: tuple[int, ...], dtype: str, scale: float = 1.0) -> np.ndarray:
+def _jacobian_input(shape: tuple[int, ...], dtype: str, scale: float = 1.0) -> np.ndarray:
     x = np.random.default_rng(21).standard_normal(shape) * 2 + 0.5
     return (x * scale).astype(np.float32).astype(dtype)  # through float32: ml_dtypes' bfloat16 from float64 is slow
+
+
+def _reference_stats(op: str, x: np.ndarray, spec: Any) -> tuple[np.ndarray, ...]:
+    """The reference's statistics of x: (mean, rstd) or (rstd,)."""
+    if op == "layer_norm":
+        return reference.layer_norm(x, None, None, spec)[1:]
+    return reference.rms_norm(x, None, spec)[1:]
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["no-weight", "weight"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 @pytest.mark.parametrize(("shape", "axis"), JACOBIAN_AXES)
-def test_rms_norm_jacfwd_matches_the_reference_jacobian(
-    shape: tuple[int, ...], axis: Axis, dtype: str, weighted: bool
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_jacfwd_matches_the_reference_jacobian(
+    op: str, shape: tuple[int, ...], axis: Axis, dtype: str, weighted: bool
 ) -> None:
-    """Forward mode (jax.jacfwd) of y and of the returned rstd, by x and the weight, against the float64 reference
-    vjps of every basis vector, at the tolerance table's grad tolerance of x's dtype."""
+    """Forward mode (jax.jacfwd) of y and of the returned statistics, by x and the weight, against the float64
+    reference vjps of every basis vector, at the tolerance table's grad tolerance of x's dtype."""
     with enable_x64(dtype == "float64"):
-        x = _rms_input(shape, dtype)
+        x = _jacobian_input(shape, dtype)
         normalized_shape = tuple(shape[a] for a in normalize_axes(axis, len(shape)))
         w = np.random.default_rng(22).standard_normal(normalized_shape).astype(dtype) if weighted else None
-        spec = check_forward("rms_norm", x, w, None, axis, 1e-5)
-        got = _rms_jacfwd(jnp.asarray(x), None if w is None else jnp.asarray(w), axis, 1e-5)
-        expected = _reference_rms_jacobians(x, w, axis, 1e-5)
-    rstd = reference.rms_norm(x, None, spec)[1]
+        spec = check_forward(op, x, w, None, axis, 1e-5)
+        dy_dx, dy_dw, stats = _jacfwd(op, jnp.asarray(x), None if w is None else jnp.asarray(w), axis, 1e-5)
+        expected_dx, expected_dw, expected_stats = _reference_jacobians(op, x, w, axis, 1e-5)
     # every row of dy/dx is a dx of the reference backward: its scale is that of dy = a basis vector
-    scale = gradient_scale(np.ones_like(x, dtype=np.float64), w, rstd, spec)
-    for name, g, e, s in zip(("dy/dx", "dy/dw", "drstd/dx"), got, expected, (scale, None, None), strict=True):
-        if e is None:
-            assert g is None, name
-            continue
-        assert error_ratio(g, e, tolerance(dtype, "grad"), scale=s) <= 1, name  # type: ignore[arg-type]
+    scale = gradient_scale(np.ones_like(x, dtype=np.float64), w, _reference_stats(op, x, spec)[-1], spec)
+    assert error_ratio(dy_dx, expected_dx, tolerance(dtype, "grad"), scale=scale) <= 1, "dy/dx"
+    if expected_dw is None:
+        assert dy_dw is None
+    else:
+        assert error_ratio(dy_dw, expected_dw, tolerance(dtype, "grad")) <= 1, "dy/dw"  # type: ignore[arg-type]
+    for name, got, want in zip(STATISTICS[op], stats, expected_stats, strict=True):
+        assert error_ratio(got, want, tolerance(dtype, "grad")) <= 1, f"d{name}/dx"
 
 
 @pytest.mark.parametrize("rows", ["spread 1e15", "spread 1e-15", "one element"])
-def test_rms_norm_forward_mode_stays_in_range_in_extreme_rows(rows: str) -> None:
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_forward_mode_stays_in_range_in_extreme_rows(op: str, rows: str) -> None:
     """float32 rows of spread 1e+-15 with eps = 0 (rstd**3 under- or overflows, rstd**2 times the tangent does not),
-    and rows of one element: jax.jacfwd of y and rstd against the reference, as reverse mode is checked."""
+    and rows of one element: jax.jacfwd of y and the statistics against the reference, as reverse mode is checked."""
     shape, axis, eps, scale = {
         "spread 1e15": ((3, 6), -1, 0.0, 1e15),
         "spread 1e-15": ((3, 6), -1, 0.0, 1e-15),
         "one element": ((4, 1), -1, 1e-5, 1.0),
     }[rows]
-    x = _rms_input(shape, "float32", scale)
-    spec = check_forward("rms_norm", x, None, None, axis, eps)
-    got = _rms_jacfwd(jnp.asarray(x), None, axis, eps)
-    expected = _reference_rms_jacobians(x, None, axis, eps)
-    dy_scale = gradient_scale(np.ones_like(x, dtype=np.float64), None, reference.rms_norm(x, None, spec)[1], spec)
-    for name, g, e, s in zip(("dy/dx", "drstd/dx"), got[::2], expected[::2], (dy_scale, None), strict=True):
-        assert g is not None and e is not None and np.isfinite(g).all(), name
-        assert error_ratio(g, e, tolerance("float32", "grad"), scale=s) <= 1, name
+    x = _jacobian_input(shape, "float32", scale)
+    spec = check_forward(op, x, None, None, axis, eps)
+    dy_dx, _, stats = _jacfwd(op, jnp.asarray(x), None, axis, eps)
+    expected_dx, _, expected_stats = _reference_jacobians(op, x, None, axis, eps)
+    dy_scale = gradient_scale(np.ones_like(x, dtype=np.float64), None, _reference_stats(op, x, spec)[-1], spec)
+    assert (
+        np.isfinite(dy_dx).all() and error_ratio(dy_dx, expected_dx, tolerance("float32", "grad"), scale=dy_scale) <= 1
+    )
+    for name, got, want in zip(STATISTICS[op], stats, expected_stats, strict=True):
+        assert np.isfinite(got).all() and error_ratio(got, want, tolerance("float32", "grad")) <= 1, f"d{name}/dx"
 
 
 @pytest.mark.parametrize("order", ["reverse", "forward"], ids=["hessian", "jacfwd-of-jacfwd"])
 @pytest.mark.parametrize("scale", [1e15, 1e-15], ids=["spread 1e15", "spread 1e-15"])
-def test_rms_norm_second_derivatives_stay_in_range_in_extreme_rows(scale: float, order: str) -> None:
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_second_derivatives_stay_in_range_in_extreme_rows(op: str, scale: float, order: str) -> None:
     """float32 rows of spread 1e+-15 with eps = 0: the second derivatives of a loss on y, by x and the weight, against
-    float64 autodiff of the plain formula. The custom_vjp's backward, differentiated, was off by about the value's
-    own size at 1e15 and NaN at 1e-15 (its rstd**3 out of range); the tangent rules keep it out, as in first order.
+    float64 autodiff of the plain formula. The custom_vjp backwards, differentiated, were off by about the value's
+    own size at 1e15 (layer_norm at 1e13 already) and NaN at 1e-15 (their rstd**3 out of range); the tangent rules
+    keep it out, as in first order.
     (A loss on rstd itself is not checked: its second derivative, about rstd / x**2, is out of float32's range
     there.)"""
     x, w, _, dy = _inputs((2, 6), -1, seed=27)
@@ -446,11 +466,16 @@ def test_rms_norm_second_derivatives_stay_in_range_in_extreme_rows(scale: float,
     def loss(norm: Callable[[jax.Array, jax.Array], jax.Array], dy: jax.Array) -> Callable[..., jax.Array]:
         return lambda x, w: jnp.sum(norm(x, w) * dy)
 
-    ours = second(loss(lambda x, w: layernorm.rms_norm(x, w, eps=0.0), jnp.asarray(dy)), argnums=(0, 1))(
+    ours = second(loss(lambda x, w: getattr(layernorm, op)(x, w, eps=0.0), jnp.asarray(dy)), argnums=(0, 1))(
         jnp.asarray(x), jnp.asarray(w)
     )
+
+    def plain_norm(x: jax.Array, w: jax.Array) -> jax.Array:
+        centered = x - jnp.mean(x, -1, keepdims=True) if op == "layer_norm" else x
+        return centered * lax.rsqrt(jnp.mean(centered * centered, -1, keepdims=True)) * w
+
     with enable_x64(True):
-        plain = loss(lambda x, w: x * lax.rsqrt(jnp.mean(x * x, -1, keepdims=True)) * w, jnp.asarray(dy, jnp.float64))
+        plain = loss(plain_norm, jnp.asarray(dy, jnp.float64))
         exact = second(plain, argnums=(0, 1))(*(jnp.asarray(a, jnp.float64) for a in (x, w)))
         exact_blocks = [np.asarray(block) for block in jax.tree.leaves(exact)]
     for got, want in zip(jax.tree.leaves(ours), exact_blocks, strict=True):
@@ -458,35 +483,43 @@ def test_rms_norm_second_derivatives_stay_in_range_in_extreme_rows(scale: float,
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-5 * size)
 
 
-def test_rms_norm_jvp_and_linearize_under_jit_and_vmap_agree_with_jacfwd() -> None:
-    x, w, _, _ = (jnp.asarray(a) for a in _inputs((5, 12), -1, seed=23))
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_jvp_and_linearize_under_jit_and_vmap_agree_with_jacfwd(op: str) -> None:
+    x, w, b, _ = (jnp.asarray(a) for a in _inputs((5, 12), -1, seed=23))
     t = jnp.asarray(np.random.default_rng(24).standard_normal((5, 12)), jnp.float32)
     tw = jnp.asarray(np.random.default_rng(25).standard_normal(12), jnp.float32)
+    bias = (b,) if op == "layer_norm" else ()
+    tb = tuple(jnp.asarray(np.random.default_rng(26).standard_normal(12), jnp.float32) for _ in bias)
 
-    def f(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return layernorm.rms_norm(x, w, return_stats=True)
+    def f(x: jax.Array, w: jax.Array, *bias: jax.Array) -> tuple[jax.Array, ...]:
+        return getattr(layernorm, op)(x, w, *bias, return_stats=True)
 
-    (dy_dx, dy_dw), (drstd_dx, drstd_dw) = jax.jacfwd(f, argnums=(0, 1))(x, w)
-    expected_y = jnp.einsum("abcd,cd->ab", dy_dx, t) + dy_dw @ tw
-    expected_rstd = jnp.einsum("abcd,cd->ab", drstd_dx, t) + drstd_dw @ tw
-    _, (jvp_y, jvp_rstd) = jax.jit(lambda x, w, t, tw: jax.jvp(f, (x, w), (t, tw)))(x, w, t, tw)
-    _, linear = jax.linearize(f, x, w)
-    per_row = jax.vmap(lambda x, t: jax.jvp(lambda x: f(x, w), (x,), (t,))[1])(x, t)
-    for got in (jvp_y, linear(t, tw)[0]):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(expected_y), rtol=1e-5, atol=1e-5)
-    for got in (jvp_rstd, linear(t, tw)[1]):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(expected_rstd), rtol=1e-5, atol=1e-6)
-    by_x = jnp.einsum("abcd,cd->ab", dy_dx, t)
-    np.testing.assert_allclose(np.asarray(per_row[0]), np.asarray(by_x), rtol=1e-5, atol=1e-5)
+    jacobians = jax.jacfwd(f, argnums=tuple(range(2 + len(bias))))(x, w, *bias)
+    expected = [
+        jnp.einsum("abcd,cd->ab", by[0], t) + by[1] @ tw + sum((by[2] @ tb[0] for _ in bias), jnp.zeros(()))
+        for by in jacobians
+    ]
+    _, jvps = jax.jit(lambda *a: jax.jvp(f, a[: len(a) // 2], a[len(a) // 2 :]))(x, w, *bias, t, tw, *tb)
+    _, linear = jax.linearize(f, x, w, *bias)
+    per_row = jax.vmap(lambda x, t: jax.jvp(lambda x: f(x, w, *bias), (x,), (t,))[1])(x, t)
+    for got in (jvps, linear(t, tw, *tb)):
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(per_row[0]), np.asarray(jnp.einsum("abcd,cd->ab", jacobians[0][0], t)), rtol=1e-5, atol=1e-5
+    )
 
 
-def test_rms_norm_forward_over_forward_matches_autodiff_of_a_plain_formula() -> None:
+def test_forward_over_forward_matches_autodiff_of_a_plain_formula() -> None:
     """jax.jacfwd of jax.jacfwd differentiates the tangent rules themselves; checked in float64."""
     with enable_x64(True):
-        x, w, _, _ = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=26))
-        ours = jax.jacfwd(jax.jacfwd(lambda x: layernorm.rms_norm(x, w)))(x)
-        oracle = jax.jacfwd(jax.jacfwd(lambda x: _plain_rms(x, w)))(x)
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
+        x, w, b, _ = (jnp.asarray(a, jnp.float64) for a in _inputs((2, 5), -1, seed=26))
+        for ours, plain in (
+            (lambda x: layernorm.layer_norm(x, w, b), lambda x: plain_layer_norm(x, w, b, (1,))[0]),
+            (lambda x: layernorm.rms_norm(x, w), lambda x: _plain_rms(x, w)),
+        ):
+            got, want = (jax.jacfwd(jax.jacfwd(f))(x) for f in (ours, plain))
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
 
 
 def test_tracers_are_owned_and_tracked_by_jax() -> None:
@@ -562,7 +595,8 @@ def test_grad_of_vmap_over_weights_reaches_a_shared_x_through_the_statistics(op:
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
 
 
-def test_rms_norm_jvp_of_vmap_over_weights_with_a_shared_x() -> None:
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_jvp_of_vmap_over_weights_with_a_shared_x(op: str) -> None:
     """jax.jvp of jax.vmap with x unbatched and the weight batched, in x, in the weights and in both: the tangent
     rule sees an unbatched x (and a symbolic-zero tangent where one is not differentiated) beside a batched weight."""
     rng = np.random.default_rng(1)
@@ -570,8 +604,8 @@ def test_rms_norm_jvp_of_vmap_over_weights_with_a_shared_x() -> None:
     weights, tws = (jnp.asarray(1 + 0.3 * rng.standard_normal((4, 5)), jnp.float32) for _ in range(2))
 
     def ours(x: jax.Array, w: jax.Array) -> jax.Array:
-        y, rstd = layernorm.rms_norm(x, w, return_stats=True)
-        return y + rstd
+        y, *stats = getattr(layernorm, op)(x, w, return_stats=True)
+        return y + sum(stats[1:], stats[0])
 
     def tangent(fn: Callable[[jax.Array, jax.Array], jax.Array], by: str) -> jax.Array:
         batched = jax.vmap(fn, in_axes=(None, 0))
@@ -582,7 +616,7 @@ def test_rms_norm_jvp_of_vmap_over_weights_with_a_shared_x() -> None:
         return jax.jvp(batched, (x, weights), (tx, tws))[1]
 
     for by in ("x", "weights", "both"):
-        expected = tangent(lambda x, w: _composite_with_stats("rms_norm", x, w), by)
+        expected = tangent(lambda x, w: _composite_with_stats(op, x, w), by)
         np.testing.assert_allclose(
             np.asarray(tangent(ours, by)), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=by
         )

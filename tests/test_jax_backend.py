@@ -161,8 +161,8 @@ def test_inputs_are_not_modified_and_strided_views_work() -> None:
 
 
 def test_explicit_backward_matches_jax_grad() -> None:
-    """One analytic backward: the explicit functions agree with autodiff to 1e-6, through layer_norm's custom_vjp and
-    the transpose of rms_norm's custom_jvp."""
+    """One analytic backward: the explicit functions agree with autodiff to 1e-6, through the transposes of the
+    custom_jvp rules."""
     x, w, b, dy = (jnp.asarray(a) for a in _inputs((6, 40), -1, DTYPES["float32"], seed=7))
     _, vjp = jax.vjp(lambda x, w, b: layernorm.layer_norm(x, w, b), x, w, b)
     by_vjp = vjp(dy)

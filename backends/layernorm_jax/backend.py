@@ -1,9 +1,9 @@
 """The JAX backend: layer_norm and rms_norm for jax.Array and tracers, on every device XLA reports.
 
-The core has checked every argument before these functions run. layer_norm is a jax.custom_vjp function and
-rms_norm a jax.custom_jvp one (see `layernorm_jax.kernels`), so jax.grad, jax.vjp, jax.jit, jax.vmap and
-jax.checkpoint work through the public API, and for rms_norm forward mode too; the explicit ``*_backward``
-functions run the same analytic gradient formulas.
+The core has checked every argument before these functions run. layer_norm and rms_norm are jax.custom_jvp
+functions (see `layernorm_jax.kernels`), so jax.grad, jax.vjp, jax.jvp, jax.jacfwd, jax.linearize, jax.jit,
+jax.vmap and jax.checkpoint work through the public API; the explicit ``*_backward`` functions run the same
+analytic gradient formulas.
 """
 
 from __future__ import annotations
@@ -68,10 +68,9 @@ def info() -> BackendInfo:
             "determinism": "XLA compiles per shape: two runs of one program agree bitwise on the CPU, but a row "
             "may differ in the last bit between batch sizes, so no bitwise promise is made",
             "float64": "enabled (jax_enable_x64)" if x64 else _X64_OFF,
-            "autodiff": "layer_norm: jax.custom_vjp with the analytic backward, whose plain forward mode (jax.jvp, "
-            "jax.jacfwd, jax.linearize of the function itself) raises JAX's custom_vjp TypeError; rms_norm: "
-            "jax.custom_jvp with the analytic linearization, which reverse mode transposes into the analytic "
-            "backward, so forward mode works too; grad of grad and jax.hessian work for both",
+            "autodiff": "jax.custom_jvp with the analytic linearization, which reverse mode transposes into the "
+            "analytic backward: jax.grad, jax.vjp, jax.jvp, jax.jacfwd, jax.linearize, grad of grad and "
+            "jax.hessian work",
         },
     )
 
@@ -154,10 +153,8 @@ def from_foreign(x: Any) -> jax.Array:
 
 
 def layer_norm(x: jax.Array, weight: Any, bias: Any, spec: NormSpec, return_stats: bool) -> Any:
-    """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_vjp)."""
+    """y, or (y, mean, rstd) when ``return_stats``; differentiable (custom_jvp)."""
     _require_x64_for(spec)
-    if isinstance(x, _Tracer) or isinstance(weight, _Tracer) or isinstance(bias, _Tracer):  # x may be closed over
-        x, weight, bias = _varying_alike(x, weight, bias)
     if return_stats:
         return _layer_norm(x, weight, bias, spec.axes, spec.eps)
     return _layer_norm_output(x, weight, bias, spec.axes, spec.eps)
@@ -171,31 +168,6 @@ def rms_norm(x: jax.Array, weight: Any, spec: NormSpec, return_stats: bool) -> A
     return _rms_norm_output(x, weight, spec.axes, spec.eps)
 
 
-_Tracer = jax.core.Tracer
-
-
-def _varying_alike(*arrays: Any) -> tuple[Any, ...]:
-    """Inside shard_map, the arrays cast to vary over every manual axis that any of them varies over.
-
-    JAX's own ops insert these casts themselves; layer_norm's custom_vjp needs them on its inputs, since its backward
-    gives each cotangent x's varying axes. A replicated weight's gradient is then a per-shard sum, which the cast's
-    transpose (a psum) adds up. rms_norm's custom_jvp needs none: its tangent rule is made of JAX's ops, which insert
-    the casts, and JAX transposes them.
-    """
-    varying = [frozenset() if a is None else _varying_axes(a) for a in arrays]
-    every = frozenset().union(*varying)
-    return tuple(
-        a if a is None or axes == every else _cast_to_varying(a, tuple(sorted(every - axes)))
-        for a, axes in zip(arrays, varying, strict=True)
-    )
-
-
-def _cast_to_varying(a: Any, axes: tuple[str, ...]) -> Any:
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(a, axes, to="varying")
-    return jax.lax.pvary(a, axes)  # type: ignore[attr-defined,unused-ignore]  # JAX before pcast
-
-
 def layer_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, mean: Any, rstd: Any) -> Any:
     """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
     _require_x64_for(spec)
@@ -206,16 +178,6 @@ def rms_norm_backward(dy: jax.Array, x: jax.Array, weight: Any, spec: NormSpec, 
     """(dx, dweight) in x's dtype; rstd is recomputed when None."""
     _require_x64_for(spec)
     return _rms_norm_backward(dy, x, weight, rstd, spec.axes, spec.eps)
-
-
-def _varying_axes(a: Any) -> frozenset[str]:
-    """The shard_map axes a varies over: JAX has no public accessor (``aval.vma`` up to 0.9, then ``aval.mat``)."""
-    typeof = getattr(jax, "typeof", None)  # JAX without it types no varying axes
-    if typeof is None:
-        return frozenset()
-    aval = typeof(a)
-    mat = getattr(aval, "mat", None)
-    return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
 
 
 def _require_x64_for(spec: NormSpec) -> None:

@@ -1,10 +1,10 @@
-"""The math of the JAX backend: two-pass statistics, the analytic backward, the custom_vjp and custom_jvp rules.
+"""The math of the JAX backend: two-pass statistics, the analytic backward, and the custom_jvp rules.
 
 Every function here takes jax arrays (or tracers) and static ``axes`` (non-negative, increasing) and ``eps``.
 Half inputs are upcast to float32 for every reduction; results are cast back to x's dtype at the end, so XLA
-fuses the casts into the same loops. The explicit ``*_backward`` functions of the backend and layer_norm's
-custom_vjp backward of y call the same gradient function, ``layer_norm_grads``; rms_norm's tangent rule of y is the
-linearization whose transpose is ``rms_norm_grads``. The returned statistics have rules of their own.
+fuses the casts into the same loops. The explicit ``*_backward`` functions of the backend compute
+``layer_norm_grads`` and ``rms_norm_grads``; the custom_jvp tangent rules of y are the linearizations whose
+transposes (jax.grad, jax.vjp) are those formulas. The returned statistics have rules of their own.
 """
 
 from __future__ import annotations
@@ -279,115 +279,102 @@ def rms_norm_grads(
     return dx, _sum_to_param(dyf * xhat, axes)
 
 
-def _cotangent(value: jax.Array, primal: jax.Array) -> jax.Array:
-    """``value``, the gradient of ``primal``, in primal's dtype and sharding type.
+# -- custom_jvp rules. Their tangent rules are the analytic linearization, which jax.jvp, jax.jacfwd and
+# jax.linearize use; jax.grad and jax.vjp transpose them into the formulas of `layer_norm_grads` and `rms_norm_grads`
+# (a row's two reductions, one for rms_norm; no rstd**3). The tangents are taken under jax.checkpoint: reverse mode
+# then keeps x, the weight and the statistics for the backward, as a custom_vjp did, and recomputes xhat there
+# instead of holding it (a float32 array of x's size). y and the statistics are separate functions: a loss on y
+# alone computes no statistics' tangents, and under jax.vmap with x unbatched and the weight batched the statistics
+# (x's alone) stay unbatched beside a batched y. The y rules take the statistics from `layer_norm_statistics` and
+# `rms_norm_statistics`, whose own rules, in range, differentiate them again (second order).
+# Against the custom_vjp rules they replaced (one thread, side by side, jax 0.10.2): layer_norm forward+backward
+# 0.91-0.94x at (64, 768), 0.88-0.98x at (4096, 768) float32, 0.97-0.98x at (4096, 1024) and (16384, 256) float32
+# (per-round medians), 1.05-1.10x at (4096, 768) bfloat16, still 0.85x flax.nnx.LayerNorm's time there; the
+# custom_vjp's one-pass row sums (`ONE_PASS_MIN_ELEMENTS`) remain in the explicit backward only, since JAX cannot
+# transpose a variadic reduction.
 
-    jax.custom_vjp requires both. Under a mesh of Explicit axes (`jax.make_mesh`'s default in JAX 0.10) a gradient
-    is sharded as what it is computed from: dweight of a replicated weight as an x sharded along the normalized
-    axis, dx of a replicated x as a sharded weight; it is resharded to the primal's sharding, as JAX's own
-    transposes do.
+
+def _nonzero(tangent: Any) -> jax.Array | None:
+    """The tangent, or None for an argument that is None or not differentiated (a SymbolicZero)."""
+    return None if isinstance(tangent, jax.custom_derivatives.SymbolicZero) else tangent
+
+
+def _affine_tangent(
+    dxhat: jax.Array | None,
+    xhat: jax.Array,
+    weight: jax.Array | None,
+    dweight: jax.Array | None,
+    dbias: jax.Array | None,
+    axes: Axes,
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """The tangent of y = xhat * weight + bias: dxhat * weight + xhat * dweight + dbias, in ``dtype``.
+
+    A tangent of None is zero (the terms it would give are left out).
     """
-    value = value.astype(primal.dtype)
-    want = _sharding_type(primal)
-    if want is None or not want.mesh.axis_names or _sharding_type(value).spec == want.spec:  # no mesh: any goes
-        return value
-    return jax.sharding.reshard(value, want)
+    w, dw, db = (_param(p, xhat, axes, xhat.dtype) for p in (weight, dweight, dbias))
+    terms = [] if dxhat is None else [dxhat if w is None else dxhat * w]
+    if dw is not None:
+        terms.append(xhat * dw)
+    if db is not None:
+        terms.append(jnp.broadcast_to(db, xhat.shape))
+    return (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(xhat)).astype(dtype)
 
 
-def _param_cotangent(value: jax.Array, primal: jax.Array | None) -> jax.Array | None:
-    return None if primal is None else _cotangent(value, primal)
+def _scaled_first(rstd: jax.Array, dx: jax.Array) -> jax.Array:
+    """The product rstd * dx in rstd's dtype, which the dx terms of the tangents start from (its row mean negated).
+
+    Transposed, rstd then multiplies last, and XLA:CPU's backward loop is that of the custom_vjp rules: written as
+    rstd * (dx - xhat * mean(xhat * dx)), rms_norm's forward+backward ran 11-23% slower at (4096, 768) float32.
+    """
+    return rstd * dx.astype(rstd.dtype)
 
 
-def _sharding_type(a: jax.Array) -> Any:
-    """The sharding in a's type (a NamedSharding), or None where JAX's types hold none."""
-    typeof = getattr(jax, "typeof", None)
-    return None if typeof is None else getattr(typeof(a), "sharding", None)
-
-
-# -- layer_norm's custom_vjp: the forward saves (x, weight, mean, rstd), the backward is layer_norm_grads. y and the
-# statistics are two rules: under jax.vmap with x unbatched and the weight batched, the statistics (x's alone)
-# are unbatched beside a batched y, and one rule for both got their summed cotangent in every member of the batch.
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def layer_norm_output(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
 ) -> jax.Array:
-    """y, differentiable through jax.custom_vjp with the analytic backward."""
+    """y, differentiable through jax.custom_jvp with the analytic linearization."""
     mean, rstd = layer_norm_stats(x, axes, eps)
     return layer_norm_apply(x, weight, bias, mean, rstd, axes, eps)
 
 
-def _layer_norm_fwd(
-    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, axes: Axes, eps: float
-) -> tuple[jax.Array, tuple[jax.Array | None, ...]]:
-    mean, rstd = layer_norm_stats(x, axes, eps)
+@partial(layer_norm_output.defjvp, symbolic_zeros=True)
+def _layer_norm_output_jvp(
+    axes: Axes, eps: float, primals: tuple[jax.Array, jax.Array | None, jax.Array | None], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """The y of layer_norm and its tangent (`_layer_norm_tangent`), taken under jax.checkpoint."""
+    x, weight, bias = primals
+    mean, rstd = layer_norm_statistics(x, axes, eps)
+    tangent = jax.checkpoint(partial(_layer_norm_tangent, axes, eps))
     y = layer_norm_apply(x, weight, bias, mean, rstd, axes, eps)
-    # bias is saved only for its dtype (None stays None); XLA drops the unused buffer.
-    return y, (x, weight, bias, mean, rstd)
+    return y, tangent(x, weight, mean, rstd, *map(_nonzero, tangents))
 
 
-def _layer_norm_bwd(
-    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], dy: jax.Array
-) -> tuple[jax.Array | None, ...]:
-    x, weight, bias, mean, rstd = residuals
-    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps)
-    return _cotangent(dx, x), _param_cotangent(dweight, weight), _param_cotangent(dbias, bias)
+def _layer_norm_tangent(
+    axes: Axes,
+    eps: float,
+    x: jax.Array,
+    weight: jax.Array | None,
+    mean: jax.Array,
+    rstd: jax.Array,
+    dx: jax.Array | None,
+    dweight: jax.Array | None,
+    dbias: jax.Array | None,
+) -> jax.Array:
+    """The tangent of layer_norm's y, in x's dtype.
 
-
-layer_norm_output.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def layer_norm_statistics(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
-    """(mean, rstd) as `layer_norm_stats` gives them, differentiable with the analytic backward."""
-    return layer_norm_stats(x, axes, eps)
-
-
-def _layer_norm_statistics_fwd(
-    x: jax.Array, axes: Axes, eps: float
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    mean, rstd = layer_norm_stats(x, axes, eps)
-    return (mean, rstd), (x, mean, rstd)
-
-
-def _layer_norm_statistics_bwd(
-    axes: Axes, eps: float, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
-) -> tuple[jax.Array]:
-    """The cotangents' dx: mean = sum(x) / N adds dmean / N, rstd = (var + eps)^-1/2 -drstd rstd^3 (x - mean) / N."""
-    x, mean, rstd = residuals
-    dmean, drstd = (c.astype(mean.dtype) for c in cotangents)
-    xf, n = _upcast(x), _count(x, axes)
-
-    def rows() -> jax.Array:
-        return dmean / n - _times_rstd_squared(centered_rows(x, mean, rstd, eps) * rstd, rstd, drstd) / n
-
-    def single_elements() -> jax.Array:
-        # x - mean is 0 whatever x: the rstd term is 0 (NaN where x is not finite or rstd is inf, as in `rows`).
-        # Differentiated again, `rows`' terms of size rstd**3 cancel only in exact arithmetic.
-        return dmean + (xf * 0 + rstd * 0) * drstd
-
-    return (_cotangent(_by_row_length(n, single_elements, rows), x),)
-
-
-layer_norm_statistics.defvjp(_layer_norm_statistics_fwd, _layer_norm_statistics_bwd)
-
-
-def _times_rstd_squared(xhat: jax.Array, rstd: jax.Array, drstd: jax.Array) -> jax.Array:
-    """``xhat * rstd**2 * drstd``, one factor of rstd at a time from xhat (about 1): each product stays in range.
-
-    rstd**3 alone (which the derivative of (v + eps)^-1/2 is made of) under- or overflows for rows of spread beyond
-    1e+-13 in float32 (1e+-102 in float64), where the result, about rstd**2 times drstd, is in range.
+    With xhat = (x - mean) * rstd: rstd * (dx - mean(dx) - xhat * mean(xhat * dx)) * weight + xhat * dweight +
+    dbias. Transposed, its dx term gives `layer_norm_grads`' dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+    g = dy * weight. In rows of one element it is 0 whatever dx (NaN where x, dx or rstd is not finite).
     """
-    return xhat * (rstd * drstd) * rstd
-
-
-# -- rms_norm's custom_jvp: the tangent rules are the analytic linearization, which jax.jvp, jax.jacfwd and
-# jax.linearize use; jax.grad and jax.vjp transpose them into `rms_norm_grads`' formulas (one row reduction, no
-# rstd**3), and XLA:CPU compiles the custom_vjp's backward loops (bfloat16: less a float32 copy of x). layer_norm
-# keeps its custom_vjp: as a custom_jvp written as here, its forward+backward ran 7-11% slower at (4096, 768)
-# bfloat16 (float32 within noise; one thread, side by side), and its transpose has no one-pass row sums
-# (`ONE_PASS_MIN_ELEMENTS`: JAX cannot transpose a variadic reduction).
+    xhat = centered_rows(x, mean, rstd, eps) * rstd
+    dxhat = None
+    if dx is not None:
+        scaled = _scaled_first(rstd, dx)
+        neg_mean, neg_mean_xhat = (-jnp.mean(t, axis=axes, keepdims=True) for t in (scaled, xhat * scaled))
+        dxhat = scaled + neg_mean + xhat * neg_mean_xhat
+    return _affine_tangent(dxhat, xhat, weight, dweight, dbias, axes, x.dtype)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -400,45 +387,65 @@ def rms_norm_output(x: jax.Array, weight: jax.Array | None, axes: Axes, eps: flo
 def _rms_norm_output_jvp(
     axes: Axes, eps: float, primals: tuple[jax.Array, jax.Array | None], tangents: tuple[Any, Any]
 ) -> tuple[jax.Array, jax.Array]:
-    """The tangent of y, taken under jax.checkpoint.
-
-    Reverse mode then keeps x, the weight and rstd for the backward, as the custom_vjp did, and recomputes xhat there
-    instead of holding it (a float32 array of x's size).
-    """
+    """The y of rms_norm and its tangent (`_rms_norm_tangent`), taken under jax.checkpoint."""
     x, weight = primals
-    rstd = rms_norm_statistics(x, axes, eps)  # differentiated again (second order), by its own rule
+    rstd = rms_norm_statistics(x, axes, eps)
     tangent = jax.checkpoint(partial(_rms_norm_tangent, axes))
     return rms_norm_apply(x, weight, rstd, axes), tangent(x, weight, rstd, *map(_nonzero, tangents))
-
-
-def _nonzero(tangent: Any) -> jax.Array | None:
-    """The tangent, or None for an argument that is None or not differentiated (a SymbolicZero)."""
-    return None if isinstance(tangent, jax.custom_derivatives.SymbolicZero) else tangent
 
 
 def _rms_norm_tangent(
     axes: Axes, x: jax.Array, weight: jax.Array | None, rstd: jax.Array, dx: jax.Array | None, dweight: jax.Array | None
 ) -> jax.Array:
-    """The tangent rstd * (dx - xhat * mean(xhat * dx)) * weight + xhat * dweight, xhat = x * rstd, in x's dtype.
+    """The tangent of rms_norm's y, in x's dtype.
 
-    A tangent of None is zero (one at least is not).
-
-    Transposed, the dx term gives `rms_norm_grads`' dx = rstd * (g - xhat * mean(g * xhat)), g = dy * weight.
+    With xhat = x * rstd: rstd * (dx - xhat * mean(xhat * dx)) * weight + xhat * dweight. Transposed, the dx
+    term gives `rms_norm_grads`' dx = rstd * (g - xhat * mean(g * xhat)), g = dy * weight.
     """
-    dtype = rstd.dtype
     xhat = _upcast(x) * rstd
-    w, dw = _param(weight, x, axes, dtype), _param(dweight, x, axes, dtype)
-    terms = []
+    dxhat = None
     if dx is not None:
-        # rstd * dx first and the row's mean negated (one row-sized negation): transposed, rstd multiplies last and
-        # XLA:CPU's backward loop is that of the custom_vjp; as rstd * (dx - xhat * mean(xhat * dx)) it ran
-        # 11-23% slower at (4096, 768) float32 (one thread, side by side).
-        scaled = rstd * dx.astype(dtype)
+        scaled = _scaled_first(rstd, dx)
         dxhat = scaled + xhat * -jnp.mean(xhat * scaled, axis=axes, keepdims=True)
-        terms.append(dxhat if w is None else dxhat * w)
-    if dw is not None:
-        terms.append(xhat * dw)
-    return sum(terms[1:], terms[0]).astype(x.dtype)
+    return _affine_tangent(dxhat, xhat, weight, dweight, None, axes, x.dtype)
+
+
+def _rstd_tangent(xhat: jax.Array, rstd: jax.Array, dx: jax.Array, axes: Axes) -> jax.Array:
+    """The tangent of rstd = (var + eps)^-1/2: -rstd**3 * mean(xhat / rstd * dx) = -rstd * (rstd * mean(xhat * dx)).
+
+    xhat is (x - mean) * rstd for layer_norm, x * rstd for rms_norm. One factor of rstd at a time from xhat (about
+    1): rstd**3 alone under- or overflows for rows of spread beyond 1e+-13 in float32 (1e+-102 in float64), where
+    the result is in range. Transposed: -xhat * (rstd * (rstd * drstd)) / N.
+    """
+    return -rstd * (rstd * jnp.mean(xhat * dx.astype(rstd.dtype), axis=axes, keepdims=True))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def layer_norm_statistics(x: jax.Array, axes: Axes, eps: float) -> tuple[jax.Array, jax.Array]:
+    """(mean, rstd) as `layer_norm_stats` gives them, differentiable with the analytic linearization."""
+    return layer_norm_stats(x, axes, eps)
+
+
+@layer_norm_statistics.defjvp
+def _layer_norm_statistics_jvp(
+    axes: Axes, eps: float, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """The tangents of mean and rstd: mean(dx), and `_rstd_tangent`.
+
+    In rows of one element x - mean is 0 whatever x, and so is drstd (NaN where x or dx is not finite or rstd is
+    inf, as the general form gives): differentiated again, the general form's terms of size rstd**4 cancel only in
+    exact arithmetic (float32 second derivatives came out 4% off at eps = 1e-3).
+    """
+    (x,), (dx,) = primals, tangents
+    mean, rstd = layer_norm_statistics(x, axes, eps)
+    dxf = dx.astype(rstd.dtype)
+    xhat = centered_rows(x, mean, rstd, eps) * rstd
+    drstd = _by_row_length(
+        _count(x, axes),
+        lambda: jnp.sum(xhat * dxf, axis=axes, keepdims=True) * 0,
+        lambda: _rstd_tangent(xhat, rstd, dxf, axes),
+    )
+    return (mean, rstd), (jnp.mean(dxf, axis=axes, keepdims=True), drstd)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -451,15 +458,10 @@ def rms_norm_statistics(x: jax.Array, axes: Axes, eps: float) -> jax.Array:
 def _rms_norm_statistics_jvp(
     axes: Axes, eps: float, primals: tuple[jax.Array], tangents: tuple[jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
-    """The tangent of rstd = (mean(x^2) + eps)^-1/2: -rstd^3 * mean(x * dx) = -rstd * (rstd * mean(xhat * dx)).
-
-    One factor of rstd at a time, as `_times_rstd_squared`: rstd**3 alone under- or overflows for rows of spread
-    beyond 1e+-13 in float32. Transposed: -xhat * (rstd * (rstd * drstd)) / N, the custom_vjp's backward.
-    """
+    """The tangent of rms_norm's rstd (`_rstd_tangent`, xhat = x * rstd)."""
     (x,), (dx,) = primals, tangents
     rstd = rms_norm_statistics(x, axes, eps)
-    xhat_dx = _upcast(x) * rstd * dx.astype(rstd.dtype)
-    return rstd, -rstd * (rstd * jnp.mean(xhat_dx, axis=axes, keepdims=True))
+    return rstd, _rstd_tangent(_upcast(x) * rstd, rstd, dx, axes)
 
 
 def layer_norm(

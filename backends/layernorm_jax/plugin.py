@@ -14,6 +14,6 @@ def layernorm_backends() -> list[BackendDeclaration]:
             excluded_modules=("jax.experimental.sparse", "jax.ShapeDtypeStruct"),  # BCOO, BCSR; a shape spec
             requires=("jax",),
             extra="jax",
-            description="JAX / XLA (CPU, GPU, TPU): custom_vjp and custom_jvp with the analytic derivatives",
+            description="JAX / XLA (CPU, GPU, TPU): custom_jvp with the analytic derivatives",
         )
     ]

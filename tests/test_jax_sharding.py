@@ -9,6 +9,7 @@ fails unless every mesh test passed there. In this (parent) process the mesh tes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -35,7 +36,7 @@ from layernorm_core.spec import Axis
 from layernorm_core.tolerances import error_ratio, gradient_scale, row_condition, tolerance
 
 DEVICES = 8
-MESH_TESTS = 23  # 3 layouts x (forward, gradients) + 4 explicit + 6 under shard_map + 5 single tests + 2 placements
+MESH_TESTS = 26  # 3 layouts x (forward, gradients) + 6 explicit + 7 under shard_map + 5 single tests + 2 placements
 needs_mesh = pytest.mark.skipif(
     len(jax.devices("cpu")) < DEVICES,
     reason=f"needs {DEVICES} CPU devices: test_mesh_tests_pass_in_an_8_device_process runs these in a child process",
@@ -186,39 +187,51 @@ def test_shard_map_gradients_of_per_device_weights_with_x_closed_over(op: str) -
     np.testing.assert_allclose(np.asarray(grads), np.asarray(expected), rtol=1e-5, atol=2e-5)
 
 
-def _rms_norm_with_stats(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return layernorm.rms_norm(x, w, return_stats=True)
+def _with_stats(op: str) -> Callable[..., tuple[jax.Array, ...]]:
+    """y and the statistics of ``op``, as a function of x, the weight and (for layer_norm) the bias."""
+    return partial(getattr(layernorm, op), return_stats=True)
+
+
+def _forward_mode_inputs(op: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(x, weight[, bias]) and their tangents, float32 rows of 64."""
+    x, w, b, tx = _inputs((16, 64), -1)
+    rng = np.random.default_rng(1)
+    tw, tb = (rng.standard_normal(w.shape).astype(np.float32) for _ in range(2))
+    return ((x, w, b), (tx, tw, tb)) if op == "layer_norm" else ((x, w), (tx, tw))
 
 
 @needs_mesh
-def test_shard_map_rms_norm_forward_mode_matches_unsharded() -> None:
-    """jax.jvp of rms_norm (a custom_jvp) inside shard_map, in x and in the replicated weight: the JAX ops of its
-    tangent rule cast the weight's tangent to vary with x's rows themselves, as reverse mode's transpose sums them."""
-    x, w, _, tx = _inputs((16, 64), -1)
-    tw = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_shard_map_forward_mode_matches_unsharded(op: str) -> None:
+    """jax.jvp of y and the statistics (custom_jvp rules) inside shard_map, in x and in the replicated parameters:
+    the JAX ops of the tangent rules cast the parameters' tangents to vary with x's rows themselves, as reverse
+    mode's transpose sums them."""
+    primals, tangents = _forward_mode_inputs(op)
     mesh = jax.make_mesh((8,), ("batch",))
     rows, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
-    mapped = shard_map(_rms_norm_with_stats, mesh=mesh, in_specs=(P("batch"), P()), out_specs=(P("batch"), P("batch")))
-    placed = (jax.device_put(a, s) for a, s in zip((x, w, tx, tw), (rows, replicated, rows, replicated), strict=True))
-    sharded = jax.jit(lambda x, w, tx, tw: jax.jvp(mapped, (x, w), (tx, tw))[1])(*placed)
-    unsharded = jax.jvp(_rms_norm_with_stats, (jnp.asarray(x), jnp.asarray(w)), (jnp.asarray(tx), jnp.asarray(tw)))[1]
+    params = len(primals) - 1
+    mapped = shard_map(_with_stats(op), mesh=mesh, in_specs=(P("batch"), *(P(),) * params), out_specs=P("batch"))
+    shardings = (rows, *(replicated,) * params) * 2
+    placed = (jax.device_put(a, s) for a, s in zip((*primals, *tangents), shardings, strict=True))
+    sharded = jax.jit(lambda *a: jax.jvp(mapped, a[: len(a) // 2], a[len(a) // 2 :])[1])(*placed)
+    unsharded = jax.jvp(_with_stats(op), tuple(map(jnp.asarray, primals)), tuple(map(jnp.asarray, tangents)))[1]
     for got, expected in zip(sharded, unsharded, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
 
 
 @needs_mesh
 @pytest.mark.parametrize(("x_layout", "param_layout"), PARAMS_SHARDED_UNLIKE_X)
-def test_rms_norm_forward_mode_under_explicit_axes_of_params_sharded_unlike_x(x_layout: P, param_layout: P) -> None:
-    """jax.jvp of rms_norm's y and rstd in x and the weight under a mesh of Explicit axes, where the weight is sharded
-    unlike x: each tangent has its output's sharding and the unsharded values."""
-    x, w, _, tx = _inputs((16, 64), -1)
-    tw = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_forward_mode_under_explicit_axes_of_params_sharded_unlike_x(op: str, x_layout: P, param_layout: P) -> None:
+    """jax.jvp of y and the statistics in x and the parameters under a mesh of Explicit axes, where the parameters
+    are sharded unlike x: each tangent has its output's sharding and the unsharded values."""
+    primals, tangents = _forward_mode_inputs(op)
     mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Explicit,))
-    xs, txs = (jax.device_put(a, NamedSharding(mesh, x_layout)) for a in (x, tx))
-    ws, tws = (jax.device_put(p, NamedSharding(mesh, param_layout)) for p in (w, tw))
-    outputs, tangents = jax.jit(lambda *a: jax.jvp(_rms_norm_with_stats, a[:2], a[2:]))(xs, ws, txs, tws)
-    unsharded = jax.jvp(_rms_norm_with_stats, (jnp.asarray(x), jnp.asarray(w)), (jnp.asarray(tx), jnp.asarray(tw)))[1]
-    for output, got, expected in zip(outputs, tangents, unsharded, strict=True):
+    layouts = (x_layout, *(param_layout,) * (len(primals) - 1)) * 2
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip((*primals, *tangents), layouts, strict=True)]
+    outputs, sharded = jax.jit(lambda *a: jax.jvp(_with_stats(op), a[: len(a) // 2], a[len(a) // 2 :]))(*placed)
+    unsharded = jax.jvp(_with_stats(op), tuple(map(jnp.asarray, primals)), tuple(map(jnp.asarray, tangents)))[1]
+    for output, got, expected in zip(outputs, sharded, unsharded, strict=True):
         assert got.sharding.is_equivalent_to(output.sharding, got.ndim)
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=2e-5)
 

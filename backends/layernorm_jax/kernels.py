@@ -211,7 +211,8 @@ def _row_sums(a: jax.Array, b: jax.Array, axes: Axes) -> tuple[jax.Array, jax.Ar
 def _sized_sums(axes: Axes) -> Any:
     """`_sums_by_size` over ``axes``, deciding under jax.vmap by the size of the whole batch, not of one member.
 
-    Per-example code (``vmap(grad(loss))``) would otherwise pick two sums for a batch that one pass serves faster.
+    The explicit backward mapped over examples (``vmap(layer_norm_backward)``) would otherwise pick two sums for a
+    batch that one pass serves faster. (``vmap(grad(loss))`` does not come here: it transposes the tangent rule.)
     """
 
     @jax.custom_batching.custom_vmap

@@ -163,6 +163,17 @@ def test_half_gradients_have_the_input_dtype(dtype: str) -> None:
     assert dx.dtype == jnp.dtype(dtype) and dw.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_reverse_mode_through_the_statistics_keeps_x_not_its_normalized_float32_copy(op: str) -> None:
+    """jax.vjp of y and the statistics holds x, the weight and row statistics, as of y alone: the statistics' tangent
+    rules held xhat, a float32 array of x's size (twice a bfloat16 x's bytes; under lax.scan, one per step)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 40)), jnp.bfloat16)
+    w = jnp.ones(40, jnp.float32)
+    _, vjp = jax.vjp(lambda x, w: getattr(layernorm, op)(x, w, return_stats=True), x, w)
+    held = [leaf.dtype for leaf in jax.tree_util.tree_leaves(vjp) if leaf.shape == x.shape]
+    assert held == [x.dtype]
+
+
 def test_stats_cotangents_match_autodiff() -> None:
     """Gradients flow through returned mean and rstd too, as autodiff of a plain formula says."""
     x, w, b, dy = (jnp.asarray(a) for a in _inputs((5, 3, 12), (1, 2), seed=2))

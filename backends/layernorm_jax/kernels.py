@@ -282,12 +282,13 @@ def rms_norm_grads(
 
 # -- custom_jvp rules. Their tangent rules are the analytic linearization, which jax.jvp, jax.jacfwd and
 # jax.linearize use; jax.grad and jax.vjp transpose them into the formulas of `layer_norm_grads` and `rms_norm_grads`
-# (a row's two reductions, one for rms_norm; no rstd**3). The tangents are taken under jax.checkpoint: reverse mode
-# then keeps x, the weight and the statistics for the backward, as a custom_vjp did, and recomputes xhat there
-# instead of holding it (a float32 array of x's size). y and the statistics are separate functions: a loss on y
-# alone computes no statistics' tangents, and under jax.vmap with x unbatched and the weight batched the statistics
-# (x's alone) stay unbatched beside a batched y. The y rules take the statistics from `layer_norm_statistics` and
-# `rms_norm_statistics`, whose own rules, in range, differentiate them again (second order).
+# (a row's two reductions, one for rms_norm; no rstd**3). The tangents, the statistics' too, are taken under
+# jax.checkpoint: reverse mode then keeps x, the weight and the statistics for the backward, as a custom_vjp did, and
+# recomputes xhat there instead of holding it (a float32 array of x's size). y and the statistics are separate
+# functions: a loss on y alone computes no statistics' tangents, and under jax.vmap with x unbatched and the weight
+# batched the statistics (x's alone) stay unbatched beside a batched y. The y rules take the statistics from
+# `layer_norm_statistics` and `rms_norm_statistics`, whose own rules, in range, differentiate them again (second
+# order).
 # Against the custom_vjp rules they replaced (one thread, side by side, jax 0.10.2): layer_norm forward+backward
 # 0.91-0.94x at (64, 768), 0.88-0.98x at (4096, 768) float32, 0.97-0.98x at (4096, 1024) and (16384, 256) float32
 # (per-round medians), 1.05-1.10x at (4096, 768) bfloat16, still 0.85x flax.nnx.LayerNorm's time there; the
@@ -439,6 +440,14 @@ def _layer_norm_statistics_jvp(
     """
     (x,), (dx,) = primals, tangents
     mean, rstd = layer_norm_statistics(x, axes, eps)
+    tangent = jax.checkpoint(partial(_layer_norm_statistics_tangent, axes, eps))
+    return (mean, rstd), tangent(x, mean, rstd, dx)
+
+
+def _layer_norm_statistics_tangent(
+    axes: Axes, eps: float, x: jax.Array, mean: jax.Array, rstd: jax.Array, dx: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The tangents (dmean, drstd) of `_layer_norm_statistics_jvp`, in the statistics' dtype."""
     dxf = dx.astype(rstd.dtype)
     xhat = centered_rows(x, mean, rstd, eps) * rstd
     drstd = _by_row_length(
@@ -446,7 +455,7 @@ def _layer_norm_statistics_jvp(
         lambda: jnp.sum(xhat * dxf, axis=axes, keepdims=True) * 0,
         lambda: _rstd_tangent(xhat, rstd, dxf, axes),
     )
-    return (mean, rstd), (jnp.mean(dxf, axis=axes, keepdims=True), drstd)
+    return jnp.mean(dxf, axis=axes, keepdims=True), drstd
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -462,7 +471,12 @@ def _rms_norm_statistics_jvp(
     """The tangent of rms_norm's rstd (`_rstd_tangent`, xhat = x * rstd)."""
     (x,), (dx,) = primals, tangents
     rstd = rms_norm_statistics(x, axes, eps)
-    return rstd, _rstd_tangent(_upcast(x) * rstd, rstd, dx, axes)
+    return rstd, jax.checkpoint(partial(_rms_norm_rstd_tangent, axes))(x, rstd, dx)
+
+
+def _rms_norm_rstd_tangent(axes: Axes, x: jax.Array, rstd: jax.Array, dx: jax.Array) -> jax.Array:
+    """The tangent of rms_norm's rstd, xhat recomputed from x (the rule's checkpointed part)."""
+    return _rstd_tangent(_upcast(x) * rstd, rstd, dx, axes)
 
 
 def layer_norm(

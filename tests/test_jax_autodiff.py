@@ -460,6 +460,36 @@ def test_forward_mode_stays_in_range_in_extreme_rows(op: str, rows: str) -> None
         assert np.isfinite(got).all() and error_ratio(got, want, tolerance("float32", "grad")) <= 1, f"d{name}/dx"
 
 
+NAN_ROWS = {
+    "constant, eps = 0": (0.0, lambda row: np.full_like(row, 3.0)),  # rms_norm: a zero row (3.0 below is 0)
+    "holding inf": (1e-5, lambda row: np.where(np.arange(row.size) == 2, np.inf, row)),
+    "holding nan": (1e-5, lambda row: np.where(np.arange(row.size) == 2, np.nan, row)),
+}
+
+
+@pytest.mark.parametrize("row", list(NAN_ROWS))
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_forward_mode_gives_nan_rows_where_the_formula_does(op: str, row: str) -> None:
+    """jax.jvp of y and the statistics, in x and the weight, with a row of inf rstd (eps = 0) or holding an inf or a
+    NaN: that row's tangents are NaN where the reference's are (docs/spec.md), the other row's are untouched. The
+    reference is taken row by row: its Jacobian of the whole x would spread the NaN (0 * NaN) to every row."""
+    eps, make_bad = NAN_ROWS[row]
+    x, w = _jacobian_input((2, 6), "float32"), np.random.default_rng(23).standard_normal(6).astype(np.float32)
+    x[0] = make_bad(x[0]) * (op == "layer_norm" or row != "constant, eps = 0")
+    tx, tw = (np.random.default_rng(24).standard_normal(a.shape).astype(np.float32) for a in (x, w))
+    got = jax.jvp(
+        lambda x, w: getattr(layernorm, op)(x, w, eps=eps, return_stats=True),
+        (jnp.asarray(x), jnp.asarray(w)),
+        (jnp.asarray(tx), jnp.asarray(tw)),
+    )[1]
+    for r in range(2):
+        dy_dx, dy_dw, stats = _reference_jacobians(op, x[r : r + 1], w, -1, eps)
+        expected = [dy_dx @ tx[r] + dy_dw @ tw, *(d @ tx[r] for d in stats)]  # type: ignore[operator]
+        for name, tangent, want in zip(("y", *STATISTICS[op]), got, expected, strict=True):
+            assert np.isnan(want).any() == (r == 0 and name != "mean"), name  # dmean = mean(dx) stays finite
+            assert error_ratio(np.asarray(tangent)[r], want, tolerance("float32", "grad")) <= 1, f"row {r}: d{name}"
+
+
 @pytest.mark.parametrize("order", ["reverse", "forward"], ids=["hessian", "jacfwd-of-jacfwd"])
 @pytest.mark.parametrize("scale", [1e15, 1e-15], ids=["spread 1e15", "spread 1e-15"])
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])

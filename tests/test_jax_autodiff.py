@@ -420,10 +420,23 @@ def test_jacfwd_matches_the_reference_jacobian(
 ) -> None:
     """Forward mode (jax.jacfwd) of y and of the returned statistics, by x and the weight, against the float64
     reference vjps of every basis vector, at the tolerance table's grad tolerance of x's dtype."""
+    _check_jacfwd(op, shape, axis, dtype, dtype if weighted else None)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_jacfwd_of_a_half_x_with_a_float32_weight_matches_the_reference_jacobian(op: str, dtype: str) -> None:
+    """Mixed precision (docs/spec.md "Dtypes"): forward mode by a half x and its float32 weight, as above."""
+    _check_jacfwd(op, (3, 4, 5), (1, 2), dtype, "float32")
+
+
+def _check_jacfwd(op: str, shape: tuple[int, ...], axis: Axis, dtype: str, weight_dtype: str | None) -> None:
+    """`_jacfwd` against `_reference_jacobians` at the grad tolerance of x's dtype; no weight for a dtype of None."""
     with enable_x64(dtype == "float64"):
         x = _jacobian_input(shape, dtype)
         normalized_shape = tuple(shape[a] for a in normalize_axes(axis, len(shape)))
-        w = np.random.default_rng(22).standard_normal(normalized_shape).astype(dtype) if weighted else None
+        rng = np.random.default_rng(22)
+        w = None if weight_dtype is None else rng.standard_normal(normalized_shape).astype(weight_dtype)
         spec = check_forward(op, x, w, None, axis, 1e-5)
         dy_dx, dy_dw, stats = _jacfwd(op, jnp.asarray(x), None if w is None else jnp.asarray(w), axis, 1e-5)
         expected_dx, expected_dw, expected_stats = _reference_jacobians(op, x, w, axis, 1e-5)

@@ -47,6 +47,15 @@ LAYOUTS = [
     pytest.param(P("batch", "model"), id="batch-and-normalized"),
 ]
 
+EXPLICIT_COTANGENTS = hasattr(jax.sharding, "reshard")
+"""JAX gives a transpose's cotangents their primal's sharding under Explicit mesh axes from the JAX that has
+jax.sharding.reshard on (0.6.2, the oldest declared, gave dx of a replicated x the weight's sharding)."""
+needs_explicit_cotangents = pytest.mark.skipif(
+    not EXPLICIT_COTANGENTS,
+    reason=f"JAX {jax.__version__} gives Explicit-axes cotangents the sharding of what they are computed from",
+)
+EXPLICIT_GRADIENT_TESTS = 2
+
 PARAMS_SHARDED_UNLIKE_X = [
     pytest.param(P(None, "model"), P(), id="x-along-normalized-params-replicated"),
     pytest.param(P(), P("model"), id="x-replicated-params-sharded"),
@@ -116,6 +125,7 @@ def test_sharded_gradients_match_unsharded_and_reference(layout: P) -> None:
 
 
 @needs_mesh
+@needs_explicit_cotangents
 @pytest.mark.parametrize(("x_layout", "param_layout"), PARAMS_SHARDED_UNLIKE_X)
 def test_gradients_under_explicit_axes_of_params_sharded_unlike_x(x_layout: P, param_layout: P) -> None:
     """Under a mesh of Explicit axes a cotangent must have its primal's sharding: dweight of a replicated weight came
@@ -337,4 +347,5 @@ def test_outputs_of_another_engine_go_where_jax_would_put_them(backend: str) -> 
 def test_mesh_tests_pass_in_an_8_device_process() -> None:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
     env = {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    assert_child_passes(__file__, env, deselect="in_an_8_device", tests=MESH_TESTS)
+    skipped = 0 if EXPLICIT_COTANGENTS else EXPLICIT_GRADIENT_TESTS
+    assert_child_passes(__file__, env, deselect="in_an_8_device", tests=MESH_TESTS - skipped, skipped=skipped)

@@ -54,7 +54,6 @@ needs_explicit_cotangents = pytest.mark.skipif(
     not EXPLICIT_COTANGENTS,
     reason=f"JAX {jax.__version__} gives Explicit-axes cotangents the sharding of what they are computed from",
 )
-EXPLICIT_GRADIENT_TESTS = 2
 
 PARAMS_SHARDED_UNLIKE_X = [
     pytest.param(P(None, "model"), P(), id="x-along-normalized-params-replicated"),
@@ -347,5 +346,5 @@ def test_outputs_of_another_engine_go_where_jax_would_put_them(backend: str) -> 
 def test_mesh_tests_pass_in_an_8_device_process() -> None:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
     env = {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    skipped = 0 if EXPLICIT_COTANGENTS else EXPLICIT_GRADIENT_TESTS
+    skipped = 0 if EXPLICIT_COTANGENTS else len(PARAMS_SHARDED_UNLIKE_X)  # test_gradients_under_explicit_axes_...
     assert_child_passes(__file__, env, deselect="in_an_8_device", tests=MESH_TESTS - skipped, skipped=skipped)

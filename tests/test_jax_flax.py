@@ -306,7 +306,7 @@ def test_a_promote_dtype_function_is_called_as_flax_calls_it(module: str) -> Non
     plain = getattr(layernorm.flax, module)(16, **kwargs)
     nnx.update(plain, nnx.state(promoted))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(plain(x.astype(jnp.float32))))
-    if "promote_dtype" not in inspect.signature(getattr(nnx, module)).parameters:
+    if "promote_dtype" not in inspect.signature(getattr(nnx, module).__init__).parameters:
         pytest.skip(f"flax {flax.__version__}'s nnx.{module} has no promote_dtype to compare with")
     extra = {"use_fast_variance": False} if module == "LayerNorm" else {}
     for dtype, tol in ((None, 1e-5), (jnp.bfloat16, 2 * 2.0**-8)):  # bfloat16: Flax's rounds the params to it

@@ -73,7 +73,7 @@ class Numerics:
         """Compare every named result; fail listing each one over its tolerance.
 
         ``condition`` is the rows' condition (`row_condition`); ``scales`` the magnitude atol is relative to, by
-        result name, where it is not the result's own RMS (dx: `Problem.grad_scales`).
+        result name, where it is not the result's own RMS (the mean's and dx's: `Problem.scales`).
         """
         missing = set(expected) - set(actual)
         if missing:

@@ -1,0 +1,35 @@
+"""The documents state the tolerance's passing rule as `layernorm_core.tolerances` states and applies it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from layernorm_core import tolerances
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = (ROOT / "docs" / "spec.md", ROOT / "docs" / "conformance.md")
+RULE = re.compile(r"`+(\|actual - expected\| <= [^`]+)`+")
+
+
+def _rules(text: str) -> list[str]:
+    return [" ".join(rule.split()) for rule in RULE.findall(text)]
+
+
+def test_each_document_states_the_modules_rule() -> None:
+    (module_rule,) = _rules(tolerances.__doc__ or "")
+    for document in DOCUMENTS:
+        stated = _rules(document.read_text().replace("```\n", "`").replace("\n```", "`"))
+        assert stated, f"{document.name} states no passing rule"
+        assert set(stated) == {module_rule}, f"{document.name}: {stated} is not the module's {module_rule!r}"
+
+
+def test_the_modules_rule_is_the_one_applied() -> None:
+    """The floor term of that rule is applied: a float16 error of two subnormal units at 0 passes, three fail."""
+    tol = tolerances.tolerance("float16", "output")
+    assert tol.floor == 2 * 2.0**-24
+    expected = np.zeros(4)
+    assert tolerances.error_ratio(np.full(4, 2 * 2.0**-24), expected, tol, scale=1e-30) <= 1
+    assert tolerances.error_ratio(np.full(4, 3 * 2.0**-24), expected, tol, scale=1e-30) > 1

@@ -1,5 +1,7 @@
 """The names that docstrings, comments and the documents cite in backticks exist: a rename leaves no stale pointer.
 
+And docs/plugins.md names every field of the spec a backend receives.
+
 Read from the source (no import, so no framework): `Class.member` for a class defined once in the packages, and
 `package.module.name` for the packages' own modules. Names of other libraries are not checked.
 """
@@ -129,3 +131,14 @@ def test_backticked_names_exist() -> None:
 )
 def test_a_stale_name_is_found(dotted: str, stale: bool) -> None:
     assert _unresolved(dotted, _classes()) == stale
+
+
+def test_plugins_md_names_every_field_of_the_spec() -> None:
+    """docs/plugins.md lists what a backend's ``spec`` holds: every field of `layernorm_core.spec.NormSpec`."""
+    spec = ast.parse((SOURCES["layernorm_core"] / "layernorm_core" / "spec.py").read_text())
+    (norm_spec,) = (n for n in spec.body if isinstance(n, ast.ClassDef) and n.name == "NormSpec")
+    fields = [n.target.id for n in norm_spec.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    listed = text[text.index("`spec` is a `layernorm_core.spec.NormSpec`") :].split("A backend never raises")[0]
+    assert fields, "no fields read from NormSpec"
+    assert not [f for f in fields if f"`{f}`" not in listed], "fields docs/plugins.md does not list"

@@ -42,10 +42,12 @@ def layer_norm(
         ShapeError: axis out of range, repeated or empty; weight/bias of the wrong shape; normalized size 0.
         DTypeError: x not float16, bfloat16, float32 or float64 (int, bool, complex, float8), or of a dtype the
             engine in force does not compute here (float64 for JAX without x64); weight/bias of another dtype or
-            framework.
-        ArgumentError: eps negative, NaN or infinite; axis not an int or a tuple or list of ints; return_stats not a
-            bool.
-        BackendError: unknown or not-installed engine, or a tracked array asked to cross frameworks.
+            framework; an argument that is not an array, or not a dense one (a masked, sparse or ragged array, a
+            shape spec such as ``jax.ShapeDtypeStruct``).
+        ArgumentError: eps negative, NaN, infinite (in the compute dtype too: 1e39 in float32) or not a real
+            number; axis not an int or a tuple or list of ints; return_stats not a bool.
+        BackendError: unknown, not-installed or broken engine; no backend owns x's array type; a tracked array
+            asked to cross frameworks.
         DeviceError: weight or bias on another device than x.
 
     Example:

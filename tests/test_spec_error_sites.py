@@ -1,4 +1,4 @@
-"""docs/spec.md's "Errors" says where bad input is refused: each kind of error is raised from a file it names."""
+"""docs/spec.md's "Errors" says where bad input is refused, and `layernorm.layer_norm`'s docstring which error it is."""
 
 from __future__ import annotations
 
@@ -57,3 +57,28 @@ def test_each_error_comes_from_a_file_the_spec_names(bad: Callable[[], Any]) -> 
         bad()
     raised_in, named = _raised_in(caught.value), _named_files()
     assert any(raised_in.endswith(f"/{name}") for name in named), f"raised in {raised_in}; the spec names {named}"
+
+
+DOCUMENTED = {  # a bad call -> what layer_norm's docstring says of it, under the class it raises
+    "integer x": "int",
+    "return_stats not a bool": "return_stats",
+    "unknown backend": "unknown",
+    "masked array": "masked",
+    "no backend owns x": "no backend owns",
+    "eps a string": "not a real number",
+    "eps infinite in float32": "in the compute dtype",
+}
+MORE_BAD_CALLS: dict[str, Callable[[], Any]] = {
+    "eps a string": lambda: layernorm.layer_norm(X, eps="1e-5"),
+    "eps infinite in float32": lambda: layernorm.layer_norm(X, eps=1e39),
+}
+
+
+@pytest.mark.parametrize(("case", "words"), DOCUMENTED.items(), ids=list(DOCUMENTED))
+def test_layer_norms_docstring_says_each_error(case: str, words: str) -> None:
+    with pytest.raises(layernorm.LayerNormError) as caught:
+        {**BAD_CALLS, **MORE_BAD_CALLS}[case]()
+    raises = (layernorm.layer_norm.__doc__ or "").split("Raises:", 1)[1].split("Example:", 1)[0]
+    entries = dict(re.findall(r"\n {8}(\w+): (.*?)(?=\n {8}\w+:|\Z)", raises, re.S))
+    entry = " ".join(entries[type(caught.value).__name__].split())
+    assert words in entry, f"layer_norm's {type(caught.value).__name__} entry does not say {words!r}: {entry}"

@@ -272,6 +272,43 @@ def test_forward_mode_under_xla(kind: str, shape: tuple[int, int], signature: li
         np.testing.assert_allclose(_np(g), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize(
+    ("shape", "unknown"),
+    [((2, 3, 4100), False), ((2, 3, 8), True)],
+    ids=["rows-over-XLA_BLOCK", "sizes-unknown"],
+)
+def test_vectorized_map_under_xla_vectorizes_cascaded_row_sums(
+    kind: str, shape: tuple[int, ...], unknown: bool
+) -> None:
+    """tf.vectorized_map of the forward and of a tape's gradient under jit_compile, through the cascade's
+    optimization barrier, against the reference. TensorFlow gives that op no batching rule: vectorized_map fell back
+    to a while loop (``fallback_to_while_loop=False``: ValueError), and with sizes unknown when traced its gradient
+    did not compile at all."""
+    host = _host(shape, -1, np.float32, seed=11)
+    x, w, b, dy = _tf(*host)
+    norm = getattr(layernorm, kind)
+    params = [w, b] if kind == "layer_norm" else [w]
+
+    def forward_and_grads(x: Any, dy: Any, *params: Any) -> list[Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, *params])
+            y = tf.vectorized_map(lambda rows: norm(rows, *params), x, fallback_to_while_loop=False)
+            loss = tf.reduce_sum(y * dy)
+        # dx comes as tf.IndexedSlices where sizes are unknown, as for tf.nn.moments' layer norm
+        return [y, *(tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, *params]))]
+
+    signature = _signature(3, 3, *(1 for _ in params)) if unknown else None
+    y, *grads = tf.function(forward_and_grads, jit_compile=True, input_signature=signature)(x, dy, *params)
+    x_spec = check_forward(kind, host[0], host[1], None, -1, 1e-5)
+    if kind == "layer_norm":
+        expected = reference.layer_norm(host[0], host[1], host[2], x_spec)[0]
+    else:
+        expected = reference.rms_norm(host[0], host[1], x_spec)[0]
+    assert error_ratio(_np(y), expected, tolerance("float32", "output"), row_condition(host[0], x_spec)) <= 1
+    _check_grads(kind, grads, host, -1, "float32")
+
+
 @pytest.mark.parametrize("shape", [(4, 1), (4, 6)], ids=["rows-of-one", "rows-of-six"])
 @pytest.mark.parametrize(
     ("mode", "sizes"), [(mode, "known") for mode in MODES] + [("function", "unknown"), ("jit", "unknown")]

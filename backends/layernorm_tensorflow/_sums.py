@@ -23,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla  # optimization_barrier: no public API has it
 from tensorflow.python.ops import control_flow_util  # no public API says whether XLA compiles the graph
+from tensorflow.python.ops.parallel_for import pfor  # nor registers how tf.vectorized_map batches an op
 
 from layernorm_core.spec import NormSpec
 
@@ -123,6 +124,21 @@ def _identity_gradient(op: Any, *upstream: Tensor) -> list[Tensor]:
 
 with contextlib.suppress(KeyError):  # KeyError: a TensorFlow that registers one itself (the identity's too)
     tf.RegisterGradient("XlaOptimizationBarrier")(_identity_gradient)
+
+
+def _vectorized_barrier(pfor_input: Any) -> list[Any]:
+    """The barrier of a batch (``tf.vectorized_map``, ``tape.jacobian``): the barrier of the batched inputs.
+
+    TensorFlow registers no such rule: without it, vectorized_map ran a jit-compiled function one example at a
+    time, in a while loop, and a gradient through that loop failed to compile where sizes were unknown when traced.
+    """
+    inputs = pfor_input.inputs
+    outputs = xla.optimization_barrier(*(wrapped.t for wrapped in inputs))
+    return [pfor.wrap(out, wrapped.is_stacked) for out, wrapped in zip(outputs, inputs, strict=True)]
+
+
+with contextlib.suppress(AssertionError):  # AssertionError: a TensorFlow that registers one itself
+    pfor.RegisterPFor("XlaOptimizationBarrier")(_vectorized_barrier)
 
 
 def _rows(t: Tensor, spec: NormSpec) -> Tensor:

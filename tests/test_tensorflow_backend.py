@@ -366,6 +366,40 @@ def _numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, h: float 
     return grad
 
 
+@pytest.mark.parametrize("mode", ["eager", "jit-sizes-unknown"])
+def test_explicit_backward_of_one_element_rows_takes_the_given_statistics(mode: str) -> None:
+    """layer_norm_backward of rows of one element with a caller's mean and rstd, and the tape's derivatives of it
+    in x and mean, against the formula in float64 and its central differences. The backward took x - mean as 0, as
+    it is for x's own mean: dx and dweight came out 0 (the formula's are -12 and -4 for x = 2, mean = 3, rstd = 2,
+    dy = 1, weight = 1.5, as on NumPy and torch), and their derivatives in x and mean 0 or None."""
+    rng = np.random.default_rng(4)
+    x, mean, dy = (rng.standard_normal((3, 1)) for _ in range(3))
+    rstd, w = rng.uniform(0.5, 2.0, (3, 1)), rng.standard_normal(1)
+    coefficients = (rng.standard_normal((3, 1)), rng.standard_normal(1), rng.standard_normal(1))
+
+    def formula(x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, ...]:
+        xhat, g = (x - mean) * rstd, dy * w
+        return rstd * (g - g - xhat * g * xhat), (dy * xhat).sum(0), dy.sum(0)  # the means of one element
+
+    def loss(x: np.ndarray, mean: np.ndarray) -> float:
+        return sum(float((grad * c).sum()) for grad, c in zip(formula(x, mean), coefficients, strict=True))
+
+    def taped(x: Any, mean: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, mean])
+            grads = layernorm.layer_norm_backward(*_tf(dy), x, *_tf(w), mean=mean, rstd=tf.constant(rstd))
+            total = tf.add_n([tf.reduce_sum(grad * c) for grad, c in zip(grads, coefficients, strict=True)])
+        return grads, tape.gradient(total, [x, mean])
+
+    signature = [tf.TensorSpec((None, None), tf.float64)] * 2
+    run = taped if mode == "eager" else tf.function(taped, jit_compile=True, input_signature=signature)
+    grads, (loss_dx, loss_dmean) = run(*_tf(x, mean))
+    for got, expected in zip(grads, formula(x, mean), strict=True):
+        np.testing.assert_allclose(_np(got), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_np(loss_dx), _numeric_gradient(lambda x_: loss(x_, mean), x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(_np(loss_dmean), _numeric_gradient(lambda m: loss(x, m), mean), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_gradients_flow_through_returned_statistics(kind: str, mode: str) -> None:

@@ -134,6 +134,7 @@ def layer_norm_grads(
     drstd: Tensor = None,
     *,
     matvec: bool = False,
+    given_stats: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) in the compute dtype; the one analytic backward of layer_norm.
 
@@ -142,6 +143,8 @@ def layer_norm_grads(
     dmean/drstd are upstream gradients of the returned statistics (None when unused). ``matvec`` (for trailing
     axes and x already in the compute dtype) computes mean(dy * weight) as a matrix-vector product: XLA's CPU
     backend writes any reduced product to memory first, while a fused reduction is better on a GPU.
+    ``given_stats``: mean and rstd are a caller's (the explicit backward's), not x's own, so rows of one element
+    take the general form too: their x - mean need not be 0, and it depends on x and mean.
     """
     xc, dyc = compute(x, spec), compute(dy, spec)
     if mean is None or rstd is None:
@@ -153,6 +156,8 @@ def layer_norm_grads(
     def rows() -> tuple[Tensor, Tensor, Tensor]:
         return _row_grads(dyc, xc, x, weight, spec, mean, rstd, dmean, drstd, matvec=matvec)
 
+    if given_stats:
+        return rows()
     if None in spec.normalized_shape:  # a tf.function's unknown size: which form applies is known when it runs
         one = tf.equal(normalized_count(x, spec), 1)  # tf.where: XLA did not compile a tf.cond's gradient here
         return tuple(tf.where(one, a, b) for a, b in zip(single(), rows(), strict=True))
@@ -190,7 +195,7 @@ def _row_grads(
 def _single_element_grads(
     dyc: Tensor, xc: Tensor, rstd: Tensor, spec: NormSpec, dmean: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so only the mean's cotangent reaches x.
+    """`layer_norm_grads` of rows of one element with x's own statistics: x - mean is 0, and only dmean reaches x.
 
     The general form gives the same first derivative, but differentiated again (a nested tape) its terms of size
     rstd**3 cancel only in exact arithmetic: a float32 second derivative through the returned rstd came out 0 at

@@ -162,7 +162,9 @@ def layer_norm_backward(
     dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
     mean, rstd = _checked(mean, "mean", x, spec), _checked(rstd, "rstd", x, spec)
     with _placed(x):
-        dx, dweight, dbias = _math.layer_norm_grads(dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec))
+        dx, dweight, dbias = _math.layer_norm_grads(
+            dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec), given_stats=mean is not None
+        )
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype), _math.cast_to(dbias, x.dtype)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,59 @@ def test_both_forms_of_the_backward_row_sums_give_the_reference_gradients(
     inner = jax.grad(lambda x: jnp.sum(plain_layer_norm(x, wj, jnp.asarray(b), (1,))[0] * dyj))
     oracle = jax.grad(lambda x: jnp.sum(inner(x) * v))(xj)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "dtype"),
+    [
+        pytest.param((3, 2, 8200), (1, 2), "float32", id="float32-two-axes"),
+        pytest.param((2, 16400), -1, "bfloat16", id="bfloat16"),
+        pytest.param((3, 8200), -1, "float64", id="float64"),
+    ],
+)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_parameter_gradients_of_a_few_long_rows_are_summed_by_a_product_on_the_cpu(
+    op: str, shape: tuple[int, ...], axis: Axis, dtype: str
+) -> None:
+    """XLA:CPU sums over a batch about 50 times slower once the rest of each row exceeds 64 KiB (16384 float32
+    values, 8192 float64; `SLOW_COLUMN_SUM_BYTES`): the parameter gradients of such rows, by jax.grad and by the
+    explicit backward, are taken as products with ones there, and give the reference's."""
+    with enable_x64(dtype == "float64"):
+        x, w, b, dy = _inputs(shape, axis, seed=31)
+        x, dy = x.astype(dtype), dy.astype(dtype)
+        if dtype == "float64":
+            w, b = w.astype(dtype), b.astype(dtype)
+        params = (w, b) if op == "layer_norm" else (w,)
+        by_autodiff = jax.jit(
+            jax.grad(_weighted_loss(op, axis, jnp.asarray(dy)), argnums=tuple(range(len(params) + 1)))
+        )
+        args = (jnp.asarray(x), *map(jnp.asarray, params))
+        got_autodiff = by_autodiff(*args)
+        explicit = getattr(layernorm, f"{op}_backward")
+        got_explicit = explicit(jnp.asarray(dy), jnp.asarray(x), jnp.asarray(w), axis=axis)
+        programs = [
+            by_autodiff.lower(*args),
+            jax.jit(partial(explicit, axis=axis)).lower(*map(jnp.asarray, (dy, x, w))),
+        ]
+        if jax.default_backend() == "cpu":
+            assert all(" dot(" in program.compile().as_text() for program in programs)
+    spec = check_forward(op, x, w, None, axis, 1e-5)
+    expected = getattr(reference, f"{op}_backward")(dy, x, w, spec)
+    scale = gradient_scale(dy, w, _reference_stats(op, x, spec)[-1], spec)
+    cond = row_condition(x, spec)
+    for got in (got_autodiff, got_explicit):
+        for name, value, want, s in zip(("dx", "dweight", "dbias"), got, expected, (scale, None, None), strict=False):
+            assert error_ratio(np.asarray(value), want, tolerance(dtype, "grad"), cond, scale=s) <= 1, name
+
+
+def _weighted_loss(op: str, axis: Axis, dy: jax.Array) -> Callable[..., jax.Array]:
+    """sum(y * dy) of ``op`` over ``axis`` as a function of x and the parameters (weight, and bias for layer_norm)."""
+    norm = getattr(layernorm, op)
+
+    def loss(x: jax.Array, *params: jax.Array) -> jax.Array:
+        return jnp.sum(norm(x, *params, axis=axis).astype(dy.dtype) * dy)
+
+    return loss
 
 
 def test_per_example_gradients_choose_the_row_sums_by_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -341,11 +341,12 @@ def rms_norm_grads(
 # jax.linearize use; jax.grad and jax.vjp transpose them into the formulas of `layer_norm_grads` and `rms_norm_grads`
 # (a row's two reductions, one for rms_norm; no rstd**3). The tangents, the statistics' too, are taken under
 # jax.checkpoint: reverse mode then keeps x, the weight and the statistics for the backward, as a custom_vjp did, and
-# recomputes xhat there instead of holding it (a float32 array of x's size). y and the statistics are separate
-# functions: a loss on y alone computes no statistics' tangents, and under jax.vmap with x unbatched and the weight
-# batched the statistics (x's alone) stay unbatched beside a batched y. The y rules take the statistics from
-# `layer_norm_statistics` and `rms_norm_statistics`, whose own rules, in range, differentiate them again (second
-# order).
+# recomputes xhat there instead of holding it (a float32 array of x's size). prevent_cse stays True: False saved
+# nothing inside lax.scan and let XLA keep xhat in a plain jitted call (docs/benchmarks.md). y and the statistics
+# are separate functions: a loss on y alone computes no statistics' tangents, and under jax.vmap with x unbatched
+# and the weight batched the statistics (x's alone) stay unbatched beside a batched y. The y rules take the
+# statistics from `layer_norm_statistics` and `rms_norm_statistics`, whose own rules, in range, differentiate them
+# again (second order).
 # Against the custom_vjp rules they replaced (one thread, side by side, jax 0.10.2): layer_norm forward+backward
 # 0.91-0.94x at (64, 768), 0.88-0.98x at (4096, 768) float32, 0.97-0.98x at (4096, 1024) and (16384, 256) float32
 # (per-round medians), 1.05-1.10x at (4096, 768) bfloat16, still 0.85x flax.nnx.LayerNorm's time there; the

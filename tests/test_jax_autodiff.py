@@ -391,6 +391,37 @@ def test_second_order_reverse_mode_works() -> None:
         np.testing.assert_allclose(np.asarray(rms), np.asarray(second(lambda x: _plain_rms(x, w))), rtol=1e-9)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_explicit_backward_of_one_element_rows_takes_the_given_statistics(jit: bool) -> None:
+    """layer_norm_backward of rows of one element with a caller's mean and rstd, and its derivatives in x and mean,
+    against JAX's autodiff of the formula, in float64. The backward took x - mean as 0, as it is for x's own mean:
+    dx and dweight came out 0 (the formula's are -12 and -4 for x = 2, mean = 3, rstd = 2, dy = 1, weight = 1.5,
+    as on NumPy and torch), and their derivatives in x and mean 0."""
+    rng = np.random.default_rng(4)
+    with enable_x64(True):
+        x, mean, dy = (jnp.asarray(rng.standard_normal((3, 1))) for _ in range(3))
+        rstd, w = jnp.asarray(rng.uniform(0.5, 2.0, (3, 1))), jnp.asarray(rng.standard_normal(1))
+        coefficients = (jnp.asarray(rng.standard_normal((3, 1))), *(jnp.asarray(rng.standard_normal(1)),) * 2)
+
+        def formula(x: jax.Array, mean: jax.Array) -> tuple[jax.Array, ...]:
+            xhat, g = (x - mean) * rstd, dy * w
+            return rstd * (g - g - xhat * g * xhat), (dy * xhat).sum(0), dy.sum(0)  # the means of one element
+
+        def ours(x: jax.Array, mean: jax.Array) -> tuple[jax.Array, ...]:
+            return tuple(layernorm.layer_norm_backward(dy, x, w, mean=mean, rstd=rstd))
+
+        def loss(grads: Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]) -> Callable[..., jax.Array]:
+            return lambda x, mean: sum(jnp.sum(g * c) for g, c in zip(grads(x, mean), coefficients, strict=True))
+
+        run = jax.jit(ours) if jit else ours
+        for got, expected in zip(run(x, mean), formula(x, mean), strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-12, atol=1e-12)
+        derivatives = jax.grad(loss(run), argnums=(0, 1))(x, mean)
+        oracle = jax.grad(loss(formula), argnums=(0, 1))(x, mean)
+        for got, expected in zip(derivatives, oracle, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-12, atol=1e-12)
+
+
 def test_forward_over_reverse_matches_autodiff_of_a_plain_formula() -> None:
     """jax.hessian (jax.jacfwd of jax.jacrev) differentiates the transposed tangent rule forward; in float64."""
     with enable_x64(True):

@@ -183,18 +183,24 @@ def layer_norm_grads(
     rstd: jax.Array,
     axes: Axes,
     eps: float,
+    *,
+    given_stats: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dx, dweight, dbias) in the compute dtype, dweight/dbias with the normalized shape.
 
     With xhat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    ``given_stats``: mean and rstd are a caller's, not computed from x here, so rows of one element take the general
+    form too (their x - mean need not be 0, and it depends on x and mean).
     """
     dyf = dy.astype(mean.dtype)
     n = _count(x, axes)
-    return _by_row_length(
-        n,
-        lambda: _single_element_grads(dyf, x, rstd, axes),
-        lambda: _row_grads(dyf, centered_rows(x, mean, rstd, eps), weight, rstd, axes, n),
-    )
+
+    def rows() -> tuple[jax.Array, jax.Array, jax.Array]:
+        return _row_grads(dyf, centered_rows(x, mean, rstd, eps), weight, rstd, axes, n)
+
+    if given_stats:
+        return rows()
+    return _by_row_length(n, lambda: _single_element_grads(dyf, x, rstd, axes), rows)
 
 
 def _by_row_length(n: Any, single_elements: Callable[[], T], rows: Callable[[], T]) -> T:
@@ -233,7 +239,7 @@ def _row_grads(
 def _single_element_grads(
     dy: jax.Array, x: jax.Array, rstd: jax.Array, axes: Axes
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`layer_norm_grads` of rows of one element: x - mean is 0 whatever x, so y's cotangent does not reach x.
+    """`layer_norm_grads` of rows of one element with x's own mean: x - mean is 0 whatever x, so dy does not reach x.
 
     The general form gives the same first derivative, but differentiated again its terms of size rstd**3 cancel
     only in exact arithmetic (a float32 second derivative came out wrong at eps = 1e-5). dy is in the compute
@@ -563,9 +569,10 @@ def layer_norm_backward(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dx, dweight, dbias) in x's dtype; ``stats`` = (mean, rstd), recomputed when either is None."""
     mean, rstd = stats
+    given_stats = mean is not None and rstd is not None
     if mean is None or rstd is None:
         mean, rstd = layer_norm_stats(x, axes, eps)
-    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps)
+    dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps, given_stats=given_stats)
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 

@@ -628,6 +628,8 @@ def _layer_norm_backward_formula(
     dweight, dbias = dy_c * xhat, dy_c
     if batch_axes:  # sum(()) would sum every axis
         dweight, dbias = dweight.sum(batch_axes), dbias.sum(batch_axes)
+    else:  # dbias is dy_c, dy itself in the compute dtype: a copy, so that it shares no memory with dy
+        dbias = dbias.clone()
     return dx.to(dtype=x.dtype), dweight.to(dtype=x.dtype), dbias.to(dtype=x.dtype)
 
 

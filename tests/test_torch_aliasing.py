@@ -1,0 +1,96 @@
+"""PyTorch backend results own their memory: none shares storage with an input, a scratch buffer or another result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import layernorm  # noqa: E402
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+ALIASING_CASES = [
+    pytest.param((64,), -1, id="1d"),  # no batch axes: dbias is dy's sum over nothing
+    pytest.param((4, 8), (0, 1), id="every-axis"),
+    pytest.param((8, 64), -1, id="trailing"),
+    pytest.param((4, 64, 3), 1, id="channels-first"),
+    pytest.param((3, 4, 2, 6), (1, 3), id="non-adjacent"),
+    pytest.param((600, 96), -1, id="scratch-blocks"),  # over 2**15 elements: the blocked backwards, in scratch
+]
+
+
+def _storage_range(t: torch.Tensor) -> tuple[int, int]:
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the storages of a and b overlap (empty tensors share nothing)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    (a_start, a_stop), (b_start, b_stop) = _storage_range(a), _storage_range(b)
+    return a_start < b_stop and b_start < a_stop
+
+
+def _make(shape: tuple[int, ...], axis: Any, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """x, weight, bias, dy of ``dtype``, weight and bias with x's sizes along ``axis``."""
+    generator = torch.Generator().manual_seed(0)
+    axes = (axis,) if isinstance(axis, int) else axis
+    param_shape = [shape[a] for a in axes]
+    x, dy = (torch.randn(shape, generator=generator).to(dtype) for _ in range(2))
+    weight, bias = (torch.randn(param_shape, generator=generator).to(dtype) for _ in range(2))
+    return x, weight, bias, dy
+
+
+def _layer_norm_results(x: Any, weight: Any, bias: Any, dy: Any, axis: Any) -> dict[str, torch.Tensor]:
+    """Every tensor layer_norm's routes return for these inputs: forward, autograd's and the explicit backward's."""
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    y, mean, rstd = layernorm.layer_norm(*leaves, axis=axis, return_stats=True)
+    results = dict(zip(("y", "mean", "rstd"), (y, mean, rstd), strict=True))
+    results |= dict(zip(("grad_x", "grad_weight", "grad_bias"), torch.autograd.grad(y, leaves, dy), strict=True))
+    results["y_unrecorded"] = layernorm.layer_norm(x, weight, bias, axis=axis)
+    explicit = layernorm.layer_norm_backward(dy, x, weight, axis=axis)
+    results |= dict(zip(("dx", "dweight", "dbias"), explicit, strict=True))
+    given_stats = layernorm.layer_norm_backward(dy, leaves[0], weight, axis=axis, mean=mean, rstd=rstd)
+    results |= {f"{name}_given_stats": t for name, t in zip(("dx", "dweight", "dbias"), given_stats, strict=True)}
+    return results
+
+
+def _rms_norm_results(x: Any, weight: Any, dy: Any, axis: Any) -> dict[str, torch.Tensor]:
+    """As `_layer_norm_results`, for rms_norm."""
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    y, rstd = layernorm.rms_norm(*leaves, axis=axis, return_stats=True)
+    results = {"y": y, "rstd": rstd}
+    results |= dict(zip(("grad_x", "grad_weight"), torch.autograd.grad(y, leaves, dy), strict=True))
+    results["y_unrecorded"] = layernorm.rms_norm(x, weight, axis=axis)
+    results |= dict(zip(("dx", "dweight"), layernorm.rms_norm_backward(dy, x, weight, axis=axis), strict=True))
+    given_stats = layernorm.rms_norm_backward(dy, leaves[0], weight, axis=axis, rstd=rstd)
+    results |= {f"{name}_given_stats": t for name, t in zip(("dx", "dweight"), given_stats, strict=True)}
+    return results
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: str(dtype).removeprefix("torch."))
+@pytest.mark.parametrize(("shape", "axis"), ALIASING_CASES)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_results_share_no_memory_with_inputs_or_each_other(op: str, shape: Any, axis: Any, dtype: Any) -> None:
+    """An in-place op on one result (an optimizer step on dbias) changes no input, no other result and nothing a
+    later call writes: the
+    explicit layer_norm backward given recorded statistics returned dy itself as dbias where x has no batch axes."""
+    x, weight, bias, dy = _make(shape, axis, dtype)
+    inputs = {"x": x, "weight": weight, "bias": bias, "dy": dy}
+    before = {name: t.clone() for name, t in inputs.items()}
+    if op == "layer_norm":
+        results = _layer_norm_results(x, weight, bias, dy, axis)
+    else:
+        results = _rms_norm_results(x, weight, dy, axis)
+    from layernorm_torch import scratch
+
+    buffer = getattr(scratch._local, "buffer", None)
+    others = inputs | results | ({} if buffer is None else {"the scratch buffer": buffer})
+    for name, result in results.items():
+        shared = [other for other, t in others.items() if other != name and _share_memory(result, t)]
+        assert not shared, f"{name} shares memory with {shared}"
+    for name, t in inputs.items():
+        assert torch.equal(t, before[name]), f"{name} was changed"

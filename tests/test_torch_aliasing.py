@@ -94,3 +94,44 @@ def test_results_share_no_memory_with_inputs_or_each_other(op: str, shape: Any, 
         assert not shared, f"{name} shares memory with {shared}"
     for name, t in inputs.items():
         assert torch.equal(t, before[name]), f"{name} was changed"
+
+
+class _CallsLayerNormOnEachOp(torch.utils._python_dispatch.TorchDispatchMode):
+    """Runs an rms_norm of 2**19 elements (blocked, in this thread's scratch) after each mul or copy it dispatches.
+
+    Those are the ops that fill a call's scratch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = torch.randn(512, 1024, generator=torch.Generator().manual_seed(1)) * 100
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mul, torch.ops.aten.copy_):
+            layernorm.rms_norm(self.other)
+        return out
+
+
+@pytest.mark.parametrize(
+    ("call", "rows", "dtype"),
+    [
+        pytest.param(lambda x, w, dy: layernorm.rms_norm(x, w), 1024, torch.float32, id="rms_norm-blocked-forward"),
+        pytest.param(
+            lambda x, w, dy: layernorm.rms_norm_backward(dy, x, w), 128, torch.float32, id="rms_norm_backward"
+        ),
+        pytest.param(
+            lambda x, w, dy: layernorm.layer_norm_backward(dy, x, w), 128, torch.bfloat16, id="half-layer_norm_backward"
+        ),
+    ],
+)
+def test_a_call_from_inside_the_ops_of_another_leaves_its_scratch_alone(call: Any, rows: int, dtype: Any) -> None:
+    """A TorchDispatchMode that calls layernorm on each op runs that call inside the ops of the outer one: the
+    inner call wrote into the scratch the outer one was still reading (rms_norm's dx off by 180)."""
+    x, weight, _, dy = _make((rows, 512), -1, dtype)  # each over the size from which its route takes scratch
+    expected = call(x, weight, dy)
+    with _CallsLayerNormOnEachOp():
+        got = call(x, weight, dy)
+    for g, e in zip(
+        got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,), strict=True
+    ):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

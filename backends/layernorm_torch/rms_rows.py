@@ -129,22 +129,23 @@ def forward(
     rstd = torch.empty(stats_shape, dtype=compute, device=x.device)
     y_rows, rstd_rows = y.view(rows, n), rstd.view(rows, 1)
     block = max(1, _FORWARD_BLOCK_ELEMENTS // n)
-    for start in range(0, rows, block):
-        stop = min(start + block, rows)
-        x_b, rstd_b, y_b = x_rows[start:stop], rstd_rows[start:stop], y_rows[start:stop]
-        (work,) = scratch.views((stop - start, n), 1, compute)
-        if x.dtype == compute:
-            torch.mul(x_b, x_b, out=work)
-        else:
-            work.copy_(x_b).mul_(work)
-        torch.mean(work, 1, keepdim=True, out=rstd_b)
-        rstd_b.add_(eps).rsqrt_()
-        out = y_b if x.dtype == compute else work  # a half y is rounded once, at the end
-        torch.mul(x_b, rstd_b, out=out)
-        if w is not None:
-            out.mul_(w)
-        if out is not y_b:
-            y_b.copy_(out)
+    with scratch.held:  # the scratch is this call's until its last block is done
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            x_b, rstd_b, y_b = x_rows[start:stop], rstd_rows[start:stop], y_rows[start:stop]
+            (work,) = scratch.views((stop - start, n), 1, compute)
+            if x.dtype == compute:
+                torch.mul(x_b, x_b, out=work)
+            else:
+                work.copy_(x_b).mul_(work)
+            torch.mean(work, 1, keepdim=True, out=rstd_b)
+            rstd_b.add_(eps).rsqrt_()
+            out = y_b if x.dtype == compute else work  # a half y is rounded once, at the end
+            torch.mul(x_b, rstd_b, out=out)
+            if w is not None:
+                out.mul_(w)
+            if out is not y_b:
+                y_b.copy_(out)
     return y, rstd
 
 
@@ -169,27 +170,28 @@ def gradients(
     dx = torch.empty((rows, n), dtype=x.dtype, device=x.device) if mask[0] else None
     dweight = torch.zeros(n, dtype=compute, device=x.device) if mask[1] else None
     block = max(1, _BLOCK_ELEMENTS // n)
-    for start in range(0, rows, block):
-        stop = min(start + block, rows)
-        xhat, g, work = scratch.views((stop - start, n), 3, compute)
-        x_b, dy_b, rstd_b = x_rows[start:stop], dy_rows[start:stop], rstd_rows[start:stop]
-        torch.mul(x_b, rstd_b, out=xhat)
-        if dx is not None:
-            if w is None:
-                g.copy_(dy_b)
-            else:
-                torch.mul(dy_b, w, out=g)
-            dx_b = dx[start:stop]
-            out = dx_b if dx.dtype == compute else work  # a half dx is rounded once, at the end
-            torch.mul(g, xhat, out=out)
-            mean_gx = out.sum(1, keepdim=True).mul_(1.0 / n)
-            torch.mul(xhat, mean_gx, out=out)
-            torch.sub(g, out, out=out)
-            out.mul_(rstd_b)
-            if out is not dx_b:
-                dx_b.copy_(out)
-        if dweight is not None:
-            dweight.add_(xhat.mul_(dy_b).sum(0))
+    with scratch.held:  # the scratch is this call's until its last block is done
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            xhat, g, work = scratch.views((stop - start, n), 3, compute)
+            x_b, dy_b, rstd_b = x_rows[start:stop], dy_rows[start:stop], rstd_rows[start:stop]
+            torch.mul(x_b, rstd_b, out=xhat)
+            if dx is not None:
+                if w is None:
+                    g.copy_(dy_b)
+                else:
+                    torch.mul(dy_b, w, out=g)
+                dx_b = dx[start:stop]
+                out = dx_b if dx.dtype == compute else work  # a half dx is rounded once, at the end
+                torch.mul(g, xhat, out=out)
+                mean_gx = out.sum(1, keepdim=True).mul_(1.0 / n)
+                torch.mul(xhat, mean_gx, out=out)
+                torch.sub(g, out, out=out)
+                out.mul_(rstd_b)
+                if out is not dx_b:
+                    dx_b.copy_(out)
+            if dweight is not None:
+                dweight.add_(xhat.mul_(dy_b).sum(0))
     return (
         None if dx is None else dx.reshape(x.shape),
         None if dweight is None else dweight.reshape(normalized_shape),

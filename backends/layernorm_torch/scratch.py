@@ -54,11 +54,32 @@ def parameter_ones(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) 
     return x.new_ones(shape, dtype=dtype)
 
 
+class _Held:
+    """``with held:`` around a caller's use of `views`, from its first call to its last use of their contents.
+
+    The kept buffer serves the outermost holder only: `views` inside a nested one give fresh tensors. A call
+    nests where user code runs inside the ops of another (a TorchFunctionMode or TorchDispatchMode that calls
+    layernorm on each op), and would otherwise overwrite the scratch the outer call is still reading.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _local.holders = getattr(_local, "holders", 0) + 1
+
+    def __exit__(self, *_: object) -> None:
+        _local.holders -= 1
+
+
+held = _Held()
+
+
 def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """``count`` disjoint contiguous tensors of ``shape`` and ``dtype`` over this thread's scratch buffer.
 
     Their contents are whatever the last user left. The next call in this thread may return the same memory, so
-    a caller is done with them before it calls again (and before it returns). Making the views costs more than
+    a caller is done with them before it calls again (and before it returns). Only inside one `held` (the
+    outermost) do they come from the kept buffer; elsewhere they are fresh. Making the views costs more than
     filling them at mid sizes (a slice and two views: about 2.5 µs each, the copy of a (64, 768) block 2 µs), so
     they are kept per layout, `KEPT_SHAPES` at most. A larger layout replaces the buffer; over `KEPT_MAX_BYTES`
     they are fresh tensors, kept by no one.
@@ -68,11 +89,12 @@ def views(shape: tuple[int, ...], count: int, dtype: torch.dtype = torch.float32
         kept = _local.views = {}
     key = (shape, count, dtype)
     found = kept.get(key)
-    if found is not None:
+    holders = getattr(_local, "holders", 0)
+    if found is not None and holders == 1:
         return found
     step = math.prod(shape) * dtype.itemsize
     size = count * step
-    if size > KEPT_MAX_BYTES:
+    if size > KEPT_MAX_BYTES or holders != 1:
         return tuple(torch.empty(shape, dtype=dtype, device="cpu") for _ in range(count))
     # Normal tensors even inside torch.inference_mode: outside it, torch refuses writes to an inference tensor.
     with torch.inference_mode(False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -135,3 +136,39 @@ def test_a_call_from_inside_the_ops_of_another_leaves_its_scratch_alone(call: An
         got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,), strict=True
     ):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+THREAD_CASES = [  # each over 2**15 elements: the backwards work in scratch, of another layout in each thread
+    ("rms_norm", (128, 512), torch.float32),
+    ("layer_norm", (128, 512), torch.bfloat16),
+    ("rms_norm", (64, 1024), torch.bfloat16),
+    ("layer_norm", (96, 768), torch.float16),
+]
+
+
+def _forward_and_backward(op: str, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+    """y, autograd's gradients of x and the parameters, and the explicit backward's, for one seeded case."""
+    x, weight, bias, dy = _make(shape, -1, dtype)
+    leaves = [t.clone().requires_grad_() for t in ((x, weight, bias) if op == "layer_norm" else (x, weight))]
+    y = getattr(layernorm, op)(*leaves)
+    return [y, *torch.autograd.grad(y, leaves, dy), *getattr(layernorm, f"{op}_backward")(dy, x, weight)]
+
+
+def test_threads_running_at_once_each_get_their_own_results() -> None:
+    """Several threads calling forward and backward at once, each on its own shape and dtype, get the bits a lone
+    call gets: each thread has its own scratch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [_forward_and_backward(*case) for case in THREAD_CASES]
+    barrier = threading.Barrier(len(THREAD_CASES))
+
+    def in_a_thread(k: int) -> list[list[torch.Tensor]]:
+        barrier.wait()
+        return [_forward_and_backward(*THREAD_CASES[k]) for _ in range(3)]
+
+    with ThreadPoolExecutor(len(THREAD_CASES)) as pool:
+        results = list(pool.map(in_a_thread, range(len(THREAD_CASES))))
+    for case, runs, want in zip(THREAD_CASES, results, expected, strict=True):
+        for got in runs:
+            for g, e in zip(got, want, strict=True):
+                torch.testing.assert_close(g, e, rtol=0, atol=0, msg=f"{case}")

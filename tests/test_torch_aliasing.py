@@ -172,3 +172,40 @@ def test_threads_running_at_once_each_get_their_own_results() -> None:
         for got in runs:
             for g, e in zip(got, want, strict=True):
                 torch.testing.assert_close(g, e, rtol=0, atol=0, msg=f"{case}")
+
+
+FUNCTION_CASES = [  # the routes through the backend's own autograd.Functions, at sizes below and over 2**15
+    pytest.param("layer_norm", (8, 64), torch.bfloat16, id="half-layer_norm-small"),
+    pytest.param("layer_norm", (600, 96), torch.float16, id="half-layer_norm-scratch"),
+    pytest.param("rms_norm", (8, 64), torch.float32, id="rms_norm-small"),
+    pytest.param("rms_norm", (600, 96), torch.bfloat16, id="rms_norm-scratch"),
+]
+
+
+@pytest.mark.parametrize("trained", ["x", "parameters"])
+@pytest.mark.parametrize(("op", "shape", "dtype"), FUNCTION_CASES)
+def test_backward_again_and_in_place_ops_on_statistics(op: str, shape: Any, dtype: Any, trained: str) -> None:
+    """A second and third backward through a retained graph give the first's bits; an in-place op on a returned
+    statistic after the forward leaves y's gradients as they were, or autograd refuses it: never a silently other
+    gradient."""
+    x, weight, bias, dy = _make(shape, -1, dtype)
+    leaves = [t.clone() for t in ((x, weight, bias) if op == "layer_norm" else (x, weight))]
+    for k, leaf in enumerate(leaves):
+        leaf.requires_grad_((k == 0) == (trained == "x"))
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    y, *stats = getattr(layernorm, op)(*leaves, return_stats=True)
+    first = torch.autograd.grad(y, wanted, dy, retain_graph=True)
+    for _ in range(2):
+        for again, expected in zip(torch.autograd.grad(y, wanted, dy, retain_graph=True), first, strict=True):
+            torch.testing.assert_close(again, expected, rtol=0, atol=0)
+    for k in range(len(stats)):
+        y, *stats = getattr(layernorm, op)(*leaves, return_stats=True)
+        with torch.no_grad():
+            stats[k].mul_(3)
+        try:
+            grads = torch.autograd.grad(y, wanted, dy)
+        except RuntimeError as error:
+            assert "modified by an inplace operation" in str(error)
+            continue
+        for got, expected in zip(grads, first, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -1176,3 +1176,29 @@ def test_tracked_tensor_cannot_cross_to_numpy() -> None:
         layernorm.layer_norm(fwad.make_dual(torch.zeros(2, 3), torch.ones(2, 3)), backend="numpy")
     with pytest.raises(layernorm.BackendError, match="autodiff"):
         torch.jit.trace(lambda x: layernorm.layer_norm(x, backend="numpy"), (torch.zeros(2, 3),))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.(trace|script)` is deprecated")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(4, 8), (256, 256)], ids=["small", "over-rms_rows.MIN_ELEMENTS"])
+@pytest.mark.parametrize("given_stats", [False, True], ids=["stats-recomputed", "stats-given"])
+def test_torch_jit_trace_records_the_explicit_backwards(shape: tuple[int, ...], dtype: str, given_stats: bool) -> None:
+    """torch.jit.trace (with its check, which traces again) of layer_norm_backward and rms_norm_backward; the traced
+    function run on new inputs gives the reference's gradients. The tracer cannot record native_layer_norm_backward
+    or the fused rms backward (their output masks), nor `rms_rows`' blocks of the scratch: the traces raised."""
+    torch_dtype = getattr(torch, dtype)
+
+    def layer_norm_grads(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Any:
+        stats = layernorm.layer_norm(x, return_stats=True)[1:] if given_stats else (None, None)
+        return layernorm.layer_norm_backward(dy, x, w, mean=stats[0], rstd=stats[1])
+
+    def rms_norm_grads(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Any:
+        rstd = layernorm.rms_norm(x, return_stats=True)[1] if given_stats else None
+        return layernorm.rms_norm_backward(dy, x, w, rstd=rstd)
+
+    rng = np.random.default_rng(11)
+    x, dy, x_new, dy_new = (torch.from_numpy(rng.standard_normal(shape)).to(torch_dtype) for _ in range(4))
+    w = torch.from_numpy(rng.standard_normal(shape[-1])).to(torch_dtype)
+    for fn, check in ((layer_norm_grads, check_layer_norm_grads), (rms_norm_grads, check_rms_norm_grads)):
+        traced = torch.jit.trace(fn, (dy, x, w))
+        check(tuple(traced(dy_new, x_new, w)), x_new, w, dy_new, -1, dtype)

@@ -584,11 +584,15 @@ def layer_norm_backward(
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype. Given mean and rstd that autograd
     records (returned for an x that requires grad), `_layer_norm_backward_formula`: torch has no derivative of its
-    backward kernel for them (3.2x the kernel's time at (64, 768) float32; docs/spec.md, Backward).
+    backward kernel for them (3.2x the kernel's time at (64, 768) float32; docs/spec.md, Backward). In a
+    torch.jit.trace too, whose tracer cannot record native_layer_norm_backward (its output mask, a bool[3]).
     """
     _refused(x, weight, dy, mean, rstd)
     dtype = x.dtype
-    if mean is not None and rstd is not None and not x.is_nested and _recorded(mean, rstd):
+    traced = _tracing_state() is not None and not x.is_nested
+    if traced and (mean is None or rstd is None):
+        mean, rstd = statistics.layer_norm_statistics(x, spec)
+    if mean is not None and rstd is not None and not x.is_nested and (traced or _recorded(mean, rstd)):
         return _layer_norm_backward_formula(dy, x, weight, spec, mean, rstd)
     if x.is_nested:
         mean, rstd = _packed_rows(mean), _packed_rows(rstd)
@@ -665,17 +669,20 @@ def rms_norm_backward(
     then differentiable, as layer_norm's are (torch has no derivative of its fused rms_norm backward, and uses it
     itself only outside grad mode); nested (jagged) tensors, for which torch has no fused backward; and on the CPU
     a tensor subclass (a DTensor) and torch.func's wrappers (vmap: `scratch.usable_for`), and torch.compile traces
-    (the blocks would pin the batch size).
+    (the blocks would pin the batch size); and torch.jit.trace, which records no fused backward (its bool[2] mask)
+    and no blocks of the scratch.
     Without rstd, rstd is computed as the forward computes it (the same bits as ``return_stats`` gives).
     """
     _refused(x, weight, dy, rstd)
     if rstd is None:
         rstd = rms_norm(x, None, spec, True)[1]
-    if x.device.type == "cuda" and not x.is_nested and not _recorded(dy, x, weight, rstd):
+    traced = _tracing_state() is not None
+    if x.device.type == "cuda" and not x.is_nested and not traced and not _recorded(dy, x, weight, rstd):
         return _rms_norm_backward_fused(dy, x, weight, spec, rstd)
     if (
         x.is_cpu
         and not _compiling()  # first: a trace cannot call the query below, nor branch on sizes
+        and not traced
         and x.numel() >= rms_rows.MIN_ELEMENTS
         and scratch.usable_for(x, dy)
         and not _recorded(dy, x, weight, rstd)

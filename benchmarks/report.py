@@ -16,10 +16,11 @@ def format_time(seconds: float | None) -> str:
     """Seconds as a short human unit: ``12.3 µs``, ``4.56 ms``, ``1.23 s``; ``—`` for None."""
     if seconds is None:
         return "—"
+    shown = float(f"{seconds:.3g}")  # the unit of the rounded value: 999.7 µs reads 1 ms, not 1e+03 µs
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns"
+        if shown >= scale:
+            return f"{shown / scale:.3g} {unit}"
+    return f"{shown * 1e9:.3g} ns"
 
 
 def format_timing(timing: dict[str, Any] | None) -> str:

@@ -249,6 +249,15 @@ def test_headline_table_has_one_row_per_backend_and_shape(numpy_run: dict[str, A
     assert lines[2].startswith("| numpy | 2x8 |") and lines[2].count("1x") == 2
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(9.997e-4, "1 ms"), (0.99996, "1 s"), (9.9996e-7, "1 µs"), (9.994e-4, "999 µs"), (1.234e-5, "12.3 µs")],
+)
+def test_times_take_the_unit_of_their_rounded_value(seconds: float, shown: str) -> None:
+    """999.7 µs was written "1e+03 µs"."""
+    assert report.format_time(seconds) == shown
+
+
 def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.json"
     source.write_text(json.dumps(numpy_run), encoding="utf-8")

@@ -31,8 +31,12 @@ def format_timing(timing: dict[str, Any] | None) -> str:
 
 
 def format_number(value: float | None, suffix: str = "", digits: int = 3) -> str:
-    """``value`` to ``digits`` significant digits with ``suffix``; ``—`` for None."""
-    return "—" if value is None else f"{value:.{digits}g}{suffix}"
+    """``value`` to ``digits`` significant digits with ``suffix``, whole from 10**digits up; ``—`` for None."""
+    if value is None:
+        return "—"
+    if abs(float(f"{value:.{digits}g}")) >= 10**digits:  # a GPU's 1180 GB/s, not 1.18e+03
+        return f"{value:.0f}{suffix}"
+    return f"{value:.{digits}g}{suffix}"
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:

@@ -258,6 +258,14 @@ def test_times_take_the_unit_of_their_rounded_value(seconds: float, shown: str) 
     assert report.format_time(seconds) == shown
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [(1180.4, "1180"), (1995.0, "1995"), (999.7, "1000"), (387.2, "387"), (0.6864, "0.686")]
+)
+def test_numbers_of_a_thousand_and_more_are_written_whole(value: float, shown: str) -> None:
+    """The H100 report's GB/s read 1.18e+03, and a copy's 1995 GB/s read 2e+03."""
+    assert report.format_number(value) == shown
+
+
 def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.json"
     source.write_text(json.dumps(numpy_run), encoding="utf-8")

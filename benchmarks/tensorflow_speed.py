@@ -32,7 +32,9 @@ import tensorflow as tf
 
 import layernorm
 import layernorm.keras as layernorm_keras
+from benchmarks.cases import DTYPES
 from benchmarks.timing import Timing, interleaved, print_timings
+from layernorm.cli import positive_int
 
 EPS = 1e-3  # Keras's default; every candidate uses it
 SHAPES = ((4096, 768), (8192, 4096))
@@ -133,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run every case and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)")
+    parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 5, quick 3)")
     parser.add_argument("--reverse", action="store_true", help="time the candidates in reverse order each round")
-    parser.add_argument("--dtype", action="append", default=None, help="float32 (default), bfloat16, float16")
+    parser.add_argument("--dtype", action="append", choices=DTYPES, help="float32 (default), bfloat16, float16")
     args = parser.parse_args(argv)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     rounds = args.rounds or (3 if args.quick else 5)

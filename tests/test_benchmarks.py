@@ -595,6 +595,26 @@ def test_torch_profile_refuses_what_it_cannot_use(options: list[str]) -> None:
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "options",
+    [["--rounds", "0"], ["--rounds", "-1"], ["--dtype", "int8"], ["--dtype", "float64"]],
+    ids=lambda options: "-".join(options).lstrip("-"),
+)
+def test_tensorflow_speed_refuses_what_it_cannot_use(options: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds -1 ran every case and died in statistics.median, --rounds 0 ran the default 5, --dtype int8 reached
+    Keras before failing."""
+    pytest.importorskip("tensorflow")
+    from benchmarks import tensorflow_speed
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran before refusing")
+
+    monkeypatch.setattr(tensorflow_speed, "run_case", unreachable)
+    with pytest.raises(SystemExit) as exited:
+        tensorflow_speed.main(["--quick", *options])
+    assert exited.value.code == 2
+
+
 def test_torch_profile_refuses_cuda_where_torch_sees_none(capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

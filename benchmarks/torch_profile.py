@@ -23,7 +23,15 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.cases import rows_by_columns
-from benchmarks.torch_speed import DTYPES, add_case_arguments, candidates, forward_backward, make_inputs, sync_for
+from benchmarks.torch_speed import (
+    DTYPES,
+    add_case_arguments,
+    candidates,
+    forward_backward,
+    make_inputs,
+    refuse_absent_cuda,
+    sync_for,
+)
 from layernorm.cli import positive_int
 
 WARMUP_STEPS = 3
@@ -115,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=positive_int, default=20, help="profiled calls per candidate (default 20)")
     parser.add_argument("--top", type=positive_int, default=12, help="ops listed per table (default 12)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here")
+    refuse_absent_cuda(parser, args.device)
     modes = {"forward": (False,), "forward+backward": (True,), "both": (False, True)}[args.mode]
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; per call")
     for op, shape, dtype, backward in itertools.product(args.ops, args.shapes, args.dtypes, modes):

@@ -213,6 +213,12 @@ def add_case_arguments(parser: argparse.ArgumentParser, default_dtypes: list[str
     )
 
 
+def refuse_absent_cuda(parser: argparse.ArgumentParser, device: str) -> None:
+    """``parser.error`` (exit 2) for ``--device cuda`` where torch sees no CUDA device, before anything runs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table per (op, mode)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sets", type=positive_int, default=2, help="input sets in rotation; more than the caches hold: cold"
     )
     args = parser.parse_args(argv)
+    refuse_absent_cuda(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 5)

@@ -615,14 +615,16 @@ def test_tensorflow_speed_refuses_what_it_cannot_use(options: list[str], monkeyp
     assert exited.value.code == 2
 
 
-def test_torch_profile_refuses_cuda_where_torch_sees_none(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("tool", ["torch_profile", "torch_speed"])
+def test_torch_tools_refuse_cuda_where_torch_sees_none(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch_speed --device cuda without a GPU raised a traceback from torch's lazy CUDA init and exited 1."""
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("torch sees a CUDA device here")
-    from benchmarks import torch_profile
+    import importlib
 
     with pytest.raises(SystemExit) as exited:
-        torch_profile.main(["--device", "cuda"])
+        importlib.import_module(f"benchmarks.{tool}").main(["--device", "cuda", "--shapes", "8x64"])
     assert exited.value.code == 2 and "torch sees no CUDA device" in capsys.readouterr().err
 
 

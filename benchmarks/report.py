@@ -40,9 +40,9 @@ def format_number(value: float | None, suffix: str = "", digits: int = 3) -> str
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:
-    """A Markdown table."""
+    """A Markdown table; a ``|`` inside a cell (an error message's) is escaped, so it stays in its column."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ A fake clock makes timings deterministic; nothing here asserts how fast anything
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,15 @@ def test_times_take_the_unit_of_their_rounded_value(seconds: float, shown: str) 
 def test_numbers_of_a_thousand_and_more_are_written_whole(value: float, shown: str) -> None:
     """The H100 report's GB/s read 1.18e+03, and a copy's 1995 GB/s read 2e+03."""
     assert report.format_number(value) == shown
+
+
+def test_a_pipe_in_a_skip_reason_stays_in_its_table_cell(numpy_run: dict[str, Any]) -> None:
+    """A reason such as "no | jax" split the Backends row into one column more than its header."""
+    skipped = {"name": "piped", "status": "skipped", "reason": "ImportError: no | jax"}
+    lines = report.backends_section({**numpy_run, "backends": [*numpy_run["backends"], skipped]})
+    rows = [row for row in "\n".join(lines).splitlines() if row.startswith("|")]
+    columns = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+    assert columns == [columns[0]] * len(rows) and "no \\| jax" in rows[-1]
 
 
 def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

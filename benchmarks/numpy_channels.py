@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.timing import interleaved, print_timings
+from layernorm.cli import positive_int
 from layernorm_core import check_forward
 
 Array = npt.NDArray[Any]
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     """Time every case and print one table per case and pass."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", type=Path, help="a folder with an earlier kernels.py and backend.py")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default 7)")
     options = parser.parse_args(argv)
     backends = {"baseline": load_baseline(options.baseline)} if options.baseline else {}
     backends["current"] = current

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 import layernorm
 from benchmarks.timing import interleaved
+from layernorm.cli import positive_int
 
 
 def naive_layer_norm(x: npt.NDArray[Any], w: npt.NDArray[Any], b: npt.NDArray[Any], eps: float) -> npt.NDArray[Any]:
@@ -28,9 +29,11 @@ def naive_layer_norm(x: npt.NDArray[Any], w: npt.NDArray[Any], b: npt.NDArray[An
 def main(argv: list[str] | None = None) -> None:
     """Time the four contenders on one (rows, cols) float32 array and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=8192, help="rows of x (default 8192)")
-    parser.add_argument("--cols", type=int, default=4096, help="columns of x, the normalized axis (default 4096)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--rows", type=positive_int, default=8192, help="rows of x (default 8192)")
+    parser.add_argument(
+        "--cols", type=positive_int, default=4096, help="columns of x, the normalized axis (default 4096)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default 7)")
     options = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((options.rows, options.cols), dtype=np.float32)

@@ -625,6 +625,31 @@ def test_tensorflow_speed_refuses_what_it_cannot_use(options: list[str], monkeyp
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("tool", "options"),
+    [
+        ("numpy_forward", ["--rounds", "0"]),
+        ("numpy_forward", ["--rows", "0"]),
+        ("numpy_forward", ["--cols", "-4"]),
+        ("numpy_channels", ["--rounds", "0"]),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "-".join(value).lstrip("-"),
+)
+def test_numpy_scripts_refuse_counts_below_one(tool: str, options: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds 0 timed every contender and then died in statistics.median on no samples."""
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{tool}")
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran before refusing")
+
+    monkeypatch.setattr(module, "interleaved", unreachable)
+    with pytest.raises(SystemExit) as exited:
+        module.main(options)
+    assert exited.value.code == 2
+
+
 @pytest.mark.parametrize("tool", ["torch_profile", "torch_speed"])
 def test_torch_tools_refuse_cuda_where_torch_sees_none(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
     """torch_speed --device cuda without a GPU raised a traceback from torch's lazy CUDA init and exited 1."""

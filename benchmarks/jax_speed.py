@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--xla_cpu_multi_thread_eigen={str(args.threads > 1).lower()} intra_op_parallelism_threads={args.threads}"
         )
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    if args.clock == "process" and jax.default_backend() != "cpu":  # after XLA_FLAGS: this starts XLA
+        parser.error(f"--clock process cannot time {jax.default_backend()} work (it counts this process's CPU time)")
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     rounds = args.rounds or (3 if args.quick else 7)
     clock = time.process_time if args.clock == "process" else time.perf_counter

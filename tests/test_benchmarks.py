@@ -681,6 +681,21 @@ def test_numpy_scripts_refuse_counts_below_one(tool: str, options: list[str], mo
     assert exited.value.code == 2
 
 
+def test_jax_speed_refuses_the_process_clock_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, --clock process timed only the host's share of each call, and printed it as the call's time."""
+    jax = pytest.importorskip("jax")
+    from benchmarks import jax_speed
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran before refusing")
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax_speed, "run_case", unreachable)
+    with pytest.raises(SystemExit) as exited:
+        jax_speed.main(["--clock", "process", "--shapes", "8x64"])
+    assert exited.value.code == 2
+
+
 @pytest.mark.parametrize("tool", ["torch_profile", "torch_speed"])
 def test_torch_tools_refuse_cuda_where_torch_sees_none(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
     """torch_speed --device cuda without a GPU raised a traceback from torch's lazy CUDA init and exited 1."""

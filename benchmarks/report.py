@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,16 @@ def notes_section(data: Results) -> list[str]:
     failures = [(f["backend"], f["case"], "all", f["error"]) for f in data.get("failures", [])]
     if errors or failures:
         lines += ["", "## Errors", ""]
-        lines += [f"- {b} {case} ({impl}): `{message}`" for b, case, impl, message in [*errors, *failures]]
+        lines += [f"- {b} {case} ({impl}): {_code(message)}" for b, case, impl, message in [*errors, *failures]]
     return [*lines, ""]
+
+
+def _code(text: str) -> str:
+    """``text`` as Markdown inline code, fenced by more backticks than it holds in a row (Keras quotes `names`)."""
+    runs = [len(run) for run in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    padding = " " if runs else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
 
 
 def agreement_section(data: Results) -> list[str]:

@@ -277,6 +277,14 @@ def test_a_pipe_in_a_skip_reason_stays_in_its_table_cell(numpy_run: dict[str, An
     assert columns == [columns[0]] * len(rows) and "no \\| jax" in rows[-1]
 
 
+def test_an_error_quoting_names_in_backticks_stays_one_code_span(numpy_run: dict[str, Any]) -> None:
+    """Keras quotes names in backticks: "`policy`" closed the report's code span early and left "``" behind."""
+    message = "ValueError: Cannot convert `policy` into a valid pair (`mode`, ``x``)"
+    record = {**numpy_run["results"][0], "errors": {"native": message}}
+    lines = report.notes_section({**numpy_run, "results": [record]})
+    assert any(line.endswith(f"(native): ``` {message} ```") for line in lines)
+
+
 def test_cli_rerenders_from_json(numpy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.json"
     source.write_text(json.dumps(numpy_run), encoding="utf-8")

@@ -68,8 +68,9 @@ def _check(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         command.error(f"unknown backend {', '.join(unknown)}; registered: {', '.join(registry.names())}")
     if args.clock == "process" and args.device in runner.GPU_KINDS:
         command.error(f"--clock process cannot time {args.device} work (it counts this process's CPU time)")
-    if args.out.exists() and not args.out.is_dir():
-        command.error(f"--out {args.out} is a file, not a folder")
+    blocking = next((path for path in (args.out, *args.out.parents) if path.exists() and not path.is_dir()), None)
+    if blocking is not None:
+        command.error(f"--out {args.out}: {blocking} is a file, not a folder")
     if args.from_json and not args.from_json.is_file():
         command.error(f"--from-json {args.from_json}: no such file")
 

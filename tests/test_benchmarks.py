@@ -596,6 +596,7 @@ def test_torch_profile_counts_gpu_events_once(monkeypatch: pytest.MonkeyPatch) -
         ["--min-time", "0"],
         ["--clock", "process", "--device", "cuda"],
         ["--out-is-a-file"],
+        ["--out-under-a-file"],
         ["--from-json", "missing.json"],
         ["--from-json", "not-json.json"],
         ["--from-json", "not-results.json"],
@@ -617,8 +618,9 @@ def test_cli_refuses_what_it_cannot_use_before_the_run(
     empty_machine = {"schema": runner.SCHEMA, **{key: [] for key in runner.RESULTS_KEYS}, "machine": {}, "command": ""}
     (tmp_path / "empty-machine.json").write_text(json.dumps({**empty_machine, "settings": {}}))
     (tmp_path / "file").write_text("")
-    out = tmp_path / ("file" if options == ["--out-is-a-file"] else "out")
-    options = [str(tmp_path / o) if o.endswith(".json") else o for o in options if o != "--out-is-a-file"]
+    outs = {"--out-is-a-file": tmp_path / "file", "--out-under-a-file": tmp_path / "file" / "out"}
+    out = outs.get(options[0], tmp_path / "out")  # under a file: mkdir raised NotADirectoryError, exit 1
+    options = [str(tmp_path / o) if o.endswith(".json") else o for o in options if o not in outs]
     with pytest.raises(SystemExit) as exited:
         cli.main(["--out", str(out), "--no-plots", *options])
     assert exited.value.code == 2

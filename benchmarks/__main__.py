@@ -80,16 +80,21 @@ def config_from(args: argparse.Namespace) -> runner.Config:
     settings = runner.QUICK if args.quick else runner.FULL
     overrides = {"rounds": args.rounds, "repeats": args.repeats, "min_time": args.min_time}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    dtypes = args.dtype or (["float32"] if args.quick else list(DTYPES))
+    dtypes = _once(args.dtype) or (["float32"] if args.quick else list(DTYPES))
     return runner.Config(
-        shapes=select_shapes(args.shape, args.quick),
+        shapes=select_shapes(_once(args.shape), args.quick),
         dtypes=dtypes,
-        backends=args.backend,
+        backends=_once(args.backend),
         device=args.device,
         settings=settings,
         clock=args.clock,
         command=shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     )
+
+
+def _once(names: list[str] | None) -> list[str] | None:
+    """A repeatable option's values without repeats (``--backend torch --backend torch`` ran torch twice)."""
+    return None if names is None else list(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:

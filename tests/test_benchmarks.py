@@ -334,6 +334,14 @@ def test_cli_quick_config() -> None:
     assert config.clock == "process" and len(config.shapes) == 5
 
 
+def test_cli_measures_a_repeated_option_once() -> None:
+    """--backend numpy --backend numpy planned numpy twice: every case ran twice and its rows showed twice."""
+    repeated = ["--backend", "numpy", "--dtype", "float32", "--shape", "1x768"] * 2
+    config = cli.config_from(cli.parser().parse_args(["--out", "x", *repeated]))
+    assert config.backends == ["numpy"] and list(config.dtypes) == ["float32"]
+    assert [shape.label for shape in config.shapes] == ["1x768"]
+
+
 # -- failures are recorded, not raised --------------------------------------------------------------------------
 
 

@@ -75,8 +75,8 @@ def _check(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         command.error(f"--from-json {args.from_json}: no such file")
 
 
-def config_from(args: argparse.Namespace) -> runner.Config:
-    """The runner's configuration for parsed arguments."""
+def config_from(args: argparse.Namespace, argv: list[str] | None = None) -> runner.Config:
+    """The runner's configuration for parsed arguments; ``argv``, the arguments given (default: sys.argv's)."""
     settings = runner.QUICK if args.quick else runner.FULL
     overrides = {"rounds": args.rounds, "repeats": args.repeats, "min_time": args.min_time}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
@@ -88,7 +88,7 @@ def config_from(args: argparse.Namespace) -> runner.Config:
         device=args.device,
         settings=settings,
         clock=args.clock,
-        command=shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+        command=shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]),
     )
 
 
@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             machine.limit_threads(args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
         data = runner.run(
-            config_from(args), progress=not args.no_progress, checkpoint=lambda partial: report.save(partial, args.out)
+            config_from(args, argv),
+            progress=not args.no_progress,
+            checkpoint=lambda partial: report.save(partial, args.out),
         )
     args.out.mkdir(parents=True, exist_ok=True)
     names = [] if args.no_plots else plots.write(data, args.out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -340,6 +341,22 @@ def test_cli_measures_a_repeated_option_once() -> None:
     config = cli.config_from(cli.parser().parse_args(["--out", "x", *repeated]))
     assert config.backends == ["numpy"] and list(config.dtypes) == ["float32"]
     assert [shape.label for shape in config.shapes] == ["1x768"]
+
+
+def test_cli_records_the_arguments_it_was_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """main(argv) recorded sys.argv as the run's command: the report's "Command:" named another command."""
+
+    class PlannedError(Exception):
+        pass
+
+    def capture(config: runner.Config, **kwargs: object) -> None:
+        raise PlannedError(config.command)
+
+    monkeypatch.setattr(runner, "run", capture)
+    argv = ["--out", str(tmp_path), "--backend", "numpy", "--no-plots"]
+    with pytest.raises(PlannedError) as planned:
+        cli.main(argv)
+    assert str(planned.value) == shlex.join(["python", "-m", "benchmarks", *argv])
 
 
 # -- failures are recorded, not raised --------------------------------------------------------------------------

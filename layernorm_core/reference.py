@@ -7,7 +7,7 @@ saw. Outputs are float64.
 Every reduction runs along a contiguous last axis (`_row_mean`, `_batch_sum`), where NumPy sums pairwise: summed
 in place, an axis that is not innermost is added in one running sum per column, whose error grows with its length
 (a mean over axes (0, 1) of a (64, 4096, 4) array near 1e3 erred by 5x the float64 tolerance). Means are taken
-about the row's first element (`_row_mean`), so a constant row's mean is that value exactly and its var 0.
+about the row's first element (`_centered`), so a constant row's mean is that value exactly and its var 0.
 
 Where the formula itself gives inf or NaN (eps = 0 on a constant row, or on a zero row for rms_norm: rstd = inf
 and y = NaN, docs/spec.md), the reference returns them without a RuntimeWarning, as every backend must.
@@ -35,21 +35,27 @@ def _param(array: npt.ArrayLike | None, spec: NormSpec) -> F64 | None:
     return None if value is None else value.reshape(spec.param_shape)
 
 
-def _row_mean(a: F64, spec: NormSpec, pivot: bool = False) -> F64:
-    """The mean of ``a`` (x's shape) over ``spec.axes``, shaped ``spec.stats_shape``, summed pairwise.
-
-    With ``pivot``, about each row's first element where it is finite: ``p + mean(a - p)``, exact for a constant
-    row and, for a row far from 0, free of the offset's rounding.
-    """
+def _row_mean(a: F64, spec: NormSpec) -> F64:
+    """The mean of ``a`` (x's shape) over ``spec.axes``, shaped ``spec.stats_shape``, summed pairwise."""
     n = int(np.prod([a.shape[d] for d in spec.axes]))
     rows = np.ascontiguousarray(a.transpose(spec.perm)).reshape(-1, n)
-    if pivot:
-        p = rows[:, :1]
-        p = np.where(np.isfinite(p), p, 0.0)
-        mean = (p + (rows - p).mean(axis=1, keepdims=True))[:, 0]
-    else:
-        mean = rows.mean(axis=1)
-    return mean.reshape(spec.stats_shape)
+    return rows.mean(axis=1).reshape(spec.stats_shape)
+
+
+def _centered(x: F64, spec: NormSpec) -> tuple[F64, F64]:
+    """``(x - mean, mean)``, both taken about each row's first element ``p`` (0 where it is not finite).
+
+    ``mean = p + mean(x - p)`` is exact for a constant row and, for a row far from 0, free of the offset's
+    rounding. ``x - mean`` is ``(x - p) - mean(x - p)``: subtracted from x, the mean's own rounding (half a unit of
+    ``|mean|``) moved every centered value by that much, u * kappa times y's unit, as much as the float64 tolerance
+    allows a backend at eps far above var (rows of 1e3 + N(0, 0.01), eps 3).
+    """
+    n = int(np.prod([x.shape[d] for d in spec.axes]))
+    first = np.ascontiguousarray(x.transpose(spec.perm)).reshape(-1, n)[:, :1].reshape(spec.stats_shape)
+    pivot = np.where(np.isfinite(first), first, 0.0)
+    shifted = x - pivot
+    shift = _row_mean(shifted, spec)
+    return shifted - shift, pivot + shift
 
 
 def _batch_sum(a: F64, spec: NormSpec) -> F64:
@@ -66,8 +72,7 @@ def layer_norm(
     """Return (y, mean, rstd) in float64; mean and rstd have ``spec.stats_shape``."""
     x64 = _f64(x)
     assert x64 is not None
-    mean = _row_mean(x64, spec, pivot=True)
-    centered = x64 - mean
+    centered, mean = _centered(x64, spec)
     var = _row_mean(centered * centered, spec)
     rstd = 1.0 / np.sqrt(var + spec.eps)
     y = centered * rstd

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -70,3 +71,23 @@ def test_reference_mean_of_a_constant_row_is_exact() -> None:
     spec = check_forward("layer_norm", x, None, None, -1, 0.0)
     y, mean, rstd = reference.layer_norm(x, None, None, spec)
     assert (mean == 0.1).all() and np.isposinf(rstd).all() and np.isnan(y).all()
+
+
+def test_reference_centers_rows_far_from_zero_exactly() -> None:
+    """Rows of 1e3 + N(0, 0.01) with eps = 3 (far above var): y matches y computed in exact rational arithmetic.
+
+    Subtracting the rounded mean from x moved y by u * kappa in units of rstd, 1.05 times the float64 tolerance
+    here (whose cond term scales with y's RMS, 0.006): a NumPy backend that was exact failed against it.
+    """
+    x = 1e3 + 0.01 * random_array((4, 33), "float64", "far-rows")
+    eps = 3.0
+    spec = check_forward("layer_norm", x, None, None, -1, eps)
+    y, _, _ = reference.layer_norm(x, None, None, spec)
+    exact_y = np.empty_like(x)
+    for i, row in enumerate(x):
+        values = [Fraction(v) for v in row]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        rstd = 1 / math.sqrt(var + Fraction(eps))  # var + eps is exact; its root rounds once
+        exact_y[i] = [float((v - mean) * Fraction(rstd)) for v in values]
+    assert error_ratio(y, exact_y, tolerance("float64", "output"), row_condition(x, spec)) < 0.1

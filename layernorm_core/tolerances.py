@@ -10,6 +10,7 @@ kappa is large.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,6 +121,24 @@ def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.Ar
         g = g * np.asarray(weight).astype(np.float64).reshape(spec.param_shape)
     g = g[np.isfinite(g)]
     return rms(g) if g.size else 1.0
+
+
+def statistics_gradient_scale(dstat: npt.ArrayLike, rstd: npt.ArrayLike, spec: NormSpec, stat: str) -> float:
+    """The magnitude of the gradient a loss on a returned statistic sends to x, for xhat of its unit size.
+
+    ``stat`` "mean": the RMS of ``dmean / N``; "rstd": of ``drstd * rstd**2 / N``, the factor of xhat in that
+    gradient (`reference.statistics_backward`), finite values only. As for dx (`gradient_scale`), the gradient
+    itself may be far smaller: xhat is near 0 in rows near a constant (0 in a constant row, whose RMS of 0 left
+    an absolute allowance of 1 in a gradient of size rstd**2 / N), while a backend's rounded mean moves xhat by
+    u * kappa of its unit.
+    """
+    n = math.prod(size for size in spec.normalized_shape if size is not None)
+    terms = np.asarray(dstat, dtype=np.float64) / n
+    if stat == "rstd":
+        with np.errstate(over="ignore", invalid="ignore"):  # rstd inf (eps = 0 on a constant row): no size
+            terms = terms * np.square(np.asarray(rstd, dtype=np.float64))
+    terms = terms[np.isfinite(terms)]
+    return rms(terms) if terms.size else 1.0
 
 
 def mean_scale(rstd: npt.ArrayLike) -> float:

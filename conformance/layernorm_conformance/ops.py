@@ -20,7 +20,7 @@ from layernorm_conformance.targets import Target
 from layernorm_core import reference
 from layernorm_core.dtypes import compute_dtype, dtype_name
 from layernorm_core.spec import NormSpec, check_forward
-from layernorm_core.tolerances import gradient_scale, mean_scale, row_condition
+from layernorm_core.tolerances import gradient_scale, mean_scale, row_condition, statistics_gradient_scale
 
 Op = Literal["layer_norm", "rms_norm"]
 OPS: tuple[Op, ...] = ("layer_norm", "rms_norm")
@@ -60,17 +60,19 @@ class Problem:
         mean: the rows' spread (`layernorm_core.tolerances.mean_scale`). dx (with ``dy``): the size of the terms
         dx cancels (`layernorm_core.tolerances.gradient_scale`), not dx's own, possibly far smaller, size.
         """
-        spec = self.spec
-        if self.op == "layer_norm":
-            _, _, rstd = reference.layer_norm(self.x, None, None, spec)
-        else:
-            _, rstd = reference.rms_norm(self.x, None, spec)
+        spec, rstd = self.spec, self.reference_rstd()
         out: dict[str, float] = {}
         if self.op == "layer_norm":
             out["mean"] = mean_scale(rstd)
         if dy is not None:
             out["dx"] = gradient_scale(dy, self.weight, rstd, spec)
         return out
+
+    def reference_rstd(self) -> npt.NDArray[np.float64]:
+        """The float64 reference's rstd of x (stats shape)."""
+        if self.op == "layer_norm":
+            return reference.layer_norm(self.x, None, None, self.spec)[2]
+        return reference.rms_norm(self.x, None, self.spec)[1]
 
     def with_x(self, x: Array) -> Problem:
         """The same problem on other x values."""
@@ -298,7 +300,7 @@ def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Probl
     """Check that a loss on a returned statistic (mean or rstd) sends the reference's gradient to x.
 
     Through the framework's autodiff (the target needs a gradient hook, `vjp_for`), against
-    `reference.statistics_backward`.
+    `reference.statistics_backward`, with atol and cond relative to `statistics_gradient_scale`.
     """
     spec = problem.spec
     index = stat_names(problem.op).index(stat)
@@ -318,7 +320,10 @@ def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Probl
     expected = reference.statistics_backward(
         problem.x, spec, dstat if stat == "mean" else None, dstat if stat == "rstd" else None
     )
-    numerics.check({"dx": target.module.to_numpy(dx)}, {"dx": expected}, spec.dtype, problem.condition())
+    scale = statistics_gradient_scale(dstat, problem.reference_rstd(), spec, stat)
+    numerics.check(
+        {"dx": target.module.to_numpy(dx)}, {"dx": expected}, spec.dtype, problem.condition(), scales={"dx": scale}
+    )
 
 
 def reference_backward(problem: Problem, dy: Array) -> dict[str, npt.NDArray[np.float64]]:

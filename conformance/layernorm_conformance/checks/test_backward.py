@@ -108,3 +108,27 @@ def test_autodiff_through_statistics(
 ) -> None:
     """A loss on a returned statistic (mean or rstd) sends its gradient to x through the framework's autodiff."""
     check_statistics_autodiff(numerics, target, make_problem(op, case, dtype, "full", key="statistics"), stat)
+
+
+def constant_statistics_params(target: Target, dtype: str) -> list[Any]:
+    """Small cases (trailing, channels-first, several and non-adjacent axes) x ops x statistic, if differentiable."""
+    params = [
+        pytest.param(case, op, stat, id=f"{case.id}-{op}-{stat}")
+        for case in BACKWARD_CASES[1:5]
+        for op in OPS
+        for stat in stat_names(op)[1:]
+    ]
+    return _when_differentiable(target, dtype, params)
+
+
+@pytest.mark.conformance_params("case,op,stat", constant_statistics_params)
+def test_autodiff_through_statistics_of_constant_rows(
+    numerics: Numerics, target: Target, dtype: str, case: Case, op: Op, stat: str
+) -> None:
+    """Rows of 0.1 (whose sum rounds): the gradient from rstd is 0, or u * kappa of its size rstd**2 / N.
+
+    A backend that takes the mean as sum(x) / N, as XLA does, rounds it, and xhat is that rounding times rstd
+    (docs/spec.md); its gradient, measured against the gradient's RMS (0 here), failed 60x in bfloat16 on JAX.
+    """
+    problem = make_problem(op, case, dtype, "full", eps=1e-6, loc=0.1, scale=0.0, key="constant-statistics")
+    check_statistics_autodiff(numerics, target, problem, stat)

@@ -50,6 +50,7 @@ except ImportError as exc:
 import layernorm
 from layernorm_core.dtypes import FLOAT_DTYPES, param_dtype_for
 from layernorm_core.errors import DTypeError, ShapeError
+from layernorm_core.registry import registry
 from layernorm_core.spec import checked_axis, normalize_axes
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -186,7 +187,12 @@ class _Norm(nnx.Module):
         self.axis_name = self.axis_index_groups = None  # Flax's attributes, for code that reads them
 
     def _promoted(self, x: Any, params: Sequence[nnx.Param | None]) -> tuple[jax.Array, list[jax.Array | None]]:
-        """Return x and the parameters' values as `_cast` gives them, or as ``promote_dtype`` does when given one."""
+        """Return x and the parameters' values as `_cast` gives them, or as ``promote_dtype`` does when given one.
+
+        An x that is not a dense array (a sparse or masked one, a shape spec) is the functions' DTypeError, before
+        JAX's conversion would refuse it in its own words.
+        """
+        registry.owner_of(x)  # raises that DTypeError for the array types a backend excludes
         if self.promote_dtype is None:
             return _cast(x, params, self.dtype)
         promoted = self.promote_dtype((x, *(None if p is None else p[...] for p in params)), dtype=self.dtype)
@@ -220,7 +226,8 @@ class LayerNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, or ``use_fast_variance=True``, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a parameter whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
+        DTypeError: a complex x, or one that is not a dense array (sparse, masked, a shape spec), as the functions
+            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 
@@ -277,7 +284,8 @@ class RMSNorm(_Norm):
         ValueError: ``axis_name`` or ``axis_index_groups`` given, at construction.
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a ``scale`` whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
-        DTypeError: a complex x; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
+        DTypeError: a complex x, or one that is not a dense array (sparse, masked, a shape spec), as the functions
+            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 

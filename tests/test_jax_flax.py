@@ -375,3 +375,26 @@ def test_import_without_flax_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "ERR" in out.stdout and "pip install 'layernorm[flax]'" in out.stdout, out.stdout + out.stderr
+
+
+def _not_dense_inputs() -> list[Any]:
+    from jax.experimental import sparse
+
+    dense = _x((2, 8))
+    masked = np.ma.masked_array(np.asarray(dense), mask=np.eye(2, 8, dtype=bool))
+    return [sparse.BCOO.fromdense(dense), masked, jax.ShapeDtypeStruct((2, 8), jnp.float32)]
+
+
+@pytest.mark.parametrize("x", _not_dense_inputs(), ids=["bcoo", "numpy-masked", "shape-spec"])
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_an_x_that_is_not_dense_is_the_functions_dtype_error(module: str, x: Any) -> None:
+    """A sparse or masked x, or a shape spec, is the DTypeError that layer_norm and rms_norm give it, with their
+    message. The modules handed it to jnp.asarray first: JAX's ValueError ("setting an array element with a
+    sequence", "numpy masked arrays are not supported") or a TypeError from float()."""
+    function = {"LayerNorm": layernorm.layer_norm, "RMSNorm": layernorm.rms_norm}[module]
+    with pytest.raises(layernorm.DTypeError) as expected:
+        function(x)
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, rngs=nnx.Rngs(0))
+    with pytest.raises(layernorm.DTypeError) as got:
+        ours(x)
+    assert str(got.value) == str(expected.value)

@@ -88,14 +88,31 @@ def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.A
     """
     x = jnp.asarray(x)
     values = [None if p is None else jnp.asarray(p[...]) for p in params]  # a restored checkpoint holds NumPy arrays
-    if dtype is not None:
-        target = _floating(dtype)
-    else:
-        target = jnp.result_type(x, *[v for v in values if v is not None])
-        if not jnp.issubdtype(target, jnp.inexact):
-            target = jnp.promote_types(jnp.float32, target)
+    target = _floating(dtype) if dtype is not None else _promoted_with_params(x, [v for v in values if v is not None])
     cast = [None if v is None else v.astype(param_dtype_for(target.name, v.dtype.name)) for v in values]
     return x.astype(target), cast
+
+
+def _inexact_result_type(*arrays: jax.Array) -> jnp.dtype:
+    """The arrays' promoted dtype, an integer or bool one promoted with float32 (Flax's ``inexact=True``)."""
+    target = jnp.result_type(*arrays)
+    return target if jnp.issubdtype(target, jnp.inexact) else jnp.promote_types(jnp.float32, target)
+
+
+def _promoted_with_params(x: jax.Array, values: Sequence[jax.Array]) -> jnp.dtype:
+    """The dtype of x promoted with the parameters'; DTypeError where they take a floating x out of the table.
+
+    A complex parameter made a float32 x complex, which was refused as "x must have a floating dtype ...; got
+    complex64". A complex x is left to the core's check of x.
+    """
+    target = _inexact_result_type(x, *values)
+    if target.name not in FLOAT_DTYPES and _inexact_result_type(x).name in FLOAT_DTYPES:
+        given = ", ".join(sorted({v.dtype.name for v in values}))
+        raise DTypeError(
+            f"the parameters ({given}) promote a {x.dtype.name} x to {target.name}, which layernorm does not compute "
+            f"({', '.join(FLOAT_DTYPES)}): give the module a param_dtype or a dtype among those"
+        )
+    return target
 
 
 def _floating(dtype: Any) -> jnp.dtype:
@@ -227,7 +244,8 @@ class LayerNorm(_Norm):
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a parameter whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
         DTypeError: a complex x, or one that is not a dense array (sparse, masked, a shape spec), as the functions
-            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
+            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8); without a
+            ``dtype``, parameters that promote x to another dtype (complex).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 
@@ -285,7 +303,8 @@ class RMSNorm(_Norm):
         ShapeError: ``feature_axes`` not among ``reduction_axes``; a ``scale`` whose size does not fit x's sizes
             along ``feature_axes``; an axis out of x's range.
         DTypeError: a complex x, or one that is not a dense array (sparse, masked, a shape spec), as the functions
-            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8).
+            refuse it; a ``dtype`` not float16, bfloat16, float32 or float64 (int, bool, float8); without a
+            ``dtype``, parameters that promote x to another dtype (complex).
         ArgumentError: ``epsilon`` negative, NaN or infinite; ``reduction_axes`` or ``feature_axes`` not an int or
             an iterable of ints.
 

@@ -398,3 +398,25 @@ def test_an_x_that_is_not_dense_is_the_functions_dtype_error(module: str, x: Any
     with pytest.raises(layernorm.DTypeError) as got:
         ours(x)
     assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("x_dtype", ["float32", "int32"])
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_complex_parameters_are_blamed_not_x(module: str, x_dtype: str) -> None:
+    """param_dtype=complex64 without a dtype promotes x to complex64 (Flax's computes complex); it was refused as "x
+    must have a floating dtype ...; got complex64" of a float32 or integer x. The parameters are named now."""
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, param_dtype=jnp.complex64, rngs=nnx.Rngs(0))
+    expected = (
+        r"^the parameters \(complex64\) promote a "
+        + x_dtype
+        + r" x to complex64, which layernorm does not compute \(float16, bfloat16, float32, float64\)"
+    )
+    with pytest.raises(layernorm.DTypeError, match=expected):
+        ours(_x((2, 8)).astype(x_dtype))
+
+
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_a_complex_x_is_still_blamed_on_x(module: str) -> None:
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, rngs=nnx.Rngs(0))
+    with pytest.raises(layernorm.DTypeError, match=r"^x must have a floating dtype .*; got complex64$"):
+        ours(_x((2, 8)).astype(jnp.complex64))

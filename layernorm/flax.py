@@ -75,8 +75,13 @@ def _param_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _axis(axes: Axes) -> int | tuple[int, ...]:
-    """``axes`` as the core's axis: any iterable of ints (a NumPy array too, as Flax takes it) as a tuple."""
-    return checked_axis(tuple(axes) if isinstance(axes, Iterable) else axes)
+    """``axes`` as the core's axis: any iterable of ints (a NumPy array too, as Flax takes it) as a tuple.
+
+    A string is no iterable of axes: it goes to the core's check whole, which names it as given (not its characters).
+    """
+    if isinstance(axes, Iterable) and not isinstance(axes, (str, bytes)):
+        return checked_axis(tuple(axes))
+    return checked_axis(axes)
 
 
 def _cast(x: Any, params: Sequence[nnx.Param | None], dtype: Any) -> tuple[jax.Array, list[jax.Array | None]]:

@@ -193,6 +193,22 @@ def test_axes_of_any_integer_type() -> None:
     np.testing.assert_array_equal(np.asarray(got), np.asarray(LayerNorm(8, rngs=nnx.Rngs(0))(x)))
 
 
+@pytest.mark.parametrize("axes", ["-1", b"1"], ids=["str", "bytes"])
+@pytest.mark.parametrize("argument", ["reduction_axes", "feature_axes"])
+@pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
+def test_axes_given_as_a_string_are_the_functions_argument_error(module: str, argument: str, axes: Any) -> None:
+    """A string is iterable, and the modules split it into characters: reduction_axes="-1" was refused as "axis must
+    be an int or a tuple of ints; got ('-', '1')", a value the caller never gave. The functions' message now."""
+    function = {"LayerNorm": layernorm.layer_norm, "RMSNorm": layernorm.rms_norm}[module]
+    x = _x((2, 8))
+    with pytest.raises(layernorm.ArgumentError) as expected:
+        function(x, axis=axes)
+    ours = {"LayerNorm": LayerNorm, "RMSNorm": RMSNorm}[module](8, rngs=nnx.Rngs(0), **{argument: axes})
+    with pytest.raises(layernorm.ArgumentError) as got:
+        ours(x)
+    assert str(got.value) == str(expected.value)
+
+
 @pytest.mark.parametrize("module", ["LayerNorm", "RMSNorm"])
 def test_axes_given_as_numpy_arrays_and_no_feature_axes_as_flax_takes_them(module: str) -> None:
     """Flax takes any iterable of ints (``np.arange(1, x.ndim)``, which was an ArgumentError here), and no feature

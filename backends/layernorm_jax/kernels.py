@@ -567,11 +567,15 @@ def layer_norm_backward(
     axes: Axes,
     eps: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dx, dweight, dbias) in x's dtype; ``stats`` = (mean, rstd), recomputed when either is None."""
+    """(dx, dweight, dbias) in x's dtype; ``stats`` = (mean, rstd), recomputed when either is None.
+
+    Recomputed by `layer_norm_statistics`, whose tangent rule keeps the derivatives of these results in x in range
+    where rstd**3 is not (rows of spread beyond 1e+-13 in float32).
+    """
     mean, rstd = stats
     given_stats = mean is not None and rstd is not None
     if mean is None or rstd is None:
-        mean, rstd = layer_norm_stats(x, axes, eps)
+        mean, rstd = layer_norm_statistics(x, axes, eps)
     dx, dweight, dbias = layer_norm_grads(dy, x, weight, mean, rstd, axes, eps, given_stats=given_stats)
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
@@ -579,8 +583,8 @@ def layer_norm_backward(
 def rms_norm_backward(
     dy: jax.Array, x: jax.Array, weight: jax.Array | None, rstd: jax.Array | None, axes: Axes, eps: float
 ) -> tuple[jax.Array, jax.Array]:
-    """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    """(dx, dweight) in x's dtype; rstd is recomputed when None, by `rms_norm_statistics` (as `layer_norm_backward`)."""
     if rstd is None:
-        rstd = rms_norm_rstd(x, axes, eps)
+        rstd = rms_norm_statistics(x, axes, eps)
     dx, dweight = rms_norm_grads(dy, x, weight, rstd, axes)
     return dx.astype(x.dtype), dweight.astype(x.dtype)

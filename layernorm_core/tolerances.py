@@ -1,11 +1,12 @@
 """The tolerance table: how far a backend's result may be from the float64 reference. Documented in docs/spec.md.
 
-An element passes when ``|actual - expected| <= (atol + cond * kappa) * scale + rtol * |expected| + floor`` where
-``scale`` is the RMS of the expected array (so atol is relative to the data's magnitude) and ``kappa`` is the
-condition number of the element's row, ``|mean| / sqrt(var + eps)`` (0 for rms_norm). A two-pass or Welford
-implementation errs by about ``u * kappa`` times the result's magnitude (u the unit roundoff of the compute
-dtype), well inside ``cond``; the single-pass E[x^2] - E[x]^2 errs by about ``u * kappa**2`` and fails as soon as
-kappa is large.
+An element passes when ``|actual - expected| <= atol * scale + cond * kappa * max(scale, unit) + rtol * |expected|
++ floor`` where ``scale`` is the RMS of the expected array (so atol is relative to the data's magnitude), ``kappa``
+is the condition number of the element's row, ``|mean| / sqrt(var + eps)`` (0 for rms_norm), and ``unit`` the size
+the result would have were xhat of unit size (`xhat_units`; ``scale`` where not given). A two-pass or Welford
+implementation's rounded mean moves xhat by about ``u * kappa`` (u the unit roundoff of the compute dtype), so the
+result by that times its unit, well inside ``cond``; the single-pass E[x^2] - E[x]^2 errs by about ``u * kappa**2``
+and fails as soon as kappa is large.
 """
 
 from __future__ import annotations
@@ -80,13 +81,16 @@ def error_ratio(
     condition: npt.ArrayLike | float = 0.0,
     *,
     scale: float | None = None,
+    unit: float | None = None,
 ) -> float:
     """The worst ``|actual - expected| / allowed`` over all elements: <= 1 passes.
 
     ``condition`` is `row_condition` (per row, broadcast against ``expected``), or any scalar; for results that
     do not have rows (dweight, dbias) its maximum applies. ``scale`` is the magnitude atol is relative to: the RMS
     of ``expected`` by default; for dx pass `gradient_scale`, since dx comes from a cancellation of terms of that
-    size and may be far smaller than them. NaN where the reference is finite (or the reverse) is
+    size and may be far smaller than them. ``unit`` is the magnitude the cond term is relative to where it exceeds
+    ``scale``: for y and dweight, `xhat_units` (with eps far above var, xhat and so they are far smaller than the
+    error a rounded mean makes in them). NaN where the reference is finite (or the reverse) is
     infinitely wrong; matching NaN or Inf is exact.
     """
     a = np.asarray(actual).astype(np.float64)
@@ -103,7 +107,13 @@ def error_ratio(
     if not _broadcasts_to(kappa.shape, e.shape):
         kappa = kappa.max(initial=0.0)  # per-row condition for a per-column result (dweight, dbias): the worst row
     magnitude = scale if scale > 0 else 1.0
-    allowed = (tol.atol + tol.cond * kappa) * magnitude + tol.rtol * np.abs(np.where(finite, e, 0.0)) + tol.floor
+    condition_magnitude = magnitude if unit is None else max(magnitude, unit)
+    allowed = (
+        tol.atol * magnitude
+        + tol.cond * kappa * condition_magnitude
+        + tol.rtol * np.abs(np.where(finite, e, 0.0))
+        + tol.floor
+    )
     with np.errstate(invalid="ignore", divide="ignore"):  # allowed may underflow to 0 (subnormal results)
         diff = np.abs(a - e)
         ratio = np.where(np.isfinite(diff), diff / allowed, np.inf)
@@ -121,6 +131,27 @@ def gradient_scale(dy: npt.ArrayLike, weight: npt.ArrayLike | None, rstd: npt.Ar
         g = g * np.asarray(weight).astype(np.float64).reshape(spec.param_shape)
     g = g[np.isfinite(g)]
     return rms(g) if g.size else 1.0
+
+
+def xhat_units(weight: npt.ArrayLike | None, dy: npt.ArrayLike | None, spec: NormSpec) -> dict[str, float]:
+    """The size y and dweight would have were xhat of unit size: the cond term's magnitude (`error_ratio`'s unit).
+
+    A rounded mean moves xhat by about ``u * kappa``, so y by that times the weight and dweight = sum(dy * xhat)
+    by that times ``sqrt(sum(dy**2))`` over the batch, whatever xhat's own size: with eps far above var, y and
+    dweight are far smaller than that. "y": the RMS of the weight (1 without one); "dweight" (with ``dy``): the RMS
+    over the normalized positions of ``sqrt(sum(dy**2))``; finite values only.
+    """
+    w = np.ones(1) if weight is None else np.asarray(weight).astype(np.float64)
+    w = w[np.isfinite(w)]
+    units = {"y": rms(w) if w.size else 1.0}
+    if dy is not None:
+        d = np.asarray(dy).astype(np.float64)
+        d = np.where(np.isfinite(d), d, 0.0)
+        peak = float(np.max(np.abs(d), initial=0.0))
+        if peak > 0:  # scaled by the peak: the squares stay in range
+            per_position = np.sqrt(np.square(d / peak).sum(axis=spec.batch_axes)) * peak
+            units["dweight"] = rms(per_position.ravel())
+    return units
 
 
 def statistics_gradient_scale(dstat: npt.ArrayLike, rstd: npt.ArrayLike, spec: NormSpec, stat: str) -> float:

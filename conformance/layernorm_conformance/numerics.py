@@ -49,13 +49,14 @@ class Numerics:
         condition: npt.ArrayLike | float = 0.0,
         factor: float = 1.0,
         scale: float | None = None,
+        unit: float | None = None,
     ) -> float:
         """The error ratio of ``actual`` (result ``name`` of a ``dtype`` input), recorded, not asserted."""
         a, e = np.asarray(actual), np.asarray(expected)
         if a.shape != e.shape:
             raise AssertionError(f"{name}: shape {a.shape}, expected {e.shape}")
         tol = widened(tolerance(dtype, QUANTITY[name]), factor)
-        value = error_ratio(a, e, tol, condition, scale=scale)
+        value = error_ratio(a, e, tol, condition, scale=scale, unit=unit)
         self.ratios[name] = max(self.ratios.get(name, 0.0), value)
         return value
 
@@ -67,20 +68,23 @@ class Numerics:
         condition: npt.ArrayLike | float = 0.0,
         *,
         scales: Mapping[str, float] | None = None,
+        units: Mapping[str, float] | None = None,
         factor: float = 1.0,
         label: str = "",
     ) -> None:
         """Compare every named result; fail listing each one over its tolerance.
 
         ``condition`` is the rows' condition (`row_condition`); ``scales`` the magnitude atol is relative to, by
-        result name, where it is not the result's own RMS (the mean's and dx's: `Problem.scales`).
+        result name, where it is not the result's own RMS (the mean's and dx's: `Problem.scales`); ``units`` the
+        cond term's, where it may exceed that (y's and dweight's: `Problem.units`).
         """
         missing = set(expected) - set(actual)
         if missing:
             raise AssertionError(f"{label}missing results: {sorted(missing)}")
         failures = []
         for name, value in expected.items():
-            r = self.ratio(name, actual[name], value, dtype, condition, factor, (scales or {}).get(name))
+            scale, unit = (scales or {}).get(name), (units or {}).get(name)
+            r = self.ratio(name, actual[name], value, dtype, condition, factor, scale, unit)
             if not r <= 1.0:
                 # the fewest digits (3 at least) that show r over 1: 1.0004, not "1"
                 shown = next((f"{r:.{d}g}" for d in range(3, 18) if float(f"{r:.{d}g}") > 1), f"{r}")

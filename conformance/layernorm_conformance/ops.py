@@ -20,7 +20,13 @@ from layernorm_conformance.targets import Target
 from layernorm_core import reference
 from layernorm_core.dtypes import compute_dtype, dtype_name
 from layernorm_core.spec import NormSpec, check_forward
-from layernorm_core.tolerances import gradient_scale, mean_scale, row_condition, statistics_gradient_scale
+from layernorm_core.tolerances import (
+    gradient_scale,
+    mean_scale,
+    row_condition,
+    statistics_gradient_scale,
+    xhat_units,
+)
 
 Op = Literal["layer_norm", "rms_norm"]
 OPS: tuple[Op, ...] = ("layer_norm", "rms_norm")
@@ -67,6 +73,13 @@ class Problem:
         if dy is not None:
             out["dx"] = gradient_scale(dy, self.weight, rstd, spec)
         return out
+
+    def units(self, dy: Array | None = None) -> dict[str, float]:
+        """The cond term's magnitude for y and (with ``dy``) dweight, where it exceeds their own RMS.
+
+        Their size were xhat of unit size (`layernorm_core.tolerances.xhat_units`).
+        """
+        return xhat_units(self.weight, dy, self.spec)
 
     def reference_rstd(self) -> npt.NDArray[np.float64]:
         """The float64 reference's rstd of x (stats shape)."""
@@ -202,17 +215,33 @@ def check_forward_problem(numerics: Numerics, target: Target, problem: Problem) 
     A backend may take another route for y alone (no statistics to return).
     """
     expected = reference_forward(problem)
-    condition, scales = problem.condition(), problem.scales()
-    numerics.check(forward(target, problem), expected, problem.dtype, condition, scales=scales)
+    condition, scales, units = problem.condition(), problem.scales(), problem.units()
+    numerics.check(forward(target, problem), expected, problem.dtype, condition, scales=scales, units=units)
     y_alone = forward_y(target, problem)
-    numerics.check(y_alone, {"y": expected["y"]}, problem.dtype, condition, scales=scales, label="y alone: ")
+    numerics.check(
+        y_alone, {"y": expected["y"]}, problem.dtype, condition, scales=scales, units=units, label="y alone: "
+    )
+
+
+def check_forward_values(numerics: Numerics, target: Target, problem: Problem) -> None:
+    """Check the target's forward (`forward`) of ``problem`` against the reference: y and the statistics."""
+    numerics.check(
+        forward(target, problem),
+        reference_forward(problem),
+        problem.dtype,
+        problem.condition(),
+        scales=problem.scales(),
+        units=problem.units(),
+    )
 
 
 def check_backward_problem(numerics: Numerics, target: Target, problem: Problem, saved_stats: bool = False) -> None:
     """Check the target's explicit backward (`backward`) of ``problem``, given a seeded dy, against the reference."""
     dy = make_dy(problem)
     actual, expected = backward(target, problem, dy, saved_stats), reference_backward(problem, dy)
-    numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
+    numerics.check(
+        actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy), units=problem.units(dy)
+    )
 
 
 def _of_contract_dtypes(problem: Problem, results: dict[str, Array]) -> dict[str, Array]:
@@ -293,7 +322,9 @@ def check_autodiff_problem(numerics: Numerics, target: Target, problem: Problem)
     assert "dx" in actual, "no gradient reached x"
     if problem.weight is not None:
         assert "dweight" in actual, "no gradient reached weight"
-    numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
+    numerics.check(
+        actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy), units=problem.units(dy)
+    )
 
 
 def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Problem, stat: str) -> None:

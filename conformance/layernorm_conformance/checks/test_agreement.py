@@ -51,5 +51,5 @@ def test_agreement(numerics: Numerics, target: Target, dtype: str, other: str, c
     mine = {**forward(target, problem), **backward(target, problem, dy, False)}
     theirs = {**forward(peer, problem), **backward(peer, problem, dy, False)}
     label = f"{target.backend} vs {other}: "
-    scales = problem.scales(dy)
-    numerics.check(mine, theirs, dtype, problem.condition(), scales=scales, factor=2.0, label=label)
+    scales, units = problem.scales(dy), problem.units(dy)
+    numerics.check(mine, theirs, dtype, problem.condition(), scales=scales, units=units, factor=2.0, label=label)

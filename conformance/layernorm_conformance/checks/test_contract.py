@@ -121,7 +121,9 @@ def test_foreign_arrays(numerics: Numerics, target: Target, dtype: str, op: Op) 
     assert bitwise_equal(imported, problem.x), f"from_foreign gave {imported.dtype} {imported!r}; x was {problem.x!r}"
     assert bitwise_equal(held, problem.x), "from_foreign modified the foreign array"
     results = forward_of_foreign(target, problem)
-    numerics.check(results, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
+    numerics.check(
+        results, reference_forward(problem), dtype, problem.condition(), scales=problem.scales(), units=problem.units()
+    )
 
 
 def _forward_and_backward(target: Target, problem: Problem) -> list[Any]:
@@ -184,4 +186,5 @@ def test_nonfinite_rows_isolated(numerics: Numerics, target: Target, dtype: str,
         dtype,
         problem.condition()[keep],
         scales=problem.scales(),
+        units=problem.units(),
     )

@@ -57,7 +57,9 @@ def test_noncontiguous(numerics: Numerics, target: Target, dtype: str, op: Op) -
     x = to.from_numpy(big.x, target.device)[::2, :, ::2]
     problem = big.with_x(big.x[::2, :, ::2])
     actual = named_forward(target, problem, call_forward(target.backend, problem, x, None, None, True))
-    numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
+    numerics.check(
+        actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales(), units=problem.units()
+    )
 
 
 HALF_PRECISION_BITS = {"float16": 11, "bfloat16": 8}

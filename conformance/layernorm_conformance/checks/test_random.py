@@ -9,7 +9,7 @@ import pytest
 
 from layernorm_conformance.data import Case
 from layernorm_conformance.numerics import Numerics
-from layernorm_conformance.ops import backward, forward, make_dy, make_problem, reference_backward, reference_forward
+from layernorm_conformance.ops import backward, check_forward_values, make_dy, make_problem, reference_backward
 from layernorm_conformance.targets import Target
 
 st = pytest.importorskip("hypothesis.strategies")
@@ -45,13 +45,7 @@ def test_random_forward(numerics: Numerics, target: Target, examples: Any) -> No
     @given(data=st.data())
     def run(data: Any) -> None:
         problem = _draw_problem(data, target)
-        numerics.check(
-            forward(target, problem),
-            reference_forward(problem),
-            problem.dtype,
-            problem.condition(),
-            scales=problem.scales(),
-        )
+        check_forward_values(numerics, target, problem)
 
     run()
 
@@ -65,6 +59,8 @@ def test_random_backward(numerics: Numerics, target: Target, examples: Any) -> N
         saved = data.draw(st.booleans(), label="saved_stats")
         actual = backward(target, problem, dy, saved)
         expected = reference_backward(problem, dy)
-        numerics.check(actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy))
+        numerics.check(
+            actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy), units=problem.units(dy)
+        )
 
     run()

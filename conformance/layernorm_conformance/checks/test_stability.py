@@ -13,12 +13,14 @@ from layernorm_conformance.data import Case, cast
 from layernorm_conformance.numerics import Numerics
 from layernorm_conformance.ops import (
     OPS,
+    Affine,
     Op,
     Problem,
     autodiff_backward,
     backward,
     check_backward_problem,
     check_forward_problem,
+    check_forward_values,
     check_statistics_autodiff,
     forward,
     make_dy,
@@ -126,9 +128,32 @@ def test_half_large_magnitude(numerics: Numerics, target: Target, dtype: str, op
     exact enough.
     """
     problem = make_problem(op, Case((4, 4096), (-1,)), dtype, "none", loc=2000.0, scale=500.0, key="magnitude")
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    check_forward_values(numerics, target, problem)
+
+
+EPS_ABOVE_VAR_CASES = (
+    pytest.param(Case((8, 33), (-1,)), 1e3, 3.0, id="8x33-offset1e3-eps3"),
+    pytest.param(Case((33, 33), (0,)), 1e3, 3.0, id="33x33@0-offset1e3-eps3"),
+    pytest.param(Case((9, 9), (-1,)), -30.0, 0.1, id="9x9-offset-30-eps0.1"),
+)
+"""Rows offset far from 0 whose variance (1e-4) is far below eps: y and xhat are small, while a backend's rounded
+mean moves xhat by about u * kappa of its unit, so y by that times the weight: the tolerance's cond term is taken
+at that size (`layernorm_core.tolerances.xhat_units`), not at y's own (a correct float32 y failed by 4x)."""
+
+
+@pytest.mark.conformance_dtypes("float32", "float64")
+@pytest.mark.parametrize(("case", "offset", "eps"), EPS_ABOVE_VAR_CASES)
+@pytest.mark.parametrize("affine", ["none", "full"])
+def test_offset_rows_with_eps_above_their_variance(
+    numerics: Numerics, target: Target, dtype: str, case: Case, offset: float, eps: float, affine: Affine
+) -> None:
+    """layer_norm forward and backward of rows of spread 0.01 about a large offset, eps far above their variance.
+
+    Half dtypes cannot hold such rows: they are constant there (`test_constant_rows`).
+    """
+    problem = make_problem("layer_norm", case, dtype, affine, eps=eps, loc=offset, scale=0.01, key="eps-above-var")
+    check_forward_problem(numerics, target, problem)
+    check_backward_problem(numerics, target, problem)
 
 
 SPREADS = {"float64": (1e120, 1e-120), "float32": (1e15, 1e-15), "bfloat16": (1e15, 1e-15)}
@@ -149,15 +174,15 @@ def test_extreme_spread(numerics: Numerics, target: Target, dtype: str, op: Op, 
     large, small = SPREADS[dtype]
     scale = large if spread == "large" else small
     problem = make_problem(op, Case((8, 64), (-1,)), dtype, "full", eps=0.0, scale=scale, key="spread")
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    check_forward_values(numerics, target, problem)
     dy = make_dy(problem)
-    expected, scales = reference_backward(problem, dy), problem.scales(dy)
-    numerics.check(backward(target, problem, dy, False), expected, dtype, problem.condition(), scales=scales)
+    expected, scales, units = reference_backward(problem, dy), problem.scales(dy), problem.units(dy)
+    numerics.check(
+        backward(target, problem, dy, False), expected, dtype, problem.condition(), scales=scales, units=units
+    )
     through_autodiff = autodiff_backward(target, problem, dy) if target.info.autodiff else None
     if through_autodiff is not None:
-        numerics.check(through_autodiff, expected, dtype, problem.condition(), scales=scales)
+        numerics.check(through_autodiff, expected, dtype, problem.condition(), scales=scales, units=units)
         for stat in stat_names(op)[1:]:
             check_statistics_autodiff(numerics, target, problem, stat)
 
@@ -178,9 +203,7 @@ def test_long_row(numerics: Numerics, target: Target, dtype: str, op: Op) -> Non
     4x to 160x outside the float32 tolerance here. Pairwise or cascade summation stays within it.
     """
     problem = make_problem(op, LONG_ROW, dtype, "full", loc=LONG_ROW_OFFSET[dtype], key="long-row")
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    check_forward_values(numerics, target, problem)
     check_backward_problem(numerics, target, problem)
 
 
@@ -198,9 +221,7 @@ over all of them (TensorFlow's CPU kernels did over axes (0, 2) of (256, 3, 256)
 def test_long_rows_over_leading_axes(numerics: Numerics, target: Target, dtype: str, op: Op, layout: str) -> None:
     """Rows of 65536 values far from 0 (`LONG_ROW_OFFSET`) over axes that include the first, forward and backward."""
     problem = make_problem(op, SPLIT_ROWS[layout], dtype, "full", loc=LONG_ROW_OFFSET[dtype], key="split-rows")
-    numerics.check(
-        forward(target, problem), reference_forward(problem), dtype, problem.condition(), scales=problem.scales()
-    )
+    check_forward_values(numerics, target, problem)
     check_backward_problem(numerics, target, problem)
 
 
@@ -223,7 +244,9 @@ def test_constant_rows(numerics: Numerics, target: Target, dtype: str, value: fl
     problem = problem.with_x(cast(np.full(problem.x.shape, value), dtype))
     actual = forward(target, problem)
     assert all(np.isfinite(v.astype(np.float64)).all() for v in actual.values()), "NaN or Inf for a constant row"
-    numerics.check(actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales())
+    numerics.check(
+        actual, reference_forward(problem), dtype, problem.condition(), scales=problem.scales(), units=problem.units()
+    )
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -362,4 +385,5 @@ def _check_rows(numerics: Numerics, problem: Problem, actual: dict[str, Any], dt
         dtype,
         some.condition(),
         scales=some.scales(),
+        units=some.units(),
     )

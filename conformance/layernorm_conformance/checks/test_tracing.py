@@ -56,4 +56,11 @@ def test_traced(numerics: Numerics, target: Target, dtype: str, tracer: str, cas
     dy = make_dy(problem)
     grads = vjp(traced, [x, weight, bias], to_target(target, dy))
     actual = {n: target.module.to_numpy(g) for n, g in zip(grad_names(op), grads, strict=False) if g is not None}
-    numerics.check(actual, reference_backward(problem, dy), dtype, problem.condition(), scales=problem.scales(dy))
+    numerics.check(
+        actual,
+        reference_backward(problem, dy),
+        dtype,
+        problem.condition(),
+        scales=problem.scales(dy),
+        units=problem.units(dy),
+    )

@@ -97,17 +97,28 @@ def rms_norm(x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec) -> 
 
 @_formula_quiet
 def layer_norm_backward(
-    dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
+    dy: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike | None,
+    spec: NormSpec,
+    *,
+    mean: npt.ArrayLike | None = None,
+    rstd: npt.ArrayLike | None = None,
 ) -> tuple[F64, F64, F64]:
     """Return (dx, dweight, dbias) in float64; dweight and dbias have ``spec.normalized_shape``.
 
     With xhat = (x - mean) * rstd and g = dy * weight:
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), dweight = sum(dy * xhat), dbias = sum(dy), the sums over
-    the batch axes. A missing weight counts as ones (dweight is still returned).
+    the batch axes. A missing weight counts as ones (dweight is still returned). mean and rstd are x's own unless
+    both are given (a caller's statistics, as the explicit backward takes them: the formula at those values).
     """
     dy64 = _f64(dy)
     assert dy64 is not None
-    xhat, _, rstd = layer_norm(x, None, None, spec)
+    if mean is None or rstd is None:
+        xhat, _, rstd = layer_norm(x, None, None, spec)
+    else:
+        rstd = np.asarray(rstd).astype(np.float64)
+        xhat = (np.asarray(x).astype(np.float64) - np.asarray(mean).astype(np.float64)) * rstd
     w = _param(weight, spec)
     g = dy64 if w is None else dy64 * w
     dx = rstd * (g - _row_mean(g, spec) - xhat * _row_mean(g * xhat, spec))
@@ -118,12 +129,24 @@ def layer_norm_backward(
 
 @_formula_quiet
 def rms_norm_backward(
-    dy: npt.ArrayLike, x: npt.ArrayLike, weight: npt.ArrayLike | None, spec: NormSpec
+    dy: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike | None,
+    spec: NormSpec,
+    *,
+    rstd: npt.ArrayLike | None = None,
 ) -> tuple[F64, F64]:
-    """Return (dx, dweight) in float64: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd, g = dy * weight."""
+    """Return (dx, dweight) in float64: dx = rstd * (g - xhat * mean(g * xhat)), xhat = x * rstd, g = dy * weight.
+
+    rstd is x's own unless given (a caller's, as the explicit backward takes it: the formula at that value).
+    """
     dy64 = _f64(dy)
     assert dy64 is not None
-    xhat, rstd = rms_norm(x, None, spec)
+    if rstd is None:
+        xhat, rstd = rms_norm(x, None, spec)
+    else:
+        rstd = np.asarray(rstd).astype(np.float64)
+        xhat = np.asarray(x).astype(np.float64) * rstd
     w = _param(weight, spec)
     g = dy64 if w is None else dy64 * w
     dx = rstd * (g - xhat * _row_mean(g * xhat, spec))

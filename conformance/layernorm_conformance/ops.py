@@ -6,6 +6,7 @@ Inputs are NumPy arrays already rounded to the dtype under test; they reach the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -235,10 +236,20 @@ def check_forward_values(numerics: Numerics, target: Target, problem: Problem) -
     )
 
 
-def check_backward_problem(numerics: Numerics, target: Target, problem: Problem, saved_stats: bool = False) -> None:
-    """Check the target's explicit backward (`backward`) of ``problem``, given a seeded dy, against the reference."""
+def check_backward_problem(
+    numerics: Numerics,
+    target: Target,
+    problem: Problem,
+    saved_stats: bool = False,
+    given_stats: Mapping[str, Array] | None = None,
+) -> None:
+    """Check the target's explicit backward (`backward`) of ``problem``, given a seeded dy, against the reference.
+
+    ``given_stats``: a caller's statistics by name (`callers_statistics`), handed to both.
+    """
     dy = make_dy(problem)
-    actual, expected = backward(target, problem, dy, saved_stats), reference_backward(problem, dy)
+    actual = backward(target, problem, dy, saved_stats, given_stats)
+    expected = reference_backward(problem, dy, given_stats)
     numerics.check(
         actual, expected, problem.dtype, problem.condition(), scales=problem.scales(dy), units=problem.units(dy)
     )
@@ -271,11 +282,16 @@ def make_dy(problem: Problem, key: object = 0) -> Array:
     return random_array(problem.x.shape, problem.dtype, "dy", problem.op, key)
 
 
-def backward(target: Target, problem: Problem, dy: Array, saved_stats: bool) -> dict[str, Array]:
-    """The explicit ``*_backward`` on the target; with ``saved_stats`` it gets mean/rstd from its own forward."""
+def backward(
+    target: Target, problem: Problem, dy: Array, saved_stats: bool, given_stats: Mapping[str, Array] | None = None
+) -> dict[str, Array]:
+    """The explicit ``*_backward`` on the target.
+
+    With ``saved_stats`` it gets mean/rstd from its own forward, with ``given_stats`` those host arrays (a caller's).
+    """
     to = target.module
     x, weight, dy_t = (to_target(target, a) for a in (problem.x, problem.weight, dy))
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {name: to_target(target, value) for name, value in (given_stats or {}).items()}
     if saved_stats:
         _, *saved = call_forward(target.backend, problem, x, weight, None, True)
         stats = dict(zip(stat_names(problem.op)[1:], saved, strict=True))
@@ -357,13 +373,34 @@ def check_statistics_autodiff(numerics: Numerics, target: Target, problem: Probl
     )
 
 
-def reference_backward(problem: Problem, dy: Array) -> dict[str, npt.NDArray[np.float64]]:
-    """The float64 reference of `backward` (dweight/dbias as for a weight of ones when weight is None)."""
+def reference_backward(
+    problem: Problem, dy: Array, given_stats: Mapping[str, Array] | None = None
+) -> dict[str, npt.NDArray[np.float64]]:
+    """The float64 reference of `backward` (dweight/dbias as for a weight of ones when weight is None).
+
+    At ``given_stats`` where given.
+    """
+    stats = dict(given_stats or {})
     if problem.op == "layer_norm":
-        outputs: tuple[Any, ...] = reference.layer_norm_backward(dy, problem.x, problem.weight, problem.spec)
+        outputs: tuple[Any, ...] = reference.layer_norm_backward(dy, problem.x, problem.weight, problem.spec, **stats)
     else:
-        outputs = reference.rms_norm_backward(dy, problem.x, problem.weight, problem.spec)
+        outputs = reference.rms_norm_backward(dy, problem.x, problem.weight, problem.spec, **stats)
     return dict(zip(grad_names(problem.op), outputs, strict=True))
+
+
+def callers_statistics(problem: Problem) -> dict[str, Array]:
+    """Statistics that are not x's own, in the compute dtype, by name.
+
+    The mean moved by a quarter of each row's spread and rstd 1.5 times x's (rms_norm: rstd alone). In a row of one
+    element x - mean is then not 0.
+    """
+    compute = np.dtype(problem.spec.compute_dtype)
+    rstd = problem.reference_rstd()
+    stats = {"rstd": (1.5 * rstd).astype(compute)}
+    if problem.op == "layer_norm":
+        mean = reference.layer_norm(problem.x, None, None, problem.spec)[1]
+        stats["mean"] = (mean + 0.25 / rstd).astype(compute)
+    return stats
 
 
 def poison(x: Array, rows: dict[int, float]) -> Array:

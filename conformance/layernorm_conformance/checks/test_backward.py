@@ -13,6 +13,7 @@ from layernorm_conformance.ops import (
     OPS,
     Affine,
     Op,
+    callers_statistics,
     check_autodiff_problem,
     check_backward_problem,
     check_statistics_autodiff,
@@ -37,6 +38,17 @@ def test_backward(numerics: Numerics, target: Target, dtype: str, case: Case, op
 def test_backward_saved_stats(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
     """The backward given the forward's own mean/rstd gives the same gradients as recomputing them."""
     check_backward_problem(numerics, target, make_problem(op, case, dtype, "full", key="saved"), saved_stats=True)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", (Case((6, 1), (1,)), *BACKWARD_CASES[1:5]), ids=lambda c: c.id)
+def test_backward_given_stats(numerics: Numerics, target: Target, dtype: str, case: Case, op: Op) -> None:
+    """The backward given a caller's statistics, not x's own (`callers_statistics`), computes the formula at them.
+
+    Rows of one element too, where x - mean is 0 for x's own mean only.
+    """
+    problem = make_problem(op, case, dtype, "full", key="given")
+    check_backward_problem(numerics, target, problem, given_stats=callers_statistics(problem))
 
 
 @pytest.mark.conformance_dtypes("float16", "bfloat16")

@@ -49,7 +49,8 @@ def test_traced(numerics: Numerics, target: Target, dtype: str, tracer: str, cas
 
     traced = wrap(fn)
     y = target.module.to_numpy(traced(x, weight, bias))
-    numerics.check({"y": y}, {"y": reference_forward(problem)["y"]}, dtype, problem.condition())
+    expected_y = {"y": reference_forward(problem)["y"]}
+    numerics.check({"y": y}, expected_y, dtype, problem.condition(), scales=problem.scales(), units=problem.units())
     vjp = vjp_for(x)
     if not target.info.autodiff or vjp is None:
         return

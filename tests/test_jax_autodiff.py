@@ -144,7 +144,7 @@ def test_both_forms_of_the_backward_row_sums_give_the_reference_gradients(
 def test_parameter_gradients_of_a_few_long_rows_are_summed_by_a_product_on_the_cpu(
     op: str, shape: tuple[int, ...], axis: Axis, dtype: str
 ) -> None:
-    """XLA:CPU sums over a batch about 50 times slower once the rest of each row exceeds 64 KiB (16384 float32
+    """XLA:CPU sums over a batch 7-50 times slower once the rest of each row exceeds 64 KiB (16384 float32
     values, 8192 float64; `SLOW_COLUMN_SUM_BYTES`): the parameter gradients of such rows, by jax.grad and by the
     explicit backward, are taken as products with ones there, and give the reference's."""
     with enable_x64(dtype == "float64"):

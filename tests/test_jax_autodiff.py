@@ -395,7 +395,7 @@ def test_second_order_reverse_mode_works() -> None:
 def test_explicit_backward_of_one_element_rows_takes_the_given_statistics(jit: bool) -> None:
     """layer_norm_backward of rows of one element with a caller's mean and rstd, and its derivatives in x and mean,
     against JAX's autodiff of the formula, in float64. The backward took x - mean as 0, as it is for x's own mean:
-    dx and dweight came out 0 (the formula's are -12 and -4 for x = 2, mean = 3, rstd = 2, dy = 1, weight = 1.5,
+    dx and dweight came out 0 (the formula's are -12 and -2 for x = 2, mean = 3, rstd = 2, dy = 1, weight = 1.5,
     as on NumPy and torch), and their derivatives in x and mean 0."""
     rng = np.random.default_rng(4)
     with enable_x64(True):

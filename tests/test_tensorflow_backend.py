@@ -370,7 +370,7 @@ def _numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, h: float 
 def test_explicit_backward_of_one_element_rows_takes_the_given_statistics(mode: str) -> None:
     """layer_norm_backward of rows of one element with a caller's mean and rstd, and the tape's derivatives of it
     in x and mean, against the formula in float64 and its central differences. The backward took x - mean as 0, as
-    it is for x's own mean: dx and dweight came out 0 (the formula's are -12 and -4 for x = 2, mean = 3, rstd = 2,
+    it is for x's own mean: dx and dweight came out 0 (the formula's are -12 and -2 for x = 2, mean = 3, rstd = 2,
     dy = 1, weight = 1.5, as on NumPy and torch), and their derivatives in x and mean 0 or None."""
     rng = np.random.default_rng(4)
     x, mean, dy = (rng.standard_normal((3, 1)) for _ in range(3))

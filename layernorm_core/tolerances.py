@@ -89,9 +89,9 @@ def error_ratio(
     do not have rows (dweight, dbias) its maximum applies. ``scale`` is the magnitude atol is relative to: the RMS
     of ``expected`` by default; for dx pass `gradient_scale`, since dx comes from a cancellation of terms of that
     size and may be far smaller than them. ``unit`` is the magnitude the cond term is relative to where it exceeds
-    ``scale``: for y and dweight, `xhat_units` (with eps far above var, xhat and so they are far smaller than the
-    error a rounded mean makes in them). NaN where the reference is finite (or the reverse) is
-    infinitely wrong; matching NaN or Inf is exact.
+    ``scale``: for y and dweight, `xhat_units` (with eps far above var, xhat and so they are far smaller than that
+    unit, while the error a rounded mean makes in them is u * kappa of it). NaN where the reference is finite (or
+    the reverse) is infinitely wrong; matching NaN or Inf is exact.
     """
     a = np.asarray(actual).astype(np.float64)
     e = np.asarray(expected).astype(np.float64)

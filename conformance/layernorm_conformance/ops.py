@@ -78,7 +78,7 @@ class Problem:
     def units(self, dy: Array | None = None) -> dict[str, float]:
         """The cond term's magnitude for y and (with ``dy``) dweight, where it exceeds their own RMS.
 
-        Their size were xhat of unit size (`layernorm_core.tolerances.xhat_units`).
+        That is the size they would have were xhat of unit size (`layernorm_core.tolerances.xhat_units`).
         """
         return xhat_units(self.weight, dy, self.spec)
 

@@ -380,6 +380,59 @@ def test_gradient_through_rstd_at_extreme_spreads(device: str, axis: Any, op: st
     assert error_ratio(f64(leaf.grad), expected, tolerance("float32", "grad")) <= 1
 
 
+def _plain_backward(op: str, dy: Any, x: Any, w: Any) -> tuple[Any, ...]:
+    """The explicit backward in plain ops, statistics recomputed from x (rows over the last axis, eps = 0)."""
+    centered = x - x.mean(-1, keepdim=True) if op == "layer_norm" else x
+    rstd = torch.rsqrt((centered * centered).mean(-1, keepdim=True))
+    xhat, g = centered * rstd, dy * w
+    dx_rows = g - xhat * (g * xhat).mean(-1, keepdim=True)
+    if op == "rms_norm":
+        return rstd * dx_rows, (dy * xhat).sum(0)
+    return rstd * (dx_rows - g.mean(-1, keepdim=True)), (dy * xhat).sum(0), dy.sum(0)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["recomputed", "given"])
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
+)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
+    device: str, op: str, dtype: str, scale: float, given: bool
+) -> None:
+    """The derivatives in x, the weight and dy of a loss on the explicit backward's results (a gradient penalty),
+    rows of spread 1e+-14 (float32) or 1e+-120 (float64) with eps = 0, statistics recomputed or given by the
+    forward. The oracle is float64 autodiff of the plain formula at x / scale, its x-derivatives rescaled (dx
+    scales as 1 / scale, dweight not). layer_norm_backward without statistics ran torch's backward kernel, whose
+    derivative in x goes through rstd**3: NaN at 1e-14 and 1e-120, 1e-4 off at 1e14, 28% at 1e120."""
+    rng = np.random.default_rng(29)
+    x, w, dy = (rng.standard_normal(shape) for shape in ((4, 16), (16,), (4, 16)))
+    x = (x * scale).astype(dtype)
+    coefficients = [np.random.default_rng(30).standard_normal(shape) for shape in ((4, 16), (16,), (16,))]
+    backward = getattr(layernorm, f"{op}_backward")
+    leaves = [torch.tensor(a, dtype=DTYPES[dtype], device=device, requires_grad=True) for a in (x, w, dy)]
+    stats: dict[str, Any] = {}
+    if given:
+        results = getattr(layernorm, op)(leaves[0], eps=0.0, return_stats=True)
+        stats = dict(zip(("mean", "rstd") if op == "layer_norm" else ("rstd",), results[1:], strict=True))
+    grads = backward(leaves[2], leaves[0], leaves[1], eps=0.0, **stats)
+    loss = sum(
+        (g * torch.tensor(c, dtype=g.dtype, device=device)).sum()
+        for g, c in zip(grads, coefficients[: len(grads)], strict=True)
+    )
+    ours = torch.autograd.grad(loss, leaves)
+
+    exact_leaves = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x / scale, w, dy)]
+    exact_grads = _plain_backward(op, exact_leaves[2], exact_leaves[0], exact_leaves[1])
+    weights = [c / scale if i == 0 else c for i, c in enumerate(coefficients)]  # dx at x is dx at x / scale, / scale
+    exact_loss = sum((g * torch.tensor(c)).sum() for g, c in zip(exact_grads, weights[: len(exact_grads)], strict=True))
+    exact = [g.numpy() for g in torch.autograd.grad(exact_loss, exact_leaves)]
+    exact[0] = exact[0] / scale
+    for name, got, want in zip(("x", "weight", "dy"), ours, exact, strict=True):
+        size = np.abs(want).max()
+        np.testing.assert_allclose(f64(got), want, rtol=1e-5, atol=1e-5 * size, err_msg=name)
+
+
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("shape", [(4, 64), (512, 1024)], ids=["small", "blocked"])

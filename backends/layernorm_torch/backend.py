@@ -584,13 +584,15 @@ def layer_norm_backward(
     Half x: float32 throughout on the CPU (torch's half backward accumulates dweight/dbias in half precision);
     on CUDA the kernel accumulates in float32 and reads weight in x's dtype. Given mean and rstd that autograd
     records (returned for an x that requires grad), `_layer_norm_backward_formula`: torch has no derivative of its
-    backward kernel for them (3.2x the kernel's time at (64, 768) float32; docs/spec.md, Backward). In a
+    backward kernel for them (3.2x the kernel's time at (64, 768) float32; docs/spec.md, Backward). So too without
+    them for an x that autograd records, on statistics from `statistics`: torch's derivative of its backward kernel
+    in x goes through rstd**3, out of float32's range for rows of spread beyond 1e+-13 (NaN at 1e-14, eps = 0). In a
     torch.jit.trace too, whose tracer cannot record native_layer_norm_backward (its output mask, a bool[3]).
     """
     _refused(x, weight, dy, mean, rstd)
     dtype = x.dtype
     traced = _tracing_state() is not None and not x.is_nested
-    if traced and (mean is None or rstd is None):
+    if (mean is None or rstd is None) and not x.is_nested and (traced or _recorded(x)):
         mean, rstd = statistics.layer_norm_statistics(x, spec)
     if mean is not None and rstd is not None and not x.is_nested and (traced or _recorded(mean, rstd)):
         return _layer_norm_backward_formula(dy, x, weight, spec, mean, rstd)

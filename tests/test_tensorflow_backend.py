@@ -186,6 +186,66 @@ def test_second_order_through_nested_tapes(kind: str, axis: Any, dtype: str, mod
     )
 
 
+def _plain_backward(kind: str, dy: Any, x: Any, w: Any) -> tuple[Any, ...]:
+    """The explicit backward in plain ops, statistics recomputed from x (rows over the last axis, eps = 0)."""
+    centered = x - tf.reduce_mean(x, -1, keepdims=True) if kind == "layer_norm" else x
+    rstd = tf.math.rsqrt(tf.reduce_mean(centered * centered, -1, keepdims=True))
+    xhat, g = centered * rstd, dy * w
+    dx_rows = g - xhat * tf.reduce_mean(g * xhat, -1, keepdims=True)
+    if kind == "rms_norm":
+        return rstd * dx_rows, tf.reduce_sum(dy * xhat, 0)
+    return rstd * (dx_rows - tf.reduce_mean(g, -1, keepdims=True)), tf.reduce_sum(dy * xhat, 0), tf.reduce_sum(dy, 0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+@pytest.mark.parametrize("given", [False, True], ids=["recomputed", "given"])
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
+)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
+    kind: str, dtype: str, scale: float, given: bool, mode: str
+) -> None:
+    """The derivatives in x, the weight and dy of a loss on the explicit backward's results (a gradient penalty),
+    rows of spread 1e+-14 (float32) or 1e+-120 (float64) with eps = 0, statistics recomputed or given by the
+    forward. The oracle is float64 autodiff of the plain formula at x / scale, its x-derivatives rescaled (dx
+    scales as 1 / scale, dweight not). The backwards recomputed the statistics by plain ops, whose rsqrt TensorFlow
+    differentiates through rstd**3: the derivatives in x were NaN or inf at 1e-14 and 1e-120."""
+    rng = np.random.default_rng(29)
+    x, w, dy = (rng.standard_normal(shape) for shape in ((4, 16), (16,), (4, 16)))
+    x = (x * scale).astype(dtype)
+    coefficients = [np.random.default_rng(30).standard_normal(shape) for shape in ((4, 16), (16,), (16,))]
+    backward = getattr(layernorm, f"{kind}_backward")
+
+    def penalty_grads(x: Any, w: Any, dy: Any) -> list[Any]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, dy])
+            stats: dict[str, Any] = {}
+            if given:
+                results = getattr(layernorm, kind)(x, eps=0.0, return_stats=True)
+                stats = dict(zip(("mean", "rstd") if kind == "layer_norm" else ("rstd",), results[1:], strict=True))
+            grads = backward(dy, x, w, eps=0.0, **stats)
+            products = [g * c.astype(dtype) for g, c in zip(grads, coefficients[: len(grads)], strict=True)]
+            loss = tf.add_n([tf.reduce_sum(p) for p in products])
+        return tape.gradient(loss, [x, w, dy])
+
+    ours = _compiled(penalty_grads, mode)(*_tf(x, w.astype(dtype), dy.astype(dtype)))
+
+    x_unit, w64, dy64 = _tf(x.astype(np.float64) / scale, w, dy)
+    with tf.GradientTape() as tape:
+        tape.watch([x_unit, w64, dy64])
+        exact_grads = _plain_backward(kind, dy64, x_unit, w64)
+        weights = [
+            c / scale if i == 0 else c for i, c in enumerate(coefficients)
+        ]  # dx at x is dx at x / scale, / scale
+        loss = tf.add_n([tf.reduce_sum(g * c) for g, c in zip(exact_grads, weights[: len(exact_grads)], strict=True)])
+    exact = [_np(g) for g in tape.gradient(loss, [x_unit, w64, dy64])]
+    exact[0] = exact[0] / scale
+    for name, got, want in zip(("x", "weight", "dy"), ours, exact, strict=True):
+        size = np.abs(want).max()
+        np.testing.assert_allclose(_np(got).astype(np.float64), want, rtol=1e-5, atol=1e-5 * size, err_msg=name)
+
+
 @pytest.mark.parametrize("mode", ["eager", "jit", "sizes-unknown"])
 @pytest.mark.parametrize("eps", [1e-3, 1e-5])
 def test_second_order_through_statistics_of_one_element_rows(eps: float, mode: str) -> None:

@@ -123,6 +123,17 @@ def _stats_input_grad(xhat: Tensor, x: Tensor, spec: NormSpec, dmean: Tensor, dr
     return extra / count
 
 
+def statistics_grad(xc: Tensor, mean: Tensor, rstd: Tensor, spec: NormSpec, dmean: Tensor, drstd: Tensor) -> Tensor:
+    """The gradient in ``xc`` (x in the compute dtype) of its statistics mean (None for rms_norm) and rstd.
+
+    By the forward's rule (`_stats_input_grad`): one factor of rstd at a time, in range where TensorFlow's derivative
+    of rsqrt, rstd**3, is not (rows of spread beyond 1e+-13 in float32, eps = 0).
+    """
+    xhat = (xc if mean is None else xc - mean) * rstd
+    extra = _stats_input_grad(xhat, xc, spec, dmean, None if drstd is None else drstd * tf.square(rstd))
+    return tf.zeros_like(xc) if extra is None else extra
+
+
 def layer_norm_grads(
     dy: Tensor,
     x: Tensor,

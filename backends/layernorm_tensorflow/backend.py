@@ -157,23 +157,28 @@ def rms_norm(x: Tensor, weight: Tensor, spec: NormSpec, return_stats: bool) -> A
 def layer_norm_backward(
     dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None."""
+    """(dx, dweight, dbias) in x's dtype; mean and rstd are recomputed when None (`_statistics_differentiable`)."""
     x = _x(x, spec)
     dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
     mean, rstd = _checked(mean, "mean", x, spec), _checked(rstd, "rstd", x, spec)
+    given_stats = mean is not None
     with _placed(x):
+        if (mean is None or rstd is None) and _recording():
+            mean, rstd = _statistics_differentiable(x, spec, centred=True)
         dx, dweight, dbias = _math.layer_norm_grads(
-            dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec), given_stats=mean is not None
+            dy, x, weight, spec, mean, rstd, matvec=_matvec(x, spec), given_stats=given_stats
         )
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype), _math.cast_to(dbias, x.dtype)
 
 
 def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, spec: NormSpec, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    """(dx, dweight) in x's dtype; rstd is recomputed when None."""
+    """(dx, dweight) in x's dtype; rstd is recomputed when None (`_statistics_differentiable`)."""
     x = _x(x, spec)
     dy, weight = _checked(dy, "dy", x, spec), _checked(weight, "weight", x, spec)
     rstd = _checked(rstd, "rstd", x, spec)
     with _placed(x):
+        if rstd is None and _recording():
+            (rstd,) = _statistics_differentiable(x, spec, centred=False)
         dx, dweight = _math.rms_norm_grads(dy, x, weight, spec, rstd)
         return _math.cast_to(dx, x.dtype), _math.cast_to(dweight, x.dtype)
 
@@ -219,6 +224,28 @@ def _rms_norm_differentiable(x: Tensor, weight: Tensor, spec: NormSpec) -> tuple
         return (y, rstd), grad
 
     return op(x, *(() if weight is None else (weight,)))
+
+
+def _statistics_differentiable(x: Tensor, spec: NormSpec, *, centred: bool) -> tuple[Tensor, ...]:
+    """(mean, rstd) of layer_norm (``centred``), or (rstd,) of rms_norm, for an explicit backward a tape records.
+
+    Their gradient is the forward's (`_math.statistics_grad`): the plain ops' goes through TensorFlow's derivative of
+    rsqrt, rstd**3, out of float32's range for rows of spread beyond 1e+-13 (eps = 0), where the derivatives of the
+    backward's results are finite. Unrecorded calls recompute them by the plain ops, in `_math`'s grads.
+    """
+
+    @tf.custom_gradient
+    def op(xc: Tensor) -> tuple[tuple[Tensor, ...], Callable[..., Any]]:
+        mean, rstd = _math.layer_norm_stats(xc, spec) if centred else (None, _math.rms_norm_stats(xc, spec))
+
+        def grad(*upstream: Tensor) -> Tensor:
+            dmean, drstd = (_dense(u) for u in upstream) if centred else (None, _dense(upstream[0]))
+            with _placed(xc):
+                return _math.statistics_grad(xc, mean, rstd, spec, dmean, drstd)
+
+        return ((mean, rstd) if centred else (rstd,)), grad
+
+    return op(_math.compute(x, spec))
 
 
 def _dense(upstream: Tensor) -> Tensor:

@@ -433,6 +433,49 @@ def test_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
         np.testing.assert_allclose(f64(got), want, rtol=1e-5, atol=1e-5 * size, err_msg=name)
 
 
+@pytest.mark.parametrize("forward_ad", [False, True], ids=["torch.func.jvp", "forward_ad"])
+@pytest.mark.parametrize("given", [False, True], ids=["recomputed", "given"])
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
+)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_forward_mode_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
+    op: str, dtype: str, scale: float, given: bool, forward_ad: bool
+) -> None:
+    """The tangents of the explicit backward's results for tangents of x, the weight and dy, rows of spread
+    1e+-14 (float32) or 1e+-120 (float64) with eps = 0, against float64 forward-mode AD of the plain formula at
+    x / scale (x's tangent / scale; dx scales as 1 / scale). layer_norm_backward ran torch's backward kernel, whose
+    tangent goes through rstd**3: NaN at 1e-14 and 1e-120."""
+    rng = np.random.default_rng(31)
+    x, w, dy, tx, tw, tdy = (rng.standard_normal(shape) for shape in ((4, 16), (16,), (4, 16)) * 2)
+    x = (x * scale).astype(dtype)
+    backward = getattr(layernorm, f"{op}_backward")
+
+    def grads(x: Any, w: Any, dy: Any) -> tuple[Any, ...]:
+        stats: dict[str, Any] = {}
+        if given:
+            results = getattr(layernorm, op)(x, eps=0.0, return_stats=True)
+            stats = dict(zip(("mean", "rstd") if op == "layer_norm" else ("rstd",), results[1:], strict=True))
+        return tuple(backward(dy, x, w, eps=0.0, **stats))
+
+    primals = tuple(torch.tensor(a, dtype=DTYPES[dtype]) for a in (x, w, dy))
+    tangents = tuple(torch.tensor(a, dtype=DTYPES[dtype]) for a in (tx, tw, tdy))
+    if forward_ad:
+        with torch.autograd.forward_ad.dual_level():
+            duals = (torch.autograd.forward_ad.make_dual(p, t) for p, t in zip(primals, tangents, strict=True))
+            ours = [torch.autograd.forward_ad.unpack_dual(r).tangent for r in grads(*duals)]
+    else:
+        ours = list(torch.func.jvp(grads, primals, tangents)[1])
+
+    exact_primals = tuple(torch.tensor(a, dtype=torch.float64) for a in (x.astype(np.float64) / scale, w, dy))
+    exact_tangents = tuple(torch.tensor(a, dtype=torch.float64) for a in (tx / scale, tw, tdy))
+    exact = list(torch.func.jvp(lambda *a: _plain_backward(op, a[2], a[0], a[1]), exact_primals, exact_tangents)[1])
+    exact[0] = exact[0] / scale
+    for name, got, want in zip(("dx", "dweight", "dbias")[: len(exact)], ours, exact, strict=True):
+        size = np.abs(want.numpy()).max()
+        np.testing.assert_allclose(f64(got), want.numpy(), rtol=1e-5, atol=1e-5 * size, err_msg=name)
+
+
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("shape", [(4, 64), (512, 1024)], ids=["small", "blocked"])

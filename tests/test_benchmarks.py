@@ -37,6 +37,11 @@ class FakeClock:
         return self.now
 
 
+def unreachable(*args: object, **kwargs: object) -> None:
+    """Stands in for what must not run: the options are refused before it."""
+    raise AssertionError("ran before refusing")
+
+
 # -- timing ------------------------------------------------------------------------------------------------------
 
 
@@ -634,9 +639,6 @@ def test_cli_refuses_what_it_cannot_use_before_the_run(
 ) -> None:
     """Each measured nothing and exited 0 (a typo in CI passed), or raised a traceback."""
 
-    def unreachable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran before refusing")
-
     monkeypatch.setattr(runner, "run", unreachable)
     (tmp_path / "not-json.json").write_text("{")
     (tmp_path / "not-results.json").write_text("{}")
@@ -698,9 +700,6 @@ def test_tensorflow_speed_refuses_what_it_cannot_use(options: list[str], monkeyp
     pytest.importorskip("tensorflow")
     from benchmarks import tensorflow_speed
 
-    def unreachable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran before refusing")
-
     monkeypatch.setattr(tensorflow_speed, "run_case", unreachable)
     with pytest.raises(SystemExit) as exited:
         tensorflow_speed.main(["--quick", *options])
@@ -723,9 +722,6 @@ def test_numpy_scripts_refuse_counts_below_one(tool: str, options: list[str], mo
 
     module = importlib.import_module(f"benchmarks.{tool}")
 
-    def unreachable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran before refusing")
-
     monkeypatch.setattr(module, "interleaved", unreachable)
     with pytest.raises(SystemExit) as exited:
         module.main(options)
@@ -736,9 +732,6 @@ def test_jax_speed_refuses_the_process_clock_on_a_gpu(monkeypatch: pytest.Monkey
     """On a GPU, --clock process timed only the host's share of each call, and printed it as the call's time."""
     jax = pytest.importorskip("jax")
     from benchmarks import jax_speed
-
-    def unreachable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran before refusing")
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(jax_speed, "run_case", unreachable)
@@ -770,9 +763,6 @@ def test_missing_matplotlib_is_refused_before_the_run(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
     )
-
-    def unreachable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran before refusing")
 
     monkeypatch.setattr(runner, "run", unreachable)
     with pytest.raises(SystemExit) as exited:

@@ -18,6 +18,10 @@ HOST_DTYPES = {
 }
 """The four dtypes of the contract, as NumPy dtypes (bfloat16 from ml_dtypes)."""
 
+EXTREME_SPREADS = [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
+"""(dtype, row spread) pairs where rstd**3 leaves the dtype's range with eps = 0 (float32 beyond 1e+-13): for the
+derivatives of the explicit backwards, which must stay in range there."""
+
 
 def shape_cases(wide: int, *extra: object) -> list[object]:
     """(shape, axis) cases: trailing, two trailing, channels-first, non-adjacent, size 1, a ``wide`` row, the

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cases import check_second_order, shape_cases  # noqa: E402
+from cases import EXTREME_SPREADS, check_second_order, shape_cases  # noqa: E402
 from torch_checks import check_layer_norm_grads, check_rms_norm_grads, f64  # noqa: E402
 
 import layernorm  # noqa: E402
@@ -392,9 +392,7 @@ def _plain_backward(op: str, dy: Any, x: Any, w: Any) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("given", [False, True], ids=["recomputed", "given"])
-@pytest.mark.parametrize(
-    ("dtype", "scale"), [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
-)
+@pytest.mark.parametrize(("dtype", "scale"), EXTREME_SPREADS)
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
@@ -435,9 +433,7 @@ def test_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
 
 @pytest.mark.parametrize("forward_ad", [False, True], ids=["torch.func.jvp", "forward_ad"])
 @pytest.mark.parametrize("given", [False, True], ids=["recomputed", "given"])
-@pytest.mark.parametrize(
-    ("dtype", "scale"), [("float32", 1e14), ("float32", 1e-14), ("float64", 1e120), ("float64", 1e-120)]
-)
+@pytest.mark.parametrize(("dtype", "scale"), EXTREME_SPREADS)
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 def test_forward_mode_derivatives_of_the_explicit_backward_stay_in_range_in_extreme_rows(
     op: str, dtype: str, scale: float, given: bool, forward_ad: bool
